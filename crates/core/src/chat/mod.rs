@@ -1,0 +1,1 @@
+//! The chat application. (Being written.)

@@ -1,0 +1,1 @@
+//! Rooms, bounded history, cursors and wake-ups. (Being written.)

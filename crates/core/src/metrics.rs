@@ -1,0 +1,1 @@
+//! Counters exposed at `/metrics`. (Being written.)

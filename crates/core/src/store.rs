@@ -1,0 +1,126 @@
+//! What the chat needs from durable storage, as a trait the core calls but never implements.
+//!
+//! Implementations (SQLite, MySQL, PostgreSQL) live in `c10k-store` and block: they are
+//! ordinary driver calls. The concurrency model decides where they run: on the offload
+//! pool (the default, so a slow query stalls nobody) or inline on the serving thread
+//! (`--db-mode inline`, to show what that costs).
+//!
+//! The contract every implementation keeps:
+//! - `append` returns only after the message is durable (it survives `kill -9` of the
+//!   server), with its id;
+//! - ids are per room, start at 1 and increase by exactly 1 per message, so a gap in what a
+//!   node has seen always means a message it must still fetch;
+//! - `after` returns messages in id order.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A room's name: 1 to 64 characters of `A-Z a-z 0-9 _ -`, so that it is safe in a URL
+/// path, a file name, a SQL parameter and a bus subject alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomId(String);
+
+impl RoomId {
+    /// The most characters a room name may have.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates a room name.
+    pub fn new(name: &str) -> Result<RoomId, InvalidRoom> {
+        let ok = !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(RoomId(name.to_string()))
+        } else {
+            Err(InvalidRoom)
+        }
+    }
+
+    /// The room that Tornado's routes (`/a/message/...`) use.
+    pub fn main() -> RoomId {
+        RoomId("main".to_string())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A room name that breaks the rule of [`RoomId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a room name is 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")]
+pub struct InvalidRoom;
+
+/// A message's id within its room: 1, 2, 3... with no gaps. 0 means "before the first".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize)]
+#[serde(transparent)]
+pub struct MessageId(pub u64);
+
+impl MessageId {
+    /// The id after this one.
+    pub fn next(self) -> MessageId {
+        MessageId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A message as posted, before the store gives it an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The text, as the poster typed it (never HTML: it is escaped on the way out).
+    pub body: String,
+    /// The poster's nickname; empty when anonymous.
+    pub from: String,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// Its id within the room.
+    pub id: MessageId,
+    /// Its room.
+    pub room: RoomId,
+    /// The text.
+    pub body: String,
+    /// The poster's nickname.
+    pub from: String,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    #[serde(rename = "time")]
+    pub time_ms: u64,
+}
+
+/// A store call that failed. The message says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable storage for messages. Blocking; see the module docs for the contract.
+pub trait Store: Send + Sync {
+    /// Stores a message in `room`, giving it the room's next id. Returns once durable.
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError>;
+
+    /// Up to `limit` messages of `room` with ids greater than `after`, in id order.
+    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// The last `limit` messages of `room`, in id order.
+    fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// Every room that has at least one message.
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError>;
+}

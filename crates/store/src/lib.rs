@@ -1,0 +1,1 @@
+//! Storage. (Being written.)
