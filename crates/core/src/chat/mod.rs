@@ -1,1 +1,509 @@
-//! The chat application. (Being written.)
+//! The chat application: routes in, [`Outcome`]s out.
+//!
+//! [`App::handle_request`] turns one parsed request into an [`Outcome`]: a response to
+//! write now, a store call to run (then [`App::finish_store`] gives the response), a
+//! long-poll, an event stream or a WebSocket session to drive. The routes and shapes are
+//! those of `docs/protocol.md`; the Tornado-compatible ones follow Tornado's chat demo
+//! (`demos/chat/chatdemo.py`) to the byte where a client could tell.
+//!
+//! Every model drives the same outcomes; that is the whole contract between the
+//! application and the concurrency models.
+
+pub mod form;
+mod page;
+pub mod render;
+mod stream;
+pub mod xsrf;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
+use crate::hub::{Cursor, Hub, Published};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::store::{MessageId, NewMessage, RoomId, Store, StoreError};
+
+use form::{cookie, media_type, Args};
+use render::{to_json, Rendered};
+use stream::{batch_response, PollStyle};
+pub use stream::{EventStream, LongPoll, StreamStatus, WsAction, WsSession};
+
+/// The longest message body accepted, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// The longest nickname accepted, in characters.
+pub const MAX_NICK_CHARS: usize = 64;
+
+/// How the application is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Protocol limits and timeouts.
+    pub limits: Limits,
+    /// Messages kept in memory per room (Tornado's cache size: 200).
+    pub history: usize,
+    /// Entropy for XSRF tokens, from the caller (the core reads no entropy source).
+    pub seed: [u8; 32],
+}
+
+impl Config {
+    /// The documented defaults, with the given entropy.
+    pub fn with_seed(seed: [u8; 32]) -> Config {
+        Config { limits: Limits::default(), history: 200, seed }
+    }
+}
+
+/// The time, as the model read it when the request arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// For deadlines.
+    pub instant: Instant,
+    /// Wall-clock milliseconds since the Unix epoch, for message times and XSRF stamps.
+    pub unix_ms: u64,
+}
+
+/// What the model must do to answer a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Write this response.
+    Reply(Response),
+    /// Run this (blocking) store call, then write [`App::finish_store`]'s response.
+    Store(StoreCall),
+    /// Wait, then write the long-poll's response (see [`LongPoll`]).
+    LongPoll(LongPoll),
+    /// Write the stream's head, then its events until the client leaves (see [`EventStream`]).
+    Events(EventStream),
+    /// Write the 101 response head, then speak WebSocket (see [`WsSession`]).
+    WebSocket(WebSocketAccept),
+}
+
+/// An accepted WebSocket handshake.
+#[derive(Debug)]
+pub struct WebSocketAccept {
+    /// The 101 response; write it with `Response::encode_head`.
+    pub response: Response,
+    /// The session to drive once the protocol is switched.
+    pub session: WsSession,
+}
+
+/// What happens with a stored message once the store has it.
+#[derive(Debug, Clone)]
+pub(crate) enum AfterStore {
+    /// Tornado's `/a/message/new`: the message JSON, or a redirect to `next`.
+    TornadoNew { redirect: Option<String> },
+    /// `POST /api/rooms/{room}/messages`: 201 and the message.
+    NativePost,
+    /// A WebSocket post: an ack frame.
+    WebSocketAck { reference: Option<serde_json::Value> },
+}
+
+/// A message to store. Running it is blocking and the model decides where: on the offload
+/// pool (default) or inline (`--db-mode inline`).
+#[derive(Debug)]
+pub struct StoreCall {
+    room: RoomId,
+    message: NewMessage,
+    hub: Arc<Hub>,
+    posted: Counter,
+    then: AfterStore,
+}
+
+impl StoreCall {
+    pub(crate) fn append(app: &App, room: RoomId, message: NewMessage, then: AfterStore) -> StoreCall {
+        StoreCall { room, message, hub: Arc::clone(&app.hub), posted: app.metrics.messages_posted.clone(), then }
+    }
+
+    /// Stores the message and, once it is durable, publishes it to the room's readers.
+    /// Blocks for as long as the store does. Publishing happens here, not when the poster
+    /// gets its answer, so a poster that disconnects meanwhile cannot hold up the room.
+    pub fn run(self, store: &dyn Store) -> StoreDone {
+        let result = store.append(&self.room, &self.message).map(|message| {
+            let rendered = Arc::new(Rendered::new(message));
+            if let Published::Held { .. } = self.hub.publish(Arc::clone(&rendered)) {
+                // Another append with a smaller id is still between the store and the
+                // hub; it will release this one when it arrives.
+            }
+            self.posted.inc();
+            rendered
+        });
+        StoreDone { result, then: self.then }
+    }
+}
+
+/// A store call that has run.
+#[derive(Debug)]
+pub struct StoreDone {
+    pub(crate) result: Result<Arc<Rendered>, StoreError>,
+    pub(crate) then: AfterStore,
+}
+
+impl StoreDone {
+    /// The store could not be reached at all (its queue is full, or it is shutting down).
+    /// `call` is given back unrun.
+    pub fn unavailable(call: StoreCall, why: &str) -> StoreDone {
+        StoreDone { result: Err(StoreError(why.to_string())), then: call.then }
+    }
+}
+
+/// The chat application shared by every connection of a process.
+#[derive(Debug)]
+pub struct App {
+    hub: Arc<Hub>,
+    xsrf: xsrf::Xsrf,
+    metrics: Metrics,
+    config: Config,
+}
+
+#[derive(Deserialize)]
+struct NativePost {
+    body: Option<serde_json::Value>,
+    #[serde(default)]
+    from: Option<serde_json::Value>,
+}
+
+impl App {
+    /// A new application with empty rooms (see [`App::load_history`]).
+    pub fn new(config: Config) -> App {
+        App {
+            hub: Arc::new(Hub::new(config.history)),
+            xsrf: xsrf::Xsrf::new(config.seed),
+            metrics: Metrics::new(),
+            config,
+        }
+    }
+
+    /// Fills every room's history from the store. Blocking; call before serving.
+    pub fn load_history(&self, store: &dyn Store) -> Result<(), StoreError> {
+        for room in store.rooms()? {
+            let recent = store.recent(&room, self.config.history)?;
+            self.hub.preload(&room, recent);
+        }
+        Ok(())
+    }
+
+    /// The rooms and their readers.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The process's metrics (the models count connections here).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// The response to a request that broke HTTP (counted, then closed by the caller).
+    pub fn refuse(&self, error: &ProtocolError) -> Response {
+        self.metrics.protocol_error(error.status.0);
+        error.response()
+    }
+
+    /// The response to a connection refused at the connection cap, or a request refused
+    /// because the store's queue is full.
+    pub fn busy(&self, why: &str) -> Response {
+        Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+            .header("Retry-After", "1")
+            .close()
+    }
+
+    /// Decides what to do with one request.
+    pub fn handle_request(&self, request: Request, now: Now) -> Outcome {
+        let path = request.path().to_string();
+        let get = matches!(request.method, Method::Get | Method::Head);
+        let post = request.method == Method::Post;
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        match segments.as_slice() {
+            [""] if get => self.reply("page", self.page(&request, now)),
+            ["static", "chat.js"] if get => self.reply("static", page::asset(page::CHAT_JS)),
+            ["static", "chat.css"] if get => self.reply("static", page::asset(page::CHAT_CSS)),
+            ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok\n")),
+            ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
+            ["metrics"] if get => {
+                let body = self.metrics.render(self.hub.waiting());
+                self.reply(
+                    "metrics",
+                    Response::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+                )
+            }
+            ["a", "message", "new"] if post => {
+                self.metrics.request("tornado_new");
+                self.tornado_new(&request, now)
+            }
+            ["a", "message", "updates"] if post => {
+                self.metrics.request("tornado_updates");
+                self.tornado_updates(&request, now)
+            }
+            ["api", "rooms"] if get => {
+                let rooms: Vec<_> =
+                    self.hub.rooms().into_iter().map(|(r, last)| json!({"room": r, "last_id": last})).collect();
+                self.reply("rooms", json_response(StatusCode::OK, to_json(&json!({ "rooms": rooms }))))
+            }
+            ["api", "rooms", room, rest] => {
+                let room = match RoomId::new(room) {
+                    Ok(r) => r,
+                    Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &e.to_string())),
+                };
+                match (*rest, get, post) {
+                    ("messages", true, _) => {
+                        self.metrics.request("api_poll");
+                        self.native_poll(&request, room, now)
+                    }
+                    ("messages", _, true) => {
+                        self.metrics.request("api_post");
+                        self.native_post(&request, room, now)
+                    }
+                    ("events", true, _) => {
+                        self.metrics.request("api_events");
+                        self.events(&request, room)
+                    }
+                    ("ws", true, _) => {
+                        self.metrics.request("api_ws");
+                        self.websocket(&request, room)
+                    }
+                    ("messages", _, _) => Outcome::Reply(not_allowed("GET, HEAD, POST")),
+                    ("events" | "ws", _, _) => Outcome::Reply(not_allowed("GET, HEAD")),
+                    _ => Outcome::Reply(api_error(StatusCode::NOT_FOUND, "no such route; see docs/protocol.md")),
+                }
+            }
+            [""] | ["static", "chat.js" | "chat.css"] | ["healthz" | "plaintext" | "metrics"] | ["api", "rooms"] => {
+                Outcome::Reply(not_allowed("GET, HEAD"))
+            }
+            ["a", "message", "new" | "updates"] => Outcome::Reply(not_allowed("POST")),
+            _ => {
+                self.metrics.request("not_found");
+                Outcome::Reply(Response::text(StatusCode::NOT_FOUND, "not found\n"))
+            }
+        }
+    }
+
+    /// The response once a store call has run (for the HTTP routes; WebSocket posts use
+    /// [`WsSession::finish_post`]).
+    pub fn finish_store(&self, done: StoreDone) -> Response {
+        let posted = match done.result {
+            Ok(posted) => posted,
+            Err(e) => {
+                return api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
+            }
+        };
+        match done.then {
+            AfterStore::TornadoNew { redirect: Some(next) } => {
+                Response::new(StatusCode::FOUND).header("Location", next)
+            }
+            AfterStore::TornadoNew { redirect: None } => json_response(StatusCode::OK, posted.tornado_json.clone()),
+            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()),
+            AfterStore::WebSocketAck { .. } => {
+                api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
+            }
+        }
+    }
+
+    fn reply(&self, route: &'static str, response: Response) -> Outcome {
+        self.metrics.request(route);
+        Outcome::Reply(response)
+    }
+
+    /// Validates a post's fields into a message to store.
+    pub(crate) fn validate_post(&self, body: String, from: String, now_ms: u64) -> Result<NewMessage, &'static str> {
+        if body.trim().is_empty() {
+            return Err("'body' must be a non-empty string");
+        }
+        if body.chars().count() > MAX_MESSAGE_CHARS {
+            return Err("'body' is longer than 4096 characters");
+        }
+        if from.chars().count() > MAX_NICK_CHARS {
+            return Err("'from' is longer than 64 characters");
+        }
+        Ok(NewMessage { body, from, time_ms: now_ms })
+    }
+
+    fn page(&self, request: &Request, now: Now) -> Response {
+        let existing = cookie(request, "_xsrf").and_then(xsrf::decode);
+        let (token, set_cookie) = match existing {
+            Some(token) => (token, false),
+            None => (self.xsrf.new_token().to_vec(), true),
+        };
+        let masked = self.xsrf.mask(&token, now.unix_ms / 1000);
+        let messages = self.hub.read(&RoomId::main(), &Cursor::Start).messages;
+        let mut response = page::render(&masked, &messages);
+        if set_cookie {
+            response = response.header("Set-Cookie", format!("_xsrf={masked}; Path=/; SameSite=Lax"));
+        }
+        response
+    }
+
+    fn check_xsrf(&self, request: &Request, form: &Args) -> Result<(), Response> {
+        let submitted = form
+            .get("_xsrf")
+            .or_else(|| request.headers.get("x-xsrftoken"))
+            .or_else(|| request.headers.get("x-csrftoken"));
+        xsrf::check(cookie(request, "_xsrf"), submitted)
+            .map_err(|e| Response::text(StatusCode::FORBIDDEN, format!("{}\n", e.message())))
+    }
+
+    fn tornado_new(&self, request: &Request, now: Now) -> Outcome {
+        let form = Args::form(request);
+        if let Err(refused) = self.check_xsrf(request, &form) {
+            return Outcome::Reply(refused);
+        }
+        // Tornado's get_argument strips white space and accepts an empty value.
+        let Some(body) = form.get("body").map(|b| b.trim().to_string()) else {
+            return Outcome::Reply(Response::text(StatusCode::BAD_REQUEST, "Missing argument body\n"));
+        };
+        if body.chars().count() > MAX_MESSAGE_CHARS {
+            return Outcome::Reply(Response::text(StatusCode::BAD_REQUEST, "'body' is longer than 4096 characters\n"));
+        }
+        let redirect = match form.get("next") {
+            None | Some("") => None,
+            Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") => {
+                Some(next.to_string())
+            }
+            Some(_) => {
+                return Outcome::Reply(Response::text(
+                    StatusCode::BAD_REQUEST,
+                    "'next' must be a path on this site (start with '/', not '//')\n",
+                ))
+            }
+        };
+        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms };
+        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }))
+    }
+
+    fn tornado_updates(&self, request: &Request, now: Now) -> Outcome {
+        let form = Args::form(request);
+        if let Err(refused) = self.check_xsrf(request, &form) {
+            return Outcome::Reply(refused);
+        }
+        let cursor = Cursor::Tornado(form.get("cursor").map(str::to_string));
+        let room = RoomId::main();
+        let batch = self.hub.read(&room, &cursor);
+        if !batch.messages.is_empty() {
+            return Outcome::Reply(batch_response(PollStyle::Tornado, &room, &batch));
+        }
+        let deadline = now.instant + self.config.limits.longpoll_wait;
+        Outcome::LongPoll(LongPoll::new(self, self.hub.subscribe(room, cursor), deadline, PollStyle::Tornado))
+    }
+
+    fn native_poll(&self, request: &Request, room: RoomId, now: Now) -> Outcome {
+        let args = Args::query(request);
+        let cursor = match parse_after(args.get("after")) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Reply(e),
+        };
+        let wait = match args.get("wait").map(str::parse::<f64>) {
+            None => Duration::ZERO,
+            Some(Ok(s)) if s.is_finite() && s >= 0.0 => {
+                Duration::from_secs_f64(s.min(self.config.limits.longpoll_wait.as_secs_f64()))
+            }
+            Some(_) => {
+                return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'wait' must be a number of seconds >= 0"))
+            }
+        };
+        let batch = self.hub.read(&room, &cursor);
+        if !batch.messages.is_empty() || batch.reset || wait.is_zero() {
+            return Outcome::Reply(batch_response(PollStyle::Native, &room, &batch));
+        }
+        Outcome::LongPoll(LongPoll::new(
+            self,
+            self.hub.subscribe(room, cursor),
+            now.instant + wait,
+            PollStyle::Native,
+        ))
+    }
+
+    fn native_post(&self, request: &Request, room: RoomId, now: Now) -> Outcome {
+        let content_type = request.headers.get("content-type").map(media_type).unwrap_or_default();
+        if content_type != "application/json" {
+            return Outcome::Reply(api_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the message as JSON with 'Content-Type: application/json'",
+            ));
+        }
+        let post: NativePost = match serde_json::from_slice(&request.body) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &format!("body is not valid JSON: {e}"))),
+        };
+        let Some(serde_json::Value::String(body)) = post.body else {
+            return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'body' must be a non-empty string"));
+        };
+        let from = match post.from {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
+        };
+        match self.validate_post(body, from, now.unix_ms) {
+            Ok(message) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost)),
+            Err(why) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
+        }
+    }
+
+    fn events(&self, request: &Request, room: RoomId) -> Outcome {
+        // Last-Event-ID, sent by a reconnecting EventSource, wins over `?after=`.
+        let cursor = match request.headers.get("last-event-id") {
+            Some(id) if !id.is_empty() => parse_after(Some(id)),
+            _ => parse_after(Args::query(request).get("after")),
+        };
+        match cursor {
+            Ok(cursor) => Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor))),
+            Err(e) => Outcome::Reply(e),
+        }
+    }
+
+    fn websocket(&self, request: &Request, room: RoomId) -> Outcome {
+        if !request.is_websocket_upgrade() {
+            return Outcome::Reply(
+                api_error(StatusCode::UPGRADE_REQUIRED, "this route speaks WebSocket only (RFC 6455)")
+                    .header("Upgrade", "websocket"),
+            );
+        }
+        if request.headers.get("sec-websocket-version") != Some("13") {
+            return Outcome::Reply(
+                api_error(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported")
+                    .header("Sec-WebSocket-Version", "13"),
+            );
+        }
+        let Some(key) = request.headers.get("sec-websocket-key").filter(|k| !k.is_empty()) else {
+            return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+        };
+        let cursor = match parse_after(Args::query(request).get("after")) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Reply(e),
+        };
+        let response = Response::new(StatusCode::SWITCHING_PROTOCOLS)
+            .header("Upgrade", "websocket")
+            .header("Connection", "Upgrade")
+            .header("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key.as_bytes()));
+        let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor));
+        Outcome::WebSocket(WebSocketAccept { response, session })
+    }
+}
+
+fn parse_after(after: Option<&str>) -> Result<Cursor, Response> {
+    match after {
+        None | Some("") => Ok(Cursor::Start),
+        Some(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(|id| Cursor::After(MessageId(id)))
+            .map_err(|_| api_error(StatusCode::BAD_REQUEST, "'after' must be a message id (a whole number)")),
+    }
+}
+
+/// A JSON response with Tornado's content type.
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
+    Response::with_body(status, "application/json; charset=UTF-8", body)
+}
+
+fn api_error(status: StatusCode, error: &str) -> Response {
+    json_response(status, to_json(&json!({ "error": error })))
+}
+
+fn not_allowed(allow: &'static str) -> Response {
+    api_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route").header("Allow", allow)
+}

@@ -1,0 +1,312 @@
+//! The three ways a reader waits for messages: long-poll, Server-Sent Events, WebSocket.
+//!
+//! Each is a small state machine over a [`Subscription`]. The model polls it with its own
+//! waker, writes what it returns, and calls the timeout when its timer fires; none of them
+//! touches a socket or a clock.
+
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::render::{to_json, Rendered};
+use super::{json_response, App, StoreCall, StoreDone};
+use crate::http::{Response, StatusCode};
+use crate::hub::{Batch, Subscription};
+use crate::store::RoomId;
+
+/// A gauge held up for as long as a subscriber lives.
+#[derive(Debug)]
+struct Held(Gauge);
+
+impl Held {
+    fn new(gauge: Gauge) -> Held {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Which route's shapes a long-poll answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PollStyle {
+    /// `/a/message/updates`: `{"messages": [...]}`, `{}` on timeout.
+    Tornado,
+    /// `/api/rooms/{room}/messages`: `{"room", "messages", "reset", "last_id"}`.
+    Native,
+}
+
+/// A long-poll: answers as soon as there is something to send, or at its deadline.
+///
+/// Order: [`LongPoll::poll`] with your waker until it is `Ready`; if your timer reaches
+/// [`LongPoll::deadline`] first, call [`LongPoll::timeout`]. If the client disconnects,
+/// drop it: that unregisters the waker at once.
+#[derive(Debug)]
+pub struct LongPoll {
+    subscription: Subscription,
+    deadline: Instant,
+    style: PollStyle,
+    _held: Held,
+}
+
+impl LongPoll {
+    pub(crate) fn new(app: &App, subscription: Subscription, deadline: Instant, style: PollStyle) -> LongPoll {
+        LongPoll { subscription, deadline, style, _held: Held::new(app.metrics.subscriber_gauge("longpoll")) }
+    }
+
+    /// When to give up and call [`LongPoll::timeout`].
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The response, once there is something to send.
+    pub fn poll(&mut self, waker: &Waker) -> Poll<Response> {
+        self.subscription.poll_next(waker).map(|batch| batch_response(self.style, self.subscription.room(), &batch))
+    }
+
+    /// The response when the deadline passed with nothing to send.
+    pub fn timeout(self) -> Response {
+        match self.style {
+            // Tornado's chat.js throws on an empty list and backs off: send no list.
+            PollStyle::Tornado => json_response(StatusCode::OK, "{}".to_string()),
+            PollStyle::Native => {
+                let last_id = self.subscription.hub_last_id();
+                batch_response(
+                    PollStyle::Native,
+                    self.subscription.room(),
+                    &Batch { messages: Vec::new(), reset: false, last_id },
+                )
+            }
+        }
+    }
+}
+
+/// The response for one batch in a long-poll's shape.
+pub(crate) fn batch_response(style: PollStyle, room: &RoomId, batch: &Batch) -> Response {
+    let mut body = String::with_capacity(64 + batch.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
+    match style {
+        PollStyle::Tornado => {
+            body.push_str("{\"messages\":[");
+            join(&mut body, &batch.messages, |m| &m.tornado_json);
+            body.push_str("]}");
+        }
+        PollStyle::Native => {
+            body.push_str("{\"room\":");
+            body.push_str(&to_json(room.as_str()));
+            body.push_str(",\"messages\":[");
+            join(&mut body, &batch.messages, |m| &m.json);
+            body.push_str(&format!("],\"reset\":{},\"last_id\":{}}}", batch.reset, batch.last_id));
+        }
+    }
+    json_response(StatusCode::OK, body)
+}
+
+fn join(out: &mut String, messages: &[Arc<Rendered>], form: impl Fn(&Rendered) -> &str) {
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(form(m));
+    }
+}
+
+/// What a stream asks of the model after a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamStatus {
+    /// Bytes (or frames) were added: write them, then poll again.
+    Open,
+    /// Write what was added, then close the connection: the subscriber fell behind.
+    Close(&'static str),
+}
+
+const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its position; reconnect to resume";
+
+/// A Server-Sent Events stream (WHATWG HTML, "Server-sent events").
+///
+/// Order: write [`EventStream::head`]; then loop: [`EventStream::poll_events`] with your
+/// waker, write what it appended; every [`EventStream::HEARTBEAT_INTERVAL`] without
+/// events, write [`EventStream::HEARTBEAT`]. Stop when the client goes away or the status
+/// says close.
+#[derive(Debug)]
+pub struct EventStream {
+    subscription: Subscription,
+    head: Response,
+    started: bool,
+    _held: Held,
+}
+
+impl EventStream {
+    /// A comment line that keeps proxies and the browser from timing the stream out.
+    pub const HEARTBEAT: &'static [u8] = b": heartbeat\n\n";
+    /// How often to send [`EventStream::HEARTBEAT`] when idle.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+
+    pub(crate) fn new(app: &App, subscription: Subscription) -> EventStream {
+        let head = Response::new(StatusCode::OK)
+            .header("Content-Type", "text/event-stream")
+            .header("Cache-Control", "no-cache")
+            .header("X-Accel-Buffering", "no")
+            .header("Connection", "close");
+        EventStream { subscription, head, started: false, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+    }
+
+    /// The response head to write first (with `Response::encode_head`): the stream has no
+    /// length and ends when the connection closes.
+    pub fn head(&self) -> &Response {
+        &self.head
+    }
+
+    /// Appends the events that are ready to `out`.
+    pub fn poll_events(&mut self, waker: &Waker, out: &mut Vec<u8>) -> Poll<StreamStatus> {
+        let Poll::Ready(batch) = self.subscription.poll_next(waker) else {
+            return Poll::Pending;
+        };
+        let first = !self.started;
+        self.started = true;
+        if batch.reset {
+            if !first {
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(to_json(&json!({ "error": TOO_SLOW })).as_bytes());
+                out.extend_from_slice(b"\n\n");
+                return Poll::Ready(StreamStatus::Close(TOO_SLOW));
+            }
+            out.extend_from_slice(b"event: reset\ndata: ");
+            let reset = json!({ "room": self.subscription.room(), "last_id": batch.last_id });
+            out.extend_from_slice(to_json(&reset).as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+        for m in &batch.messages {
+            out.extend_from_slice(format!("id: {}\nevent: message\ndata: ", m.message.id).as_bytes());
+            out.extend_from_slice(m.json.as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+        Poll::Ready(StreamStatus::Open)
+    }
+}
+
+/// What to do with a frame a WebSocket client sent.
+#[derive(Debug)]
+pub enum WsAction {
+    /// Send this text frame back (an error report); the socket stays open.
+    Reply(String),
+    /// Run this store call (as for any post), then send [`WsSession::finish_post`]'s frame.
+    Store(StoreCall),
+}
+
+#[derive(Deserialize)]
+struct ClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default, rename = "ref")]
+    reference: Option<serde_json::Value>,
+}
+
+/// One WebSocket client of a room, between frames. The model owns the framing
+/// (tungstenite); this owns what the frames mean.
+///
+/// Order: after writing the 101 response, loop: [`WsSession::poll_outgoing`] with your
+/// waker, send each text frame it appended; for each text frame received, call
+/// [`WsSession::handle_text`] and do what it says.
+#[derive(Debug)]
+pub struct WsSession {
+    subscription: Subscription,
+    room: RoomId,
+    started: bool,
+    _held: Held,
+}
+
+impl WsSession {
+    pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription) -> WsSession {
+        WsSession { subscription, room, started: false, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+    }
+
+    /// Appends the frames that are ready (one per message, after a reset frame if any).
+    pub fn poll_outgoing(&mut self, waker: &Waker, out: &mut Vec<String>) -> Poll<StreamStatus> {
+        let Poll::Ready(batch) = self.subscription.poll_next(waker) else {
+            return Poll::Pending;
+        };
+        let first = !self.started;
+        self.started = true;
+        if batch.reset {
+            if !first {
+                return Poll::Ready(StreamStatus::Close(TOO_SLOW));
+            }
+            out.push(to_json(&json!({ "type": "reset", "room": self.room, "last_id": batch.last_id })));
+        }
+        for m in &batch.messages {
+            out.push(message_frame(m));
+        }
+        Poll::Ready(StreamStatus::Open)
+    }
+
+    /// Interprets a text frame from the client.
+    pub fn handle_text(&self, app: &App, text: &str, now_ms: u64) -> WsAction {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => return WsAction::Reply(error_frame(&format!("not a JSON frame: {e}"), None)),
+        };
+        if frame.kind != "post" {
+            return WsAction::Reply(error_frame(
+                &format!("unknown frame type {:?}; the only client frame is \"post\"", frame.kind),
+                frame.reference,
+            ));
+        }
+        let body = frame.body.unwrap_or_default();
+        let from = frame.from.unwrap_or_default();
+        match app.validate_post(body, from, now_ms) {
+            Ok(message) => WsAction::Store(StoreCall::append(
+                app,
+                self.room.clone(),
+                message,
+                super::AfterStore::WebSocketAck { reference: frame.reference },
+            )),
+            Err(why) => WsAction::Reply(error_frame(why, frame.reference)),
+        }
+    }
+
+    /// The frame that answers a post once the store has run.
+    pub fn finish_post(done: StoreDone) -> String {
+        let reference = match &done.then {
+            super::AfterStore::WebSocketAck { reference } => reference.clone(),
+            _ => None,
+        };
+        match done.result {
+            Ok(posted) => {
+                let mut frame = String::from("{\"type\":\"ack\",\"ref\":");
+                frame.push_str(&to_json(&reference));
+                frame.push_str(",\"message\":");
+                frame.push_str(&posted.json);
+                frame.push('}');
+                frame
+            }
+            Err(e) => error_frame(&format!("not stored: {e}; try again"), reference),
+        }
+    }
+}
+
+fn message_frame(m: &Rendered) -> String {
+    let mut frame = String::with_capacity(m.json.len() + 32);
+    frame.push_str("{\"type\":\"message\",\"message\":");
+    frame.push_str(&m.json);
+    frame.push('}');
+    frame
+}
+
+fn error_frame(error: &str, reference: Option<serde_json::Value>) -> String {
+    match reference {
+        Some(r) => to_json(&json!({ "type": "error", "error": error, "ref": r })),
+        None => to_json(&json!({ "type": "error", "error": error })),
+    }
+}
