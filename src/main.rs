@@ -1,1 +1,201 @@
-fn main() {}
+//! The `c10k` binary: `c10k serve` runs the chat server on the chosen concurrency model.
+//!
+//! Everything model-specific is behind `c10k_models::by_name`; this file parses flags,
+//! opens the store, binds the listener, turns SIGINT/SIGTERM into a shutdown, and starts
+//! the model.
+
+mod signals;
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
+
+use c10k_core::chat::{App, Config};
+use c10k_core::limits::Limits;
+use c10k_models::{by_name, Context, DbMode, ModelOptions, Shutdown, MODEL_NAMES};
+use c10k_store::OffloadPool;
+
+/// One chat server, every concurrency model of the C10K talk, measured side by side.
+#[derive(Parser, Debug)]
+#[command(name = "c10k", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the chat server (open the printed URL in a browser).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port (the URL printed says which).
+    #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// Where messages are stored: a SQLite file path (created if missing).
+    #[arg(long, default_value = "c10k.sqlite3", value_name = "PATH")]
+    db: String,
+
+    /// Concurrency model: async (tokio tasks on a thread per core).
+    #[arg(long, default_value = "async", value_name = "MODEL")]
+    model: String,
+
+    /// Serving threads for models with a fixed number of them (async: tokio workers).
+    /// 0 means one per core.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+
+    /// Where blocking store calls run: `offload` (a thread pool; the server keeps serving
+    /// meanwhile) or `inline` (on the serving thread, which stalls while the store works).
+    #[arg(long, value_enum, default_value_t = DbModeArg::Offload)]
+    db_mode: DbModeArg,
+
+    /// Threads in the store's offload pool.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    store_threads: usize,
+
+    /// Store calls that may wait for the offload pool before posts get 503.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    store_queue: usize,
+
+    /// Messages kept in memory per room (history served to new readers and resumes).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    history: usize,
+
+    /// Seconds a long-poll waits with nothing to send before answering (`{}` on Tornado's route).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    longpoll_wait: f64,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, default_value_t = 75.0, value_name = "SECS")]
+    idle_timeout: f64,
+
+    /// Seconds a request head may take to arrive in full (then 408).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    head_timeout: f64,
+
+    /// Largest request body in bytes (then 413).
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    max_body: usize,
+
+    /// Most open connections in this process; the next ones get 503 and are closed.
+    /// Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long, default_value_t = 19_000, value_name = "N")]
+    max_connections: usize,
+
+    /// Listen backlog: connections the kernel queues before they are accepted.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    backlog: i32,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DbModeArg {
+    Offload,
+    Inline,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                error!("{message}");
+                eprintln!("c10k: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration, String> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("--{name} must be a number of seconds >= 0, not {value}"))
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let options = ModelOptions { threads: args.threads };
+    let model = by_name(&args.model, &options).ok_or_else(|| {
+        format!("unknown model {:?}; choose one of: {}", args.model, MODEL_NAMES.join(", "))
+    })?;
+    let limits = Limits {
+        longpoll_wait: seconds("longpoll-wait", args.longpoll_wait)?,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        head_timeout: seconds("head-timeout", args.head_timeout)?,
+        max_body_bytes: args.max_body,
+        max_connections: args.max_connections.max(1),
+        ..Limits::default()
+    };
+    if args.store_threads == 0 {
+        return Err("--store-threads must be at least 1".into());
+    }
+
+    // Signals first: the handler thread must be the only one that receives them, so they
+    // are blocked before any other thread (store pool, runtime) is started.
+    let shutdown = Shutdown::new();
+    signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
+
+    let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
+    let app = Arc::new(App::new(Config { limits, history: args.history.max(1), seed: seed()? }));
+    app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
+    let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
+
+    let listener = bind(args.listen, args.backlog)?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(model = model.name(), db = %args.db, "serving");
+    // The one line on standard output: tests and scripts read the port from it.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "c10k listening on http://{local}/");
+    let _ = stdout.flush();
+    drop(stdout);
+
+    let db_mode = match args.db_mode {
+        DbModeArg::Offload => DbMode::Offload,
+        DbModeArg::Inline => DbMode::Inline,
+    };
+    let context = Context { app, store, offload, db_mode, shutdown };
+    model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds with a large backlog (std's 128 drops connections in a c10k burst).
+fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let explain = |e: std::io::Error| {
+        format!("cannot listen on {addr}: {e}; pick another address with --listen (port 0 picks a free one)")
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(explain)?;
+    socket.set_reuse_address(true).map_err(explain)?;
+    socket.bind(&addr.into()).map_err(explain)?;
+    socket.listen(backlog.max(1)).map_err(explain)?;
+    Ok(socket.into())
+}
+
+/// 32 bytes from the kernel's random source, for XSRF tokens.
+fn seed() -> Result<[u8; 32], String> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(|e| format!("cannot read /dev/urandom for XSRF tokens: {e}"))?;
+    Ok(seed)
+}

@@ -1,1 +1,84 @@
-//! Models. (Being written.)
+//! The concurrency models of the C10K talk, each serving the same c10k application.
+//!
+//! A model owns the sockets and the waiting; the application (`c10k_core::chat::App`)
+//! owns every decision. Each model turns the application's [`Outcome`]s into writes,
+//! store calls and waits, in its own way:
+//!
+//! | model | talk | where it waits |
+//! |---|---|---|
+//! | `async` ([`async_tokio`]) | generator coroutines; Erlang's green threads on OS threads | a task returns `Pending`; tokio's scheduler runs another |
+//!
+//! (The `threads`, `pool`, `prefork`, `reactor` and `green` models join this table as
+//! they land; see the issues.)
+//!
+//! A model is chosen by name with [`by_name`]; the binary has one `match` and nothing else
+//! model-specific.
+//!
+//! [`Outcome`]: c10k_core::chat::Outcome
+#![deny(missing_docs)]
+
+pub mod async_tokio;
+mod common;
+mod shutdown;
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use c10k_core::chat::App;
+use c10k_core::store::Store;
+use c10k_store::OffloadPool;
+
+pub use shutdown::Shutdown;
+
+/// Where blocking store calls run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbMode {
+    /// On the offload pool; the serving thread goes on with other work meanwhile.
+    Offload,
+    /// On the serving thread itself: a slow query stalls everything that thread serves
+    /// (the talk: "if you block while talking to a database, you block all the requests").
+    Inline,
+}
+
+/// Everything a model needs besides its listener.
+#[derive(Clone)]
+pub struct Context {
+    /// The application.
+    pub app: Arc<App>,
+    /// Durable storage (blocking).
+    pub store: Arc<dyn Store>,
+    /// The pool that runs store calls in [`DbMode::Offload`].
+    pub offload: Arc<OffloadPool>,
+    /// Where store calls run.
+    pub db_mode: DbMode,
+    /// Fires once when the process should stop.
+    pub shutdown: Shutdown,
+}
+
+/// Options every model understands; each takes what applies to it.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Serving threads, for the models that have a fixed number (`async`: tokio workers).
+    pub threads: usize,
+}
+
+/// A concurrency model: serves the application on a listener until shutdown.
+pub trait Model {
+    /// The name given to `--model`.
+    fn name(&self) -> &'static str;
+
+    /// Serves connections from `listener` until `context.shutdown` fires, then returns.
+    fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()>;
+}
+
+/// The names `--model` accepts, for `--help` and error messages.
+pub const MODEL_NAMES: &[&str] = &["async"];
+
+/// The model called `name`, or `None` if there is no such model.
+pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
+    match name {
+        "async" => Some(Box::new(async_tokio::AsyncModel::new(options.threads))),
+        _ => None,
+    }
+}

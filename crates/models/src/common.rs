@@ -1,0 +1,88 @@
+//! Small pieces every model shares: the clock reading, the Date header cache, the
+//! connection count.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use c10k_core::chat::{App, Now};
+use c10k_core::http::{http_date, Encoding, Request};
+
+/// Reads the clocks once, for one request.
+pub(crate) fn now() -> Now {
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Now { instant: Instant::now(), unix_ms }
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// The `Date` header value for now, formatted at most once a second per thread.
+pub(crate) fn date() -> String {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            *cache = (secs, http_date(now));
+        }
+        cache.1.clone()
+    })
+}
+
+/// How a request wants its response framed, kept before the request is handed over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyShape {
+    keep_alive: bool,
+    head_only: bool,
+    http10: bool,
+}
+
+impl ReplyShape {
+    pub(crate) fn of(request: &Request) -> ReplyShape {
+        let probe = Encoding::for_request(request, "");
+        ReplyShape { keep_alive: probe.keep_alive, head_only: probe.head_only, http10: probe.http10 }
+    }
+
+    /// The encoding options with today's date.
+    pub(crate) fn encoding<'a>(&self, date: &'a str) -> Encoding<'a> {
+        Encoding { keep_alive: self.keep_alive, head_only: self.head_only, http10: self.http10, date }
+    }
+}
+
+/// Counts open connections against the cap; dropping it closes the count.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+    app: Arc<App>,
+}
+
+impl ConnectionSlot {
+    /// Takes a slot, or `None` at the cap (the caller answers 503 and closes).
+    pub(crate) fn take(open: &Arc<AtomicUsize>, app: &Arc<App>) -> Option<ConnectionSlot> {
+        app.metrics().connections_accepted.inc();
+        let cap = app.limits().max_connections;
+        let taken = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+        if taken.is_err() {
+            app.metrics().connections_refused.inc();
+            return None;
+        }
+        app.metrics().connections_open.inc();
+        Some(ConnectionSlot { open: Arc::clone(open), app: Arc::clone(app) })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.app.metrics().connections_open.dec();
+    }
+}
+
+/// Whether an accept error means the process is out of file descriptors (or the system
+/// is): the listener stays readable, so retrying at once would spin. Back off instead.
+pub(crate) fn is_fd_exhaustion(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}
