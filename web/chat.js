@@ -1,0 +1,550 @@
+/* chat.js: the c10k chat page's client. Plain JavaScript, no framework, no build step.
+   Live updates over WebSocket, else Server-Sent Events, else long-poll (docs/protocol.md);
+   reconnects with capped, jittered backoff and resumes after the last id seen; posts over
+   the socket or the JSON API. The pure logic (the Chat object) is exported for Node tests;
+   the page part runs only in a browser and builds every user string as text, never HTML. */
+'use strict';
+
+const Chat = (() => {
+  const MAX_BODY = 4096;        // characters (code points), as the server counts them
+  const KEEP = 1000;            // messages kept in a room's view
+  const OPEN_TIMEOUT = 20000;   // ms for a WebSocket/EventSource to open before falling back
+  const POLL_WAIT = 25;         // s a long-poll may wait on the server
+  const TRANSPORTS = ['WebSocket', 'SSE', 'long-poll'];
+
+  const validRoom = s => typeof s === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(s);
+
+  // '#dev' -> 'dev'; '' or '#' -> 'main'; not a valid room name -> null.
+  function roomFromHash(hash) {
+    let s = String(hash || '').replace(/^#/, '');
+    try { s = decodeURIComponent(s); } catch { return null; }
+    return s === '' ? 'main' : validRoom(s) ? s : null;
+  }
+
+  // Delay before reconnect attempt n (0, 1, ...): doubling from `base`, capped, with
+  // "equal jitter" (between half and all of it) so clients do not come back in lockstep.
+  function backoff(n, rand = Math.random, base = 500, cap = 30000) {
+    const d = Math.min(cap, base * 2 ** Math.min(n, 20));
+    return Math.round(d / 2 + rand() * d / 2);
+  }
+
+  // Why a body cannot be sent, or null. The server also rejects whitespace-only bodies.
+  function bodyError(body) {
+    if (typeof body !== 'string' || body.trim() === '') return 'Type a message first.';
+    const n = [...body].length;
+    return n > MAX_BODY ? `Too long: ${n} characters, at most ${MAX_BODY}.` : null;
+  }
+
+  const isMessage = m => !!m && Number.isSafeInteger(m.id) && m.id > 0 && typeof m.body === 'string';
+
+  // A room's view: messages sorted by id, each once, and lastId, the resume point: the
+  // newest id seen on the live stream. Acks and 201s are shown at once but do not move
+  // lastId, or a message still in flight on the stream could be skipped on resume.
+  const emptyFeed = () => ({ msgs: [], lastId: 0 });
+
+  // Merges messages into a feed (a new feed; the old one is untouched). Returns
+  // {feed, added, inOrder, dropped}: inOrder means every added message went after all
+  // others (append to the page), dropped are the oldest, trimmed to `keep`.
+  function merge(feed, incoming, stream, keep = KEEP) {
+    const msgs = feed.msgs.slice(), added = [];
+    let lastId = feed.lastId, inOrder = true;
+    for (const m of incoming || []) {
+      if (!isMessage(m)) continue;
+      if (stream && m.id > lastId) lastId = m.id;
+      let lo = 0, hi = msgs.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (msgs[mid].id < m.id) lo = mid + 1; else hi = mid; }
+      if (lo < msgs.length && msgs[lo].id === m.id) continue;   // already there
+      if (lo < msgs.length) inOrder = false;
+      msgs.splice(lo, 0, m);
+      added.push(m);
+    }
+    const dropped = msgs.length > keep ? msgs.splice(0, msgs.length - keep) : [];
+    return { feed: { msgs, lastId }, added, inOrder, dropped };
+  }
+
+  // Splits text into strings and {text, href} links, for http: and https: URLs only.
+  // Trailing punctuation is left out of a link, and a ')' unless the link opened one.
+  function linkify(text) {
+    const out = [], count = (s, c) => s.split(c).length - 1;
+    let at = 0;
+    for (const m of String(text).matchAll(/\bhttps?:\/\/[^\s<>"'`]+/gi)) {
+      let url = m[0];
+      while (/[.,;:!?'")\]]$/.test(url) && !(url.endsWith(')') && count(url, '(') >= count(url, ')'))) {
+        url = url.slice(0, -1);
+      }
+      let href = null;
+      try {
+        const u = new URL(url);
+        if (u.protocol === 'http:' || u.protocol === 'https:') href = u.href;
+      } catch { /* not a URL after all: stays text */ }
+      if (!href) continue;
+      if (m.index > at) out.push(text.slice(at, m.index));
+      out.push({ text: url, href });
+      at = m.index + url.length;
+    }
+    if (at < text.length) out.push(text.slice(at));
+    return out;
+  }
+
+  // Keeps one room live over the first transport that opens: WebSocket, then SSE, then
+  // long-poll. A transport that fails before opening hands over to the next one at once;
+  // when all fail, or one that was open drops, it waits (backoff) and starts over from
+  // WebSocket, resuming after cb.after().
+  // env: {WebSocket, EventSource, fetch, AbortController, setTimeout, clearTimeout, now, wsOrigin}
+  // cb: {after() -> id or 0, messages(list), reset(lastId), ack(ref, msg), error(ref, text),
+  //      status({transport, state: 'connecting'|'live'|'retrying', delay, why}), dropped(transport)}
+  function live(room, env, cb) {
+    const path = `/api/rooms/${encodeURIComponent(room)}`;
+    const parse = s => { try { return JSON.parse(s); } catch { return null; } };
+    const query = (extra = {}) => {   // no `after` at first: the whole history, never a reset
+      const q = new URLSearchParams(), a = cb.after();
+      if (a > 0) q.set('after', a);
+      for (const [k, v] of Object.entries(extra)) q.set(k, v);
+      return String(q) ? `?${q}` : '';
+    };
+    let level = 0, attempt = 0, gen = 0, openedAt = 0, stopped = false, waiting = false;
+    let ws = null, es = null, ctl = null, openTimer = null, retryTimer = null;
+
+    function teardown() {
+      gen++;   // callbacks of anything opened before this are ignored from now on
+      env.clearTimeout(openTimer); env.clearTimeout(retryTimer);
+      if (ws) { ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null; try { ws.close(); } catch { /* closing anyway */ } }
+      if (es) es.close();
+      if (ctl) ctl.abort();
+      ws = es = ctl = null;
+    }
+
+    function connect() {
+      teardown();
+      waiting = false;
+      if (stopped) return;
+      const g = gen;
+      cb.status({ transport: TRANSPORTS[level], state: 'connecting' });
+      if (level < 2) openTimer = env.setTimeout(() => fail(g, false, 'timed out'), OPEN_TIMEOUT);
+      [openWS, openSSE, poll][level](g);
+    }
+
+    function opened(g) {
+      if (g !== gen) return;
+      env.clearTimeout(openTimer);
+      openedAt = env.now();
+      cb.status({ transport: TRANSPORTS[level], state: 'live' });
+    }
+
+    function fail(g, wasOpen, why) {
+      if (g !== gen || stopped) return;
+      const transport = TRANSPORTS[level];
+      teardown();
+      if (wasOpen) cb.dropped(transport);
+      if (!wasOpen && level < TRANSPORTS.length - 1) { level++; connect(); return; }
+      if (wasOpen && env.now() - openedAt > 10000) attempt = 0;   // it had been working
+      const delay = backoff(attempt++);
+      level = 0;
+      waiting = true;
+      cb.status({ transport, state: 'retrying', delay, why });
+      retryTimer = env.setTimeout(connect, delay);
+    }
+
+    function openWS(g) {
+      let open = false;
+      try { ws = new env.WebSocket(`${env.wsOrigin}${path}/ws${query()}`); }
+      catch (e) { fail(g, false, e.message); return; }
+      ws.onopen = () => { open = true; opened(g); };
+      ws.onclose = e => fail(g, open, e.reason || (open ? 'connection closed' : 'could not connect'));
+      ws.onmessage = e => {
+        const f = parse(e.data);
+        if (!f || g !== gen) return;
+        if (f.type === 'message') cb.messages([f.message]);
+        else if (f.type === 'reset') cb.reset(f.last_id);
+        else if (f.type === 'ack') cb.ack(f.ref, f.message);
+        else if (f.type === 'error') cb.error(f.ref, f.error);
+      };
+    }
+
+    function openSSE(g) {
+      let open = false;
+      try { es = new env.EventSource(`${path}/events${query()}`); }
+      catch (e) { fail(g, false, e.message); return; }
+      es.onopen = () => { open = true; opened(g); };
+      es.addEventListener('message', e => { const m = parse(e.data); if (m && g === gen) cb.messages([m]); });
+      es.addEventListener('reset', e => { const r = parse(e.data); if (g === gen) cb.reset(r && r.last_id); });
+      // Both a lost connection and the server's `event: error` (which has data) land here.
+      // We reconnect ourselves (with backoff and our own resume point), not EventSource.
+      es.onerror = e => {
+        const why = e && e.data ? (parse(e.data) || {}).error : null;
+        fail(g, open, why || (open ? 'connection lost' : 'could not connect'));
+      };
+    }
+
+    async function poll(g) {
+      let open = false;
+      while (g === gen) {
+        const c = ctl = new env.AbortController();
+        const wait = open ? POLL_WAIT : 0;   // the first poll answers at once: proves it works
+        const t0 = env.now();
+        const timer = env.setTimeout(() => c.abort(), (wait + 15) * 1000);
+        let j = null;
+        try {
+          const r = await env.fetch(`${path}/messages${query({ wait })}`, { signal: c.signal, cache: 'no-store' });
+          j = await r.json().catch(() => null);
+          if (!r.ok || !j || !Array.isArray(j.messages)) throw new Error((j && j.error) || `HTTP ${r.status}`);
+        } catch (e) {
+          fail(g, open, c.signal.aborted ? 'timed out' : e.message);
+          return;
+        } finally {
+          env.clearTimeout(timer);
+        }
+        if (g !== gen) return;
+        if (!open) { open = true; opened(g); }
+        if (j.reset) cb.reset(j.last_id);
+        if (j.messages.length) cb.messages(j.messages);
+        else if (wait > 0 && env.now() - t0 < 1000) await new Promise(res => env.setTimeout(res, 1000));   // never spin
+      }
+    }
+
+    connect();
+    return {
+      // Sends a frame if the WebSocket is open; false means: use HTTP instead.
+      send(frame) {
+        if (!ws || ws.readyState !== 1) return false;
+        ws.send(JSON.stringify(frame));
+        return true;
+      },
+      retryNow() { if (waiting) connect(); },
+      stop() { stopped = true; teardown(); },
+    };
+  }
+
+  return { MAX_BODY, TRANSPORTS, validRoom, roomFromHash, backoff, bodyError, isMessage, emptyFeed, merge, linkify, live };
+})();
+
+if (typeof module === 'object' && module.exports) module.exports = Chat;
+if (typeof document === 'object') {
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', startPage);
+  else startPage();
+}
+
+function startPage() {
+  const C = Chat;
+  const $ = id => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = String(text);
+    return e;
+  };
+  const store = {
+    get(k, d) { try { return JSON.parse(localStorage.getItem('c10k.' + k)) ?? d; } catch { return d; } },
+    set(k, v) { try { localStorage.setItem('c10k.' + k, JSON.stringify(v)); } catch { /* private mode: fine */ } },
+  };
+  document.documentElement.classList.replace('no-js', 'js');
+
+  const inbox = $('inbox'), pendingList = $('pending'), notice = $('notice');
+  const composer = $('composer'), input = $('message-input'), nickInput = $('nick');
+  const roomList = $('rooms'), roomForm = $('room-form'), roomInput = $('room-name'), roomError = $('room-error');
+  const statusEl = $('status'), statusText = $('status-text'), retryBtn = $('retry-now'), roomTitle = $('room-title');
+
+  const env = {
+    WebSocket: window.WebSocket, EventSource: window.EventSource, AbortController: window.AbortController,
+    fetch: (...a) => window.fetch(...a),
+    setTimeout: (f, ms) => window.setTimeout(f, ms), clearTimeout: t => window.clearTimeout(t),
+    now: () => Date.now(),
+    wsOrigin: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host,
+  };
+
+  let room = null, feed = C.emptyFeed(), conn = null, tookOver = false, refSeq = 0;
+  const pending = [];   // your posts until confirmed: {ref, room, body, from, afterId, via, state, why, timer}
+  let rooms = [].concat(store.get('rooms', [])).filter(C.validRoom);
+  if (!rooms.includes('main')) rooms.unshift('main');
+
+  nickInput.value = String(store.get('nick', '')).slice(0, 64);
+  nickInput.addEventListener('input', () => store.set('nick', nickInput.value.trim()));
+  const nick = () => nickInput.value.trim();
+  const say = text => { notice.textContent = text; };
+
+  // ---- messages ----
+  function fmtTime(d) {
+    const today = d.toDateString() === new Date().toDateString();
+    return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+      : d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  }
+
+  function messageEl(m) {
+    const div = el('div', 'message'), meta = el('div', 'meta'), body = el('p', 'body');
+    div.id = 'm' + m.id;
+    if (m.from && m.from === nick()) div.classList.add('mine');
+    meta.append(el('span', 'from', m.from || 'anonymous'));
+    const d = new Date(m.time);
+    if (Number.isFinite(m.time) && !isNaN(d)) {
+      const t = el('time', null, fmtTime(d));
+      t.dateTime = d.toISOString();
+      t.title = d.toLocaleString();
+      meta.append(t);
+    }
+    for (const part of C.linkify(m.body)) {
+      if (typeof part === 'string') { body.append(document.createTextNode(part)); continue; }
+      const a = el('a', null, part.text);
+      a.href = part.href;
+      a.rel = 'noopener noreferrer';
+      a.target = '_blank';
+      body.append(a);
+    }
+    div.append(meta, body);
+    return div;
+  }
+
+  // Replaces #inbox (at first the server-rendered messages of room main) with the view.
+  function renderAll() {
+    tookOver = true;
+    inbox.setAttribute('aria-busy', 'true');
+    inbox.replaceChildren(...feed.msgs.map(messageEl));
+    inbox.removeAttribute('aria-busy');
+  }
+
+  const nearBottom = () => inbox.scrollHeight - inbox.scrollTop - inbox.clientHeight < 60;
+
+  function show(res, forceScroll) {
+    const stick = forceScroll || nearBottom();
+    feed = res.feed;
+    if (!tookOver || !res.inOrder) renderAll();
+    else {
+      for (const m of res.added) inbox.append(messageEl(m));
+      for (let i = 0; i < res.dropped.length; i++) inbox.firstElementChild?.remove();
+    }
+    if (stick) inbox.scrollTop = inbox.scrollHeight;
+  }
+
+  // ---- your posts: sending, failed, unconfirmed ----
+  const byRef = ref => pending.find(p => p.ref === ref);
+
+  function settle(p, state, why) {
+    clearTimeout(p.timer);
+    p.state = state;
+    p.why = why;
+    renderPending();
+  }
+
+  function delivered(p, m) {
+    clearTimeout(p.timer);
+    const i = pending.indexOf(p);
+    if (i >= 0) pending.splice(i, 1);
+    renderPending();
+    if (p.room === room && C.isMessage(m)) show(C.merge(feed, [m], false), true);
+  }
+
+  // Without a confirmation we cannot know whether the server stored a post (the protocol
+  // has no idempotency key). If the stream later shows a message with the same sender
+  // and body, newer than when it was sent, take that as the confirmation.
+  function confirmFromStream(r, added) {
+    for (const m of added) {
+      const p = pending.find(q => q.room === r && q.state === 'unconfirmed' && q.body === m.body &&
+        q.from === (m.from || '') && m.id > q.afterId);
+      if (p) delivered(p, null);
+    }
+  }
+
+  function send(p) {
+    p.state = 'sending';
+    p.why = '';
+    const frame = { type: 'post', body: p.body, ref: p.ref };
+    if (p.from) frame.from = p.from;
+    if (p.room === room && conn && conn.send(frame)) {
+      p.via = 'ws';
+      clearTimeout(p.timer);
+      p.timer = setTimeout(() => {
+        if (p.state === 'sending') settle(p, 'unconfirmed', 'No confirmation from the server yet.');
+      }, 15000);
+    } else {
+      postHTTP(p);
+    }
+    renderPending();
+  }
+
+  async function postHTTP(p) {
+    p.via = 'http';
+    let r;
+    try {
+      r = await fetch(`/api/rooms/${encodeURIComponent(p.room)}/messages`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(p.from ? { body: p.body, from: p.from } : { body: p.body }),
+      });
+    } catch {
+      settle(p, 'unconfirmed', 'Network error: it may not have been sent.');
+      return;
+    }
+    const j = await r.json().catch(() => null);
+    if (!r.ok) settle(p, 'failed', (j && j.error) || `The server answered ${r.status}.`);
+    else delivered(p, j);
+  }
+
+  function unconfirmWsPosts(r) {
+    for (const p of pending) {
+      if (p.room === r && p.via === 'ws' && p.state === 'sending') {
+        settle(p, 'unconfirmed', 'The connection closed before the server confirmed it.');
+      }
+    }
+  }
+
+  function pendingEl(p) {
+    const li = el('li', 'pending ' + p.state), meta = el('div', 'meta');
+    if (p.room !== room) meta.append(el('span', 'room', 'to #' + p.room));
+    meta.append(el('span', null, {
+      sending: 'Sending…',
+      failed: 'Not sent: ' + p.why,
+      unconfirmed: p.why + ' If it does not appear above, retry.',
+    }[p.state]));
+    li.append(meta, el('p', 'body', p.body));
+    if (p.state !== 'sending') {
+      const actions = el('div', 'actions');
+      for (const [action, label] of [['retry', 'Retry'], ['edit', 'Edit'], ['discard', 'Discard']]) {
+        const b = el('button', 'quiet', label);
+        b.type = 'button';
+        b.dataset.action = action;
+        b.dataset.ref = p.ref;
+        actions.append(b);
+      }
+      li.append(actions);
+    }
+    return li;
+  }
+
+  function renderPending() { pendingList.replaceChildren(...pending.map(pendingEl)); }
+
+  pendingList.addEventListener('click', e => {
+    const b = e.target.closest('button[data-action]');
+    const p = b && byRef(Number(b.dataset.ref));
+    if (!p) return;
+    if (b.dataset.action === 'retry') send(p);
+    else {
+      clearTimeout(p.timer);
+      pending.splice(pending.indexOf(p), 1);
+      if (b.dataset.action === 'edit') input.value = input.value ? `${input.value} ${p.body}` : p.body;
+      renderPending();
+    }
+    input.focus();
+  });
+
+  composer.addEventListener('submit', e => {
+    e.preventDefault();
+    const body = input.value, why = C.bodyError(body);
+    say(why || '');
+    if (why) { input.focus(); return; }
+    const p = { ref: ++refSeq, room, body, from: nick(), afterId: feed.lastId };
+    pending.push(p);
+    input.value = '';
+    send(p);
+    inbox.scrollTop = inbox.scrollHeight;
+  });
+  input.addEventListener('input', () => { if (notice.textContent) say(''); });
+
+  // Unsent text would be lost on leaving: ask first.
+  window.addEventListener('beforeunload', e => { if (pending.length) { e.preventDefault(); e.returnValue = ''; } });
+
+  // ---- connection status ----
+  function showStatus(s) {
+    statusEl.dataset.state = s.state;
+    statusText.textContent =
+      s.state === 'live' ? `Live · ${s.transport}`
+      : s.state === 'connecting' ? `Connecting · ${s.transport}…`
+      : `Offline${s.why ? ` (${s.why})` : ''} · retrying in ${Math.ceil(s.delay / 1000)} s`;
+    retryBtn.hidden = s.state !== 'retrying';
+  }
+  retryBtn.addEventListener('click', () => conn && conn.retryNow());
+  window.addEventListener('online', () => conn && conn.retryNow());
+
+  // ---- rooms ----
+  function renderRooms() {
+    roomList.replaceChildren(...rooms.map(r => {
+      const li = el('li'), a = el('a', null, '#' + r);
+      a.href = '#' + r;
+      if (r === room) a.setAttribute('aria-current', 'page');
+      li.append(a);
+      if (r !== 'main') {
+        const x = el('button', 'quiet', '×');
+        x.type = 'button';
+        x.dataset.room = r;
+        x.title = `Leave #${r}`;
+        x.setAttribute('aria-label', `Leave #${r}`);
+        li.append(x);
+      }
+      return li;
+    }));
+  }
+
+  roomList.addEventListener('click', e => {
+    const b = e.target.closest('button[data-room]');
+    if (!b) return;
+    rooms = rooms.filter(r => r !== b.dataset.room);
+    store.set('rooms', rooms);
+    if (b.dataset.room === room) location.hash = 'main';
+    renderRooms();
+  });
+
+  roomForm.addEventListener('submit', e => {
+    e.preventDefault();
+    const r = roomInput.value.trim();
+    if (!C.validRoom(r)) {
+      roomInput.setAttribute('aria-invalid', 'true');
+      roomError.textContent = 'A room name is 1 to 64 letters, digits, _ or -.';
+      roomInput.focus();
+      return;
+    }
+    roomInput.removeAttribute('aria-invalid');
+    roomError.textContent = '';
+    roomInput.value = '';
+    location.hash = r;   // hashchange switches
+    input.focus();
+  });
+  roomInput.addEventListener('input', () => {
+    const v = roomInput.value.trim();
+    if (v === '' || C.validRoom(v)) { roomInput.removeAttribute('aria-invalid'); roomError.textContent = ''; }
+  });
+
+  function connectRoom(r) {
+    conn = C.live(r, env, {
+      after: () => feed.lastId,
+      reset: () => { feed = C.emptyFeed(); renderAll(); },   // history follows
+      messages: list => { const res = C.merge(feed, list, true); show(res); confirmFromStream(r, res.added); },
+      ack: (ref, m) => {
+        const p = byRef(ref);
+        if (p) delivered(p, m);
+        else if (C.isMessage(m)) show(C.merge(feed, [m], false));
+      },
+      error: (ref, why) => {
+        const p = byRef(ref);
+        if (p) settle(p, 'failed', why || 'the server refused it');
+        else say(why || 'The server reported an error.');
+      },
+      status: showStatus,
+      dropped: () => unconfirmWsPosts(r),
+    });
+  }
+
+  function switchRoom() {
+    let r = C.roomFromHash(location.hash);
+    if (r === null) {
+      say(`“${location.hash.slice(1, 80)}” is not a room name: use 1 to 64 letters, digits, _ or -.`);
+      r = room || 'main';
+      history.replaceState(null, '', '#' + r);
+    }
+    if (r === room) return;
+    const first = room === null;
+    if (conn) { unconfirmWsPosts(room); conn.stop(); }
+    room = r;
+    if (!rooms.includes(r)) { rooms.push(r); store.set('rooms', rooms); }
+    feed = C.emptyFeed();
+    // Room main's server-rendered messages stay until the live view has something to show.
+    if (!(first && r === 'main')) renderAll();
+    roomTitle.textContent = '#' + r;
+    document.title = `#${r} · c10k chat`;
+    input.placeholder = `Message #${r}`;
+    renderRooms();
+    renderPending();
+    connectRoom(r);
+  }
+
+  window.addEventListener('hashchange', switchRoom);
+  switchRoom();
+  inbox.scrollTop = inbox.scrollHeight;
+}
