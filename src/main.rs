@@ -44,14 +44,28 @@ struct ServeArgs {
     #[arg(long, default_value = "c10k.sqlite3", value_name = "PATH")]
     db: String,
 
-    /// Concurrency model: async (tokio tasks on a thread per core).
+    /// Concurrency model: `async` (tokio tasks on a thread per core), `threads` (an OS
+    /// thread per connection), `pool` (a fixed pool of worker threads and a queue).
     #[arg(long, default_value = "async", value_name = "MODEL")]
     model: String,
 
-    /// Serving threads for models with a fixed number of them (async: tokio workers).
-    /// 0 means one per core.
+    /// Serving threads for models with a fixed number of them (async: tokio workers,
+    /// default one per core; pool: workers, default 64).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
+
+    /// Stack size of each connection's thread (threads, pool), e.g. 256k or 8m.
+    #[arg(long, default_value = "256k", value_name = "SIZE", value_parser = parse_size)]
+    stack_size: usize,
+
+    /// Accepted connections that may wait for a pool worker; beyond it, 503 at once.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    queue: usize,
+
+    /// One global lock around all application handling (threads, pool): the GIL, or
+    /// FreeBSD's giant lock, to measure what it costs.
+    #[arg(long)]
+    giant_lock: bool,
 
     /// Where blocking store calls run: `offload` (a thread pool; the server keeps serving
     /// meanwhile) or `inline` (on the serving thread, which stalls while the store works).
@@ -123,6 +137,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses a size like `65536`, `256k` or `8m` (powers of 1024).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.strip_suffix('k') {
+        Some(d) => (d, 1024),
+        None => match lower.strip_suffix('m') {
+            Some(d) => (d, 1024 * 1024),
+            None => (lower.as_str(), 1),
+        },
+    };
+    let size = digits
+        .parse::<usize>()
+        .map_err(|_| format!("{text:?} is not a size; write bytes, or a number with k or m (e.g. 256k)"))?
+        * unit;
+    if size < 64 * 1024 {
+        return Err(format!("{text:?} is too small a stack; use at least 64k"));
+    }
+    Ok(size)
+}
+
 fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     if value.is_finite() && value >= 0.0 {
         Ok(Duration::from_secs_f64(value))
@@ -132,7 +166,15 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let options = ModelOptions { threads: args.threads };
+    let options = ModelOptions {
+        threads: args.threads,
+        stack_size: args.stack_size,
+        queue: args.queue.max(1),
+        giant_lock: args.giant_lock,
+    };
+    if args.giant_lock && !matches!(args.model.as_str(), "threads" | "pool") {
+        return Err(format!("--giant-lock applies to the threads and pool models, not {:?}", args.model));
+    }
     let model = by_name(&args.model, &options).ok_or_else(|| {
         format!("unknown model {:?}; choose one of: {}", args.model, MODEL_NAMES.join(", "))
     })?;

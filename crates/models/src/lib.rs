@@ -7,9 +7,11 @@
 //! | model | talk | where it waits |
 //! |---|---|---|
 //! | `async` ([`async_tokio`]) | generator coroutines; Erlang's green threads on OS threads | a task returns `Pending`; tokio's scheduler runs another |
+//! | `threads` ([`threads`]) | Apache 2: a thread per connection | the thread blocks in `read` or `poll(2)` |
+//! | `pool` ([`pool`]) | Apache 2's worker MPM: a bounded pool | a worker blocks for its connection's life |
 //!
-//! (The `threads`, `pool`, `prefork`, `reactor` and `green` models join this table as
-//! they land; see the issues.)
+//! The blocking models share one connection driver (`blocking.rs`) written as straight-line
+//! code; each supplies how it sleeps. (`prefork`, `reactor` and `green` join as they land.)
 //!
 //! A model is chosen by name with [`by_name`]; the binary has one `match` and nothing else
 //! model-specific.
@@ -17,9 +19,15 @@
 //! [`Outcome`]: c10k_core::chat::Outcome
 #![deny(missing_docs)]
 
+mod acceptor;
 pub mod async_tokio;
+mod blocking;
 mod common;
+pub mod pool;
 mod shutdown;
+mod sys;
+mod thread_wait;
+pub mod threads;
 
 use std::io;
 use std::net::TcpListener;
@@ -59,8 +67,15 @@ pub struct Context {
 /// Options every model understands; each takes what applies to it.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
-    /// Serving threads, for the models that have a fixed number (`async`: tokio workers).
+    /// Serving threads, for the models that have a fixed number (`async`: tokio workers,
+    /// `pool`: workers). 0 picks the model's default.
     pub threads: usize,
+    /// Stack size in bytes of each connection's thread or coroutine.
+    pub stack_size: usize,
+    /// Accepted connections that may wait for a `pool` worker before 503.
+    pub queue: usize,
+    /// One global lock around all application handling (`threads`, `pool`).
+    pub giant_lock: bool,
 }
 
 /// A concurrency model: serves the application on a listener until shutdown.
@@ -73,12 +88,19 @@ pub trait Model {
 }
 
 /// The names `--model` accepts, for `--help` and error messages.
-pub const MODEL_NAMES: &[&str] = &["async"];
+pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool"];
 
 /// The model called `name`, or `None` if there is no such model.
 pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
     match name {
         "async" => Some(Box::new(async_tokio::AsyncModel::new(options.threads))),
+        "threads" => Some(Box::new(threads::ThreadsModel::new(options.stack_size, options.giant_lock))),
+        "pool" => Some(Box::new(pool::PoolModel::new(
+            options.threads,
+            options.queue,
+            options.stack_size,
+            options.giant_lock,
+        ))),
         _ => None,
     }
 }
