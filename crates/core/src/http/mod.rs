@@ -15,4 +15,5 @@ mod encode;
 mod types;
 
 pub use decode::RequestDecoder;
+pub use encode::{http_date, Encoding};
 pub use types::{Event, Headers, Method, ProtocolError, Request, Response, StatusCode};
