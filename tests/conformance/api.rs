@@ -1,0 +1,312 @@
+//! The native JSON API, any room: `POST` and `GET /api/rooms/{room}/messages`.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const QUIET: Duration = Duration::from_millis(500);
+
+fn messages_path(room: &str) -> String {
+    format!("/api/rooms/{room}/messages")
+}
+
+/// A native-API error: the status, and a body `{"error": "what was wrong"}`.
+#[track_caller]
+fn assert_api_error(reply: &Response, status: u16, what: &str) {
+    assert_eq!(reply.status, status, "{what}:\n{reply}");
+    let error = reply.json();
+    assert!(
+        error["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: the body must be {{\"error\": \"what was wrong\"}}:\n{reply}"
+    );
+}
+
+/// A post answers 201 with the stored message: a numeric id, the room, the body,
+/// `from`, and `time` in milliseconds since the epoch. The JSON escapes `</` as `<\/`.
+pub fn post_answers_201_with_the_stored_message(model: Model) {
+    let server = Server::start(model);
+    let before = now_ms();
+    let reply = Request::post(&messages_path("main"))
+        .json(&json!({"body": "hello <b>there</b>", "from": "ann"}))
+        .send(server.port());
+    let after = now_ms();
+    reply.assert_status(201);
+    assert!(
+        reply.content_type().starts_with("application/json"),
+        "{reply}"
+    );
+    assert!(
+        !reply.text().contains("</"),
+        "the JSON must escape `</` as `<\\/`:\n{reply}"
+    );
+
+    let message = reply.json();
+    let time = message["time"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("time must be a number: {reply}"));
+    assert!(
+        before.saturating_sub(5_000) <= time && time <= after + 5_000,
+        "time must be milliseconds since the epoch, about {before}: {reply}"
+    );
+    assert_eq!(
+        message,
+        json!({"id": 1, "room": "main", "body": "hello <b>there</b>", "from": "ann", "time": time}),
+        "{reply}"
+    );
+    assert_eq!(api_post(server.port(), "main", "again")["id"], 2);
+}
+
+/// `from` may be left out.
+pub fn post_without_from_is_accepted(model: Model) {
+    let server = Server::start(model);
+    let reply = Request::post(&messages_path("main"))
+        .json(&json!({"body": "anonymous"}))
+        .send(server.port());
+    reply.assert_status(201);
+    assert_eq!(reply.json()["body"], "anonymous", "{reply}");
+    assert_eq!(reply.json()["id"], 1, "{reply}");
+}
+
+/// `body` must be a non-empty string of at most 4096 characters, in a JSON object:
+/// anything else is 400 with a JSON error, and nothing is stored.
+pub fn post_with_a_missing_empty_or_too_long_body_is_400(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let too_long = "x".repeat(4097);
+    let bad_bodies: Vec<(&str, String)> = vec![
+        ("an object without body", json!({"from": "ann"}).to_string()),
+        ("an empty body", json!({"body": ""}).to_string()),
+        ("a body that is a number", json!({"body": 5}).to_string()),
+        ("a body that is null", json!({"body": null}).to_string()),
+        (
+            "a body of 4097 characters",
+            json!({"body": too_long}).to_string(),
+        ),
+        ("a JSON array", "[]".to_string()),
+        ("truncated JSON", "{\"body\": \"hi".to_string()),
+        ("no bytes at all", String::new()),
+    ];
+    for (what, bytes) in bad_bodies {
+        let reply = Request::post(&messages_path("main"))
+            .body("application/json", bytes)
+            .send(port);
+        assert_api_error(&reply, 400, what);
+    }
+    assert_eq!(
+        api_messages(port, "main", "")["last_id"],
+        0,
+        "nothing may be stored"
+    );
+
+    let longest = "y".repeat(4096);
+    assert_eq!(
+        api_post(port, "main", &longest)["body"],
+        longest,
+        "4096 characters are allowed"
+    );
+}
+
+/// The API takes only `Content-Type: application/json` (a cross-site form cannot send it
+/// without a CORS preflight): any other type, or none, is 415. A `charset` parameter
+/// does not change the media type.
+pub fn post_with_another_content_type_is_415(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let json_bytes = json!({"body": "hi"}).to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let reply = Request::post(&messages_path("main"))
+            .body(content_type, json_bytes.clone())
+            .send(port);
+        assert_api_error(&reply, 415, content_type);
+    }
+    let untyped = Request::post(&messages_path("main"))
+        .raw_body(json_bytes.clone())
+        .send(port);
+    assert_api_error(&untyped, 415, "no Content-Type");
+    assert_eq!(
+        api_messages(port, "main", "")["last_id"],
+        0,
+        "nothing may be stored"
+    );
+
+    let with_charset = Request::post(&messages_path("main"))
+        .body("application/json; charset=utf-8", json_bytes)
+        .send(port);
+    with_charset.assert_status(201);
+}
+
+/// A room name is 1 to 64 of `A-Z a-z 0-9 _ -`; any other is 400 on every room route.
+pub fn a_bad_room_name_is_400(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let too_long = "r".repeat(65);
+    for room in [
+        "bad.room",
+        "sp%20ace",
+        "caf%C3%A9",
+        "a+b",
+        too_long.as_str(),
+    ] {
+        let post = Request::post(&messages_path(room))
+            .json(&json!({"body": "hi"}))
+            .send(port);
+        assert_api_error(&post, 400, &format!("POST to room {room:?}"));
+        let list = Request::get(&messages_path(room)).send(port);
+        assert_api_error(&list, 400, &format!("GET messages of room {room:?}"));
+        let events = Request::get(&format!("/api/rooms/{room}/events")).send(port);
+        assert_eq!(events.status, 400, "events of room {room:?}:\n{events}");
+    }
+
+    let longest = "r".repeat(64);
+    for room in ["Az09_-", longest.as_str()] {
+        assert_eq!(api_post(port, room, "fine")["room"], room);
+    }
+}
+
+/// Ids are per room: every room starts at 1 and counts up on its own.
+pub fn ids_are_per_room_and_start_at_1(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    assert_eq!(api_post(port, "main", "m1")["id"], 1);
+    assert_eq!(api_post(port, "main", "m2")["id"], 2);
+    assert_eq!(api_post(port, "other", "o1")["id"], 1);
+    assert_eq!(api_post(port, "main", "m3")["id"], 3);
+    assert_eq!(api_post(port, "other", "o2")["id"], 2);
+}
+
+/// `GET` without `after` (or with `after=0`) answers the whole history; with `after=ID`,
+/// the messages after ID; with the newest id, none (at once: `wait` defaults to 0).
+/// `last_id` is the room's newest id and `reset` is false throughout.
+pub fn get_messages_after_an_id_answers_the_later_ones(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let posted: Vec<Value> = ["one", "two", "three"]
+        .iter()
+        .map(|b| api_post(port, "main", b))
+        .collect();
+
+    for (query, expected) in [
+        ("", &posted[..]),
+        ("?after=0", &posted[..]),
+        ("?after=1", &posted[1..]),
+        ("?after=3", &posted[3..]),
+    ] {
+        let answer = api_messages(port, "main", query);
+        assert_eq!(
+            answer,
+            json!({"room": "main", "messages": expected, "reset": false, "last_id": 3}),
+            "GET {}{query}",
+            messages_path("main")
+        );
+    }
+}
+
+/// An empty room has no messages, and `last_id` 0.
+pub fn get_messages_of_an_empty_room(model: Model) {
+    let server = Server::start(model);
+    assert_eq!(
+        api_messages(server.port(), "empty", ""),
+        json!({"room": "empty", "messages": [], "reset": false, "last_id": 0})
+    );
+}
+
+/// With `wait`, a GET with nothing to send waits, and answers as soon as a message is
+/// posted.
+pub fn get_with_wait_returns_when_a_message_is_posted(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    api_post(port, "main", "before");
+
+    let mut poll = start_request(
+        port,
+        &Request::get(&format!("{}?after=1&wait=20", messages_path("main"))),
+    );
+    poll.expect_no_response_within(QUIET, "a GET with wait and nothing after `after` must wait");
+    let posted = api_post(port, "main", "after");
+    let reply = poll.read_response();
+    reply.assert_status(200);
+    assert_eq!(
+        reply.json(),
+        json!({"room": "main", "messages": [posted], "reset": false, "last_id": 2}),
+        "{reply}"
+    );
+}
+
+/// With `wait` and nothing posted, the answer comes after the wait with `"messages": []`;
+/// `wait` is capped at the long-poll wait (here `--longpoll-wait 1`).
+pub fn get_with_wait_answers_an_empty_list_when_nothing_is_posted(model: Model) {
+    let server = Server::start_with_longpoll_wait(model, 1);
+    let port = server.port();
+
+    let started = Instant::now();
+    let answer = api_messages(port, "main", "?after=0&wait=1");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "wait=1 must wait about a second, answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answer,
+        json!({"room": "main", "messages": [], "reset": false, "last_id": 0})
+    );
+
+    // Far beyond the long-poll wait: answered after about a second all the same (the
+    // client's read timeout is 20 s).
+    let answer = api_messages(port, "main", "?wait=3600");
+    assert_eq!(
+        answer,
+        json!({"room": "main", "messages": [], "reset": false, "last_id": 0})
+    );
+}
+
+/// `after` beyond the newest id cannot be resumed from: `reset` is true, and the answer
+/// is a fresh start, the history held.
+pub fn get_after_an_id_beyond_the_newest_answers_a_reset(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let posted: Vec<Value> = ["one", "two"]
+        .iter()
+        .map(|b| api_post(port, "main", b))
+        .collect();
+
+    assert_eq!(
+        api_messages(port, "main", "?after=99"),
+        json!({"room": "main", "messages": posted, "reset": true, "last_id": 2})
+    );
+}
+
+/// A resume from an id the server no longer holds (here `--history 3` after five posts)
+/// never skips silently: either `reset` is true and the messages are the held ones, up
+/// to the newest, or `reset` is false and every message after `after` is there. From an
+/// id just before the oldest held, nothing is missing: no reset.
+pub fn get_after_an_id_no_longer_held_never_skips_silently(model: Model) {
+    let server = Server::start_with_args(model, &["--history", "3"]);
+    let port = server.port();
+    for n in 1..=5 {
+        api_post(port, "main", &format!("message {n}"));
+    }
+
+    let answer = api_messages(port, "main", "?after=1");
+    assert_eq!(answer["last_id"], 5, "{answer}");
+    let ids = api_ids(&answer["messages"]);
+    match answer["reset"].as_bool() {
+        Some(false) => assert_eq!(
+            ids,
+            [2, 3, 4, 5],
+            "without a reset nothing may be missing: {answer}"
+        ),
+        Some(true) => assert!(
+            !ids.is_empty() && ids.windows(2).all(|w| w[1] == w[0] + 1) && ids.last() == Some(&5),
+            "after a reset, the held messages up to the newest: {answer}"
+        ),
+        None => panic!("reset must be a boolean: {answer}"),
+    }
+
+    let answer = api_messages(port, "main", "?after=2");
+    assert_eq!(answer["reset"], false, "{answer}");
+    assert_eq!(api_ids(&answer["messages"]), [3, 4, 5], "{answer}");
+}

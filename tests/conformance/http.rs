@@ -1,0 +1,331 @@
+//! General HTTP/1.1 behaviour, the same on every route: framing, keep-alive and
+//! pipelining, and the limits that protect the server, each answered with its status and
+//! a closed connection.
+
+use std::io::Write;
+use std::thread;
+
+use crate::support::*;
+
+/// Sends raw bytes on a new connection, reads one response, and asserts its status and
+/// that the server then closes the connection.
+#[track_caller]
+fn assert_refused_and_closed(port: u16, request: &[u8], status: u16, what: &str) {
+    let mut conn = Conn::open(port);
+    conn.send(request);
+    let reply = conn.read_response();
+    assert_eq!(reply.status, status, "{what}:\n{reply}");
+    conn.expect_closed(&format!("a {status} for {what}"));
+}
+
+/// Every response carries `Date` and `Content-Length`, successes and errors alike.
+pub fn every_response_has_date_and_content_length(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let requests = [
+        Request::get("/"),
+        Request::get("/healthz"),
+        Request::get("/metrics"),
+        Request::get("/static/chat.js"),
+        Request::get("/api/rooms/main/messages"),
+        Request::post("/api/rooms/main/messages").json(&json!({"body": "hi"})),
+        Request::post("/api/rooms/main/messages").body("text/plain", "hi"),
+        Request::post("/a/message/new").form(&[("body", "hi")]),
+        Request::get("/no/such/page"),
+        Request::new("DELETE", "/healthz"),
+    ];
+    for request in requests {
+        let reply = request.send(port);
+        assert!(
+            reply.header("Content-Length").is_some(),
+            "no Content-Length:\n{reply}"
+        );
+        let date = reply
+            .header("Date")
+            .unwrap_or_else(|| panic!("no Date:\n{reply}"));
+        assert!(
+            date.ends_with(" GMT"),
+            "Date must be an HTTP date: {date:?}\n{reply}"
+        );
+    }
+}
+
+/// An unknown path is 404.
+pub fn an_unknown_path_is_404(model: Model) {
+    let server = Server::start(model);
+    for path in [
+        "/no/such/page",
+        "/api/rooms/main/nothing",
+        "/a/message/old",
+        "/static/nothing.js",
+        "/api/nothing",
+    ] {
+        let reply = get(server.port(), path);
+        assert_eq!(reply.status, 404, "GET {path}:\n{reply}");
+    }
+}
+
+/// A known path with the wrong method is 405, with `Allow` naming the methods it takes.
+pub fn a_known_path_with_the_wrong_method_is_405_with_allow(model: Model) {
+    let server = Server::start(model);
+    let cases = [
+        (Request::get("/a/message/new"), &["POST"][..]),
+        (Request::get("/a/message/updates"), &["POST"][..]),
+        (
+            Request::new("DELETE", "/api/rooms/main/messages"),
+            &["GET", "POST"][..],
+        ),
+        (Request::post("/healthz"), &["GET"][..]),
+    ];
+    for (request, allowed) in cases {
+        let reply = request.send(server.port());
+        reply.assert_status(405);
+        let allow = reply
+            .header("Allow")
+            .unwrap_or_else(|| panic!("a 405 needs Allow:\n{reply}"));
+        let methods: Vec<&str> = allow.split(',').map(str::trim).collect();
+        for method in allowed {
+            assert!(
+                methods.contains(method),
+                "Allow must name {method}:\n{reply}"
+            );
+        }
+    }
+}
+
+/// A request that is not HTTP is 400, and the connection is closed after it.
+pub fn a_malformed_request_is_400_and_closes_the_connection(model: Model) {
+    let server = Server::start(model);
+    let cases: [(&[u8], &str); 4] = [
+        (b"GARBAGE\r\n\r\n", "a request line of one word"),
+        (
+            b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a method that is not a token",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+            "a header line without a colon",
+        ),
+        (
+            b"POST /api/rooms/main/messages HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+            "a Content-Length that is not a number",
+        ),
+    ];
+    for (request, what) in cases {
+        assert_refused_and_closed(server.port(), request, 400, what);
+    }
+}
+
+/// A request head over 16 KiB is 431 and closes the connection; 15 KiB is served.
+pub fn a_head_over_16_kib_is_431(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let fits = Request::get("/healthz")
+        .header("X-Big", &"a".repeat(15 * 1024))
+        .send(port);
+    fits.assert_status(200);
+
+    let too_big = Request::get("/healthz")
+        .header("X-Big", &"a".repeat(17 * 1024))
+        .to_bytes(port);
+    assert_refused_and_closed(port, &too_big, 431, "a 17 KiB header");
+}
+
+/// More than 100 header fields is 431 and closes the connection; 100 are served.
+pub fn more_than_100_header_fields_is_431(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    // `Host` is the first field; 99 more make 100.
+    let with_fields = |n: usize| {
+        (0..n).fold(Request::get("/healthz"), |r, i| {
+            r.header(&format!("X-Field-{i}"), "v")
+        })
+    };
+    with_fields(99).send(port).assert_status(200);
+    assert_refused_and_closed(
+        port,
+        &with_fields(100).to_bytes(port),
+        431,
+        "101 header fields",
+    );
+}
+
+/// A request target over 8 KiB is 414 and closes the connection; under it, the request
+/// is routed as usual.
+pub fn a_request_target_over_8_kib_is_414(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    get(port, &format!("/no/such/page/{}", "a".repeat(7 * 1024))).assert_status(404);
+    let too_long = Request::get(&format!("/{}", "a".repeat(9 * 1024))).to_bytes(port);
+    assert_refused_and_closed(port, &too_long, 414, "a 9 KiB request target");
+}
+
+/// A body over 1 MiB is 413 and closes the connection, and nothing is stored. (The body
+/// is written from another thread, so the test passes whether the server answers as
+/// soon as it reads `Content-Length` or after reading the body.)
+pub fn a_body_over_1_mib_is_413(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let size = 1024 * 1024 + 1;
+    let mut conn = Conn::open(port);
+    conn.send(
+        format!(
+            "POST /api/rooms/main/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut writer = conn.stream().try_clone().unwrap();
+    thread::spawn(move || {
+        // Fails with EPIPE or a reset when the server answers early and closes: fine.
+        let _ = writer.write_all(&vec![b' '; size]);
+    });
+    let reply = conn.read_response();
+    reply.assert_status(413);
+    conn.expect_closed("a 413");
+    assert_eq!(api_messages(port, "main", "")["last_id"], 0);
+}
+
+/// A `Transfer-Encoding` other than chunked is 501 and closes the connection.
+pub fn an_unsupported_transfer_encoding_is_501(model: Model) {
+    let server = Server::start(model);
+    let request =
+        b"POST /api/rooms/main/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+    assert_refused_and_closed(
+        server.port(),
+        request,
+        501,
+        "Transfer-Encoding: gzip, chunked",
+    );
+}
+
+/// A chunked request body is de-chunked.
+pub fn a_chunked_request_body_is_accepted(model: Model) {
+    let server = Server::start(model);
+    let reply = Request::post("/api/rooms/main/messages")
+        .header("Content-Type", "application/json")
+        .header("Transfer-Encoding", "chunked")
+        .raw_body("9\r\n{\"body\": \r\nb\r\n\"in chunks\"\r\n1\r\n}\r\n0\r\n\r\n")
+        .send(server.port());
+    reply.assert_status(201);
+    assert_eq!(reply.json()["body"], "in chunks", "{reply}");
+}
+
+/// An HTTP version other than 1.0 and 1.1 is 505 and closes the connection.
+pub fn an_http_version_other_than_1_0_or_1_1_is_505(model: Model) {
+    let server = Server::start(model);
+    for version in ["HTTP/2.0", "HTTP/0.9", "HTTP/3.0"] {
+        let request = format!("GET /healthz {version}\r\nHost: x\r\n\r\n");
+        assert_refused_and_closed(server.port(), request.as_bytes(), 505, version);
+    }
+}
+
+/// Keep-alive: requests sent back to back in one write are answered in order, on the
+/// same connection, which stays open for more.
+pub fn pipelined_requests_are_answered_in_order(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let mut conn = Conn::open(port);
+    let mut burst = Vec::new();
+    burst.extend(Request::get("/healthz").to_bytes(port));
+    burst.extend(Request::get("/no/such/page").to_bytes(port));
+    burst.extend(
+        Request::post("/api/rooms/main/messages")
+            .json(&json!({"body": "piped"}))
+            .to_bytes(port),
+    );
+    burst.extend(Request::get("/api/rooms/main/messages").to_bytes(port));
+    conn.send(&burst);
+
+    conn.read_response().assert_status(200);
+    conn.read_response().assert_status(404);
+    let posted = conn.read_response();
+    posted.assert_status(201);
+    assert_eq!(posted.json()["body"], "piped", "{posted}");
+    let listed = conn.read_response();
+    listed.assert_status(200);
+    assert_eq!(
+        listed.json()["messages"],
+        json!([posted.json()]),
+        "{listed}"
+    );
+
+    conn.request(&Request::get("/healthz")).assert_status(200);
+}
+
+/// HTTP/1.0 closes the connection after the response, unless the request says
+/// `Connection: keep-alive`.
+pub fn http_1_0_closes_unless_keep_alive_is_asked_for(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+
+    let mut plain = Conn::open(port);
+    plain
+        .request(&Request::get("/healthz").version("HTTP/1.0"))
+        .assert_status(200);
+    plain.expect_closed("an HTTP/1.0 response without keep-alive");
+
+    let mut kept = Conn::open(port);
+    let keep_alive = Request::get("/healthz")
+        .version("HTTP/1.0")
+        .header("Connection", "keep-alive");
+    kept.request(&keep_alive).assert_status(200);
+    kept.request(&keep_alive).assert_status(200);
+}
+
+/// Clients that send garbage, half a head or half a body do not stop the others from
+/// being served; each is dealt with on its own.
+pub fn a_client_sending_garbage_does_not_stop_the_others(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+
+    // A whole request of garbage: answered 400 and closed, read at the end.
+    let mut garbage = Conn::open(port);
+    garbage.send(b"\xff\xfe\x00\x01 garbage \x7f\r\n\r\n");
+    // Requests that stop half-way: the server must wait for the rest without blocking.
+    let mut half_head = Conn::open(port);
+    half_head.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ");
+    let mut half_body = Conn::open(port);
+    half_body.send(
+        b"POST /api/rooms/main/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 16\r\n\r\n{\"body\": ",
+    );
+
+    get(port, "/healthz").assert_status(200);
+    assert_eq!(api_post(port, "main", "from a good client")["id"], 1);
+    let mut ws = Ws::connect(port, "/api/rooms/main/ws");
+    assert_eq!(ws.next_ids(1), [1]);
+
+    let reply = garbage.read_response();
+    reply.assert_status(400);
+    garbage.expect_closed("a 400 for garbage");
+
+    half_head.send(b"done\r\n\r\n");
+    half_head.read_response().assert_status(200);
+    half_body.send(b"\"slow\"}");
+    let slow = half_body.read_response();
+    slow.assert_status(201);
+    assert_eq!(slow.json()["id"], 2, "{slow}");
+    assert_eq!(ws.next_ids(1), [2]);
+}
+
+/// At the connection cap (here `--max-connections 4`) a new connection gets 503 and is
+/// closed; the connections already open are still served.
+pub fn a_connection_over_the_cap_gets_503_and_is_closed(model: Model) {
+    let server = Server::start_with_args(model, &["--max-connections", "4"]);
+    let port = server.port();
+    // Each connection is known to be accepted once it has been answered.
+    let mut open: Vec<Conn> = (0..4).map(|_| Conn::open(port)).collect();
+    for conn in &mut open {
+        conn.request(&Request::get("/healthz")).assert_status(200);
+    }
+
+    let mut over = Conn::open(port);
+    let reply = over.read_response();
+    reply.assert_status(503);
+    over.expect_closed("a 503 at the connection cap");
+
+    for conn in &mut open {
+        conn.request(&Request::get("/healthz")).assert_status(200);
+    }
+}

@@ -1,0 +1,27 @@
+//! What every black-box test needs to talk to a real `c10k` process: the [`Server`] guard,
+//! a raw HTTP/1.1 client, the XSRF dance of the Tornado routes, a Server-Sent Events
+//! reader and a WebSocket client. Everything here reads with a timeout, so a broken
+//! server fails a test with a message instead of hanging it.
+//!
+//! Shared by several test crates, each of which uses only part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod chat;
+pub mod http;
+pub mod server;
+pub mod sse;
+pub mod ws;
+pub mod xsrf;
+
+pub use chat::*;
+pub use http::{get, Conn, Request, Response};
+pub use server::Server;
+pub use sse::{Event, EventStream};
+pub use ws::Ws;
+pub use xsrf::Xsrf;
+
+pub use serde_json::{json, Value};
+
+/// How a model is chosen on the command line, e.g. `&["--model", "async"]`, plus any
+/// extra arguments that model takes (`&["--model", "reactor", "--poller", "epoll"]`).
+pub type Model = &'static [&'static str];

@@ -1,0 +1,313 @@
+//! [`Server`]: one `c10k serve` process on an ephemeral port, with a database of its own
+//! in a fresh temporary directory, stopped (SIGTERM) and cleaned up when dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::Model;
+
+/// How long a server may take to print its `listening` line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server may take to exit after SIGTERM or SIGKILL.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `--longpoll-wait` of [`Server::start`]: longer than any test waits for a post, so
+/// that a long-poll answering `{}` early shows up as a failure, not as a slow pass.
+pub const LONGPOLL_WAIT_SECS: u64 = 30;
+
+/// Distinguishes the temporary directories of the servers of one test process.
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `c10k serve`. Dropping it stops the process with SIGTERM (SIGKILL if it does
+/// not exit within 10 s) and removes its directory. When the test is failing, the server's
+/// standard error is printed, so the test output shows what the server logged.
+pub struct Server {
+    model: Model,
+    longpoll_wait_secs: u64,
+    extra_args: Vec<String>,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+struct Process {
+    child: Child,
+    port: u16,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Server {
+    /// Starts `model` on a fresh database with a long-poll wait of [`LONGPOLL_WAIT_SECS`].
+    pub fn start(model: Model) -> Server {
+        Server::start_with_longpoll_wait(model, LONGPOLL_WAIT_SECS)
+    }
+
+    /// Starts `model` on a fresh database with `--longpoll-wait SECS`.
+    pub fn start_with_longpoll_wait(model: Model, secs: u64) -> Server {
+        Server::start_with(model, secs, &[])
+    }
+
+    /// Starts `model` on a fresh database with more flags, e.g. `&["--history", "3"]`.
+    pub fn start_with_args(model: Model, extra_args: &[&str]) -> Server {
+        Server::start_with(model, LONGPOLL_WAIT_SECS, extra_args)
+    }
+
+    fn start_with(model: Model, longpoll_wait_secs: u64, extra_args: &[&str]) -> Server {
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let dir = fresh_dir();
+        let mut server = Server {
+            model,
+            longpoll_wait_secs,
+            extra_args,
+            dir,
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The port of the running process (it changes on [`Server::restart`]).
+    pub fn port(&self) -> u16 {
+        self.running().port
+    }
+
+    /// The address of the running process.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()))
+    }
+
+    /// The database file, which outlives restarts.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("chat.sqlite3")
+    }
+
+    /// What the server has written to standard error so far.
+    pub fn stderr(&self) -> String {
+        match &self.process {
+            Some(p) => String::from_utf8_lossy(&p.stderr.lock().unwrap()).into_owned(),
+            None => String::new(),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut process = self
+            .process
+            .take()
+            .expect("stop: the server is not running");
+        signal(process.child.id() as libc::pid_t, libc::SIGTERM);
+        match wait_with_timeout(&mut process.child, EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let stderr = String::from_utf8_lossy(&process.stderr.lock().unwrap()).into_owned();
+                kill_group(&mut process.child);
+                panic!(
+                    "the server did not exit within {EXIT_TIMEOUT:?} of SIGTERM; stderr:\n{stderr}"
+                );
+            }
+        }
+    }
+
+    /// Kills the process and every process it started (its process group) with SIGKILL,
+    /// as a crash or a power cut would, and waits for it.
+    pub fn kill_9(&mut self) {
+        let mut process = self
+            .process
+            .take()
+            .expect("kill_9: the server is not running");
+        kill_group(&mut process.child);
+    }
+
+    /// Starts the server again on the same database and with the same arguments. The
+    /// previous process must have been stopped or killed first.
+    pub fn restart(&mut self) {
+        assert!(
+            self.process.is_none(),
+            "restart: stop or kill the running server first"
+        );
+        self.spawn();
+    }
+
+    fn running(&self) -> &Process {
+        self.process
+            .as_ref()
+            .expect("the server is not running (stopped or killed, not restarted)")
+    }
+
+    fn spawn(&mut self) {
+        let db = self.db_path();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_c10k"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--db")
+            .arg(&db)
+            .args(["--longpoll-wait", &self.longpoll_wait_secs.to_string()])
+            .args(self.model)
+            .args(&self.extra_args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that kill_9 reaches workers of multi-process models.
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command));
+        let stderr = collect(child.stderr.take().unwrap());
+        let lines = forward_lines(child.stdout.take().unwrap());
+
+        // The contract: exactly one line, and it is this one.
+        let port = match lines.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(line) => match parse_listening_line(&line) {
+                Some(port) => port,
+                None => {
+                    kill_group(&mut child);
+                    panic!(
+                        "the first line on stdout must be `c10k listening on \
+                         http://127.0.0.1:PORT/`, got {line:?}\n{}",
+                        describe(&command, &stderr)
+                    );
+                }
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill_group(&mut child);
+                panic!(
+                    "no `c10k listening on` line within {STARTUP_TIMEOUT:?}\n{}",
+                    describe(&command, &stderr)
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = wait_with_timeout(&mut child, EXIT_TIMEOUT);
+                if status.is_none() {
+                    kill_group(&mut child);
+                }
+                panic!(
+                    "the server closed stdout (exit status {status:?}) before printing \
+                     `c10k listening on`\n{}",
+                    describe(&command, &stderr)
+                );
+            }
+        };
+        self.process = Some(Process {
+            child,
+            port,
+            stderr,
+        });
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if thread::panicking() && self.process.is_some() {
+            eprintln!(
+                "--- c10k {} standard error ---\n{}--- end of standard error ---",
+                self.model.join(" "),
+                self.stderr()
+            );
+        }
+        if let Some(mut process) = self.process.take() {
+            signal(process.child.id() as libc::pid_t, libc::SIGTERM);
+            if wait_with_timeout(&mut process.child, EXIT_TIMEOUT).is_none() {
+                kill_group(&mut process.child);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `c10k listening on http://127.0.0.1:PORT/` -> PORT.
+fn parse_listening_line(line: &str) -> Option<u16> {
+    line.strip_prefix("c10k listening on http://127.0.0.1:")?
+        .strip_suffix('/')?
+        .parse()
+        .ok()
+}
+
+fn describe(command: &Command, stderr: &Arc<Mutex<Vec<u8>>>) -> String {
+    format!(
+        "command: {command:?}\nstderr:\n{}",
+        String::from_utf8_lossy(&stderr.lock().unwrap())
+    )
+}
+
+/// A new empty directory under the system's temporary directory, named after the test.
+fn fresh_dir() -> PathBuf {
+    let test = thread::current()
+        .name()
+        .unwrap_or("test")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>();
+    let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("c10k-test-{}-{n}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// Reads stdout line by line on a thread and hands each line over; keeps draining after
+/// the receiver is gone so that the server never blocks on a full pipe.
+fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Collects everything the server writes to stderr (its logs).
+fn collect(mut stderr: ChildStderr) -> Arc<Mutex<Vec<u8>>> {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buffer);
+    thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    buffer
+}
+
+fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a child we spawned and
+    // have not reaped yet, so the id cannot belong to anyone else.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// SIGKILL to the child's whole process group (it leads one: `process_group(0)`), then
+/// reap the child. The group is signalled before the reap, while its id is still ours.
+fn kill_group(child: &mut Child) {
+    signal(-(child.id() as libc::pid_t), libc::SIGKILL);
+    if wait_with_timeout(child, EXIT_TIMEOUT).is_none() {
+        panic!("the server did not die within {EXIT_TIMEOUT:?} of SIGKILL");
+    }
+}
+
+/// Waits for the child to exit, polling: std has no wait with a timeout.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitpid failed") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
