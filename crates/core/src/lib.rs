@@ -11,6 +11,7 @@
 //! - [`hub`]: rooms, bounded history, per-room ids, cursors, and the one wake-up
 //!   mechanism (a [`std::task::Waker`]) through which every model waits;
 //! - [`chat`]: the routes (Tornado-compatible and native), XSRF, JSON shapes, the page;
+//! - [`gaps`]: publishing a message that arrived before its predecessors (from a bus);
 //! - [`limits`], [`metrics`], [`store`]: the shared vocabulary.
 //!
 //! Each concurrency model (in `c10k-models`) owns the sockets and turns an [`chat::Outcome`]
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod chat;
+pub mod gaps;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -15,7 +15,7 @@ pub mod render;
 mod stream;
 pub mod xsrf;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -23,10 +23,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
-use crate::hub::{Cursor, Hub, Published};
+use crate::gaps::publish_filling_gaps;
+use crate::hub::{Cursor, Hub};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{MessageId, NewMessage, RoomId, Store, StoreError};
+use crate::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
@@ -108,12 +109,15 @@ pub struct StoreCall {
     message: NewMessage,
     hub: Arc<Hub>,
     posted: Counter,
+    on_stored: Option<OnStored>,
     then: AfterStore,
 }
 
 impl StoreCall {
     pub(crate) fn append(app: &App, room: RoomId, message: NewMessage, then: AfterStore) -> StoreCall {
-        StoreCall { room, message, hub: Arc::clone(&app.hub), posted: app.metrics.messages_posted.clone(), then }
+        let posted = app.metrics.messages_posted.clone();
+        let on_stored = app.on_stored.get().cloned();
+        StoreCall { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then }
     }
 
     /// Stores the message and, once it is durable, publishes it to the room's readers.
@@ -122,14 +126,26 @@ impl StoreCall {
     pub fn run(self, store: &dyn Store) -> StoreDone {
         let result = store.append(&self.room, &self.message).map(|message| {
             let rendered = Arc::new(Rendered::new(message));
-            if let Published::Held { .. } = self.hub.publish(Arc::clone(&rendered)) {
-                // Another append with a smaller id is still between the store and the
-                // hub; it will release this one when it arrives.
+            // A smaller id still on its way (another offload thread, another worker) is
+            // read from the store; on a failed read the hub holds this one until then.
+            let _ = publish_filling_gaps(&self.hub, store, Arc::clone(&rendered));
+            if let Some(OnStored(hook)) = &self.on_stored {
+                hook(&rendered.message);
             }
             self.posted.inc();
             rendered
         });
         StoreDone { result, then: self.then }
+    }
+}
+
+/// What [`App::set_on_stored`] registers: called with each message this process stored.
+#[derive(Clone)]
+struct OnStored(Arc<dyn Fn(&Message) + Send + Sync>);
+
+impl std::fmt::Debug for OnStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnStored(..)")
     }
 }
 
@@ -155,6 +171,7 @@ pub struct App {
     xsrf: xsrf::Xsrf,
     metrics: Metrics,
     config: Config,
+    on_stored: OnceLock<OnStored>,
 }
 
 #[derive(Deserialize)]
@@ -172,7 +189,16 @@ impl App {
             xsrf: xsrf::Xsrf::new(config.seed),
             metrics: Metrics::new(),
             config,
+            on_stored: OnceLock::new(),
         }
+    }
+
+    /// Registers `hook`, called with every message this process stores, right after it is
+    /// durable and published here (on the thread that ran the store call). A bus uses it
+    /// to tell the other processes. Set once, before serving; a second call is ignored
+    /// and returns false.
+    pub fn set_on_stored(&self, hook: Box<dyn Fn(&Message) + Send + Sync>) -> bool {
+        self.on_stored.set(OnStored(Arc::from(hook))).is_ok()
     }
 
     /// Fills every room's history from the store. Blocking; call before serving.
@@ -223,7 +249,7 @@ impl App {
             [""] if get => self.reply("page", self.page(&request, now)),
             ["static", "chat.js"] if get => self.reply("static", page::asset(page::CHAT_JS)),
             ["static", "chat.css"] if get => self.reply("static", page::asset(page::CHAT_CSS)),
-            ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok\n")),
+            ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok")),
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
             ["metrics"] if get => {
                 let body = self.metrics.render(self.hub.waiting());
