@@ -92,7 +92,6 @@ macro_rules! conformance {
             websocket {
                 sends_the_history_then_messages_posted_by_others,
                 a_post_gets_an_ack_with_its_ref_and_is_broadcast,
-                #[ignore = "known deviation: no `ref` in the error for a post whose body is not a string"]
                 a_bad_frame_gets_an_error_frame_and_the_socket_stays_open,
                 after_resumes_with_only_the_later_messages,
                 after_beyond_the_newest_id_starts_with_a_reset_frame,
@@ -117,7 +116,6 @@ macro_rules! conformance {
                 a_connection_over_the_cap_gets_503_and_is_closed,
             }
             service {
-                #[ignore = "known deviation: the healthz body has a trailing newline; the contract says `ok`"]
                 healthz_is_ok,
                 metrics_are_in_the_prometheus_text_format,
                 the_page_assets_are_served,
@@ -144,5 +142,9 @@ macro_rules! conformance {
 }
 
 conformance!(async_model, &["--model", "async"]);
+conformance!(threads, &["--model", "threads"]);
+conformance!(pool, &["--model", "pool"]);
+conformance!(threads_giant_lock, &["--model", "threads", "--giant-lock"]);
+conformance!(async_inline_db, &["--model", "async", "--db-mode", "inline"]);
 // The next model joins with one line, e.g.:
 // conformance!(reactor_epoll, &["--model", "reactor", "--poller", "epoll"]);

@@ -9,7 +9,6 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::render::{to_json, Rendered};
@@ -201,18 +200,6 @@ pub enum WsAction {
     Store(StoreCall),
 }
 
-#[derive(Deserialize)]
-struct ClientFrame {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    body: Option<String>,
-    #[serde(default)]
-    from: Option<String>,
-    #[serde(default, rename = "ref")]
-    reference: Option<serde_json::Value>,
-}
-
 /// One WebSocket client of a room, between frames. The model owns the framing
 /// (tungstenite); this owns what the frames mean.
 ///
@@ -253,26 +240,37 @@ impl WsSession {
 
     /// Interprets a text frame from the client.
     pub fn handle_text(&self, app: &App, text: &str, now_ms: u64) -> WsAction {
-        let frame: ClientFrame = match serde_json::from_str(text) {
+        // Fields are read one by one from a JSON object, so that whatever is wrong with a
+        // frame, its `ref` (if any) is echoed in the error and the client can match it.
+        let frame: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
             Ok(f) => f,
-            Err(e) => return WsAction::Reply(error_frame(&format!("not a JSON frame: {e}"), None)),
+            Err(e) => return WsAction::Reply(error_frame(&format!("not a JSON object: {e}"), None)),
         };
-        if frame.kind != "post" {
-            return WsAction::Reply(error_frame(
-                &format!("unknown frame type {:?}; the only client frame is \"post\"", frame.kind),
-                frame.reference,
-            ));
+        let reference = frame.get("ref").cloned();
+        let text_field = |name: &str| match frame.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(String::new()),
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("'{name}' must be a string")),
+        };
+        match frame.get("type").and_then(|t| t.as_str()) {
+            Some("post") => {}
+            other => {
+                let why = format!("unknown frame type {other:?}; the only client frame is \"post\"");
+                return WsAction::Reply(error_frame(&why, reference));
+            }
         }
-        let body = frame.body.unwrap_or_default();
-        let from = frame.from.unwrap_or_default();
+        let (body, from) = match (text_field("body"), text_field("from")) {
+            (Ok(body), Ok(from)) => (body, from),
+            (Err(why), _) | (_, Err(why)) => return WsAction::Reply(error_frame(&why, reference)),
+        };
         match app.validate_post(body, from, now_ms) {
             Ok(message) => WsAction::Store(StoreCall::append(
                 app,
                 self.room.clone(),
                 message,
-                super::AfterStore::WebSocketAck { reference: frame.reference },
+                super::AfterStore::WebSocketAck { reference },
             )),
-            Err(why) => WsAction::Reply(error_frame(why, frame.reference)),
+            Err(why) => WsAction::Reply(error_frame(why, reference)),
         }
     }
 
