@@ -2,7 +2,8 @@
 //!
 //! Everything model-specific is behind `c10k_models::by_name`; this file parses flags,
 //! opens the store, binds the listener, turns SIGINT/SIGTERM into a shutdown, and starts
-//! the model.
+//! the model: in this process, or with `--workers N` (and always for `prefork`) in worker
+//! processes under the prefork master, which must fork before any thread exists.
 
 mod signals;
 
@@ -17,7 +18,9 @@ use tracing::{error, info};
 
 use c10k_core::chat::{App, Config};
 use c10k_core::limits::Limits;
-use c10k_models::{by_name, Context, DbMode, ModelOptions, Shutdown, MODEL_NAMES};
+use c10k_bus::{Bus, LocalRelay};
+use c10k_core::store::Store;
+use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, Shutdown, MODEL_NAMES};
 use c10k_store::OffloadPool;
 
 /// One chat server, every concurrency model of the C10K talk, measured side by side.
@@ -45,9 +48,16 @@ struct ServeArgs {
     db: String,
 
     /// Concurrency model: `async` (tokio tasks on a thread per core), `threads` (an OS
-    /// thread per connection), `pool` (a fixed pool of worker threads and a queue).
+    /// thread per connection), `pool` (a fixed pool of worker threads and a queue),
+    /// `prefork` (worker processes serving one connection each).
     #[arg(long, default_value = "async", value_name = "MODEL")]
     model: String,
+
+    /// Worker processes, each running the model on the shared listening socket, under a
+    /// master that restarts them and relays messages between them. Default 1 (this
+    /// process serves alone); prefork's default is 8, one per client served at once.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 
     /// Serving threads for models with a fixed number of them (async: tokio workers,
     /// default one per core; pool: workers, default 64).
@@ -190,33 +200,77 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("--store-threads must be at least 1".into());
     }
 
+    let workers = args.workers.unwrap_or(if model.forks() { prefork::DEFAULT_WORKERS } else { 1 });
+    if workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    if workers > 1 || model.forks() {
+        return serve_workers(&args, &*model, &limits, workers);
+    }
+
     // Signals first: the handler thread must be the only one that receives them, so they
     // are blocked before any other thread (store pool, runtime) is started.
     let shutdown = Shutdown::new();
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
-    let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
-    let app = Arc::new(App::new(Config { limits, history: args.history.max(1), seed: seed()? }));
-    app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
-    let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
+    let (store, app, offload) = start_app(&args, &limits)?;
 
     let listener = bind(args.listen, args.backlog)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, "serving");
-    // The one line on standard output: tests and scripts read the port from it.
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "c10k listening on http://{local}/");
-    let _ = stdout.flush();
-    drop(stdout);
+    announce(local);
 
-    let db_mode = match args.db_mode {
-        DbModeArg::Offload => DbMode::Offload,
-        DbModeArg::Inline => DbMode::Inline,
-    };
-    let context = Context { app, store, offload, db_mode, shutdown };
+    let context = Context { app, store, offload, db_mode: db_mode(&args), shutdown };
     model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))?;
     info!("stopped");
     Ok(())
+}
+
+/// `--workers N` (and `prefork`): this process becomes the master, and each worker it
+/// forks runs the single-process start above, minus the bind, plus the relay.
+fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: usize) -> Result<(), String> {
+    // Nothing here may start a thread before the master has forked: no signal thread, no
+    // store, no pool, no runtime. Only the listener, which every worker inherits.
+    let listener = bind(args.listen, args.backlog)?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(model = model.name(), db = %args.db, workers, "serving with worker processes");
+    let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
+        let shutdown = Shutdown::new();
+        signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
+        let (store, app, offload) = start_app(args, limits)?;
+        let relay = Arc::new(relay);
+        c10k_bus::attach(&app, &store, Arc::clone(&relay) as Arc<dyn Bus>).map_err(|e| e.to_string())?;
+        relay.announce_ready().map_err(|e| format!("cannot reach the master: {e}"))?;
+        let context = Context { app, store, offload, db_mode: db_mode(args), shutdown };
+        model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))
+    };
+    prefork::run_master(listener, workers, &mut || announce(local), &mut worker)
+        .map_err(|e| format!("the master failed: {e}"))?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Opens the store, builds the application with its history, and starts the offload pool.
+fn start_app(args: &ServeArgs, limits: &Limits) -> Result<(Arc<dyn Store>, Arc<App>, Arc<OffloadPool>), String> {
+    let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
+    let app = Arc::new(App::new(Config { limits: limits.clone(), history: args.history.max(1), seed: seed()? }));
+    app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
+    let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
+    Ok((store, app, offload))
+}
+
+/// The one line on standard output: tests and scripts read the port from it.
+fn announce(local: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "c10k listening on http://{local}/");
+    let _ = stdout.flush();
+}
+
+fn db_mode(args: &ServeArgs) -> DbMode {
+    match args.db_mode {
+        DbModeArg::Offload => DbMode::Offload,
+        DbModeArg::Inline => DbMode::Inline,
+    }
 }
 
 /// Binds with a large backlog (std's 128 drops connections in a c10k burst).

@@ -16,7 +16,7 @@ use c10k_core::http::{Encoding, Response};
 use tracing::{debug, warn};
 
 use crate::blocking::{Interest, Wait};
-use crate::common::{date, is_fd_exhaustion, ConnectionSlot};
+use crate::common::{date, is_fd_exhaustion, tagged, ConnectionSlot};
 use crate::thread_wait::ThreadWait;
 use crate::Context;
 
@@ -61,7 +61,7 @@ pub(crate) fn accept_loop(
 /// caller (a fresh socket's send buffer always has room for it), and closes it.
 pub(crate) fn refuse(stream: TcpStream, response: &Response) {
     let mut out = Vec::new();
-    response.encode(&Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut out);
+    tagged(response).encode(&Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut out);
     let _ = stream.set_nonblocking(true);
     let _ = (&stream).write_all(&out);
 }

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
-use crate::common::{date, is_fd_exhaustion, now, ConnectionSlot, ReplyShape};
+use crate::common::{date, is_fd_exhaustion, now, tagged, ConnectionSlot, ReplyShape};
 use crate::{Context, DbMode, Model};
 
 /// Read buffer per connection while it is read from. Sized for a typical request head.
@@ -107,7 +107,7 @@ async fn accept_loop(listener: StdListener, context: Context) -> io::Result<()> 
 
 async fn refuse(mut stream: TcpStream, response: Response) {
     let mut out = Vec::new();
-    response.encode(&c10k_core::http::Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut out);
+    tagged(&response).encode(&c10k_core::http::Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }
@@ -191,7 +191,7 @@ impl Connection {
     async fn refuse(&mut self, error: &ProtocolError) -> io::Result<()> {
         let response = self.context.app.refuse(error);
         let how = c10k_core::http::Encoding { keep_alive: false, head_only: false, http10: false, date: &date() };
-        response.encode(&how, &mut self.out);
+        tagged(&response).encode(&how, &mut self.out);
         self.flush().await?;
         self.stream.shutdown().await
     }
@@ -205,7 +205,7 @@ impl Connection {
     }
 
     fn queue(&mut self, response: &Response, shape: ReplyShape) -> Next {
-        if response.encode(&shape.encoding(&date()), &mut self.out) {
+        if tagged(response).encode(&shape.encoding(&date()), &mut self.out) {
             Next::KeepGoing
         } else {
             Next::Close
@@ -245,7 +245,7 @@ impl Connection {
             }
             Outcome::Events(mut events) => {
                 self.flush().await?;
-                events.head().encode_head(&date(), &mut self.out);
+                tagged(events.head()).encode_head(&date(), &mut self.out);
                 self.flush().await?;
                 let mut heartbeat = tokio::time::interval_at(
                     tokio::time::Instant::now() + c10k_core::chat::EventStream::HEARTBEAT_INTERVAL,
@@ -277,7 +277,7 @@ impl Connection {
     async fn websocket(mut self, accept: WebSocketAccept) -> io::Result<()> {
         let WebSocketAccept { response, mut session } = accept;
         self.flush().await?;
-        response.encode_head(&date(), &mut self.out);
+        tagged(&response).encode_head(&date(), &mut self.out);
         self.flush().await?;
         let early = self.decoder.take_buffered();
         let stream = self.stream;

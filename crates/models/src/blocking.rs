@@ -26,7 +26,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message as WsMessage, WebSocket};
 
-use crate::common::{date, now, ReplyShape};
+use crate::common::{date, now, tagged, ReplyShape};
 use crate::{Context, DbMode};
 
 const READ_CHUNK: usize = 8 * 1024;
@@ -184,7 +184,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
 
     fn refuse(&mut self, error: &ProtocolError) -> io::Result<()> {
         let response = self.context.app.refuse(error);
-        response.encode(&Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut self.out);
+        tagged(&response).encode(&Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut self.out);
         self.flush()?;
         let _ = self.conn.flush();
         Ok(())
@@ -199,7 +199,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
     }
 
     fn queue(&mut self, response: &Response, shape: ReplyShape) -> Next {
-        if response.encode(&shape.encoding(&date()), &mut self.out) {
+        if tagged(response).encode(&shape.encoding(&date()), &mut self.out) {
             Next::KeepGoing
         } else {
             Next::Close
@@ -270,7 +270,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
 
     fn event_stream(&mut self, mut events: EventStream) -> io::Result<()> {
         self.flush()?;
-        events.head().encode_head(&date(), &mut self.out);
+        tagged(events.head()).encode_head(&date(), &mut self.out);
         self.flush()?;
         let waker = self.wait.waker();
         let mut next_heartbeat = Instant::now() + EventStream::HEARTBEAT_INTERVAL;
@@ -313,7 +313,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
     fn websocket(&mut self, accept: WebSocketAccept) -> io::Result<()> {
         let WebSocketAccept { response, session } = accept;
         self.flush()?;
-        response.encode_head(&date(), &mut self.out);
+        tagged(&response).encode_head(&date(), &mut self.out);
         self.flush()?;
         let early = self.decoder.take_buffered();
         self.conn.set_read_deadline(None)?;

@@ -1,13 +1,14 @@
 //! Small pieces every model shares: the clock reading, the Date header cache, the
-//! connection count.
+//! connection count, the worker tag.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use c10k_core::chat::{App, Now};
-use c10k_core::http::{http_date, Encoding, Request};
+use c10k_core::http::{http_date, Encoding, Request, Response};
 
 /// Reads the clocks once, for one request.
 pub(crate) fn now() -> Now {
@@ -85,4 +86,22 @@ impl Drop for ConnectionSlot {
 /// is): the listener stays readable, so retrying at once would spin. Back off instead.
 pub(crate) fn is_fd_exhaustion(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}
+
+/// This process's id, when it is one worker of several (`--workers N`, `prefork`).
+static WORKER_TAG: OnceLock<String> = OnceLock::new();
+
+/// Marks this process as worker `pid`: from now on every response says so.
+pub(crate) fn set_worker_tag(pid: u32) {
+    let _ = WORKER_TAG.set(pid.to_string());
+}
+
+/// The response as this process sends it: in a worker process, with `X-C10k-Worker: PID`,
+/// so that a client (and the tests) can tell which worker served it. Every model encodes
+/// through this; a single process sends the response untouched, without copying it.
+pub(crate) fn tagged(response: &Response) -> Cow<'_, Response> {
+    match WORKER_TAG.get() {
+        Some(pid) => Cow::Owned(response.clone().header("X-C10k-Worker", pid.clone())),
+        None => Cow::Borrowed(response),
+    }
 }

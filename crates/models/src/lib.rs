@@ -9,9 +9,15 @@
 //! | `async` ([`async_tokio`]) | generator coroutines; Erlang's green threads on OS threads | a task returns `Pending`; tokio's scheduler runs another |
 //! | `threads` ([`threads`]) | Apache 2: a thread per connection | the thread blocks in `read` or `poll(2)` |
 //! | `pool` ([`pool`]) | Apache 2's worker MPM: a bounded pool | a worker blocks for its connection's life |
+//! | `prefork` ([`prefork`]) | Apache 1: processes, prefork | a worker process blocks in `accept`, then on its one connection |
 //!
 //! The blocking models share one connection driver (`blocking.rs`) written as straight-line
-//! code; each supplies how it sleeps. (`prefork`, `reactor` and `green` join as they land.)
+//! code; each supplies how it sleeps. (`reactor` and `green` join as they land.)
+//!
+//! Any model runs as several processes with `--workers N` ("mix processes and threads"):
+//! [`prefork::run_master`] forks them on one listening socket and relays messages between
+//! them. Worker processes tag every response `X-C10k-Worker: PID`; a model encodes its
+//! responses through `common::tagged` so that the tag is there.
 //!
 //! A model is chosen by name with [`by_name`]; the binary has one `match` and nothing else
 //! model-specific.
@@ -24,6 +30,7 @@ pub mod async_tokio;
 mod blocking;
 mod common;
 pub mod pool;
+pub mod prefork;
 mod shutdown;
 mod sys;
 mod thread_wait;
@@ -85,10 +92,16 @@ pub trait Model {
 
     /// Serves connections from `listener` until `context.shutdown` fires, then returns.
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()>;
+
+    /// Whether the model only makes sense as worker processes under the prefork master
+    /// (`prefork`: one connection per process), even with `--workers 1`.
+    fn forks(&self) -> bool {
+        false
+    }
 }
 
 /// The names `--model` accepts, for `--help` and error messages.
-pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool"];
+pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork"];
 
 /// The model called `name`, or `None` if there is no such model.
 pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
@@ -101,6 +114,7 @@ pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
             options.stack_size,
             options.giant_lock,
         ))),
+        "prefork" => Some(Box::new(prefork::PreforkModel::new())),
         _ => None,
     }
 }
