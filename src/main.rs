@@ -20,6 +20,7 @@ use c10k_core::chat::{App, Config};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
 use c10k_core::store::Store;
+use c10k_models::reactor::PollerKind;
 use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, Shutdown, MODEL_NAMES};
 use c10k_store::OffloadPool;
 
@@ -49,9 +50,20 @@ struct ServeArgs {
 
     /// Concurrency model: `async` (tokio tasks on a thread per core), `threads` (an OS
     /// thread per connection), `pool` (a fixed pool of worker threads and a queue),
-    /// `prefork` (worker processes serving one connection each).
+    /// `prefork` (worker processes serving one connection each), `reactor` (one thread,
+    /// an event loop over select/poll/epoll, callbacks).
     #[arg(long, default_value = "async", value_name = "MODEL")]
     model: String,
+
+    /// The reactor's OS poller: `select` (descriptors below 1024 only), `poll`, or `epoll`
+    /// (the default: its cost follows activity, not the number of idle connections).
+    #[arg(long, value_enum, value_name = "POLLER")]
+    poller: Option<PollerArg>,
+
+    /// The reactor's watchdog: log and count (`c10k_slow_callbacks_total`) every callback
+    /// that holds the event loop longer than this many milliseconds; 0 turns it off.
+    #[arg(long, value_name = "MS")]
+    watchdog_ms: Option<u64>,
 
     /// Worker processes, each running the model on the shared listening socket, under a
     /// master that restarts them and relays messages between them. Default 1 (this
@@ -121,6 +133,13 @@ struct ServeArgs {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum PollerArg {
+    Select,
+    Poll,
+    Epoll,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum DbModeArg {
     Offload,
     Inline,
@@ -181,9 +200,22 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         stack_size: args.stack_size,
         queue: args.queue.max(1),
         giant_lock: args.giant_lock,
+        poller: match args.poller {
+            Some(PollerArg::Select) => PollerKind::Select,
+            Some(PollerArg::Poll) => PollerKind::Poll,
+            Some(PollerArg::Epoll) | None => PollerKind::Epoll,
+        },
+        watchdog: match args.watchdog_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => Some(Duration::from_millis(100)),
+        },
     };
     if args.giant_lock && !matches!(args.model.as_str(), "threads" | "pool") {
         return Err(format!("--giant-lock applies to the threads and pool models, not {:?}", args.model));
+    }
+    if (args.poller.is_some() || args.watchdog_ms.is_some()) && args.model != "reactor" {
+        return Err(format!("--poller and --watchdog-ms apply to the reactor model, not {:?}", args.model));
     }
     let model = by_name(&args.model, &options).ok_or_else(|| {
         format!("unknown model {:?}; choose one of: {}", args.model, MODEL_NAMES.join(", "))

@@ -146,5 +146,7 @@ conformance!(threads, &["--model", "threads"]);
 conformance!(pool, &["--model", "pool"]);
 conformance!(threads_giant_lock, &["--model", "threads", "--giant-lock"]);
 conformance!(async_inline_db, &["--model", "async", "--db-mode", "inline"]);
-// The next model joins with one line, e.g.:
-// conformance!(reactor_epoll, &["--model", "reactor", "--poller", "epoll"]);
+conformance!(reactor_select, &["--model", "reactor", "--poller", "select"]);
+conformance!(reactor_poll, &["--model", "reactor", "--poller", "poll"]);
+conformance!(reactor_epoll, &["--model", "reactor", "--poller", "epoll"]);
+conformance!(reactor_inline_db, &["--model", "reactor", "--db-mode", "inline"]);

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections open now.
     pub connections_open: Gauge,
+    /// Callbacks that held an event loop longer than its watchdog allows (`reactor`).
+    pub slow_callbacks: Counter,
     /// Long-polls, event streams and WebSockets open now, by kind.
     pub subscribers: Family<Labels, Gauge>,
     /// Readers registered with the hub, set when scraped.
@@ -50,6 +52,7 @@ impl Metrics {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
             connections_open: Gauge::default(),
+            slow_callbacks: Counter::default(),
             subscribers: Family::default(),
             waiting: Gauge::default(),
             registry: Registry::default(),
@@ -68,6 +71,11 @@ impl Metrics {
             m.connections_refused.clone(),
         );
         registry.register("connections_open", "Connections open now", m.connections_open.clone());
+        registry.register(
+            "slow_callbacks",
+            "Callbacks that held the event loop longer than the watchdog allows",
+            m.slow_callbacks.clone(),
+        );
         registry.register(
             "subscribers_open",
             "Long-polls, event streams and WebSockets open now, by kind",

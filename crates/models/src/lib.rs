@@ -10,9 +10,10 @@
 //! | `threads` ([`threads`]) | Apache 2: a thread per connection | the thread blocks in `read` or `poll(2)` |
 //! | `pool` ([`pool`]) | Apache 2's worker MPM: a bounded pool | a worker blocks for its connection's life |
 //! | `prefork` ([`prefork`]) | Apache 1: processes, prefork | a worker process blocks in `accept`, then on its one connection |
+//! | `reactor` ([`reactor_model`], pollers in [`reactor`]) | nginx, Twisted, Tornado: select/poll/epoll + callbacks | one thread waits in the poller; each connection is a callback |
 //!
 //! The blocking models share one connection driver (`blocking.rs`) written as straight-line
-//! code; each supplies how it sleeps. (`reactor` and `green` join as they land.)
+//! code; each supplies how it sleeps. (`green` joins as it lands.)
 //!
 //! Any model runs as several processes with `--workers N` ("mix processes and threads"):
 //! [`prefork::run_master`] forks them on one listening socket and relays messages between
@@ -31,6 +32,8 @@ mod blocking;
 mod common;
 pub mod pool;
 pub mod prefork;
+pub mod reactor;
+pub mod reactor_model;
 mod shutdown;
 mod sys;
 mod thread_wait;
@@ -83,6 +86,11 @@ pub struct ModelOptions {
     pub queue: usize,
     /// One global lock around all application handling (`threads`, `pool`).
     pub giant_lock: bool,
+    /// The OS poller of the event loop (`reactor`).
+    pub poller: reactor::PollerKind,
+    /// Callbacks that hold the event loop longer than this are logged and counted
+    /// (`reactor`); `None` turns the watchdog off.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// A concurrency model: serves the application on a listener until shutdown.
@@ -101,7 +109,7 @@ pub trait Model {
 }
 
 /// The names `--model` accepts, for `--help` and error messages.
-pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork"];
+pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork", "reactor"];
 
 /// The model called `name`, or `None` if there is no such model.
 pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
@@ -115,6 +123,7 @@ pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
             options.giant_lock,
         ))),
         "prefork" => Some(Box::new(prefork::PreforkModel::new())),
+        "reactor" => Some(Box::new(reactor_model::ReactorModel::new(options.poller, options.watchdog))),
         _ => None,
     }
 }

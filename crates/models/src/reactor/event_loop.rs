@@ -1,0 +1,480 @@
+//! The event loop: one thread, one [`Poller`], timers, a ready list, and a watchdog.
+//!
+//! The loop knows nothing about HTTP. It calls a [`Handler`] back with a [`Token`] for each
+//! thing that happened: a descriptor became ready ([`Handler::on_ready`]), a timer expired
+//! ([`Handler::on_timer`]), a [`std::task::Waker`] made from a token was woken
+//! ([`Handler::on_woken`]), or another thread posted a result for a token
+//! ([`Handler::on_message`]). Everything a callback may do to the loop goes through the
+//! [`Loop`] it is handed: register interest, set and cancel timers, make wakers, stop.
+//! That is all a green-thread scheduler needs too: a parked coroutine is a token; its
+//! socket, its sleep and its cross-thread wake-up all come back as callbacks for it.
+//!
+//! Cross-thread: wakers and [`Remote::post`] push onto a mutex-protected inbox and ring the
+//! poller's [`Notifier`] (an eventfd) when the inbox goes from empty to non-empty. The loop
+//! takes the whole inbox under the lock and runs the callbacks after dropping it, so no
+//! callback ever runs with the lock held, and a waker woken from inside a callback (the hub
+//! wakes readers during an inline store call) just queues its token for the next step 5.
+//!
+//! Watchdog: every callback is timed. One that holds the loop longer than the threshold is
+//! logged with what it was doing (set by the handler with [`Loop::doing`]) and counted, as
+//! asyncio's debug mode reports slow callbacks: on this model nothing else runs meanwhile.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::{Capabilities, Event, Interest, Notifier, Poller, Token};
+
+/// What the loop calls back. Each method runs on the loop thread, timed by the watchdog;
+/// each may be spurious (a stale token, a timer already dealt with, a duplicate wake), so
+/// each re-checks the state it acts on.
+pub(crate) trait Handler {
+    /// What other threads post to a token ([`Remote::post`]).
+    type Message: Send + 'static;
+    /// A registered descriptor is ready.
+    fn on_ready(&mut self, lp: &mut Loop<Self::Message>, event: Event);
+    /// A timer set with [`Loop::add_timer`] expired.
+    fn on_timer(&mut self, lp: &mut Loop<Self::Message>, token: Token);
+    /// A waker made with [`Loop::waker`] was woken.
+    fn on_woken(&mut self, lp: &mut Loop<Self::Message>, token: Token);
+    /// Another thread posted `message` for `token`.
+    fn on_message(&mut self, lp: &mut Loop<Self::Message>, token: Token, message: Self::Message);
+}
+
+/// Identifies a timer for [`Loop::cancel_timer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TimerKey {
+    at: Instant,
+    id: u64,
+}
+
+impl TimerKey {
+    /// When it expires.
+    pub(crate) fn at(self) -> Instant {
+        self.at
+    }
+}
+
+/// Pending timers in deadline order. A B-tree rather than a heap so that cancelling (every
+/// request re-arms its connection's idle timer) removes the entry instead of leaving it to
+/// rot until its deadline.
+#[derive(Debug, Default)]
+struct Timers {
+    queue: BTreeMap<TimerKey, Token>,
+    next_id: u64,
+}
+
+impl Timers {
+    fn add(&mut self, at: Instant, token: Token) -> TimerKey {
+        let key = TimerKey { at, id: self.next_id };
+        self.next_id += 1;
+        self.queue.insert(key, token);
+        key
+    }
+
+    fn nearest(&self) -> Option<Instant> {
+        self.queue.first_key_value().map(|(key, _)| key.at)
+    }
+
+    /// The next timer due at `now` that was set before the tick began (`id < before`), so
+    /// a callback that re-arms a timer in the past cannot keep step 4 going forever.
+    fn pop_expired(&mut self, now: Instant, before: u64) -> Option<Token> {
+        let (key, _) = self.queue.first_key_value()?;
+        if key.at > now || key.id >= before {
+            return None;
+        }
+        self.queue.pop_first().map(|(_, token)| token)
+    }
+}
+
+/// Work handed to the loop by other threads.
+struct Inbox<M> {
+    woken: Vec<Token>,
+    posted: Vec<(Token, M)>,
+}
+
+impl<M> Inbox<M> {
+    fn is_empty(&self) -> bool {
+        self.woken.is_empty() && self.posted.is_empty()
+    }
+}
+
+struct Shared<M> {
+    inbox: Mutex<Inbox<M>>,
+    notifier: Notifier,
+}
+
+impl<M> Shared<M> {
+    /// Adds to the inbox and rings the doorbell if the loop may be asleep. Ringing only on
+    /// the empty -> non-empty transition is enough: a non-empty inbox means a ring is
+    /// pending, or the loop has not reached step 5 of this tick yet.
+    fn push(&self, add: impl FnOnce(&mut Inbox<M>)) {
+        let was_empty = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            let was_empty = inbox.is_empty();
+            add(&mut inbox);
+            was_empty
+        };
+        if was_empty {
+            self.notifier.wake();
+        }
+    }
+
+    fn take(&self) -> Inbox<M> {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        Inbox { woken: mem::take(&mut inbox.woken), posted: mem::take(&mut inbox.posted) }
+    }
+}
+
+/// A thread-safe handle for posting results to a token of a loop.
+pub(crate) struct Remote<M> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M> Clone for Remote<M> {
+    fn clone(&self) -> Self {
+        Remote { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<M: Send + 'static> Remote<M> {
+    /// Delivers `message` to [`Handler::on_message`] for `token` on the loop thread. If the
+    /// loop has stopped, the message is dropped with the loop.
+    pub(crate) fn post(&self, token: Token, message: M) {
+        self.shared.push(|inbox| inbox.posted.push((token, message)));
+    }
+}
+
+/// The waker of one token: pushes it onto the ready list and rings the loop.
+struct TokenWaker<M> {
+    token: Token,
+    shared: Arc<Shared<M>>,
+}
+
+impl<M: Send + 'static> Wake for TokenWaker<M> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let token = self.token;
+        self.shared.push(|inbox| inbox.woken.push(token));
+    }
+}
+
+/// A callback that held the loop too long, for the watchdog's hook. (The reactor model
+/// only counts them; the log line already carries these details.)
+#[derive(Debug, Clone)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct SlowCallback {
+    /// Which callback: `ready`, `timer`, `woken` or `message`.
+    pub(crate) kind: &'static str,
+    /// Its token.
+    pub(crate) token: Token,
+    /// What the handler said it was doing.
+    pub(crate) doing: String,
+    /// How long it ran.
+    pub(crate) took: Duration,
+}
+
+/// Times callbacks; see the module docs.
+pub(crate) struct Watchdog {
+    threshold: Option<Duration>,
+    hook: Box<dyn FnMut(&SlowCallback)>,
+    slow: u64,
+}
+
+impl Watchdog {
+    /// Reports callbacks longer than `threshold` (`None`: never) to the log and to `hook`.
+    pub(crate) fn new(threshold: Option<Duration>, hook: impl FnMut(&SlowCallback) + 'static) -> Watchdog {
+        Watchdog { threshold, hook: Box::new(hook), slow: 0 }
+    }
+}
+
+enum Callback<M> {
+    Ready(Event),
+    Timer(Token),
+    Woken(Token),
+    Message(Token, M),
+}
+
+/// The loop, as its callbacks see it.
+pub(crate) struct Loop<M> {
+    poller: Box<dyn Poller>,
+    timers: Timers,
+    shared: Arc<Shared<M>>,
+    watchdog: Watchdog,
+    doing: Cow<'static, str>,
+    stopped: bool,
+}
+
+impl<M: Send + 'static> Loop<M> {
+    /// A loop over `poller`, timed by `watchdog`.
+    pub(crate) fn new(poller: Box<dyn Poller>, watchdog: Watchdog) -> Loop<M> {
+        let notifier = poller.notifier();
+        let inbox = Inbox { woken: Vec::new(), posted: Vec::new() };
+        Loop {
+            poller,
+            timers: Timers::default(),
+            shared: Arc::new(Shared { inbox: Mutex::new(inbox), notifier }),
+            watchdog,
+            doing: Cow::Borrowed(""),
+            stopped: false,
+        }
+    }
+
+    /// Runs ticks until [`Loop::stop`]. Fails only if the poller fails.
+    pub(crate) fn run<H: Handler<Message = M>>(&mut self, handler: &mut H) -> io::Result<()> {
+        let mut events = Vec::with_capacity(1024);
+        while !self.stopped {
+            // 1. Nearest timer: the wait may last until it is due, and no longer.
+            let timeout = self.timers.nearest().map(|at| at.saturating_duration_since(Instant::now()));
+            // 2. Wait for a ready descriptor, that timer, or the doorbell (wakers, posts).
+            self.poller.wait(&mut events, timeout)?;
+            // 3. Dispatch the ready descriptors, in the order the poller reported them.
+            for event in events.drain(..) {
+                self.dispatch(handler, Callback::Ready(event));
+            }
+            // 4. Run the expired timers (only those set before this tick: no livelock).
+            let (now, before) = (Instant::now(), self.timers.next_id);
+            while let Some(token) = self.timers.pop_expired(now, before) {
+                self.dispatch(handler, Callback::Timer(token));
+            }
+            // 5. Run posted work: tokens woken by wakers, results posted by other threads.
+            //    The inbox is taken under its lock; the callbacks run after it is dropped.
+            let Inbox { woken, posted } = self.shared.take();
+            for token in woken {
+                self.dispatch(handler, Callback::Woken(token));
+            }
+            for (token, message) in posted {
+                self.dispatch(handler, Callback::Message(token, message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one callback under the watchdog.
+    fn dispatch<H: Handler<Message = M>>(&mut self, handler: &mut H, callback: Callback<M>) {
+        self.doing = Cow::Borrowed("");
+        let started = Instant::now();
+        let (kind, token) = match callback {
+            Callback::Ready(event) => {
+                handler.on_ready(self, event);
+                ("ready", event.token)
+            }
+            Callback::Timer(token) => {
+                handler.on_timer(self, token);
+                ("timer", token)
+            }
+            Callback::Woken(token) => {
+                handler.on_woken(self, token);
+                ("woken", token)
+            }
+            Callback::Message(token, message) => {
+                handler.on_message(self, token, message);
+                ("message", token)
+            }
+        };
+        let Some(threshold) = self.watchdog.threshold else { return };
+        let took = started.elapsed();
+        if took < threshold {
+            return;
+        }
+        self.watchdog.slow += 1;
+        let doing = if self.doing.is_empty() { "(not said)".to_string() } else { self.doing.to_string() };
+        warn!(
+            callback = kind,
+            token = token.0,
+            doing = %doing,
+            took_ms = took.as_millis() as u64,
+            threshold_ms = threshold.as_millis() as u64,
+            "slow callback: it held the event loop, and every other connection waited"
+        );
+        (self.watchdog.hook)(&SlowCallback { kind, token, doing, took });
+    }
+
+    /// Says what the running callback is doing, for the watchdog's report.
+    pub(crate) fn doing(&mut self, what: impl Into<Cow<'static, str>>) {
+        self.doing = what.into();
+    }
+
+    /// Adds to what the running callback is doing.
+    pub(crate) fn doing_also(&mut self, what: &str) {
+        self.doing.to_mut().push_str(what);
+    }
+
+    /// How many callbacks the watchdog has reported.
+    #[cfg(test)]
+    pub(crate) fn slow_callbacks(&self) -> u64 {
+        self.watchdog.slow
+    }
+
+    /// Ends [`Loop::run`] after the current tick.
+    pub(crate) fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// The poller's capabilities.
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        self.poller.capabilities()
+    }
+
+    /// See [`Poller::register`].
+    pub(crate) fn register(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.poller.register(fd, token, interest)
+    }
+
+    /// See [`Poller::reregister`].
+    pub(crate) fn reregister(&mut self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.poller.reregister(fd, token, interest)
+    }
+
+    /// See [`Poller::deregister`].
+    pub(crate) fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
+        self.poller.deregister(fd)
+    }
+
+    /// Calls [`Handler::on_timer`] for `token` at `at` (or on the first tick after it).
+    pub(crate) fn add_timer(&mut self, at: Instant, token: Token) -> TimerKey {
+        self.timers.add(at, token)
+    }
+
+    /// Cancels a timer; a no-op if it already ran.
+    pub(crate) fn cancel_timer(&mut self, key: TimerKey) {
+        self.timers.queue.remove(&key);
+    }
+
+    /// A waker that calls [`Handler::on_woken`] for `token`, from any thread.
+    pub(crate) fn waker(&self, token: Token) -> Waker {
+        Waker::from(Arc::new(TokenWaker { token, shared: Arc::clone(&self.shared) }))
+    }
+
+    /// A handle other threads use to post messages to tokens.
+    pub(crate) fn remote(&self) -> Remote<M> {
+        Remote { shared: Arc::clone(&self.shared) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's own promises, on epoll (the pollers have their own contract tests).
+
+    use std::sync::mpsc;
+    use std::thread;
+
+    use super::*;
+    use crate::reactor::PollerKind;
+
+    /// Records every callback; stops when told to.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<String>,
+        stop_after: usize,
+        on_timer_rearm_in_the_past: bool,
+    }
+
+    impl Recorder {
+        fn note(&mut self, lp: &mut Loop<&'static str>, what: String) {
+            self.seen.push(what);
+            if self.seen.len() >= self.stop_after {
+                lp.stop();
+            }
+        }
+    }
+
+    impl Handler for Recorder {
+        type Message = &'static str;
+        fn on_ready(&mut self, lp: &mut Loop<&'static str>, event: Event) {
+            self.note(lp, format!("ready {}", event.token.0));
+        }
+        fn on_timer(&mut self, lp: &mut Loop<&'static str>, token: Token) {
+            if self.on_timer_rearm_in_the_past {
+                lp.add_timer(Instant::now() - Duration::from_secs(1), token);
+            }
+            self.note(lp, format!("timer {}", token.0));
+        }
+        fn on_woken(&mut self, lp: &mut Loop<&'static str>, token: Token) {
+            self.note(lp, format!("woken {}", token.0));
+        }
+        fn on_message(&mut self, lp: &mut Loop<&'static str>, token: Token, message: &'static str) {
+            self.note(lp, format!("message {} {message}", token.0));
+        }
+    }
+
+    fn new_loop(threshold: Option<Duration>) -> Loop<&'static str> {
+        Loop::new(PollerKind::Epoll.open().unwrap(), Watchdog::new(threshold, |_| {}))
+    }
+
+    #[test]
+    fn timers_run_in_deadline_order_and_cancelled_ones_do_not_run() {
+        let mut lp = new_loop(None);
+        let now = Instant::now();
+        lp.add_timer(now + Duration::from_millis(3), Token(3));
+        let cancelled = lp.add_timer(now + Duration::from_millis(1), Token(1));
+        lp.add_timer(now + Duration::from_millis(2), Token(2));
+        lp.cancel_timer(cancelled);
+        let mut handler = Recorder { stop_after: 2, ..Recorder::default() };
+        lp.run(&mut handler).unwrap();
+        assert_eq!(handler.seen, ["timer 2", "timer 3"]);
+    }
+
+    #[test]
+    fn a_timer_rearmed_in_the_past_runs_on_the_next_tick_not_in_a_livelock() {
+        let mut lp = new_loop(None);
+        lp.add_timer(Instant::now(), Token(7));
+        let mut handler = Recorder { stop_after: 3, on_timer_rearm_in_the_past: true, ..Recorder::default() };
+        lp.run(&mut handler).unwrap();
+        assert_eq!(handler.seen, ["timer 7", "timer 7", "timer 7"]);
+    }
+
+    #[test]
+    fn wakers_and_posts_from_another_thread_reach_their_tokens() {
+        let mut lp = new_loop(None);
+        let waker = lp.waker(Token(5));
+        let remote = lp.remote();
+        let (go, wait) = mpsc::channel::<()>();
+        let other = thread::spawn(move || {
+            wait.recv().unwrap();
+            waker.wake();
+            remote.post(Token(6), "stored");
+        });
+        go.send(()).unwrap();
+        let mut handler = Recorder { stop_after: 2, ..Recorder::default() };
+        lp.run(&mut handler).unwrap();
+        other.join().unwrap();
+        assert_eq!(handler.seen, ["woken 5", "message 6 stored"]);
+    }
+
+    #[test]
+    fn the_watchdog_counts_a_callback_that_holds_the_loop() {
+        struct Slow;
+        impl Handler for Slow {
+            type Message = ();
+            fn on_ready(&mut self, _: &mut Loop<()>, _: Event) {}
+            fn on_timer(&mut self, lp: &mut Loop<()>, _: Token) {
+                lp.doing("sleeping on purpose");
+                thread::sleep(Duration::from_millis(30));
+                lp.stop();
+            }
+            fn on_woken(&mut self, _: &mut Loop<()>, _: Token) {}
+            fn on_message(&mut self, _: &mut Loop<()>, _: Token, _: ()) {}
+        }
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&reports);
+        let watchdog = Watchdog::new(Some(Duration::from_millis(10)), move |slow: &SlowCallback| {
+            sink.lock().unwrap().push((slow.kind, slow.doing.clone()));
+        });
+        let mut lp: Loop<()> = Loop::new(PollerKind::Poll.open().unwrap(), watchdog);
+        lp.add_timer(Instant::now(), Token(1));
+        lp.run(&mut Slow).unwrap();
+        assert_eq!(lp.slow_callbacks(), 1);
+        assert_eq!(*reports.lock().unwrap(), [("timer", "sleeping on purpose".to_string())]);
+    }
+}
