@@ -251,6 +251,7 @@ impl App {
             ["static", "chat.css"] if get => self.reply("static", page::asset(page::CHAT_CSS)),
             ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok")),
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
+            ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
             ["metrics"] if get => {
                 let body = self.metrics.render(self.hub.waiting());
                 self.reply(
@@ -298,7 +299,10 @@ impl App {
                     _ => Outcome::Reply(api_error(StatusCode::NOT_FOUND, "no such route; see docs/protocol.md")),
                 }
             }
-            [""] | ["static", "chat.js" | "chat.css"] | ["healthz" | "plaintext" | "metrics"] | ["api", "rooms"] => {
+            [""]
+            | ["static", "chat.js" | "chat.css"]
+            | ["healthz" | "plaintext" | "metrics" | "cpu"]
+            | ["api", "rooms"] => {
                 Outcome::Reply(not_allowed("GET, HEAD"))
             }
             ["a", "message", "new" | "updates"] => Outcome::Reply(not_allowed("POST")),
@@ -532,4 +536,35 @@ fn api_error(status: StatusCode, error: &str) -> Response {
 
 fn not_allowed(allow: &'static str) -> Response {
     api_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route").header("Allow", allow)
+}
+
+/// The largest `cost` of `GET /cpu` (some tens of milliseconds of work): a bound, so one
+/// request cannot hold a serving thread for minutes.
+pub const MAX_CPU_COST: u64 = 10_000_000;
+
+/// `GET /cpu?cost=N` (default 1000): N rounds of [`cpu_work`], answered as 16 hex digits
+/// and a newline. The CPU-bound route of the benchmark's `cpu` scenario.
+fn cpu_response(request: &Request) -> Response {
+    let cost = match Args::query(request).get("cost").map(str::parse::<u64>) {
+        None => 1000,
+        Some(Ok(cost)) if cost <= MAX_CPU_COST => cost,
+        Some(_) => {
+            return api_error(StatusCode::BAD_REQUEST, &format!("'cost' must be a whole number from 0 to {MAX_CPU_COST}"))
+        }
+    };
+    Response::text(StatusCode::OK, format!("{:016x}\n", cpu_work(cost)))
+}
+
+/// `rounds` rounds of a 64-bit integer mix (SplitMix64's finaliser) over one state: pure
+/// computation, about 2-3 ns a round, that the compiler cannot skip (`black_box`) or
+/// vectorise (each round needs the previous one).
+pub fn cpu_work(rounds: u64) -> u64 {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..rounds {
+        let mut z = std::hint::black_box(state ^ i);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        state = z ^ (z >> 31);
+    }
+    state
 }
