@@ -1,0 +1,445 @@
+//! The SQLite store: one file, WAL mode, safe for several threads and several processes
+//! (`--workers N`) writing at once.
+//!
+//! How each promise of the [`Store`] contract is kept:
+//! - **Durable across `kill -9`.** `append` returns after `COMMIT` returns. In WAL mode the
+//!   commit has then been written into the `-wal` file with `write(2)`; the data sits in the
+//!   kernel's page cache, which outlives the process. `synchronous=NORMAL` skips the fsync
+//!   per commit, which only matters if the *kernel* dies (power loss, panic): then the last
+//!   commits may be lost, but the file stays consistent. [`Durability::Full`] adds the fsync
+//!   per commit for that case, at the price of one disk flush per message.
+//! - **Ids 1, 2, 3... with no gap and no duplicate.** The id is chosen as `max(id) + 1`
+//!   inside a `BEGIN IMMEDIATE` transaction. `IMMEDIATE` takes the database's single write
+//!   lock *before* reading the max, so no other connection (in this process or another)
+//!   can read the same max until we commit; `(room, id)` is the primary key, so a bug here
+//!   would fail loudly instead of storing a duplicate. A rolled-back append leaves no hole,
+//!   because nothing is reserved before the insert.
+//! - **Several processes.** SQLite's own file locks serialise writers; `busy_timeout` makes
+//!   a writer wait for the lock (up to [`BUSY_TIMEOUT`]) instead of failing at once. Within
+//!   one process, appends also queue on a mutex first, so they wait in line on a futex
+//!   rather than in SQLite's sleep-and-retry busy handler; only other processes contend
+//!   there.
+//!
+//! Connections: a small checkout pool (at most [`POOL_SIZE`]), because a rusqlite
+//! `Connection` may move between threads but not be shared. With WAL, readers on their own
+//! connections proceed while one writer commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+
+/// The most connections one [`SqliteStore`] opens. More callers than this wait their turn.
+/// SQLite writes one transaction at a time anyway; the extra connections are for readers.
+pub const POOL_SIZE: usize = 4;
+
+/// How long a writer waits for another connection's (or process's) write lock before
+/// `append` fails. Commits take microseconds to milliseconds, so reaching this means
+/// something is holding the lock far too long.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS messages (
+        room    TEXT    NOT NULL,
+        id      INTEGER NOT NULL,
+        body    TEXT    NOT NULL,
+        sender  TEXT    NOT NULL,
+        time_ms INTEGER NOT NULL,
+        PRIMARY KEY (room, id)
+    ) WITHOUT ROWID;
+";
+
+/// How hard a commit tries to reach the disk before `append` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a committed message survives the death of the process
+    /// (`kill -9`, a panic, an OOM kill), which is what the store contract promises. After
+    /// power loss or a kernel crash the last few commits may be missing; the file is still
+    /// consistent. No fsync per message.
+    #[default]
+    Process,
+    /// `synchronous=FULL`: every commit is fsynced before `append` returns, so a message
+    /// also survives power loss. Costs one disk flush per message.
+    Full,
+}
+
+impl Durability {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Durability::Process => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// Where new connections come from.
+#[derive(Debug)]
+enum Source {
+    File {
+        path: PathBuf,
+        durability: Durability,
+    },
+    /// A private in-memory database lives in exactly one connection, so the pool holds one.
+    Memory,
+}
+
+/// Messages in an SQLite file. Cheap to share behind an `Arc`; every method blocks.
+pub struct SqliteStore {
+    source: Source,
+    pool: Mutex<PoolState>,
+    returned: Condvar,
+    max_connections: usize,
+    /// Held for the whole of an append; see the module docs.
+    writer: Mutex<()>,
+}
+
+struct PoolState {
+    idle: Vec<Connection>,
+    /// Connections in existence: idle plus checked out.
+    open: usize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("source", &self.source)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` with [`Durability::Process`].
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, Durability::Process)
+    }
+
+    /// Opens (creating if missing) the database at `path`, committing as `durability` says.
+    ///
+    /// Several `SqliteStore`s, in this process or others, may open the same file at once.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        let source = Source::File {
+            path: path.to_path_buf(),
+            durability,
+        };
+        let first = source.connect()?;
+        first.execute_batch(SCHEMA).map_err(|e| {
+            sql_error(
+                &format!("cannot create the schema in {}", path.display()),
+                e,
+            )
+        })?;
+        Ok(SqliteStore::with_first(source, first, POOL_SIZE))
+    }
+
+    /// A private database in memory, gone when the store is dropped. For tests: it keeps
+    /// every promise except surviving the process.
+    pub fn open_memory() -> Result<SqliteStore, StoreError> {
+        let source = Source::Memory;
+        let first = source.connect()?;
+        first
+            .execute_batch(SCHEMA)
+            .map_err(|e| sql_error("cannot create the schema in memory", e))?;
+        Ok(SqliteStore::with_first(source, first, 1))
+    }
+
+    fn with_first(source: Source, first: Connection, max_connections: usize) -> SqliteStore {
+        SqliteStore {
+            source,
+            pool: Mutex::new(PoolState {
+                idle: vec![first],
+                open: 1,
+            }),
+            returned: Condvar::new(),
+            max_connections,
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The file this store writes, or `None` for [`SqliteStore::open_memory`].
+    pub fn path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::File { path, .. } => Some(path),
+            Source::Memory => None,
+        }
+    }
+
+    /// Takes an idle connection, opens a new one if the pool is not full, or waits.
+    fn checkout(&self) -> Result<Checkout<'_>, StoreError> {
+        let mut state = self.lock_pool();
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(Checkout {
+                    store: self,
+                    conn: Some(conn),
+                });
+            }
+            if state.open < self.max_connections {
+                state.open += 1;
+                drop(state); // opening a file takes a while; don't hold up the others
+                return match self.source.connect() {
+                    Ok(conn) => Ok(Checkout {
+                        store: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.lock_pool().open -= 1;
+                        self.returned.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            state = self
+                .returned
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, PoolState> {
+        // The pool's state is a Vec and a count updated in single statements: a panic
+        // elsewhere cannot leave it half-changed, so a poisoned lock is still usable.
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A connection on loan from the pool; goes back on drop, even during a panic (any open
+/// transaction has been rolled back by then, since `Transaction` drops first).
+struct Checkout<'a> {
+    store: &'a SqliteStore,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Checkout<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Checkout<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.store.lock_pool().idle.push(conn);
+            self.store.returned.notify_one();
+        }
+    }
+}
+
+impl Source {
+    fn connect(&self) -> Result<Connection, StoreError> {
+        match self {
+            Source::Memory => Connection::open_in_memory()
+                .map_err(|e| sql_error("cannot open an in-memory database", e)),
+            Source::File { path, durability } => {
+                let conn = Connection::open(path).map_err(|e| {
+                    StoreError(format!(
+                        "cannot open the database at {}: {e}; check the directory exists and is \
+                         writable, or pass --db with another path",
+                        path.display()
+                    ))
+                })?;
+                configure(&conn, path, *durability)?;
+                Ok(conn)
+            }
+        }
+    }
+}
+
+fn configure(conn: &Connection, path: &Path, durability: Durability) -> Result<(), StoreError> {
+    let context = |what: &str| format!("cannot {what} on {}", path.display());
+    // First, so that the pragmas below wait for other processes too instead of failing.
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error(&context("set busy_timeout"), e))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| sql_error(&context("switch to WAL mode"), e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Still correct (rollback journals survive kill -9 too), only slower: readers then
+        // wait for writers. Happens on file systems without shared memory, such as NFS.
+        tracing::warn!(
+            path = %path.display(),
+            %mode,
+            "SQLite refused WAL mode; readers will wait for writers. Put the database on a local disk"
+        );
+    }
+    conn.pragma_update(None, "synchronous", durability.pragma_value())
+        .map_err(|e| sql_error(&context("set synchronous"), e))?;
+    Ok(())
+}
+
+/// Turns a driver error into one that says what to do.
+fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
+    let advice = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "another connection or process held the write lock longer than the busy timeout; \
+             retry, and look for a process keeping a transaction open on this file"
+        }
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            "make the database file and its directory writable, or pass --db with another path"
+        }
+        Some(ErrorCode::CannotOpen) => {
+            "check the directory exists and is writable, or pass --db with another path"
+        }
+        Some(ErrorCode::DiskFull) => "the disk is full; free some space",
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            "the file is not a c10k database or is damaged; move it aside or pass --db with \
+             another path"
+        }
+        Some(ErrorCode::SystemIoFailure) => "the disk reported an I/O error; check it",
+        _ => {
+            "if the file was made by something else than c10k, move it aside or pass --db with \
+             another path"
+        }
+    };
+    StoreError(format!("{what}: {e}; {advice}"))
+}
+
+/// SQLite integers are i64; ids, times and limits are unsigned here.
+fn to_sql_int(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError(format!("{what} {value} is too large to store")))
+}
+
+fn from_sql_int(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| {
+        StoreError(format!(
+            "the database holds a negative {what} ({value}); it was not written by c10k: move it \
+             aside or pass --db with another path"
+        ))
+    })
+}
+
+/// A `LIMIT` that SQLite accepts: `usize::MAX` means "all".
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+type Row = (i64, String, String, i64);
+
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_message(room: &RoomId, (id, body, from, time_ms): Row) -> Result<Message, StoreError> {
+    Ok(Message {
+        id: MessageId(from_sql_int(id, "message id")?),
+        room: room.clone(),
+        body,
+        from,
+        time_ms: from_sql_int(time_ms, "time")?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+        let time_ms = to_sql_int(message.time_ms, "time")?;
+        let fail = |e| sql_error(&format!("cannot append to room {room}"), e);
+        // Nothing guarded by it can be left half-done, so a poisoned lock is fine to take.
+        let _writing = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.checkout()?;
+        // IMMEDIATE: take the write lock before reading max(id); see the module docs.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let id: i64 = tx
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM messages WHERE room = ?1")
+            .and_then(|mut stmt| stmt.query_row([room.as_str()], |row| row.get(0)))
+            .map_err(fail)?;
+        tx.prepare_cached(
+            "INSERT INTO messages (room, id, body, sender, time_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                room.as_str(),
+                id,
+                message.body,
+                message.from,
+                time_ms
+            ])
+        })
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(Message {
+            id: MessageId(from_sql_int(id, "message id")?),
+            room: room.clone(),
+            body: message.body.clone(),
+            from: message.from.clone(),
+            time_ms: message.time_ms,
+        })
+    }
+
+    fn after(
+        &self,
+        room: &RoomId,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let fail = |e| sql_error(&format!("cannot read room {room}"), e);
+        let after = to_sql_int(after.0, "message id")?;
+        let conn = self.checkout()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body, sender, time_ms FROM messages
+                 WHERE room = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![room.as_str(), after, sql_limit(limit)], read_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Row>>>())
+            .map_err(fail)?;
+        rows.into_iter().map(|row| to_message(room, row)).collect()
+    }
+
+    fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let fail = |e| sql_error(&format!("cannot read room {room}"), e);
+        let conn = self.checkout()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body, sender, time_ms FROM messages
+                 WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(fail)?;
+        let mut rows = stmt
+            .query_map(params![room.as_str(), sql_limit(limit)], read_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Row>>>())
+            .map_err(fail)?;
+        rows.reverse(); // newest-first from the index, oldest-first for the caller
+        rows.into_iter().map(|row| to_message(room, row)).collect()
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        let fail = |e| sql_error("cannot list the rooms", e);
+        let conn = self.checkout()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT room FROM messages ORDER BY room")
+            .map_err(fail)?;
+        let names = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+            .map_err(fail)?;
+        names
+            .into_iter()
+            .map(|name| {
+                RoomId::new(&name).map_err(|_| {
+                    StoreError(format!(
+                        "the database holds a room named {name:?}, which c10k never writes; \
+                         move the file aside or pass --db with another path"
+                    ))
+                })
+            })
+            .collect()
+    }
+}

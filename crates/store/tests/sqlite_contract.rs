@@ -1,0 +1,207 @@
+//! The `Store` contract, checked on a SQLite file and on SQLite in memory: ids start at 1
+//! and have no gaps, per room; `after` and `recent` return id order and respect limits;
+//! `rooms` lists every room with a message.
+
+mod common;
+
+use c10k_core::store::{MessageId, NewMessage, Store};
+use c10k_store::SqliteStore;
+use common::{msg, room, ScratchDir};
+
+/// Runs a test once per way of opening a `SqliteStore`.
+macro_rules! store_test {
+    ($name:ident, |$store:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn on_a_file() {
+                let dir = ScratchDir::new(stringify!($name));
+                let $store = SqliteStore::open(&dir.db()).expect("open");
+                $body
+            }
+
+            #[test]
+            fn in_memory() {
+                let $store = SqliteStore::open_memory().expect("open");
+                $body
+            }
+        }
+    };
+}
+
+fn ids(messages: &[c10k_core::store::Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.id.0).collect()
+}
+
+store_test!(ids_start_at_one_and_have_no_gaps, |store| {
+    let main = room("main");
+    for expected in 1..=50 {
+        let stored = store.append(&main, &msg(&format!("m{expected}"))).unwrap();
+        assert_eq!(stored.id, MessageId(expected));
+    }
+    assert_eq!(
+        ids(&store.after(&main, MessageId(0), usize::MAX).unwrap()),
+        (1..=50).collect::<Vec<_>>()
+    );
+});
+
+store_test!(each_room_counts_its_own_ids, |store| {
+    let (a, b) = (room("a"), room("b"));
+    assert_eq!(store.append(&a, &msg("a1")).unwrap().id, MessageId(1));
+    assert_eq!(store.append(&a, &msg("a2")).unwrap().id, MessageId(2));
+    assert_eq!(store.append(&b, &msg("b1")).unwrap().id, MessageId(1));
+    assert_eq!(store.append(&a, &msg("a3")).unwrap().id, MessageId(3));
+    assert_eq!(store.append(&b, &msg("b2")).unwrap().id, MessageId(2));
+});
+
+store_test!(
+    append_returns_the_stored_message_and_reads_give_it_back,
+    |store| {
+        let main = room("main");
+        let new = NewMessage {
+            body: "<b>it's \"quoted\" & ünïcode 🎉</b>".to_string(),
+            from: "bob".to_string(),
+            time_ms: 1_234_567_890_123,
+        };
+        let stored = store.append(&main, &new).unwrap();
+        assert_eq!(stored.room, main);
+        assert_eq!(stored.body, new.body);
+        assert_eq!(stored.from, new.from);
+        assert_eq!(stored.time_ms, new.time_ms);
+        assert_eq!(
+            store.after(&main, MessageId(0), 10).unwrap(),
+            vec![stored.clone()]
+        );
+        assert_eq!(store.recent(&main, 10).unwrap(), vec![stored]);
+    }
+);
+
+store_test!(
+    anonymous_posters_and_empty_bodies_are_stored_as_given,
+    |store| {
+        let main = room("main");
+        let new = NewMessage {
+            body: String::new(),
+            from: String::new(),
+            time_ms: 0,
+        };
+        let stored = store.append(&main, &new).unwrap();
+        assert_eq!(
+            (stored.body.as_str(), stored.from.as_str(), stored.time_ms),
+            ("", "", 0)
+        );
+        assert_eq!(store.recent(&main, 1).unwrap(), vec![stored]);
+    }
+);
+
+store_test!(
+    after_returns_later_messages_in_id_order_up_to_the_limit,
+    |store| {
+        let main = room("main");
+        for i in 1..=10 {
+            store.append(&main, &msg(&format!("m{i}"))).unwrap();
+        }
+        assert_eq!(
+            ids(&store.after(&main, MessageId(0), 3).unwrap()),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            ids(&store.after(&main, MessageId(4), 3).unwrap()),
+            [5, 6, 7]
+        );
+        assert_eq!(
+            ids(&store.after(&main, MessageId(8), 100).unwrap()),
+            [9, 10]
+        );
+        assert_eq!(
+            ids(&store.after(&main, MessageId(10), 100).unwrap()),
+            [0u64; 0]
+        );
+        assert_eq!(
+            ids(&store.after(&main, MessageId(999), 100).unwrap()),
+            [0u64; 0]
+        );
+        assert_eq!(
+            ids(&store.after(&main, MessageId(0), 0).unwrap()),
+            [0u64; 0]
+        );
+        let bodies: Vec<String> = store
+            .after(&main, MessageId(7), 2)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, ["m8", "m9"]);
+    }
+);
+
+store_test!(recent_returns_the_last_messages_oldest_first, |store| {
+    let main = room("main");
+    for i in 1..=10 {
+        store.append(&main, &msg(&format!("m{i}"))).unwrap();
+    }
+    assert_eq!(ids(&store.recent(&main, 3).unwrap()), [8, 9, 10]);
+    assert_eq!(ids(&store.recent(&main, 1).unwrap()), [10]);
+    assert_eq!(
+        ids(&store.recent(&main, 100).unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids(&store.recent(&main, usize::MAX).unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(ids(&store.recent(&main, 0).unwrap()), [0u64; 0]);
+});
+
+store_test!(reads_see_only_their_own_room, |store| {
+    let (a, b) = (room("a"), room("b"));
+    store.append(&a, &msg("for a")).unwrap();
+    store.append(&b, &msg("for b")).unwrap();
+    store.append(&b, &msg("for b again")).unwrap();
+    assert!(store
+        .after(&a, MessageId(0), 10)
+        .unwrap()
+        .iter()
+        .all(|m| m.room == a && m.body == "for a"));
+    assert_eq!(store.recent(&b, 10).unwrap().len(), 2);
+    assert!(store.recent(&b, 10).unwrap().iter().all(|m| m.room == b));
+});
+
+store_test!(an_unknown_room_is_empty_not_an_error, |store| {
+    let nobody = room("nobody-here");
+    assert!(store.after(&nobody, MessageId(0), 10).unwrap().is_empty());
+    assert!(store.recent(&nobody, 10).unwrap().is_empty());
+});
+
+store_test!(rooms_lists_each_room_with_a_message_once, |store| {
+    assert!(store.rooms().unwrap().is_empty());
+    store.append(&room("main"), &msg("1")).unwrap();
+    store.append(&room("games"), &msg("2")).unwrap();
+    store.append(&room("main"), &msg("3")).unwrap();
+    let mut rooms = store.rooms().unwrap();
+    rooms.sort();
+    assert_eq!(rooms, [room("games"), room("main")]);
+});
+
+#[test]
+fn open_explains_what_to_do_when_the_directory_is_missing() {
+    let dir = ScratchDir::new("missing-dir");
+    let path = dir.path().join("no/such/dir/chat.sqlite3");
+    let err = SqliteStore::open(&path).unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("check the directory exists"), "{err}");
+    assert!(err.contains("--db"), "{err}");
+}
+
+#[test]
+fn open_refuses_a_file_that_is_not_a_database() {
+    let dir = ScratchDir::new("not-a-db");
+    std::fs::write(
+        dir.db(),
+        b"this is a text file, not SQLite, and long enough to have a header",
+    )
+    .unwrap();
+    let err = SqliteStore::open(&dir.db()).unwrap_err().to_string();
+    assert!(err.contains("--db"), "{err}");
+}
