@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (open the printed URL in a browser).
     Serve(ServeArgs),
+    /// Put load on a c10k server on this machine and report what it did (loopback only).
+    Load(c10k_load::cli::LoadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +157,7 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
+        Command::Load(args) => c10k_load::cli::run(args),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
