@@ -133,6 +133,22 @@ impl Server {
         self.spawn();
     }
 
+    /// Like [`Server::restart`], but listening on `port` (e.g. the port it had before,
+    /// saved with [`Server::port`] before stopping it), as a real restart does: clients
+    /// that reconnect to the old address find the new process there.
+    pub fn restart_on_port(&mut self, port: u16) {
+        assert!(
+            self.process.is_none(),
+            "restart_on_port: stop or kill the running server first"
+        );
+        self.spawn_listening(&format!("127.0.0.1:{port}"));
+        assert_eq!(
+            self.port(),
+            port,
+            "the server did not listen on the port asked for"
+        );
+    }
+
     fn running(&self) -> &Process {
         self.process
             .as_ref()
@@ -140,11 +156,15 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        self.spawn_listening("127.0.0.1:0");
+    }
+
+    fn spawn_listening(&mut self, listen: &str) {
         let db = self.db_path();
         let mut command = Command::new(env!("CARGO_BIN_EXE_c10k"));
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .arg("--db")
             .arg(&db)
             .args(["--longpoll-wait", &self.longpoll_wait_secs.to_string()])
