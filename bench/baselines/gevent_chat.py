@@ -39,6 +39,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import time  # noqa: E402
 from urllib.parse import parse_qs  # noqa: E402
 
@@ -320,9 +321,24 @@ def application(environ, start_response):
 
 
 class ChatHandler(WSGIHandler):
-    """pywsgi sends a response that has no Content-Length in chunked encoding. The
-    protocol's event stream is sent as is and ended by closing the connection: when the
-    application says `Connection: close` and gives no length, send the body unframed."""
+    """Two adjustments to pywsgi's handler.
+
+    TCP_NODELAY: pywsgi sends a response's head and body in two sends; with Nagle's
+    algorithm on, the body waits for the client's delayed ACK of the head (40 ms on
+    Linux), and a keep-alive connection manages about 25 requests a second. nginx, Tornado
+    and hyper all turn Nagle off; so does this.
+
+    Unframed event streams: pywsgi sends a response that has no Content-Length in chunked
+    encoding. The protocol's event stream is sent as is and ended by closing the
+    connection: when the application says `Connection: close` and gives no length, send
+    the body unframed."""
+
+    def handle(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return super().handle()
 
     def finalize_headers(self):
         super().finalize_headers()
