@@ -124,7 +124,7 @@ impl Master<'_, '_> {
             let deadline = match self.phase {
                 Phase::Stopping { kill_at, killed: false } => Some(kill_at),
                 Phase::Stopping { .. } => None,
-                _ if self.current_workers() < self.workers => Some(self.restart_at),
+                _ if self.may_start_more() => Some(self.restart_at),
                 _ => None,
             };
             // 2. Wait.
@@ -304,8 +304,20 @@ impl Master<'_, '_> {
         self.children.iter().filter(|c| c.generation == self.generation).count()
     }
 
+    /// Whether a worker is missing and may be forked (once `restart_at` has passed).
+    ///
+    /// The first worker starts alone: it creates the database (schema, WAL mode) and the
+    /// others open it once it is ready. Two processes switching a fresh SQLite file to WAL
+    /// at the same moment can fail with "database is locked" at once, whatever the busy
+    /// timeout, and one failing worker would fail the whole start.
+    fn may_start_more(&self) -> bool {
+        let current = self.current_workers();
+        let first_pending = self.phase == Phase::Starting && current >= 1 && !self.children.iter().any(|c| c.ready);
+        current < self.workers && !first_pending
+    }
+
     fn start_missing(&mut self) {
-        while self.current_workers() < self.workers {
+        while self.may_start_more() {
             if let Err(e) = self.spawn() {
                 if self.phase == Phase::Starting {
                     error!("cannot start a worker: {e}");
