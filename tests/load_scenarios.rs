@@ -33,6 +33,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts with extra `c10k serve` arguments.
+    fn start_with(extra: &[&str]) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "c10k-load-scenarios-{}-{}",
             std::process::id(),
@@ -42,6 +47,7 @@ impl Server {
         let mut child = Command::new(C10K)
             .args(["serve", "--listen", "127.0.0.1:0", "--model", "async", "--longpoll-wait", "5", "--db"])
             .arg(dir.join("chat.sqlite3"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -193,6 +199,25 @@ fn idle_capacity_over_long_poll_in_one_process() {
     let c = report.capacity.as_ref().unwrap();
     assert_eq!((c.held, c.processes, c.source_addrs), (30, 1, 1));
     assert_eq!(c.server_rss_before_kib, None, "no --server-pid, no memory reading");
+}
+
+/// Regressions: at the server's connection cap the poster could not connect, so the
+/// broadcast was never sent (it now connects before the subscribers); and workers reported
+/// their errors twice (at `ready` and again at `done`).
+#[test]
+fn idle_capacity_reports_the_servers_cap_and_still_broadcasts() {
+    let server = Server::start_with(&["--max-connections", "20"]);
+    let report = load(
+        &server,
+        &["idle-capacity", "--connections", "30", "--per-process", "10", "--duration", "5", "--drain", "2"],
+    );
+    let c = report.capacity.as_ref().unwrap();
+    // 20 connections: the poster's and 19 subscribers; the other 11 get 503.
+    assert_eq!((c.held, c.failed), (19, 11), "{}", report.to_text());
+    assert_eq!(report.errors.get("subscribe: status 503"), Some(&11), "{:?}", report.errors);
+    let d = report.delivery.as_ref().unwrap();
+    assert_eq!((d.messages, d.delivered, d.misses, d.duplicates), (1, 19, 0, 0), "{}", report.to_text());
+    assert!(report.problems.is_empty(), "refusals are the finding, not a flaw: {:?}", report.problems);
 }
 
 #[test]

@@ -177,7 +177,9 @@ impl Report {
             }
         }
         if let Some(d) = &self.delivery {
-            if d.subscribed < d.subscribers {
+            // For idle-capacity, refusals are the finding (how many the server holds), not
+            // a flaw of the run.
+            if d.subscribed < d.subscribers && self.capacity.is_none() {
                 problems.push(format!(
                     "{} of {} subscribers could not subscribe",
                     d.subscribers - d.subscribed,
@@ -259,7 +261,14 @@ impl Report {
                     let _ = writeln!(out, "  memory     not measured (give --server-pid PID)");
                 }
             }
-            let _ = writeln!(out, "  broadcast  reached everyone in {:.3} s", c.broadcast_secs);
+            match &self.delivery {
+                Some(d) if d.messages > 0 => {
+                    let _ = writeln!(out, "  broadcast  reached everyone in {:.3} s", c.broadcast_secs);
+                }
+                _ => {
+                    let _ = writeln!(out, "  broadcast  not sent (the post failed; see errors)");
+                }
+            }
         }
         if let Some(d) = &self.delivery {
             let _ = writeln!(
@@ -407,6 +416,11 @@ impl ErrorLog {
 
     pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The counts so far, leaving the log empty (a worker reports each error once).
+    pub(crate) fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

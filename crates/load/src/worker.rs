@@ -58,7 +58,7 @@ pub(crate) enum ToWorker {
 pub(crate) enum FromWorker {
     /// Every subscriber has subscribed or failed.
     Ready { subscribed: usize, failed: usize, errors: BTreeMap<String, u64> },
-    /// Subscribers are done.
+    /// Subscribers are done (errors: those since `ready`).
     Done { result: GroupResult, latency: Vec<(u64, u64)>, errors: BTreeMap<String, u64> },
     /// The worker could not do its job.
     Failed { error: String },
@@ -129,7 +129,7 @@ async fn work(job: WorkerJob, mut lines: mpsc::UnboundedReceiver<String>) -> Res
         hard_at,
     };
     let group = Group::open(spec, errors.clone(), latency.clone(), Arc::new(AtomicU64::new(0))).await;
-    send(&FromWorker::Ready { subscribed: group.subscribed, failed: group.failed, errors: errors.snapshot() });
+    send(&FromWorker::Ready { subscribed: group.subscribed, failed: group.failed, errors: errors.take() });
     let line = match tokio::time::timeout_at(hard_at.into(), lines.recv()).await {
         Ok(Some(line)) => line,
         Ok(None) => return Ok(()), // the parent is gone or gave up: nothing to report to
@@ -139,7 +139,7 @@ async fn work(job: WorkerJob, mut lines: mpsc::UnboundedReceiver<String>) -> Res
     let acked = posted.acked.clone();
     group.posted(posted);
     let result = group.finish(&acked).await;
-    send(&FromWorker::Done { result, latency: latency.pairs(), errors: errors.snapshot() });
+    send(&FromWorker::Done { result, latency: latency.pairs(), errors: errors.take() });
     // Wait for the parent to close stdin, so every worker lets go at the same time.
     let _ = tokio::time::timeout_at(hard_at.into(), async { while lines.recv().await.is_some() {} }).await;
     Ok(())

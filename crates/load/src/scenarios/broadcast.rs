@@ -352,6 +352,13 @@ pub(crate) async fn last_id(ctx: &Ctx, room: &str) -> Result<u64, LoadError> {
         .map_err(|e| LoadError::Server(format!("cannot read room {room:?} from {}: {e}", ctx.addr)))
 }
 
+/// The poster's connection, opened before any subscriber.
+pub(crate) async fn open_poster(ctx: &Ctx) -> Result<Conn, LoadError> {
+    ctx.bounded(Conn::open(ctx.addr, None))
+        .await
+        .map_err(|e| LoadError::Server(format!("cannot connect the poster to {}: {e}", ctx.addr)))
+}
+
 /// What the poster did.
 #[derive(Debug)]
 pub(crate) struct PostRun {
@@ -361,17 +368,25 @@ pub(crate) struct PostRun {
     pub stats: RequestStats,
 }
 
-/// Posts messages `0..messages` one after another on one keep-alive connection, at
-/// `rate` per second (0: each as soon as the previous one is acknowledged), starting no
-/// post after `until`.
-pub(crate) async fn post_messages(ctx: &Ctx, room: &str, messages: u64, rate: f64, until: Instant) -> PostRun {
+/// Posts messages `0..messages` one after another on one keep-alive connection (`conn`,
+/// opened before the subscribers so that a server at its connection cap still takes the
+/// posts; a new one if it breaks), at `rate` per second (0: each as soon as the previous
+/// one is acknowledged), starting no post after `until`.
+pub(crate) async fn post_messages(
+    ctx: &Ctx,
+    conn: Option<Conn>,
+    room: &str,
+    messages: u64,
+    rate: f64,
+    until: Instant,
+) -> PostRun {
     let path = format!("/api/rooms/{room}/messages");
     let latency = SharedHistogram::new();
     let mut recorder = latency.recorder();
     let mut acked = Bitset::new(messages);
     let mut failures = 0;
     let mut first_post_unix_us = 0;
-    let mut conn: Option<Conn> = None;
+    let mut conn = conn;
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
     let began = Instant::now();
     let mut due = began;
@@ -485,6 +500,7 @@ pub(crate) fn delivery_stats(
 pub(crate) async fn run(ctx: &Ctx, via: Via, config: &BroadcastConfig) -> Result<Findings, LoadError> {
     let room = ctx.room(&config.room);
     let after = last_id(ctx, &room).await?;
+    let poster = open_poster(ctx).await?;
     let latency = SharedHistogram::new();
     let delivered = Arc::new(AtomicU64::new(0));
     let total = config.subscribers as u64 * config.messages;
@@ -508,7 +524,7 @@ pub(crate) async fn run(ctx: &Ctx, via: Via, config: &BroadcastConfig) -> Result
     let group = Group::open(spec, ctx.errors.clone(), latency.clone(), delivered).await;
     tokio::time::sleep(settle_time(via, group.subscribed)).await;
     let began = Instant::now();
-    let posts = post_messages(ctx, &room, config.messages, config.rate, ctx.stop_at).await;
+    let posts = post_messages(ctx, Some(poster), &room, config.messages, config.rate, ctx.stop_at).await;
     group.posted(Posted {
         acked: posts.acked.clone(),
         first_post_unix_us: posts.first_post_unix_us,

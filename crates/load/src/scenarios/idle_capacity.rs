@@ -37,6 +37,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub(crate) async fn run(ctx: &Ctx, config: &IdleConfig) -> Result<Findings, LoadError> {
     let room = ctx.room(&config.room);
     let after = broadcast::last_id(ctx, &room).await?;
+    // Before the subscribers: a server at its connection cap must still take the post.
+    let poster = broadcast::open_poster(ctx).await?;
     let files = crate::sys::raise_open_files_limit().unwrap_or(1024);
     let per_process = config.per_process.unwrap_or(files.saturating_sub(FD_RESERVE).max(1) as usize);
     let source_count = config.source_addrs.unwrap_or(config.connections.div_ceil(PER_SOURCE)).max(1);
@@ -83,7 +85,7 @@ pub(crate) async fn run(ctx: &Ctx, config: &IdleConfig) -> Result<Findings, Load
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss("after");
 
-    let posts = broadcast::post_messages(ctx, &room, 1, 0.0, ctx.hard_at).await;
+    let posts = broadcast::post_messages(ctx, Some(poster), &room, 1, 0.0, ctx.hard_at).await;
     let posted = Posted {
         acked: posts.acked.clone(),
         first_post_unix_us: posts.first_post_unix_us,
