@@ -314,6 +314,7 @@ fn latency_line(l: &LatencySummary) -> String {
 }
 
 /// `1234567` as `1,234,567`.
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; the workspace says 1.80
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);

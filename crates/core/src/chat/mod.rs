@@ -556,8 +556,8 @@ fn cpu_response(request: &Request) -> Response {
 }
 
 /// `rounds` rounds of a 64-bit integer mix (SplitMix64's finaliser) over one state: pure
-/// computation, about 4 ns a round (10,000,000 rounds: 37 ms on the CI machine), that the compiler cannot skip (`black_box`) or
-/// vectorise (each round needs the previous one).
+/// computation, about 4 ns a round (10,000,000 rounds: 37 ms on the CI machine), that the
+/// compiler cannot skip (`black_box`) or vectorise (each round needs the previous one).
 pub fn cpu_work(rounds: u64) -> u64 {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..rounds {
