@@ -126,6 +126,43 @@ pub enum StreamStatus {
     Close(&'static str),
 }
 
+/// A stream subscriber's view of its subscription: a reset on the first read is a resume
+/// that cannot continue (tell the client and go on); a reset later means the subscriber
+/// fell behind the history (disconnect it).
+#[derive(Debug)]
+struct Feed {
+    subscription: Subscription,
+    started: bool,
+}
+
+enum FeedItem {
+    /// Messages to send, preceded by a reset notice if `reset`.
+    Batch(Batch),
+    /// The history moved past this subscriber's position.
+    FellBehind,
+}
+
+impl Feed {
+    fn new(subscription: Subscription) -> Feed {
+        Feed { subscription, started: false }
+    }
+
+    fn poll(&mut self, waker: &Waker) -> Poll<FeedItem> {
+        let Poll::Ready(batch) = self.subscription.poll_next(waker) else {
+            return Poll::Pending;
+        };
+        let first = !std::mem::replace(&mut self.started, true);
+        if batch.reset && !first {
+            return Poll::Ready(FeedItem::FellBehind);
+        }
+        Poll::Ready(FeedItem::Batch(batch))
+    }
+
+    fn room(&self) -> &RoomId {
+        self.subscription.room()
+    }
+}
+
 const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its position; reconnect to resume";
 
 /// A Server-Sent Events stream (WHATWG HTML, "Server-sent events").
@@ -136,9 +173,8 @@ const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its p
 /// says close.
 #[derive(Debug)]
 pub struct EventStream {
-    subscription: Subscription,
+    feed: Feed,
     head: Response,
-    started: bool,
     _held: Held,
 }
 
@@ -154,7 +190,7 @@ impl EventStream {
             .header("Cache-Control", "no-cache")
             .header("X-Accel-Buffering", "no")
             .header("Connection", "close");
-        EventStream { subscription, head, started: false, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+        EventStream { feed: Feed::new(subscription), head, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
     }
 
     /// The response head to write first (with `Response::encode_head`): the stream has no
@@ -165,20 +201,19 @@ impl EventStream {
 
     /// Appends the events that are ready to `out`.
     pub fn poll_events(&mut self, waker: &Waker, out: &mut Vec<u8>) -> Poll<StreamStatus> {
-        let Poll::Ready(batch) = self.subscription.poll_next(waker) else {
-            return Poll::Pending;
-        };
-        let first = !self.started;
-        self.started = true;
-        if batch.reset {
-            if !first {
+        let batch = match self.feed.poll(waker) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(FeedItem::FellBehind) => {
                 out.extend_from_slice(b"event: error\ndata: ");
                 out.extend_from_slice(to_json(&json!({ "error": TOO_SLOW })).as_bytes());
                 out.extend_from_slice(b"\n\n");
                 return Poll::Ready(StreamStatus::Close(TOO_SLOW));
             }
+            Poll::Ready(FeedItem::Batch(batch)) => batch,
+        };
+        if batch.reset {
             out.extend_from_slice(b"event: reset\ndata: ");
-            let reset = json!({ "room": self.subscription.room(), "last_id": batch.last_id });
+            let reset = json!({ "room": self.feed.room(), "last_id": batch.last_id });
             out.extend_from_slice(to_json(&reset).as_bytes());
             out.extend_from_slice(b"\n\n");
         }
@@ -208,28 +243,24 @@ pub enum WsAction {
 /// [`WsSession::handle_text`] and do what it says.
 #[derive(Debug)]
 pub struct WsSession {
-    subscription: Subscription,
+    feed: Feed,
     room: RoomId,
-    started: bool,
     _held: Held,
 }
 
 impl WsSession {
     pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription) -> WsSession {
-        WsSession { subscription, room, started: false, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+        WsSession { feed: Feed::new(subscription), room, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
     }
 
     /// Appends the frames that are ready (one per message, after a reset frame if any).
     pub fn poll_outgoing(&mut self, waker: &Waker, out: &mut Vec<String>) -> Poll<StreamStatus> {
-        let Poll::Ready(batch) = self.subscription.poll_next(waker) else {
-            return Poll::Pending;
+        let batch = match self.feed.poll(waker) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(FeedItem::FellBehind) => return Poll::Ready(StreamStatus::Close(TOO_SLOW)),
+            Poll::Ready(FeedItem::Batch(batch)) => batch,
         };
-        let first = !self.started;
-        self.started = true;
         if batch.reset {
-            if !first {
-                return Poll::Ready(StreamStatus::Close(TOO_SLOW));
-            }
             out.push(to_json(&json!({ "type": "reset", "room": self.room, "last_id": batch.last_id })));
         }
         for m in &batch.messages {
