@@ -261,6 +261,35 @@ fn concurrent_posts_on_every_worker_reach_every_subscriber_once_in_order(model: 
     }
 }
 
+/// Read-your-writes across workers: once a poster has its 201, every worker answers a
+/// plain read (no wait) with the message in it, as a single process would.
+fn an_acknowledged_post_can_be_read_back_at_once_from_every_worker(model: Model, workers: usize) {
+    let server = Server::start(model);
+    let port = server.port();
+    // Keep-alive connections until every worker holds one (for prefork, N connections
+    // are N workers); posts and reads then go through them.
+    let mut conns: Vec<(Conn, i32)> = Vec::new();
+    while conns.iter().map(|(_, w)| *w).collect::<BTreeSet<_>>().len() < workers {
+        assert!(conns.len() < 64, "64 connections did not reach {workers} workers");
+        let mut conn = Conn::open(port);
+        let worker = worker_of(&conn.request(&Request::get("/healthz")));
+        conns.push((conn, worker));
+    }
+    for n in 1..=50u64 {
+        let poster = n as usize % conns.len();
+        let reply = conns[poster].0.request(&Request::post("/api/rooms/ryw/messages").json(&json!({"body": format!("{n}")})));
+        reply.assert_status(201);
+        for (conn, worker) in &mut conns {
+            let read = conn.request(&Request::get("/api/rooms/ryw/messages"));
+            assert_eq!(
+                read.json()["last_id"], n,
+                "worker {worker} must have message {n} once worker {} acknowledged it:\n{read}",
+                worker_of(&reply)
+            );
+        }
+    }
+}
+
 /// SIGKILL one worker: the master starts another; a subscriber held by a surviving worker
 /// keeps its connection and receives a message that the new worker stored.
 fn a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(model: Model) {
@@ -273,12 +302,13 @@ fn a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(model: Mod
     let victim = *before.iter().find(|&&pid| pid != survivor).unwrap();
 
     signal(victim, libc::SIGKILL);
+    let mut now = BTreeSet::new();
     wait_until(&format!("the master replaces worker {victim} (workers before: {before:?})"), || {
-        let now = children_of(master);
-        is_gone(victim) && now.len() == before.len()
+        now = children_of(master);
+        is_gone(victim) && !now.contains(&victim) && now.len() == before.len()
     });
-    let replacements: BTreeSet<i32> = children_of(master).difference(&before).copied().collect();
-    assert_eq!(replacements.len(), 1, "exactly one new worker");
+    let replacements: BTreeSet<i32> = now.difference(&before).copied().collect();
+    assert_eq!(replacements.len(), 1, "exactly one new worker: before {before:?}, now {now:?}");
 
     // Reach the new worker: a keep-alive connection it accepted (for prefork, the only
     // free worker), then post on that connection.
@@ -360,6 +390,8 @@ macro_rules! workers_test {
 workers_test!(prefork_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(PREFORK_4, 3));
 workers_test!(async_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(ASYNC_2, 8));
 workers_test!(threads_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(THREADS_2, 8));
+workers_test!(prefork_acknowledged_posts_are_readable_on_every_worker: an_acknowledged_post_can_be_read_back_at_once_from_every_worker(&["--model", "prefork", "--workers", "3"], 3));
+workers_test!(async_acknowledged_posts_are_readable_on_every_worker: an_acknowledged_post_can_be_read_back_at_once_from_every_worker(ASYNC_2, 2));
 workers_test!(prefork_concurrent_posts_arrive_once_in_order: concurrent_posts_on_every_worker_reach_every_subscriber_once_in_order(&["--model", "prefork", "--workers", "6"], 2));
 workers_test!(async_concurrent_posts_arrive_once_in_order: concurrent_posts_on_every_worker_reach_every_subscriber_once_in_order(ASYNC_2, 6));
 workers_test!(prefork_sigkilled_worker_is_replaced: a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(PREFORK_2));

@@ -23,20 +23,27 @@
 //!   store call succeeded writes the message to its end, after the store has it and after
 //!   it is published in its own hub (the [`c10k_core::chat::App::set_on_stored`] hook).
 //!   The master reads it and copies it to every *other* worker; it never parses it. A
-//!   worker's receiving thread reads what the master forwards and publishes it, filling
-//!   gaps from the store. Besides messages, a worker sends one line, `ready`, when it has
-//!   loaded the history and is about to serve; the master waits for it before printing
-//!   the `listening` line.
-//! - **Wire format.** One message per line: the native API's JSON object (`{"id": 7,
-//!   "room": "main", "body": ..., "from": ..., "time": ...}`), which never contains a raw
-//!   newline, then `\n`.
+//!   worker's receiving thread reads what the master forwards, publishes it (filling gaps
+//!   from the store) and answers `ack`. When every other worker has acknowledged a
+//!   message, the master tells its sender `done N` (N counts the sender's messages), and
+//!   only then does the sender answer its poster (at most [`DELIVERY_TIMEOUT`] later):
+//!   a client that got its acknowledgement can read the message back from any worker,
+//!   as it could from a single process. Besides messages, a worker sends `ready` when it
+//!   has loaded the history and is about to serve; the master waits for it before
+//!   printing the `listening` line.
+//! - **Wire format.** Lines. A message is the native API's JSON object (`{"id": 7,
+//!   "room": "main", "body": ..., "from": ..., "time": ...}`, which never contains a raw
+//!   newline); the others are `ready` and `ack` (worker to master) and `done N` (master to
+//!   worker).
 //! - **Ordering.** Lines from one worker reach each other worker in the order sent; lines
 //!   from two workers interleave arbitrarily, and two offload threads of one worker may
 //!   send in either order. Gap filling makes that harmless.
 //! - **Back-pressure.** The master never blocks on a worker: it queues what a worker has
 //!   not yet read, up to [`Switchboard::MAX_QUEUED`] bytes, and drops lines for a worker
-//!   that falls that far behind (logged). The next message of the room reveals the gap,
-//!   which that worker then fills from the store.
+//!   that falls that far behind (logged, and not waited for). The next message of the
+//!   room reveals the gap, which that worker then fills from the store. A worker that
+//!   reads but is slow to acknowledge (wedged, or still loading its history) delays
+//!   every post by up to [`DELIVERY_TIMEOUT`]; one that exits is no longer waited for.
 //! - **A worker restarted.** A new worker loads each room's history from the store
 //!   before it reads the relay. Its end exists from the moment it is forked, so a message
 //!   stored before the fork is in the store, and one stored after it is relayed (and is a
@@ -62,7 +69,7 @@ use c10k_core::hub::Published;
 use c10k_core::store::{Message, Store};
 use tracing::warn;
 
-pub use local::LocalRelay;
+pub use local::{LocalRelay, DELIVERY_TIMEOUT};
 pub use switchboard::{Notice, Switchboard};
 
 /// What goes wrong on a bus. Each says what to do about it.
@@ -89,8 +96,10 @@ pub trait Bus: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Tells the other processes about a message this process has stored. Called on the
-    /// thread that ran the store call; must not block for long (queue, or give up and
-    /// say so: the next message of the room lets the others fill the gap).
+    /// thread that ran the store call, before the poster is answered. It may wait, boundedly,
+    /// until the others have the message (the local relay does, for read-your-writes);
+    /// past its bound it gives up and says so: the next message of the room lets the
+    /// others fill the gap.
     fn publish(&self, message: &Message) -> Result<(), BusError>;
 
     /// Starts handing messages from the other processes to `deliver`, on a thread the bus

@@ -1,25 +1,42 @@
-//! The worker's end of the local relay: writes the messages it stored, reads the ones the
-//! master forwards (see the crate docs for the protocol).
+//! The worker's end of the local relay: writes the messages it stored and waits until the
+//! other workers have them; reads the ones the master forwards and acknowledges each (see
+//! the crate docs for the protocol).
 
+use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use c10k_core::store::Message;
 use tracing::{debug, warn};
 
 use crate::{wire, Bus, BusError, Deliver};
 
-/// How long a publish may wait for the master to make room. The master reads all the
-/// time, so this only bites when it is wedged; the message is then left to gap filling.
+/// How long a publish may wait for the master to make room for its line. The master
+/// reads all the time, so this only bites when it is wedged.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a publish waits for every other worker to have the message. Past it the
+/// poster is answered anyway (and a warning logged): a wedged worker must not stop the
+/// chat, it only loses read-your-writes until it catches up.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A worker's end of the socket pair the master made for it before forking.
 #[derive(Debug)]
 pub struct LocalRelay {
-    writer: Mutex<UnixStream>,
+    writer: Arc<Mutex<Writer>>,
     reader: Mutex<Option<UnixStream>>,
+    /// Sequence numbers of this worker's messages not yet `done`.
+    pending: Arc<(Mutex<HashSet<u64>>, Condvar)>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    stream: UnixStream,
+    /// Message lines written so far: the sequence number of the last (the master counts
+    /// them the same way, and answers `done SEQ`).
+    seq: u64,
 }
 
 impl LocalRelay {
@@ -28,19 +45,21 @@ impl LocalRelay {
         stream.set_nonblocking(false)?;
         let reader = stream.try_clone()?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        Ok(LocalRelay { writer: Mutex::new(stream), reader: Mutex::new(Some(reader)) })
+        Ok(LocalRelay {
+            writer: Arc::new(Mutex::new(Writer { stream, seq: 0 })),
+            reader: Mutex::new(Some(reader)),
+            pending: Arc::default(),
+        })
     }
 
     /// Tells the master this worker has loaded its history and is about to serve.
     pub fn announce_ready(&self) -> io::Result<()> {
-        self.write_line(b"ready\n")
+        lock(&self.writer).stream.write_all(b"ready\n")
     }
+}
 
-    fn write_line(&self, line: &[u8]) -> io::Result<()> {
-        // One lock per line, so lines from several offload threads never interleave.
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        writer.write_all(line)
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Bus for LocalRelay {
@@ -48,29 +67,82 @@ impl Bus for LocalRelay {
         "local"
     }
 
+    /// Sends the message to the master, then waits (up to [`DELIVERY_TIMEOUT`]) until every
+    /// other worker has published it: a poster answered after this can read its message
+    /// back from any worker. Without [`Bus::subscribe`] first nobody reads the `done`, so
+    /// it does not wait.
     fn publish(&self, message: &Message) -> Result<(), BusError> {
-        Ok(self.write_line(&wire::encode(message))?)
+        let line = wire::encode(message);
+        let seq = {
+            // One lock per line, so lines from several offload threads never interleave
+            // and their sequence numbers follow the order on the wire.
+            let mut writer = lock(&self.writer);
+            writer.seq += 1;
+            let seq = writer.seq;
+            lock(&self.pending.0).insert(seq);
+            if let Err(e) = writer.stream.write_all(&line) {
+                lock(&self.pending.0).remove(&seq);
+                return Err(e.into());
+            }
+            seq
+        };
+        if lock(&self.reader).is_some() {
+            lock(&self.pending.0).remove(&seq);
+            return Ok(());
+        }
+        let (set, delivered) = &*self.pending;
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        let mut waiting = lock(set);
+        while waiting.contains(&seq) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                waiting.remove(&seq);
+                warn!(room = %message.room, id = %message.id, "relay: not every worker had this message after {DELIVERY_TIMEOUT:?}; answering the poster anyway");
+                return Ok(());
+            }
+            waiting = delivered.wait_timeout(waiting, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(())
     }
 
+    /// Starts the relay thread: it publishes each forwarded message through `deliver`,
+    /// then acknowledges it, and wakes the publishes whose message every worker has.
     fn subscribe(&self, deliver: Deliver) -> Result<(), BusError> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let reader = reader.ok_or(BusError::AlreadySubscribed)?;
+        let reader = lock(&self.reader).take().ok_or(BusError::AlreadySubscribed)?;
+        let (writer, pending) = (Arc::clone(&self.writer), Arc::clone(&self.pending));
         std::thread::Builder::new().name("c10k-relay".into()).spawn(move || {
             for line in BufReader::new(reader).split(b'\n') {
                 let line = match line {
                     Ok(line) => line,
                     Err(e) => {
                         warn!("relay: {e}; no more messages from other workers");
-                        return;
+                        break;
                     }
                 };
+                if let Some(seq) = line.strip_prefix(b"done ") {
+                    match std::str::from_utf8(seq).ok().and_then(|s| s.parse::<u64>().ok()) {
+                        Some(seq) => {
+                            lock(&pending.0).remove(&seq);
+                            pending.1.notify_all();
+                        }
+                        None => warn!("relay: a malformed `done` line"),
+                    }
+                    continue;
+                }
                 match wire::decode(&line) {
                     Ok(message) => deliver(message),
                     Err(e) => warn!("{e}"),
                 }
+                // Acknowledged even when malformed: the master counts one ack per line.
+                if let Err(e) = lock(&writer).stream.write_all(b"ack\n") {
+                    warn!("relay: cannot acknowledge to the master: {e}");
+                }
             }
-            // The master closed its end: it is exiting, and so will this worker.
+            // The master closed its end: it is exiting, and so will this worker. Nobody
+            // will say `done` any more: release the waiting publishes.
             debug!("relay: the master closed the relay");
+            lock(&pending.0).clear();
+            pending.1.notify_all();
         })?;
         Ok(())
     }
