@@ -53,17 +53,21 @@ struct ServeArgs {
     /// Concurrency model: `async` (tokio tasks on a thread per core), `threads` (an OS
     /// thread per connection), `pool` (a fixed pool of worker threads and a queue),
     /// `prefork` (worker processes serving one connection each), `reactor` (one thread,
-    /// an event loop over select/poll/epoll, callbacks).
+    /// an event loop over select/poll/epoll, callbacks), `green` (one thread, the same
+    /// event loop, a stackful coroutine per connection running plain blocking code).
     #[arg(long, default_value = "async", value_name = "MODEL")]
     model: String,
 
-    /// The reactor's OS poller: `select` (descriptors below 1024 only), `poll`, or `epoll`
-    /// (the default: its cost follows activity, not the number of idle connections).
+    /// The event loop's OS poller (reactor, green): `select` (descriptors below 1024 only),
+    /// `poll`, or `epoll` (the default: its cost follows activity, not the number of idle
+    /// connections).
     #[arg(long, value_enum, value_name = "POLLER")]
     poller: Option<PollerArg>,
 
-    /// The reactor's watchdog: log and count (`c10k_slow_callbacks_total`) every callback
-    /// that holds the event loop longer than this many milliseconds; 0 turns it off.
+    /// The event loop's watchdog (reactor, green): log and count
+    /// (`c10k_slow_callbacks_total`) every callback or coroutine resume that holds the
+    /// loop longer than this many milliseconds, with the route it was serving (default
+    /// 100); 0 turns it off.
     #[arg(long, value_name = "MS")]
     watchdog_ms: Option<u64>,
 
@@ -78,7 +82,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
 
-    /// Stack size of each connection's thread (threads, pool), e.g. 256k or 8m.
+    /// Stack size of each connection's thread (threads, pool) or coroutine (green), e.g.
+    /// 256k or 8m. A coroutine's stack has a guard page below it: overflowing it kills the
+    /// process with SIGSEGV (never corrupts memory); only touched pages use memory.
     #[arg(long, default_value = "256k", value_name = "SIZE", value_parser = parse_size)]
     stack_size: usize,
 
@@ -217,8 +223,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.giant_lock && !matches!(args.model.as_str(), "threads" | "pool") {
         return Err(format!("--giant-lock applies to the threads and pool models, not {:?}", args.model));
     }
-    if (args.poller.is_some() || args.watchdog_ms.is_some()) && args.model != "reactor" {
-        return Err(format!("--poller and --watchdog-ms apply to the reactor model, not {:?}", args.model));
+    if (args.poller.is_some() || args.watchdog_ms.is_some()) && !matches!(args.model.as_str(), "reactor" | "green") {
+        return Err(format!("--poller and --watchdog-ms apply to the reactor and green models, not {:?}", args.model));
     }
     let model = by_name(&args.model, &options).ok_or_else(|| {
         format!("unknown model {:?}; choose one of: {}", args.model, MODEL_NAMES.join(", "))

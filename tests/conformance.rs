@@ -150,3 +150,6 @@ conformance!(reactor_select, &["--model", "reactor", "--poller", "select"]);
 conformance!(reactor_poll, &["--model", "reactor", "--poller", "poll"]);
 conformance!(reactor_epoll, &["--model", "reactor", "--poller", "epoll"]);
 conformance!(reactor_inline_db, &["--model", "reactor", "--db-mode", "inline"]);
+conformance!(green, &["--model", "green"]);
+conformance!(green_poll, &["--model", "green", "--poller", "poll"]);
+conformance!(green_workers_2, &["--model", "green", "--workers", "2"]);

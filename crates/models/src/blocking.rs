@@ -68,6 +68,14 @@ pub(crate) trait Wait {
     fn waker(&self) -> Waker;
     /// Sleeps until woken, until `socket` is ready, or until `deadline`.
     fn wait(&self, socket: Option<(RawFd, Interest)>, deadline: Option<Instant>) -> io::Result<Woke>;
+
+    /// Says what the handler is serving now (a request's method and path), for a model
+    /// that reports handlers holding a shared thread too long (`green`'s watchdog). The
+    /// OS-thread models have nothing to report: the default ignores it.
+    fn doing(&self, _what: std::fmt::Arguments<'_>) {}
+
+    /// Adds a note to [`Wait::doing`] until the next request (an inline store call).
+    fn doing_also(&self, _note: &'static str) {}
 }
 
 impl Conn for std::net::TcpStream {
@@ -139,6 +147,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
             match self.decoder.next_event() {
                 Ok(Event::Request(request)) => {
                     head_deadline = None;
+                    self.wait.doing(format_args!("{} {}", request.method.as_str(), request.path()));
                     let shape = ReplyShape::of(&request);
                     let outcome = {
                         let _giant = self.giant.hold();
@@ -425,6 +434,7 @@ fn close_ws<S: Read + Write>(ws: &mut WebSocket<S>, why: &'static str) {
 /// handler sleeps until the pool's job wakes it. `None` when the offload queue is full.
 fn run_store<W: Wait>(call: StoreCall, wait: &W, context: &Context) -> io::Result<Option<StoreDone>> {
     if context.db_mode == DbMode::Inline {
+        wait.doing_also(" (store call inline, on the serving thread)");
         return Ok(Some(call.run(&*context.store)));
     }
     let slot: Arc<Mutex<Option<StoreDone>>> = Arc::default();

@@ -11,9 +11,11 @@
 //! | `pool` ([`pool`]) | Apache 2's worker MPM: a bounded pool | a worker blocks for its connection's life |
 //! | `prefork` ([`prefork`]) | Apache 1: processes, prefork | a worker process blocks in `accept`, then on its one connection |
 //! | `reactor` ([`reactor_model`], pollers in [`reactor`]) | nginx, Twisted, Tornado: select/poll/epoll + callbacks | one thread waits in the poller; each connection is a callback |
+//! | `green` ([`green`]) | Stackless, gevent: "custom thread libraries: I/O-based schedulers" | a coroutine parks on the reactor's loop; the thread waits in the poller |
 //!
 //! The blocking models share one connection driver (`blocking.rs`) written as straight-line
-//! code; each supplies how it sleeps. (`green` joins as it lands.)
+//! code; each supplies how it sleeps: an OS thread in `poll(2)` (`threads`, `pool`,
+//! `prefork`), or a coroutine that yields to its scheduler (`green`).
 //!
 //! Any model runs as several processes with `--workers N` ("mix processes and threads"):
 //! [`prefork::run_master`] forks them on one listening socket and relays messages between
@@ -30,6 +32,7 @@ mod acceptor;
 pub mod async_tokio;
 mod blocking;
 mod common;
+pub mod green;
 pub mod pool;
 pub mod prefork;
 pub mod reactor;
@@ -80,16 +83,17 @@ pub struct ModelOptions {
     /// Serving threads, for the models that have a fixed number (`async`: tokio workers,
     /// `pool`: workers). 0 picks the model's default.
     pub threads: usize,
-    /// Stack size in bytes of each connection's thread or coroutine.
+    /// Stack size in bytes of each connection's thread or coroutine (`threads`, `pool`,
+    /// `green`).
     pub stack_size: usize,
     /// Accepted connections that may wait for a `pool` worker before 503.
     pub queue: usize,
     /// One global lock around all application handling (`threads`, `pool`).
     pub giant_lock: bool,
-    /// The OS poller of the event loop (`reactor`).
+    /// The OS poller of the event loop (`reactor`, `green`).
     pub poller: reactor::PollerKind,
-    /// Callbacks that hold the event loop longer than this are logged and counted
-    /// (`reactor`); `None` turns the watchdog off.
+    /// Callbacks (or coroutine resumes) that hold the event loop longer than this are
+    /// logged and counted (`reactor`, `green`); `None` turns the watchdog off.
     pub watchdog: Option<std::time::Duration>,
 }
 
@@ -109,7 +113,7 @@ pub trait Model {
 }
 
 /// The names `--model` accepts, for `--help` and error messages.
-pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork", "reactor"];
+pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork", "reactor", "green"];
 
 /// The model called `name`, or `None` if there is no such model.
 pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
@@ -124,6 +128,7 @@ pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
         ))),
         "prefork" => Some(Box::new(prefork::PreforkModel::new())),
         "reactor" => Some(Box::new(reactor_model::ReactorModel::new(options.poller, options.watchdog))),
+        "green" => Some(Box::new(green::GreenModel::new(options.poller, options.watchdog, options.stack_size))),
         _ => None,
     }
 }

@@ -1,0 +1,167 @@
+//! The cooperative socket and sleep: gevent's monkey patching, done with traits.
+//!
+//! [`GreenStream`] implements `std::io::Read` and `Write` over a non-blocking socket, in
+//! may's shape (`socket_read.rs`): try the system call; on `WouldBlock`, park the coroutine
+//! on the socket's readiness (and the read deadline) and retry when resumed. Code written
+//! for a blocking `TcpStream` (the connection driver in `blocking.rs`, tungstenite, the
+//! store calls) therefore runs on it unchanged, and "blocks" only its own coroutine. In
+//! non-blocking mode (the WebSocket phase) it returns `WouldBlock` like any non-blocking
+//! socket, and the driver parks through [`GreenWait`] instead.
+//!
+//! [`GreenWait`] is the driver's sleep: park on (optionally) the socket, a deadline, and
+//! the coroutine's waker, and say which of them ended the park.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Instant;
+
+use super::scheduler::{Fiber, Park, Resumed};
+use crate::blocking::{self, Conn, Wait, Woke};
+use crate::reactor::Interest;
+
+/// A socket whose blocking operations park the calling coroutine instead of the thread.
+/// The socket itself is always in `O_NONBLOCK` mode.
+pub(crate) struct GreenStream<'f, S> {
+    socket: Rc<S>,
+    fiber: &'f Fiber<'f>,
+    read_deadline: Option<Instant>,
+    nonblocking: bool,
+}
+
+impl<'f, S> GreenStream<'f, S>
+where
+    S: AsRawFd,
+    for<'s> &'s S: Read + Write,
+{
+    /// A stream over `socket` (already non-blocking) for the coroutine of `fiber`.
+    pub(crate) fn new(socket: Rc<S>, fiber: &'f Fiber<'f>) -> GreenStream<'f, S> {
+        debug_assert_eq!(socket.as_raw_fd(), fiber.fd(), "a coroutine parks on its own socket only");
+        GreenStream { socket, fiber, read_deadline: None, nonblocking: false }
+    }
+
+    /// Runs `op` until it does not return `WouldBlock` (or, in non-blocking mode, once),
+    /// parking on `interest` in between. `deadline` bounds the parking (reads only).
+    fn cooperate<T>(
+        &mut self,
+        interest: Interest,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&S) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            match op(&self.socket) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.nonblocking {
+                        return Err(e);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    // Ready, deadline or a stray wake-up: the retry (and the deadline check
+                    // above) decides what it meant.
+                    self.fiber.park(Park { socket: interest, deadline, wakeable: false });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result => {
+                    self.fiber.spend();
+                    return result;
+                }
+            }
+        }
+    }
+}
+
+impl<S> Read for GreenStream<'_, S>
+where
+    S: AsRawFd,
+    for<'s> &'s S: Read + Write,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let deadline = self.read_deadline;
+        self.cooperate(Interest::READABLE, deadline, |mut socket| socket.read(buf))
+    }
+}
+
+impl<S> Write for GreenStream<'_, S>
+where
+    S: AsRawFd,
+    for<'s> &'s S: Read + Write,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // No write deadline, as for the OS-thread models' blocking sockets: a client that
+        // stops reading holds only its own coroutine (and its memory) until it hangs up.
+        self.cooperate(Interest::WRITABLE, None, |mut socket| socket.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(()) // nothing is buffered here
+    }
+}
+
+impl<S> Conn for GreenStream<'_, S>
+where
+    S: AsRawFd,
+    for<'s> &'s S: Read + Write,
+{
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.read_deadline = deadline;
+        Ok(())
+    }
+
+    fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()> {
+        // The socket never leaves O_NONBLOCK; only what WouldBlock means to the caller changes.
+        self.nonblocking = nonblocking;
+        Ok(())
+    }
+}
+
+/// How the driver sleeps on a coroutine: a park on the socket, a deadline and the waker.
+pub(crate) struct GreenWait<'f> {
+    fiber: &'f Fiber<'f>,
+}
+
+impl<'f> GreenWait<'f> {
+    /// The sleep of the coroutine of `fiber`.
+    pub(crate) fn new(fiber: &'f Fiber<'f>) -> GreenWait<'f> {
+        GreenWait { fiber }
+    }
+}
+
+impl Wait for GreenWait<'_> {
+    fn waker(&self) -> Waker {
+        self.fiber.waker().clone()
+    }
+
+    fn wait(&self, socket: Option<(RawFd, blocking::Interest)>, deadline: Option<Instant>) -> io::Result<Woke> {
+        let interest = match socket {
+            None => Interest::NONE,
+            Some((fd, _)) if fd != self.fiber.fd() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("a green thread can wait on its own socket only, not on fd {fd}"),
+                ))
+            }
+            Some((_, blocking::Interest::Read)) => Interest::READABLE,
+            Some((_, blocking::Interest::ReadWrite)) => Interest::BOTH,
+        };
+        Ok(match self.fiber.park(Park { socket: interest, deadline, wakeable: true }) {
+            Resumed::Ready => Woke::Ready,
+            Resumed::Deadline => Woke::Deadline,
+            Resumed::Woken => Woke::Waker,
+        })
+    }
+
+    fn doing(&self, what: std::fmt::Arguments<'_>) {
+        self.fiber.doing().set(what);
+    }
+
+    fn doing_also(&self, note: &'static str) {
+        self.fiber.doing().note(note);
+    }
+}
