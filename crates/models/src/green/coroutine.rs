@@ -223,4 +223,38 @@ mod tests {
             });
         assert!(matches!(co.resume(1000), Step::Suspended(500)));
     }
+
+    /// Set in the child process of the overflow test, which overflows and must die.
+    const OVERFLOW_CHILD: &str = "C10K_GREEN_OVERFLOW_CHILD";
+
+    #[test]
+    fn overflowing_a_stack_hits_the_guard_page_and_the_process_dies_of_sigsegv() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::{Command, Stdio};
+        if std::env::var_os(OVERFLOW_CHILD).is_some() {
+            fn forever(n: u64) -> u64 {
+                let pad = std::hint::black_box([n as u8; 1024]);
+                forever(n + 1) + u64::from(pad[0])
+            }
+            let mut co: Coroutine<u64, u64> = Coroutine::new(DefaultStack::new(64 * 1024).unwrap(), |suspend, n| {
+                suspend.suspend(forever(n));
+            });
+            let step = co.resume(0);
+            unreachable!("recursing without end returned: {step:?}");
+        }
+        // Run this very test again in a child process, which must be killed by the signal
+        // (not unwind, not exit, and never run on past its stack). The shell turns core
+        // dumps off for it: a crash on purpose should leave no core file behind.
+        let status = Command::new("sh")
+            .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "green::coroutine::tests::overflowing_a_stack_hits_the_guard_page_and_the_process_dies_of_sigsegv"])
+            .args(["--test-threads", "1", "--nocapture"])
+            .env(OVERFLOW_CHILD, "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGSEGV), "the child ended with {status:?}");
+    }
 }
