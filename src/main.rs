@@ -291,8 +291,11 @@ fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: 
     Ok(())
 }
 
+/// What a serving process runs on: the store, the application, the offload pool.
+type Started = (Arc<dyn Store>, Arc<App>, Arc<OffloadPool>);
+
 /// Opens the store, builds the application with its history, and starts the offload pool.
-fn start_app(args: &ServeArgs, limits: &Limits) -> Result<(Arc<dyn Store>, Arc<App>, Arc<OffloadPool>), String> {
+fn start_app(args: &ServeArgs, limits: &Limits) -> Result<Started, String> {
     let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
     let app = Arc::new(App::new(Config { limits: limits.clone(), history: args.history.max(1), seed: seed()? }));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;

@@ -78,6 +78,9 @@ pub fn run_master(
     master.run()
 }
 
+/// A relay end `poll` reported: its key, whether readable (or hung up), whether writable.
+type RelayNews = (u32, bool, bool);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// The first generation is starting; nothing was announced yet.
@@ -167,8 +170,8 @@ impl Master<'_, '_> {
     }
 
     /// Waits for a signal, relay traffic or the deadline. Returns whether the signalfd is
-    /// readable, and for each relay end with news: its key, readable, writable.
-    fn wait(&self, deadline: Option<Instant>) -> io::Result<(bool, Vec<(u32, bool, bool)>)> {
+    /// readable, and the relay ends with news.
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<(bool, Vec<RelayNews>)> {
         let interests = self.board.interests();
         let mut fds = Vec::with_capacity(1 + interests.len());
         let signal_fd = self.signals.as_ref().map_or(-1, |s| s.fd.as_raw_fd());

@@ -37,7 +37,9 @@
 //!
 //! **Several processes, one chat.** Each worker has its own hub. A message stored by one
 //! is relayed by the master to the others (see `c10k_bus`), and each worker fills any gap
-//! from the store, so a subscriber on any worker sees every message once, in order.
+//! from the store, so a subscriber on any worker sees every message once, in order. The
+//! poster is answered once every worker has the message (at most 2 s later), so it can
+//! read it back from any of them.
 //! Responses carry `X-C10k-Worker: PID` so that clients and tests can tell who served them.
 
 mod master;
