@@ -153,3 +153,4 @@ conformance!(reactor_inline_db, &["--model", "reactor", "--db-mode", "inline"]);
 conformance!(green, &["--model", "green"]);
 conformance!(green_poll, &["--model", "green", "--poller", "poll"]);
 conformance!(green_workers_2, &["--model", "green", "--workers", "2"]);
+conformance!(green_inline_db, &["--model", "green", "--db-mode", "inline"]);
