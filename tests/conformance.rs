@@ -154,3 +154,9 @@ conformance!(green, &["--model", "green"]);
 conformance!(green_poll, &["--model", "green", "--poller", "poll"]);
 conformance!(green_workers_2, &["--model", "green", "--workers", "2"]);
 conformance!(green_inline_db, &["--model", "green", "--db-mode", "inline"]);
+conformance!(async_workers_2, &["--model", "async", "--workers", "2"]);
+conformance!(threads_workers_2, &["--model", "threads", "--workers", "2"]);
+// Prefork serves one connection per worker at a time, as Apache 1 did: with 2 workers a
+// behaviour that holds three clients at once cannot be served, by design. The suite runs
+// it with 8; tests/workers.rs covers 2 workers (relay, restart, signals).
+conformance!(prefork_8, &["--model", "prefork", "--workers", "8"]);

@@ -312,6 +312,9 @@ pub fn a_client_sending_garbage_does_not_stop_the_others(model: Model) {
 /// At the connection cap (here `--max-connections 4`) a new connection gets 503 and is
 /// closed; the connections already open are still served.
 pub fn a_connection_over_the_cap_gets_503_and_is_closed(model: Model) {
+    if model.contains(&"prefork") {
+        return prefork_queues_connections_beyond_its_workers(model);
+    }
     if let Some(workers) = workers_of(model) {
         return over_the_cap_with_workers(model, workers);
     }
@@ -331,6 +334,29 @@ pub fn a_connection_over_the_cap_gets_503_and_is_closed(model: Model) {
     for conn in &mut open {
         conn.request(&Request::get("/healthz")).assert_status(200);
     }
+}
+
+/// Prefork's cap is its worker count, as in Apache 1 (MaxClients): each worker holds one
+/// connection, and one more connection is not refused but waits in the listen backlog
+/// until a worker is free. With every worker held by a kept-alive connection, a new
+/// client gets no answer; once one of them leaves, it is served.
+fn prefork_queues_connections_beyond_its_workers(model: Model) {
+    let workers = workers_of(model).unwrap_or(1);
+    let server = Server::start(model);
+    let port = server.port();
+    // Each worker holds one kept-alive connection once it has answered on it.
+    let mut held: Vec<Conn> = (0..workers).map(|_| Conn::open(port)).collect();
+    for conn in &mut held {
+        conn.request(&Request::get("/healthz")).assert_status(200);
+    }
+    let mut waiting = Conn::open(port);
+    waiting.send_request(&Request::get("/healthz"));
+    waiting.expect_no_response_within(
+        std::time::Duration::from_millis(500),
+        "every prefork worker is held by a connection: the next one waits in the backlog",
+    );
+    drop(held.pop());
+    waiting.read_response().assert_status(200);
 }
 
 /// `--workers N` from a model's arguments, when it is more than one process.
