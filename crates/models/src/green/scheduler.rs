@@ -1,7 +1,7 @@
 //! The I/O-based scheduler: coroutines parked on the event loop, resumed by its callbacks.
 //!
 //! The talk's "custom thread libraries: I/O-based schedulers" (eGroups, IronPort, EVE
-//! Online; gevent on libevent). The scheduler is a plain [`Handler`]-side helper of the
+//! Online; gevent on libevent). The scheduler is driven by the `Handler` callbacks of the
 //! reactor's event loop: a coroutine is a [`Token`], and it suspends itself with a
 //! [`Park`] that says what may resume it: its socket becoming ready (the poller), a
 //! deadline (a loop timer), its waker (the loop's per-token waker, woken by the hub or the
