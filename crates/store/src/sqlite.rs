@@ -261,9 +261,25 @@ fn configure(conn: &Connection, path: &Path, durability: Durability) -> Result<(
     // First, so that the pragmas below wait for other processes too instead of failing.
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| sql_error(&context("set busy_timeout"), e))?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| sql_error(&context("switch to WAL mode"), e))?;
+    // Switching a fresh file to WAL needs its exclusive lock, and SQLite answers BUSY at
+    // once rather than calling the busy handler when another process is doing the same
+    // (two `--workers` starting together). Retry with a short back-off, for as long as the
+    // busy timeout would have waited.
+    let started = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(5);
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Ok(mode) => break mode,
+            Err(e)
+                if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(sql_error(&context("switch to WAL mode"), e)),
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         // Still correct (rollback journals survive kill -9 too), only slower: readers then
         // wait for writers. Happens on file systems without shared memory, such as NFS.

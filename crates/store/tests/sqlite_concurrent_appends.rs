@@ -100,6 +100,29 @@ fn two_stores_on_one_file_appending_at_once_get_no_gap_and_no_duplicate() {
     assert_complete(&*second, &room("b"), 400);
 }
 
+/// Regression: two `--workers` opening a fresh file at the same moment both tried to
+/// switch it to WAL, and the loser failed at once with "database is locked" (SQLite does
+/// not call the busy handler there).
+#[test]
+fn eight_stores_opening_one_fresh_file_at_once_all_open() {
+    for round in 0..5 {
+        let dir = ScratchDir::new(&format!("fresh-open-{round}"));
+        let start = Arc::new(Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (start, path) = (Arc::clone(&start), dir.db());
+                thread::spawn(move || {
+                    start.wait();
+                    SqliteStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().expect("every store opens a fresh file opened by others at once");
+        }
+    }
+}
+
 /// Set in the environment of the children of `two_processes_...`: the database to append to.
 const CHILD_DB: &str = "C10K_STORE_TEST_PROCESSES_DB";
 const PER_PROCESS: u64 = 300;
