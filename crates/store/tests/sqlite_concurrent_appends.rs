@@ -100,25 +100,71 @@ fn two_stores_on_one_file_appending_at_once_get_no_gap_and_no_duplicate() {
     assert_complete(&*second, &room("b"), 400);
 }
 
+/// Set in the environment of the children of `processes_opening_...`: the fresh file.
+const OPEN_CHILD_DB: &str = "C10K_STORE_TEST_OPEN_DB";
+
+/// In a child: say `ready`, wait for `go`, open the store, say `opened` or the error.
+#[test]
+fn processes_opening_child() {
+    let Ok(db) = std::env::var(OPEN_CHILD_DB) else {
+        return;
+    };
+    common::child_watchdog(60);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    match SqliteStore::open(db.as_ref()) {
+        Ok(_) => writeln!(out, "opened").unwrap(),
+        Err(e) => writeln!(out, "failed {e}").unwrap(),
+    }
+    out.flush().unwrap();
+}
+
 /// Regression: two `--workers` opening a fresh file at the same moment both tried to
 /// switch it to WAL, and the loser failed at once with "database is locked" (SQLite does
-/// not call the busy handler there).
+/// not call the busy handler there). Several rounds, since it is a race.
 #[test]
-fn eight_stores_opening_one_fresh_file_at_once_all_open() {
-    for round in 0..5 {
+fn processes_opening_one_fresh_file_at_once_all_open() {
+    for round in 0..4 {
         let dir = ScratchDir::new(&format!("fresh-open-{round}"));
-        let start = Arc::new(Barrier::new(8));
-        let openers: Vec<_> = (0..8)
+        let mut children: Vec<_> = (0..6)
             .map(|_| {
-                let (start, path) = (Arc::clone(&start), dir.db());
-                thread::spawn(move || {
-                    start.wait();
-                    SqliteStore::open(&path).map(|_| ())
-                })
+                Command::new(std::env::current_exe().unwrap())
+                    .args(["processes_opening_child", "--exact", "--nocapture", "--test-threads=1"])
+                    .env(OPEN_CHILD_DB, dir.db())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("start a child test process")
             })
             .collect();
-        for opener in openers {
-            opener.join().unwrap().expect("every store opens a fresh file opened by others at once");
+        let mut outputs: Vec<_> =
+            children.iter_mut().map(|c| BufReader::new(c.stdout.take().unwrap()).lines()).collect();
+        for lines in &mut outputs {
+            let ready = lines.find(|line| line.as_deref().map_or(true, |l| l.ends_with("ready")));
+            assert!(matches!(ready, Some(Ok(_))), "a child died before it was ready");
+        }
+        for child in &mut children {
+            writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        }
+        for lines in outputs {
+            // Read to the end: the child's test harness still writes after the verdict.
+            let lines: Vec<String> = lines.map(|l| l.unwrap()).collect();
+            let verdict = lines
+                .iter()
+                .find_map(|l| {
+                    common::after_marker(l, "opened")
+                        .map(|_| Ok(()))
+                        .or_else(|| common::after_marker(l, "failed ").map(|e| Err(e.to_string())))
+                })
+                .expect("a child said neither opened nor failed");
+            assert_eq!(verdict, Ok(()), "round {round}: a process could not open a fresh file others were opening");
+        }
+        for mut child in children {
+            assert!(child.wait().unwrap().success());
         }
     }
 }
