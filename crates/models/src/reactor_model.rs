@@ -232,7 +232,8 @@ impl Server {
         if let Err(e) = lp.register(fd, token, Interest::READABLE) {
             // select(2) past FD_SETSIZE: never write past the fd_set; answer and close.
             self.poller_refusals += 1;
-            if self.poller_refusals == 1 || self.poller_refusals % 1000 == 0 {
+            // The first, then every 1024th: a flood of connections must not flood the log.
+            if self.poller_refusals == 1 || self.poller_refusals.trailing_zeros() >= 10 {
                 error!(
                     poller = lp.capabilities().name,
                     fd,
@@ -244,9 +245,10 @@ impl Server {
             return;
         }
         self.conns.insert(token, Conn::new(token, stream, fd, slot, &self.context));
-        // Most clients send their request right after the handshake: read it now rather
-        // than one tick later (nginx's deferred accept, by hand).
-        self.with_conn(lp, token, |conn, cx| conn.on_readable(cx));
+        // Only arm the idle timer: the request is read in a callback of its own when the
+        // poller reports it, so that the watchdog times (and names) each connection's
+        // work apart from the accept loop's.
+        self.with_conn(lp, token, |conn, cx| conn.parse(cx));
     }
 }
 

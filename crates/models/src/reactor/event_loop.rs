@@ -172,7 +172,7 @@ impl<M: Send + 'static> Wake for TokenWaker<M> {
 /// A callback that held the loop too long, for the watchdog's hook. (The reactor model
 /// only counts them; the log line already carries these details.)
 #[derive(Debug, Clone)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 pub(crate) struct SlowCallback {
     /// Which callback: `ready`, `timer`, `woken` or `message`.
     pub(crate) kind: &'static str,
