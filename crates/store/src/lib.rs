@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod offload;
+mod slow;
 mod sqlite;
 
 use std::path::Path;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use c10k_core::store::{Store, StoreError};
 
 pub use offload::{Busy, Job, OffloadPool};
+pub use slow::SlowStore;
 pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE};
 
 /// Opens the store a `--db` value names, with the default [`Durability::Process`]:
@@ -41,9 +43,20 @@ pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE};
 ///   missing;
 /// - `:memory:` or `sqlite::memory:`: a private in-memory database (for tests; nothing
 ///   survives the process);
-/// - `mysql://...`, `postgres://...`: not built yet; the error says to use a SQLite path.
+/// - `mysql://...`, `postgres://...`: not built yet; the error says to use a SQLite path;
+/// - `slow:MILLIS:REST`: the store `REST` names, with every call delayed by MILLIS
+///   milliseconds on the calling thread ([`SlowStore`], for the db-stall benchmark).
 pub fn open(url_or_path: &str) -> Result<Arc<dyn Store>, StoreError> {
     let target = url_or_path.trim();
+    if let Some(rest) = target.strip_prefix("slow:") {
+        let (millis, inner) = rest.split_once(':').ok_or_else(|| {
+            StoreError(format!("{target:?}: write slow:MILLIS:PATH, for instance slow:20:c10k.sqlite3"))
+        })?;
+        let millis: u64 = millis.parse().map_err(|_| {
+            StoreError(format!("{target:?}: {millis:?} is not a number of milliseconds; write slow:MILLIS:PATH"))
+        })?;
+        return Ok(Arc::new(SlowStore::new(open(inner)?, std::time::Duration::from_millis(millis))));
+    }
     if target.is_empty() {
         return Err(StoreError(
             "no database given; pass --db with a file path such as c10k.sqlite3".to_string(),

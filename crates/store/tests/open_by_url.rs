@@ -69,3 +69,24 @@ fn unknown_schemes_and_empty_values_are_refused_with_advice() {
         );
     }
 }
+
+#[test]
+fn slow_delays_every_call_and_keeps_the_store_behind_it() {
+    let dir = ScratchDir::new("slow");
+    let path = dir.db();
+    let store = c10k_store::open(&format!("slow:30:{}", path.to_str().unwrap())).unwrap();
+    let began = std::time::Instant::now();
+    assert_eq!(store.append(&room("main"), &msg("hi")).unwrap().id, MessageId(1));
+    assert!(began.elapsed() >= std::time::Duration::from_millis(30));
+    // The same file, opened plainly, has the message.
+    let plain = c10k_store::open(path.to_str().unwrap()).unwrap();
+    assert_eq!(plain.recent(&room("main"), 10).unwrap().len(), 1);
+}
+
+#[test]
+fn slow_without_milliseconds_says_how_to_write_it() {
+    for spec in ["slow:abc:x.sqlite3", "slow:20"] {
+        let err = c10k_store::open(spec).err().expect("refused").to_string();
+        assert!(err.contains("slow:MILLIS:PATH"), "{err}");
+    }
+}
