@@ -38,6 +38,9 @@ enum Command {
     Serve(ServeArgs),
     /// Put load on a c10k server on this machine and report what it did (loopback only).
     Load(c10k_load::cli::LoadArgs),
+    /// Run the benchmark matrix (models, pollers, scenarios, sizes, peers) and write
+    /// bench/RESULTS.md, plots and results.json.
+    Bench(c10k_bench::cli::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Load(args) => c10k_load::cli::run(args),
+        Command::Bench(args) => c10k_bench::cli::run(args),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {

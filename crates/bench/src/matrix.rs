@@ -1,0 +1,556 @@
+//! The matrix: named suites, each a list of cells. A cell is one server (a c10k model
+//! with its flags, or a peer) under one kind of load at one size. [`suites`] builds them
+//! for a full or a `--quick` run; the runner filters them with `--only` and `--models`.
+//!
+//! | suite | what it measures | talk claim or goal |
+//! |---|---|---|
+//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer | nginx vs Apache; plaintext goal |
+//! | `fanout` | long-poll fan-out: deliveries/s and latency against subscribers | fan-out goal, vs Tornado |
+//! | `ws` | WebSocket broadcast deliveries/s | 1M deliveries/s goal |
+//! | `capacity` | idle SSE subscribers held, memory per connection, threads | "10,000 threads or processes" |
+//! | `idle` | idle keep-alive connections held by models and by nginx and Apache | nginx vs Apache, idle |
+//! | `c100k` | 100,000 idle subscribers on several worker processes | 100k goal |
+//! | `c1m` | how far past 100,000 the async model gets, bounded by free memory | toward 1,000,000 |
+//! | `wakeup` | one connection's latency with K idle ones, per poller | select/poll vs epoll |
+//! | `dbstall` | unrelated requests' p99 with a slow store, inline vs offload | "block on the database" |
+//! | `cpu` | CPU-bound requests beside plaintext: giant lock, wedging, cores | GIL, wedging, green threads |
+
+use std::time::Duration;
+
+use c10k_load::scenarios::{BroadcastConfig, CpuConfig, DbStallConfig, PlaintextConfig, Via};
+use c10k_load::Scenario;
+use serde::{Deserialize, Serialize};
+
+/// What serves a cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Subject {
+    /// `c10k serve --model MODEL ARGS...`.
+    Model {
+        /// `--model`.
+        model: String,
+        /// Further flags.
+        args: Vec<String>,
+        /// A slow store, `--db slow:MILLIS:PATH` (db-stall).
+        db_slow_ms: Option<u64>,
+    },
+    /// `bench/baselines/run.sh NAME 0 [WORKERS]`.
+    Peer {
+        /// The peer.
+        name: String,
+        /// run.sh's WORKERS.
+        workers: Option<usize>,
+    },
+}
+
+impl Subject {
+    fn model(model: &str, args: &[&str]) -> Subject {
+        Subject::Model {
+            model: model.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            db_slow_ms: None,
+        }
+    }
+
+    fn peer(name: &str, workers: Option<usize>) -> Subject {
+        Subject::Peer {
+            name: name.into(),
+            workers,
+        }
+    }
+
+    /// The `--model` name, or the peer's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Subject::Model { model, .. } => model,
+            Subject::Peer { name, .. } => name,
+        }
+    }
+
+    /// Whether this is a peer.
+    pub fn is_peer(&self) -> bool {
+        matches!(self, Subject::Peer { .. })
+    }
+}
+
+/// What a cell does to its server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// One run of the load generator per repeat.
+    Load {
+        /// The scenario.
+        scenario: Scenario,
+        /// Seconds of load.
+        duration: f64,
+        /// Hard limit in seconds.
+        timeout: f64,
+    },
+    /// idle-capacity: idle subscribers held, with the server's process tree sampled.
+    Capacity {
+        /// Subscribers to open.
+        connections: usize,
+        /// How they subscribe.
+        via: Via,
+        /// Hard limit in seconds.
+        timeout: f64,
+    },
+    /// Idle keep-alive connections (one GET /plaintext each), then one more request on
+    /// every one of them: how many the server still holds. Works on any peer.
+    IdleKeepAlive {
+        /// Connections to open.
+        connections: usize,
+    },
+    /// K idle keep-alive connections held while one more connection runs plaintext.
+    Wakeup {
+        /// Idle connections.
+        idle: usize,
+        /// Seconds of plaintext.
+        duration: f64,
+    },
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// The suite it belongs to.
+    pub suite: String,
+    /// Unique within the suite, e.g. `async@10000`.
+    pub id: String,
+    /// The series it belongs to in tables and plots (`async`, `reactor/poll`, `nginx`, `threads+giant-lock`).
+    pub series: String,
+    /// The size: subscribers, connections, idle connections (when the suite varies one).
+    pub x: Option<f64>,
+    /// What serves it.
+    pub subject: Subject,
+    /// What is done to it.
+    pub action: Action,
+    /// Whether server and client are pinned to different CPUs (when the machine allows).
+    pub pinned: bool,
+    /// Measured repeats (capacity cells: 1).
+    pub repeats: usize,
+    /// Whether it needs raised kernel limits (kernel.pid_max, vm.max_map_count).
+    pub needs_sysctl: bool,
+    /// Profile the server with perf during one extra run, when `--perf` is given.
+    pub profile: bool,
+}
+
+/// Every suite name, in running order.
+pub const SUITE_NAMES: &[&str] = &[
+    "plaintext",
+    "wakeup",
+    "dbstall",
+    "cpu",
+    "fanout",
+    "ws",
+    "idle",
+    "capacity",
+    "c100k",
+    "c1m",
+];
+
+/// Sizes and durations for a full or a quick (smoke) run.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// A tiny smoke run.
+    pub quick: bool,
+    /// Measured seconds per repeat of a load cell.
+    pub duration: f64,
+    /// Repeats of a load cell.
+    pub repeats: usize,
+}
+
+impl Scale {
+    fn pick<T: Clone>(&self, full: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+/// The models every "all models" suite runs, with the flags that make them comparable on
+/// one core (`async --threads 1`; `prefork` with enough workers for 64 connections).
+fn plaintext_models() -> Vec<(&'static str, Subject)> {
+    vec![
+        ("async", Subject::model("async", &["--threads", "1"])),
+        ("threads", Subject::model("threads", &[])),
+        ("pool", Subject::model("pool", &[])),
+        ("prefork", Subject::model("prefork", &["--workers", "64"])),
+        ("reactor", Subject::model("reactor", &["--poller", "epoll"])),
+        ("green", Subject::model("green", &["--poller", "epoll"])),
+    ]
+}
+
+/// The peers of the plaintext suite, each on one worker (one core) where it has a choice.
+fn plaintext_peers() -> Vec<(&'static str, Subject)> {
+    vec![
+        ("nginx", Subject::peer("nginx", Some(1))),
+        ("apache-prefork", Subject::peer("apache-prefork", None)),
+        ("apache-event", Subject::peer("apache-event", Some(1))),
+        ("tornado", Subject::peer("tornado", Some(1))),
+        ("gevent", Subject::peer("gevent", Some(1))),
+        ("hyper", Subject::peer("hyper", Some(1))),
+        ("raw", Subject::peer("raw", Some(1))),
+    ]
+}
+
+/// Builds every suite at `scale`.
+pub fn suites(scale: Scale) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    let d = scale.duration;
+    let reps = scale.repeats;
+    let cell = |suite: &str, id: String, series: &str, x: Option<f64>, subject: Subject, action: Action| Cell {
+        suite: suite.into(),
+        id,
+        series: series.into(),
+        x,
+        subject,
+        action,
+        pinned: true,
+        repeats: reps,
+        needs_sysctl: false,
+        profile: false,
+    };
+
+    // plaintext: every model and every peer, one core each, 64 keep-alive connections.
+    let conns = scale.pick(64, 8);
+    for (series, subject) in plaintext_models().into_iter().chain(plaintext_peers()) {
+        let scenario = Scenario::Plaintext(PlaintextConfig {
+            connections: conns,
+            requests: None,
+        });
+        let mut c = cell("plaintext", series.into(), series, None, subject, load(scenario, d));
+        c.profile = series == "async";
+        cells.push(c);
+    }
+
+    // wakeup: reactor on each poller, K idle keep-alive connections, one busy one.
+    for poller in ["select", "poll", "epoll"] {
+        for idle in scale.pick(vec![0, 1000, 5000, 10000], vec![0, 20]) {
+            let subject = Subject::model("reactor", &["--poller", poller]);
+            let action = Action::Wakeup {
+                idle,
+                duration: scale.pick(3.0, d),
+            };
+            cells.push(cell(
+                "wakeup",
+                format!("{poller}@{idle}"),
+                &format!("reactor/{poller}"),
+                Some(idle as f64),
+                subject,
+                action,
+            ));
+        }
+    }
+
+    // dbstall: a slow store, inline against offload.
+    let slow = 20;
+    for (series, model, extra) in [
+        ("async", "async", vec!["--threads", "1"]),
+        ("threads", "threads", vec![]),
+        ("reactor", "reactor", vec![]),
+        ("green", "green", vec![]),
+    ] {
+        for mode in ["offload", "inline"] {
+            let mut args: Vec<&str> = extra.clone();
+            args.extend(["--db-mode", mode]);
+            let mut subject = Subject::model(model, &args);
+            if let Subject::Model { db_slow_ms, .. } = &mut subject {
+                *db_slow_ms = Some(slow);
+            }
+            let scenario = Scenario::DbStall(DbStallConfig {
+                connections: scale.pick(8, 2),
+                probe_rate: scale.pick(500.0, 100.0),
+                posters: scale.pick(4, 1),
+                post_rate: scale.pick(20.0, 10.0),
+                room: None,
+            });
+            cells.push(cell(
+                "dbstall",
+                format!("{series}/{mode}"),
+                &format!("{series}/{mode}"),
+                None,
+                subject,
+                load(scenario, d),
+            ));
+        }
+    }
+
+    // cpu: GET /cpu beside GET /plaintext; the server may use every core (the giant lock
+    // and the green-threads claims are about using several).
+    for (series, subject) in [
+        ("threads", Subject::model("threads", &[])),
+        ("threads+giant-lock", Subject::model("threads", &["--giant-lock"])),
+        ("reactor", Subject::model("reactor", &[])),
+        ("green", Subject::model("green", &[])),
+        ("green×2", Subject::model("green", &["--workers", "2"])),
+        ("async", Subject::model("async", &["--threads", "2"])),
+    ] {
+        let scenario = Scenario::Cpu(CpuConfig {
+            connections: scale.pick(8, 2),
+            cpu_connections: scale.pick(4, 2),
+            cost: scale.pick(1_000_000, 100_000),
+            requests: None,
+        });
+        let mut c = cell("cpu", series.into(), series, None, subject, load(scenario, d));
+        c.pinned = false;
+        cells.push(c);
+    }
+
+    // fanout: long-poll subscribers against a back-to-back poster, and a paced one at the top size.
+    let fan_models = [
+        ("async", Subject::model("async", &["--threads", "1"])),
+        ("threads", Subject::model("threads", &[])),
+        ("reactor", Subject::model("reactor", &[])),
+        ("green", Subject::model("green", &[])),
+        ("tornado", Subject::peer("tornado", Some(1))),
+        ("gevent", Subject::peer("gevent", Some(1))),
+    ];
+    let sizes: Vec<(usize, u64)> = scale.pick(vec![(100, 200), (1000, 50), (10000, 20)], vec![(10, 5)]);
+    for (series, subject) in &fan_models {
+        for &(n, m) in &sizes {
+            let scenario = Scenario::LongpollFanout(BroadcastConfig {
+                subscribers: n,
+                messages: m,
+                rate: 0.0,
+                room: None,
+                drain_secs: 10.0,
+            });
+            let mut c = cell(
+                "fanout",
+                format!("{series}@{n}"),
+                series,
+                Some(n as f64),
+                subject.clone(),
+                load(scenario, 30.0),
+            );
+            c.profile = *series == "async" && n == 10000;
+            cells.push(c);
+        }
+        let top = sizes.last().map_or(10, |s| s.0);
+        let scenario = Scenario::LongpollFanout(BroadcastConfig {
+            subscribers: top,
+            messages: scale.pick(10, 3),
+            rate: scale.pick(2.0, 10.0),
+            room: None,
+            drain_secs: 10.0,
+        });
+        cells.push(cell(
+            "fanout",
+            format!("{series}@{top}/paced"),
+            &format!("{series} (paced)"),
+            Some(top as f64),
+            subject.clone(),
+            load(scenario, 30.0),
+        ));
+    }
+
+    // ws: WebSocket broadcast, back to back.
+    for (series, subject) in [
+        ("async", Subject::model("async", &["--threads", "1"])),
+        ("reactor", Subject::model("reactor", &[])),
+        ("green", Subject::model("green", &[])),
+        ("threads", Subject::model("threads", &[])),
+    ] {
+        for (n, m) in scale.pick(vec![(1000, 500), (10000, 50)], vec![(10, 20)]) {
+            let scenario = Scenario::WsBroadcast(BroadcastConfig {
+                subscribers: n,
+                messages: m,
+                rate: 0.0,
+                room: None,
+                drain_secs: 10.0,
+            });
+            let mut c = cell(
+                "ws",
+                format!("{series}@{n}"),
+                series,
+                Some(n as f64),
+                subject.clone(),
+                load(scenario, 30.0),
+            );
+            c.profile = series == "async" && n == 1000;
+            cells.push(c);
+        }
+    }
+
+    // idle: idle keep-alive connections, our models against nginx and Apache.
+    for (series, subject) in [
+        ("async", Subject::model("async", &["--threads", "1"])),
+        ("threads", Subject::model("threads", &[])),
+        ("prefork", Subject::model("prefork", &["--workers", "256"])),
+        ("reactor", Subject::model("reactor", &[])),
+        ("green", Subject::model("green", &[])),
+        ("nginx", Subject::peer("nginx", Some(1))),
+        ("apache-prefork", Subject::peer("apache-prefork", None)),
+        ("apache-event", Subject::peer("apache-event", Some(1))),
+    ] {
+        for k in scale.pick(vec![1000, 5000, 10000], vec![20]) {
+            let mut c = cell(
+                "idle",
+                format!("{series}@{k}"),
+                series,
+                Some(k as f64),
+                subject.clone(),
+                Action::IdleKeepAlive { connections: k },
+            );
+            c.repeats = 1;
+            cells.push(c);
+        }
+    }
+
+    // capacity: idle SSE subscribers on one process; prefork with as many workers as connections.
+    for (series, model, args) in [
+        ("async", "async", vec!["--threads", "1"]),
+        ("threads", "threads", vec![]),
+        ("reactor", "reactor", vec![]),
+        ("green", "green", vec![]),
+    ] {
+        for k in scale.pick(vec![1000, 5000, 10000, 18000], vec![20]) {
+            let mut c = cell(
+                "capacity",
+                format!("{series}@{k}"),
+                series,
+                Some(k as f64),
+                Subject::model(model, &args),
+                capacity(k, 60.0),
+            );
+            c.repeats = 1;
+            c.needs_sysctl = series == "threads";
+            cells.push(c);
+        }
+    }
+    for k in scale.pick(vec![250, 1000, 2000], vec![4]) {
+        let workers = k.to_string();
+        let mut c = cell(
+            "capacity",
+            format!("prefork@{k}"),
+            "prefork",
+            Some(k as f64),
+            Subject::model("prefork", &["--workers", &workers, "--history", "20"]),
+            capacity(k, 120.0),
+        );
+        c.repeats = 1;
+        c.needs_sysctl = true;
+        cells.push(c);
+    }
+
+    // c100k: 100,000 idle subscribers over several worker processes (19,000 each at most:
+    // the open-files limit is 20,000 per process and cannot be raised).
+    let (k, workers) = scale.pick((100_000, 6), (40, 2));
+    for (series, model) in [
+        ("async", "async"),
+        ("reactor", "reactor"),
+        ("green", "green"),
+        ("threads", "threads"),
+    ] {
+        let w = workers.to_string();
+        let mut c = cell(
+            "c100k",
+            format!("{series}@{k}"),
+            series,
+            Some(k as f64),
+            Subject::model(model, &["--workers", &w]),
+            capacity(k, 240.0),
+        );
+        c.repeats = 1;
+        c.pinned = false;
+        c.needs_sysctl = true;
+        c.profile = series == "async";
+        cells.push(c);
+    }
+
+    // c1m: the async model past 100,000, a step at a time; the runner stops at the first
+    // step that fails or that would not fit in the memory left.
+    for k in scale.pick(vec![200_000usize, 400_000, 700_000, 1_000_000], vec![60]) {
+        let w = k.div_ceil(18_000).max(2).to_string();
+        let mut c = cell(
+            "c1m",
+            format!("async@{k}"),
+            "async",
+            Some(k as f64),
+            Subject::model("async", &["--workers", &w, "--threads", "1"]),
+            capacity(k, 420.0),
+        );
+        c.repeats = 1;
+        c.pinned = false;
+        c.needs_sysctl = true;
+        cells.push(c);
+    }
+    cells
+}
+
+fn load(scenario: Scenario, duration: f64) -> Action {
+    let timeout = duration + 60.0;
+    Action::Load {
+        scenario,
+        duration,
+        timeout,
+    }
+}
+
+fn capacity(connections: usize, timeout: f64) -> Action {
+    Action::Capacity {
+        connections,
+        via: Via::Sse,
+        timeout,
+    }
+}
+
+impl Action {
+    /// The `c10k load ...` command that does what one repeat of this cell does.
+    pub fn load_command(
+        &self,
+        target: &str,
+        client_threads: usize,
+        client_cpus: Option<&str>,
+        server_pid: Option<u32>,
+    ) -> String {
+        let pin = client_cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default();
+        let common = format!("--target {target} --client-threads {client_threads}");
+        match self {
+            Action::Load { scenario, duration, timeout } => {
+                let args = match scenario {
+                    Scenario::Plaintext(c) => format!("plaintext -c {}", c.connections),
+                    Scenario::LongpollFanout(c) | Scenario::WsBroadcast(c) | Scenario::SseBroadcast(c) => format!(
+                        "{} -n {} -m {} --rate {} --drain {}",
+                        scenario.name(),
+                        c.subscribers,
+                        c.messages,
+                        c.rate,
+                        c.drain_secs
+                    ),
+                    Scenario::IdleCapacity(c) => format!("idle-capacity -c {} --via {}", c.connections, c.via.name()),
+                    Scenario::DbStall(c) => format!(
+                        "db-stall -c {} --probe-rate {} --posters {} --post-rate {}",
+                        c.connections, c.probe_rate, c.posters, c.post_rate
+                    ),
+                    Scenario::Cpu(c) => format!("cpu -c {} --cpu-connections {} --cost {}", c.connections, c.cpu_connections, c.cost),
+                };
+                format!("{pin}c10k load {args} {common} --duration {duration} --timeout {timeout}")
+            }
+            Action::Capacity { connections, via, timeout } => format!(
+                "{pin}c10k load idle-capacity -c {connections} --via {}{} {common} --timeout {timeout}",
+                via.name(),
+                server_pid.map(|p| format!(" --server-pid {p}")).unwrap_or_default()
+            ),
+            Action::IdleKeepAlive { connections } => format!(
+                "{pin}c10k bench's idle holder: {connections} keep-alive connections to {target}, one GET /plaintext each, \
+                 then one more on each (no c10k load equivalent)"
+            ),
+            Action::Wakeup { idle, duration } => format!(
+                "{pin}c10k bench's idle holder ({idle} keep-alive connections), then c10k load plaintext -c 1 {common} --duration {duration}"
+            ),
+        }
+    }
+
+    /// An upper bound on one repeat's wall time, for the plan.
+    pub fn bound(&self) -> Duration {
+        Duration::from_secs_f64(match self {
+            Action::Load { timeout, .. } | Action::Capacity { timeout, .. } => *timeout,
+            Action::IdleKeepAlive { .. } => 60.0,
+            Action::Wakeup { duration, .. } => duration + 60.0,
+        })
+    }
+}

@@ -1,0 +1,712 @@
+//! The claims of the talk and the project's goals, each turned into numbers from the
+//! results and a verdict. The rules are written out here, in code, so that a verdict
+//! cannot drift from the numbers beside it: where a cell is missing, the row says so.
+
+use super::{bytes, thousands, us};
+use crate::results::{CellResult, Results};
+
+/// One row of the claims table.
+pub struct Claim {
+    /// The claim, quoted or paraphrased.
+    pub claim: String,
+    /// The numbers.
+    pub measured: String,
+    /// Confirmed, refuted, or not measured, with the reason.
+    pub verdict: String,
+    /// The bench command that reproduces it.
+    pub reproduce: String,
+}
+
+/// One row of the goals table.
+pub struct Goal {
+    /// The goal.
+    pub goal: String,
+    /// The numbers.
+    pub measured: String,
+    /// met / missed / not measured.
+    pub met: String,
+    /// What limits it (measured), when missed.
+    pub limits: String,
+}
+
+fn cell<'a>(r: &'a Results, suite: &str, id: &str) -> Option<&'a CellResult> {
+    r.cell(suite, id)
+}
+
+fn m(r: &Results, suite: &str, id: &str, metric: &str) -> Option<f64> {
+    cell(r, suite, id)?.median(metric)
+}
+
+/// The cell of `series` in `suite` that held the most, with that number.
+fn most_held<'a>(r: &'a Results, suites: &[&str], series: &str) -> Option<(&'a CellResult, f64)> {
+    suites
+        .iter()
+        .flat_map(|s| r.cells(s))
+        .filter(|c| c.cell.series == series)
+        .filter_map(|c| Some((c, c.median("held")?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+fn not_measured(what: &str) -> String {
+    format!("not measured: run {what}")
+}
+
+/// Every claim, in the order of the talk.
+pub fn all(r: &Results) -> Vec<Claim> {
+    vec![
+        ten_thousand(r),
+        giant_lock(r),
+        database(r),
+        nginx_apache(r),
+        wedged(r),
+        green_cores(r),
+        pollers(r),
+    ]
+}
+
+fn ten_thousand(r: &Results) -> Claim {
+    let mut measured = Vec::new();
+    let mut verdict = Vec::new();
+    let threads = most_held(r, &["capacity", "c100k"], "threads");
+    let prefork = most_held(r, &["capacity"], "prefork");
+    let asyn = most_held(r, &["capacity", "c100k", "c1m"], "async");
+    if let Some((c, held)) = threads {
+        measured.push(format!(
+            "threads: {} connections held with {} threads in {} process{} ({} PSS each)",
+            thousands(held),
+            c.median("threads_peak").map_or("?".into(), thousands),
+            c.median("processes_peak").map_or("?".into(), thousands),
+            if c.median("processes_peak") == Some(1.0) {
+                ""
+            } else {
+                "es"
+            },
+            c.median("pss_per_conn_bytes").map_or("?".into(), bytes)
+        ));
+        verdict.push(if held >= 10_000.0 {
+            format!(
+                "**Refuted for threads** here: {} threads ran",
+                thousands(c.median("threads_peak").unwrap_or(held))
+            )
+        } else {
+            format!("threads stopped at {}", thousands(held))
+        });
+    }
+    if let Some((c, held)) = prefork {
+        let per = c.median("pss_per_conn_bytes");
+        measured.push(format!(
+            "prefork: {} processes held {} connections ({} PSS each{})",
+            c.median("processes_peak").map_or("?".into(), thousands),
+            thousands(held),
+            per.map_or("?".into(), bytes),
+            per.map_or(String::new(), |p| format!(
+                "; 10,000 would take {}",
+                bytes(p * 10_000.0)
+            ))
+        ));
+        verdict.push(if held >= 10_000.0 {
+            "refuted for processes too".to_string()
+        } else {
+            let total = r
+                .suites
+                .values()
+                .next()
+                .map_or(0.0, |s| s.machine.mem_total_kib as f64 * 1024.0);
+            match per {
+                Some(p) if p * 10_000.0 < total => format!(
+                    "processes: not run at 10,000, but {} for 10,000 fits in this machine's {}",
+                    bytes(p * 10_000.0),
+                    bytes(total)
+                ),
+                Some(p) => format!(
+                    "processes: 10,000 would need {}, more than this machine's {}",
+                    bytes(p * 10_000.0),
+                    bytes(total)
+                ),
+                None => "processes: no memory figure".into(),
+            }
+        });
+    }
+    if let Some((c, held)) = asyn {
+        measured.push(format!(
+            "async: {} held at {} PSS each",
+            thousands(held),
+            c.median("pss_per_conn_bytes").map_or("?".into(), bytes)
+        ));
+    }
+    if measured.is_empty() {
+        return Claim {
+            claim: "\"You can't have 10,000 threads or processes on the same box\"".into(),
+            measured: not_measured("the capacity suite"),
+            verdict: "not measured".into(),
+            reproduce: "`c10k bench --only capacity,c100k`".into(),
+        };
+    }
+    verdict.push("but each costs far more memory than an async connection".into());
+    Claim {
+        claim: "\"You can't have 10,000 threads or processes on the same box\"".into(),
+        measured: measured.join("; "),
+        verdict: verdict.join("; "),
+        reproduce: "`c10k bench --only capacity,c100k --models threads,prefork,async`".into(),
+    }
+}
+
+fn giant_lock(r: &Results) -> Claim {
+    let free = m(r, "cpu", "threads", "cpu_rps");
+    let giant = m(r, "cpu", "threads+giant-lock", "cpu_rps");
+    let claim = "Threads make CPU-bound code slower under a global lock (GIL, FreeBSD's giant lock)".to_string();
+    let reproduce = "`c10k bench --only cpu --models threads`".to_string();
+    match (free, giant) {
+        (Some(f), Some(g)) => {
+            let ratio = g / f;
+            Claim {
+                claim,
+                measured: format!(
+                    "cpu scenario, {} cores: threads {f:.0} CPU-bound req/s, with `--giant-lock` {g:.0} ({ratio:.2}×); plaintext p99 beside them {} vs {}",
+                    crate::machine::cpus(),
+                    m(r, "cpu", "threads", "p99_us").map_or("?".into(), us),
+                    m(r, "cpu", "threads+giant-lock", "p99_us").map_or("?".into(), us)
+                ),
+                verdict: if ratio < 0.8 {
+                    format!("**Confirmed**: one lock serialises the hashing onto one core at a time ({ratio:.2}× the throughput)")
+                } else {
+                    format!("**Not seen** here ({ratio:.2}×): with this many cores the lock is not the bottleneck")
+                },
+                reproduce,
+            }
+        }
+        _ => Claim {
+            claim,
+            measured: not_measured("the cpu suite"),
+            verdict: "not measured".into(),
+            reproduce,
+        },
+    }
+}
+
+fn database(r: &Results) -> Claim {
+    let claim = "\"If you block while talking to a database, you block all the requests\"".to_string();
+    let reproduce = "`c10k bench --only dbstall`".to_string();
+    let mut measured = Vec::new();
+    let mut stalls = Vec::new();
+    let mut fine = Vec::new();
+    for model in ["reactor", "green", "async", "threads"] {
+        let off = m(r, "dbstall", &format!("{model}/offload"), "p99_us");
+        let inl = m(r, "dbstall", &format!("{model}/inline"), "p99_us");
+        if let (Some(o), Some(i)) = (off, inl) {
+            measured.push(format!("{model}: healthz p99 {} inline vs {} offload", us(i), us(o)));
+            if i > 5.0 * o && i > 2000.0 {
+                stalls.push(model);
+            } else {
+                fine.push(model);
+            }
+        }
+    }
+    if measured.is_empty() {
+        return Claim {
+            claim,
+            measured: not_measured("the dbstall suite"),
+            verdict: "not measured".into(),
+            reproduce,
+        };
+    }
+    let slow = r
+        .cells("dbstall")
+        .iter()
+        .find_map(|c| c.notes.iter().find(|n| n.contains("slow store")).cloned())
+        .map(|n| format!(" (note: {n})"))
+        .unwrap_or_default();
+    let verdict = match (stalls.is_empty(), fine.is_empty()) {
+        (false, _) => format!(
+            "**Confirmed** for {} (one serving thread: an inline store call stalls every connection){}; offload fixes it{}",
+            stalls.join(", "),
+            if fine.is_empty() { String::new() } else { format!("; not for {} (a thread per connection blocks only its own)", fine.join(", ")) },
+            slow
+        ),
+        (true, _) => format!("**Not seen**: inline store calls did not stall unrelated requests here{slow}"),
+    };
+    Claim {
+        claim,
+        measured: measured.join("; "),
+        verdict,
+        reproduce,
+    }
+}
+
+fn nginx_apache(r: &Results) -> Claim {
+    let claim = "nginx (asynchronous) against Apache (processes, threads): throughput and idle connections".to_string();
+    let reproduce = "`c10k bench --only plaintext,idle`".to_string();
+    let rps = |s: &str| m(r, "plaintext", s, "rps");
+    let mut measured = Vec::new();
+    let names = ["nginx", "apache-prefork", "apache-event", "async", "threads", "prefork"];
+    let shown: Vec<String> = names
+        .iter()
+        .filter_map(|n| Some(format!("{n} {}", thousands(rps(n)?))))
+        .collect();
+    if !shown.is_empty() {
+        measured.push(format!("plaintext req/s: {}", shown.join(", ")));
+    }
+    let idle: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            let (c, held) = most_held(r, &["idle"], n)?;
+            Some(format!(
+                "{n} held {} of {} ({} each)",
+                thousands(held),
+                thousands(c.cell.x.unwrap_or(0.0)),
+                c.median("pss_per_conn_bytes").map_or("?".into(), bytes)
+            ))
+        })
+        .collect();
+    if !idle.is_empty() {
+        measured.push(format!("idle keep-alive: {}", idle.join(", ")));
+    }
+    if measured.is_empty() {
+        return Claim {
+            claim,
+            measured: not_measured("the plaintext and idle suites"),
+            verdict: "not measured".into(),
+            reproduce,
+        };
+    }
+    let nginx = rps("nginx");
+    let apache = [rps("apache-prefork"), rps("apache-event")]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    let nginx_held = most_held(r, &["idle"], "nginx").map(|x| x.1);
+    let prefork_held = most_held(r, &["idle"], "apache-prefork").map(|x| x.1);
+    let mut v = Vec::new();
+    if let (Some(n), Some(a)) = (nginx, apache) {
+        v.push(if n > a {
+            format!("**Confirmed** for throughput: nginx {:.1}× the better Apache", n / a)
+        } else {
+            format!("**Not seen** for throughput: nginx {:.2}× the better Apache", n / a)
+        });
+    }
+    if let (Some(n), Some(p)) = (nginx_held, prefork_held) {
+        v.push(if n > p {
+            format!(
+                "**confirmed** for idle connections: Apache prefork holds one per process ({} here)",
+                thousands(p)
+            )
+        } else {
+            "idle: no difference seen".into()
+        });
+    }
+    if let (Some(a), Some(t)) = (rps("async"), rps("threads")) {
+        v.push(format!("our async serves {:.2}× our threads", a / t));
+    }
+    Claim {
+        claim,
+        measured: measured.join("; "),
+        verdict: if v.is_empty() {
+            "incomplete".into()
+        } else {
+            v.join("; ")
+        },
+        reproduce,
+    }
+}
+
+fn wedged(r: &Results) -> Claim {
+    let claim = "\"If one program gets wedged, the whole system is wedged\" (non-preemptive loops)".to_string();
+    let reproduce = "`c10k bench --only cpu`".to_string();
+    let p99 = |s: &str| m(r, "cpu", s, "p99_us");
+    let shown: Vec<String> = ["reactor", "green", "threads", "async"]
+        .iter()
+        .filter_map(|s| Some(format!("{s} {}", us(p99(s)?))))
+        .collect();
+    if shown.is_empty() {
+        return Claim {
+            claim,
+            measured: not_measured("the cpu suite"),
+            verdict: "not measured".into(),
+            reproduce,
+        };
+    }
+    let measured = format!("plaintext p99 while `/cpu` requests run: {}", shown.join(", "));
+    let verdict = match (p99("reactor").or(p99("green")), p99("threads")) {
+        (Some(loop_p99), Some(t)) if loop_p99 > 3.0 * t => format!(
+            "**Confirmed**: on the single-threaded loop every request waits behind the hashing ({:.0}× the threads model's p99)",
+            loop_p99 / t
+        ),
+        (Some(loop_p99), Some(t)) => format!("**Not clearly seen** ({:.1}× threads' p99)", loop_p99 / t),
+        _ => "incomplete".into(),
+    };
+    Claim {
+        claim,
+        measured,
+        verdict,
+        reproduce,
+    }
+}
+
+fn green_cores(r: &Results) -> Claim {
+    let claim = "Green threads can't use several CPUs; Erlang maps them onto OS threads".to_string();
+    let reproduce = "`c10k bench --only cpu --models green,async`".to_string();
+    let cpu = |s: &str| m(r, "cpu", s, "cpu_rps");
+    match (cpu("green"), cpu("green×2"), cpu("async")) {
+        (Some(g), g2, a) => {
+            let measured = format!(
+                "CPU-bound req/s on {} cores: green {g:.0}, green --workers 2 {}, async (2 threads) {}",
+                crate::machine::cpus(),
+                g2.map_or("?".into(), |v| format!("{v:.0}")),
+                a.map_or("?".into(), |v| format!("{v:.0}"))
+            );
+            let verdict = match (g2, a) {
+                (Some(g2), Some(a)) if g2 > 1.5 * g && a > 1.5 * g => format!(
+                    "**Confirmed**: one loop uses one core; two processes ({:.1}×) or a work-stealing scheduler over OS threads ({:.1}×) use both",
+                    g2 / g,
+                    a / g
+                ),
+                (Some(g2), Some(a)) => format!("**Not clearly seen**: green×2 {:.2}×, async {:.2}× green", g2 / g, a / g),
+                _ => "incomplete".into(),
+            };
+            Claim {
+                claim,
+                measured,
+                verdict,
+                reproduce,
+            }
+        }
+        _ => Claim {
+            claim,
+            measured: not_measured("the cpu suite"),
+            verdict: "not measured".into(),
+            reproduce,
+        },
+    }
+}
+
+fn pollers(r: &Results) -> Claim {
+    let claim = "select and poll cost grows with the connections watched; epoll's does not".to_string();
+    let reproduce = "`c10k bench --only wakeup`".to_string();
+    let per_req = |p: &str, k: usize| {
+        m(r, "wakeup", &format!("{p}@{k}"), "rps")
+            .filter(|v| *v > 0.0)
+            .map(|v| 1e6 / v)
+    };
+    let mut measured = Vec::new();
+    let mut growth = Vec::new();
+    for p in ["select", "poll", "epoll"] {
+        let cells: Vec<&CellResult> = r
+            .cells("wakeup")
+            .into_iter()
+            .filter(|c| c.cell.series == format!("reactor/{p}"))
+            .collect();
+        let pts: Vec<String> = cells
+            .iter()
+            .filter_map(|c| {
+                let k = c.cell.x? as usize;
+                let v = per_req(p, k);
+                let held = c.median("idle_held").unwrap_or(0.0);
+                Some(if v.is_some() && held + 1.0 >= k as f64 {
+                    format!("{} idle: {:.1} µs", thousands(k as f64), v?)
+                } else {
+                    format!("{} idle: impossible (held {})", thousands(k as f64), thousands(held))
+                })
+            })
+            .collect();
+        if !pts.is_empty() {
+            measured.push(format!("{p}: {}", pts.join(", ")));
+        }
+        let max_ok = cells
+            .iter()
+            .filter(|c| {
+                c.median("idle_held").unwrap_or(0.0) + 1.0 >= c.cell.x.unwrap_or(0.0)
+                    && c.median("rps").unwrap_or(0.0) > 0.0
+            })
+            .filter_map(|c| c.cell.x)
+            .fold(0.0, f64::max);
+        if let (Some(z), Some(v)) = (per_req(p, 0), per_req(p, max_ok as usize)) {
+            if max_ok > 0.0 {
+                growth.push((p, (v - z) / max_ok * 1000.0, max_ok));
+            }
+        }
+    }
+    if measured.is_empty() {
+        return Claim {
+            claim,
+            measured: not_measured("the wakeup suite"),
+            verdict: "not measured".into(),
+            reproduce,
+        };
+    }
+    let g = |p: &str| growth.iter().find(|x| x.0 == p).map(|x| x.1);
+    let mut v = Vec::new();
+    for (p, ns, k) in &growth {
+        v.push(format!(
+            "{p} +{ns:.0} ns per request per 1,000 idle (to {})",
+            thousands(*k)
+        ));
+    }
+    let verdict = match (g("poll"), g("epoll")) {
+        (Some(p), Some(e)) if p > 3.0 * e.max(10.0) => format!(
+            "**Confirmed**: {}; select cannot go past 1,024 descriptors at all",
+            v.join(", ")
+        ),
+        (Some(_), Some(_)) => format!("**Not clearly seen**: {}", v.join(", ")),
+        _ => format!("incomplete: {}", v.join(", ")),
+    };
+    Claim {
+        claim,
+        measured: format!("µs per request on one busy connection: {}", measured.join("; ")),
+        verdict,
+        reproduce,
+    }
+}
+
+/// The goals, each met or missed.
+pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
+    let mut out = Vec::new();
+
+    // Plaintext.
+    let base = m(r, "plaintext", baseline, "rps");
+    let raw = m(r, "plaintext", "raw", "rps");
+    let best = r
+        .cells("plaintext")
+        .into_iter()
+        .filter(|c| !c.cell.subject.is_peer())
+        .filter_map(|c| Some((c.cell.series.clone(), c.median("rps")?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    out.push(match (best, base, raw) {
+        (Some((name, v)), Some(b), Some(w)) => {
+            let met = v >= 1.2 * b && v >= 0.85 * w;
+            Goal {
+                goal: format!("plaintext ≥ 1.2× {baseline} and ≥ 0.85× the raw floor"),
+                measured: format!(
+                    "best model {name}: {} req/s = {:.2}× {baseline} ({}), {:.2}× raw ({})",
+                    thousands(v),
+                    v / b,
+                    thousands(b),
+                    v / w,
+                    thousands(w)
+                ),
+                met: if met { "**met**".into() } else { "**missed**".into() },
+                limits: if met {
+                    String::new()
+                } else {
+                    limit_text(r, "plaintext", "async")
+                },
+            }
+        }
+        _ => Goal {
+            goal: format!("plaintext ≥ 1.2× {baseline} and ≥ 0.85× raw"),
+            measured: not_measured("the plaintext suite"),
+            met: "not measured".into(),
+            limits: String::new(),
+        },
+    });
+
+    // Long-poll fan-out to 10,000.
+    let paced = r
+        .cells("fanout")
+        .into_iter()
+        .filter(|c| c.cell.series == "async (paced)")
+        .max_by(|a, b| a.cell.x.unwrap_or(0.0).total_cmp(&b.cell.x.unwrap_or(0.0)));
+    let top = paced.and_then(|c| c.cell.x).unwrap_or(10_000.0);
+    let burst = r
+        .cells("fanout")
+        .into_iter()
+        .find(|c| c.cell.series == "async" && c.cell.x == Some(top));
+    let tornado = r
+        .cells("fanout")
+        .into_iter()
+        .find(|c| c.cell.series == "tornado" && c.cell.x == Some(top));
+    out.push(match paced {
+        Some(p) => {
+            let complete = p.median("misses") == Some(0.0) && p.problems().is_empty();
+            let p99 = p.median("p99_us").unwrap_or(f64::INFINITY);
+            let speed = match (
+                burst.and_then(|c| c.median("deliveries_per_s")),
+                tornado.and_then(|c| c.median("deliveries_per_s")),
+            ) {
+                (Some(a), Some(t)) if t > 0.0 => Some((a, t, a / t)),
+                _ => None,
+            };
+            let met = complete && p99 <= 30_000.0 && speed.is_some_and(|s| s.2 >= 50.0);
+            let mut limits = Vec::new();
+            if !complete {
+                limits.push(format!("not fully delivered: {}", p.problems().join("; ")));
+            }
+            if p99 > 30_000.0 {
+                limits.push(format!(
+                    "p99 {} > 30 ms: {}",
+                    us(p99),
+                    limit_text(r, "fanout", &format!("async@{}", top as u64))
+                ));
+            }
+            if let Some((_, _, x)) = speed {
+                if x < 50.0 {
+                    limits.push(format!(
+                        "only {x:.1}× Tornado: {}",
+                        limit_text(r, "fanout", &format!("async@{}", top as u64))
+                    ));
+                }
+            }
+            Goal {
+                goal: format!(
+                    "long-poll fan-out to {} subscribers fully delivered, p99 ≤ 30 ms, ≥ 50× Tornado's deliveries/s",
+                    thousands(top)
+                ),
+                measured: format!(
+                    "async paced: {} of {} delivered, p99 {}; back to back: {}",
+                    p.median("delivered").map_or("?".into(), thousands),
+                    p.median("expected").map_or("?".into(), thousands),
+                    us(p99),
+                    speed.map_or("no Tornado figure".into(), |(a, t, x)| format!(
+                        "{} deliveries/s vs Tornado {} ({x:.0}×)",
+                        thousands(a),
+                        thousands(t)
+                    ))
+                ),
+                met: if met { "**met**".into() } else { "**missed**".into() },
+                limits: limits.join("; "),
+            }
+        }
+        None => Goal {
+            goal: "long-poll fan-out to 10,000 subscribers, p99 ≤ 30 ms, ≥ 50× Tornado".into(),
+            measured: not_measured("the fanout suite"),
+            met: "not measured".into(),
+            limits: String::new(),
+        },
+    });
+
+    // WebSocket deliveries.
+    let ws = r
+        .cells("ws")
+        .into_iter()
+        .filter_map(|c| Some((c, c.median("deliveries_per_s")?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    out.push(match ws {
+        Some((c, v)) => Goal {
+            goal: "≥ 1,000,000 WebSocket deliveries per second".into(),
+            measured: format!(
+                "best: {} with {} subscribers, {} deliveries/s (p99 {})",
+                c.cell.series,
+                thousands(c.cell.x.unwrap_or(0.0)),
+                thousands(v),
+                c.median("p99_us").map_or("?".into(), us)
+            ),
+            met: if v >= 1e6 {
+                "**met**".into()
+            } else {
+                "**missed**".into()
+            },
+            limits: if v >= 1e6 {
+                String::new()
+            } else {
+                limit_text(r, "ws", &c.cell.id)
+            },
+        },
+        None => Goal {
+            goal: "≥ 1,000,000 WebSocket deliveries per second".into(),
+            measured: not_measured("the ws suite"),
+            met: "not measured".into(),
+            limits: String::new(),
+        },
+    });
+
+    // 100,000 subscribers at ≤ 2 KiB each.
+    let c100 = r.cells("c100k");
+    let best = c100
+        .iter()
+        .filter_map(|c| Some((*c, c.median("held")?)))
+        .max_by(|a, b| {
+            let pa = a.0.median("pss_per_conn_bytes").unwrap_or(f64::INFINITY);
+            let pb = b.0.median("pss_per_conn_bytes").unwrap_or(f64::INFINITY);
+            a.1.total_cmp(&b.1).then(pb.total_cmp(&pa))
+        });
+    let furthest = r
+        .cells("c1m")
+        .into_iter()
+        .chain(c100.iter().copied())
+        .filter_map(|c| Some((c, c.median("held")?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    out.push(match best {
+        Some((c, held)) => {
+            let per = c.median("pss_per_conn_bytes").unwrap_or(f64::INFINITY);
+            let met = held >= 100_000.0 && per <= 2048.0;
+            let each: Vec<String> = c100
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{} {} at {}",
+                        x.cell.series,
+                        x.median("held").map_or("?".into(), thousands),
+                        x.median("pss_per_conn_bytes").map_or("?".into(), bytes)
+                    )
+                })
+                .collect();
+            Goal {
+                goal: "100,000 concurrent subscribers at ≤ 2 KiB of user-space memory each; how far toward 1,000,000"
+                    .into(),
+                measured: format!(
+                    "{}; furthest: {}",
+                    each.join(", "),
+                    furthest.map_or("?".into(), |(f, h)| format!(
+                        "{} held {} ({} PSS, {} whole machine each)",
+                        f.cell.series,
+                        thousands(h),
+                        f.median("pss_per_conn_bytes").map_or("?".into(), bytes),
+                        f.median("total_per_conn_bytes").map_or("?".into(), bytes)
+                    ))
+                ),
+                met: if met {
+                    format!("**met** ({})", c.cell.series)
+                } else {
+                    "**missed**".into()
+                },
+                limits: {
+                    let mut l = Vec::new();
+                    if held < 100_000.0 {
+                        l.push(format!("held {}: {}", thousands(held), c.problems().join("; ")));
+                    }
+                    if per > 2048.0 {
+                        l.push(format!(
+                            "{} per connection: {}",
+                            bytes(per),
+                            limit_text(r, "c100k", &c.cell.id)
+                        ));
+                    }
+                    let stops: Vec<String> = r
+                        .suites
+                        .get("c1m")
+                        .map(|s| s.cells.iter().filter_map(|x| x.skipped.clone()).collect())
+                        .unwrap_or_default();
+                    if let Some(s) = stops.first() {
+                        l.push(format!("toward 1M: {s}"));
+                    }
+                    l.join("; ")
+                },
+            }
+        }
+        None => Goal {
+            goal: "100,000 concurrent subscribers at ≤ 2 KiB each".into(),
+            measured: not_measured("the c100k suite"),
+            met: "not measured".into(),
+            limits: String::new(),
+        },
+    });
+    out
+}
+
+/// What limits a cell: the top of its perf profile when there is one, else a pointer.
+fn limit_text(r: &Results, suite: &str, id: &str) -> String {
+    let Some(c) = r
+        .suites
+        .get(suite)
+        .and_then(|s| s.cells.iter().find(|c| c.cell.id == id))
+    else {
+        return "see the analysis".into();
+    };
+    if c.profile.is_empty() {
+        return "not profiled (run with --perf); see the analysis".into();
+    }
+    let top: Vec<String> = c.profile.iter().take(4).map(|l| format!("`{l}`")).collect();
+    format!(
+        "hottest in the server: {} (see perf below and the analysis)",
+        top.join(", ")
+    )
+}

@@ -1,0 +1,476 @@
+//! Runs cells: start the server, pin, warm up, repeat, sample memory, stop. Each cell is
+//! bounded: every load run has a hard timeout, the holder gives up at its deadline, and a
+//! server that does not start or stop in time is killed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use c10k_load::scenarios::{IdleConfig, PlaintextConfig};
+use c10k_load::{LoadConfig, Report, Scenario};
+
+use crate::holder::Holder;
+use crate::matrix::{Action, Cell, Subject};
+use crate::procfs::{self, Peaks, Sampler};
+use crate::results::{CellResult, Sample};
+use crate::server::{self, Programs, Server};
+
+/// How the runner behaves, from the command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Warm-up seconds before a load cell's repeats.
+    pub warmup: f64,
+    /// No pinning even where possible.
+    pub no_pin: bool,
+    /// Let run.sh install missing peers (else they are skipped).
+    pub install_peers: bool,
+    /// Profile cells marked for it with perf during an extra run.
+    pub perf: bool,
+    /// Raise kernel.pid_max and vm.max_map_count for cells that need them (root only).
+    pub sysctl: bool,
+}
+
+/// Kernel limits raised for thread- and process-count cells, restored on drop.
+pub struct Sysctl {
+    saved: Vec<(&'static str, String)>,
+    /// What was raised, for the report.
+    pub note: Option<String>,
+}
+
+const RAISE: [(&str, u64); 2] = [
+    ("/proc/sys/kernel/pid_max", 4_194_304),
+    ("/proc/sys/vm/max_map_count", 1_048_576),
+];
+
+impl Sysctl {
+    /// Raises the limits if they are lower (root only); says what it did.
+    pub fn raise() -> Sysctl {
+        let mut saved = Vec::new();
+        let mut said = Vec::new();
+        for (path, want) in RAISE {
+            let Ok(old) = fs::read_to_string(path) else { continue };
+            let old = old.trim().to_string();
+            if old.parse::<u64>().map_or(true, |v| v >= want) {
+                continue;
+            }
+            if fs::write(path, want.to_string()).is_ok() {
+                let name = path.trim_start_matches("/proc/sys/").replace('/', ".");
+                eprintln!("c10k bench: raised {name} from {old} to {want} (sysctl, as root) for the thread- and process-count cells; restored afterwards");
+                said.push(format!("{name} {old} → {want}"));
+                saved.push((path, old));
+            }
+        }
+        let note = (!said.is_empty())
+            .then(|| format!("raised with sysctl for this cell: {} (restored after)", said.join(", ")));
+        Sysctl { saved, note }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        for (path, old) in &self.saved {
+            let _ = fs::write(path, old);
+        }
+    }
+}
+
+/// CPUs for (server, client): server on CPU 0, client on the rest, when the machine has
+/// two or more CPUs, taskset is there, and the cell wants it.
+pub fn placement(cell: &Cell, programs: &Programs, options: &RunOptions) -> (Option<String>, Option<String>) {
+    let n = crate::machine::cpus();
+    if !cell.pinned || options.no_pin || programs.taskset.is_none() || n < 2 {
+        return (None, None);
+    }
+    let client = if n == 2 {
+        "1".to_string()
+    } else {
+        format!("1-{}", n - 1)
+    };
+    (Some("0".into()), Some(client))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs one cell to completion (or to a recorded skip).
+pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellResult {
+    let (server_cpus, client_cpus) = placement(cell, programs, options);
+    let mut result = CellResult {
+        cell: cell.clone(),
+        server_command: None,
+        load_command: None,
+        server_cpus: server_cpus.clone(),
+        client_cpus: client_cpus.clone(),
+        skipped: None,
+        samples: Vec::new(),
+        notes: Vec::new(),
+        profile: Vec::new(),
+        loadavg: procfs::loadavg(),
+        started_unix_ms: now_ms(),
+    };
+    if let Subject::Peer { name, .. } = &cell.subject {
+        if !options.install_peers && !server::peer_installed(name, programs) {
+            result.skipped = Some(format!("peer {name} is not installed (bench/baselines/run.sh install)"));
+            return result;
+        }
+    }
+    let _sysctl = if cell.needs_sysctl && options.sysctl {
+        let s = Sysctl::raise();
+        if let Some(n) = &s.note {
+            result.notes.push(n.clone());
+        }
+        Some(s)
+    } else {
+        None
+    };
+    let mut server = match Server::start(&cell.subject, server_cpus.as_deref(), programs) {
+        Ok(s) => s,
+        Err(e) => {
+            result.skipped = Some(format!("the server did not start: {e}"));
+            return result;
+        }
+    };
+    result.server_command = Some(server.command.clone());
+    if let Some(n) = &server.note {
+        result.notes.push(n.clone());
+    }
+    let single_client_cpu = client_cpus
+        .as_deref()
+        .is_some_and(|c| !c.contains('-') && !c.contains(','));
+    let client_threads = if single_client_cpu { 1 } else { 0 };
+    let target = format!("http://{}/", server.addr);
+    let single_process = matches!(&cell.subject, Subject::Model { model, args, .. }
+        if model != "prefork" && !args.iter().any(|a| a == "--workers"));
+    result.load_command = Some(cell.action.load_command(
+        &target,
+        client_threads,
+        client_cpus.as_deref(),
+        single_process.then_some(server.pid),
+    ));
+    server::pin_self(client_cpus.as_deref(), programs);
+
+    let ctx = Ctx {
+        addr: server.addr,
+        pid: server.root_pid(),
+        client_threads,
+        c10k: programs.c10k.clone(),
+        single_process,
+    };
+    if matches!(cell.action, Action::Load { .. } | Action::Wakeup { .. }) && options.warmup > 0.0 {
+        warm_up(&ctx, options.warmup);
+    }
+    for _ in 0..cell.repeats.max(1) {
+        let sample = run_action(&cell.action, &ctx);
+        let fatal = sample.metrics.is_empty();
+        result.samples.push(sample);
+        if !server.alive() {
+            result.notes.push(format!(
+                "the server exited during the cell; its log ends:\n{}",
+                server.log_tail()
+            ));
+            break;
+        }
+        if fatal {
+            break;
+        }
+    }
+    if options.perf && cell.profile && server.alive() {
+        match profile(&cell.action, &ctx, &server) {
+            Ok(lines) => result.profile = lines,
+            Err(e) => result.notes.push(format!("perf: {e}")),
+        }
+    }
+    server.stop();
+    server::pin_self(None, programs);
+    result
+}
+
+/// What an action needs to know about its server.
+struct Ctx {
+    addr: std::net::SocketAddr,
+    pid: u32,
+    client_threads: usize,
+    c10k: PathBuf,
+    single_process: bool,
+}
+
+fn config(ctx: &Ctx, scenario: Scenario, duration: f64, timeout: f64) -> LoadConfig {
+    let mut c = LoadConfig::new(ctx.addr, scenario);
+    c.duration = Duration::from_secs_f64(duration);
+    c.timeout = Duration::from_secs_f64(timeout.max(duration));
+    c.client_threads = ctx.client_threads;
+    c.progress = false;
+    c.worker_program = Some(ctx.c10k.clone());
+    c
+}
+
+fn warm_up(ctx: &Ctx, secs: f64) {
+    let scenario = Scenario::Plaintext(PlaintextConfig {
+        connections: 8,
+        requests: None,
+    });
+    let _ = c10k_load::run(&config(ctx, scenario, secs, secs + 10.0));
+}
+
+fn run_action(action: &Action, ctx: &Ctx) -> Sample {
+    match action {
+        Action::Load {
+            scenario,
+            duration,
+            timeout,
+        } => {
+            let outcome = c10k_load::run(&config(ctx, scenario.clone(), *duration, *timeout));
+            sample_of(outcome, load_metrics)
+        }
+        Action::Capacity {
+            connections,
+            via,
+            timeout,
+        } => {
+            let sampler = Sampler::start(ctx.pid, Duration::from_millis(500));
+            let scenario = Scenario::IdleCapacity(IdleConfig {
+                connections: *connections,
+                via: *via,
+                server_pid: ctx.single_process.then_some(ctx.pid),
+                per_process: None,
+                source_addrs: None,
+                room: None,
+                open_concurrency: 512,
+                drain_secs: 30.0,
+            });
+            let outcome = c10k_load::run(&config(ctx, scenario, timeout * 0.8, *timeout));
+            let peaks = sampler.finish();
+            sample_of(outcome, |r, m| {
+                if let Some(c) = &r.capacity {
+                    m.insert("asked".into(), c.asked as f64);
+                    m.insert("held".into(), c.held as f64);
+                    m.insert("failed".into(), c.failed as f64);
+                    m.insert("open_secs".into(), c.open_secs);
+                    m.insert("broadcast_secs".into(), c.broadcast_secs);
+                    m.insert("client_processes".into(), c.processes as f64);
+                    if let Some(b) = c.rss_per_connection_bytes {
+                        m.insert("vmrss_per_conn_bytes".into(), b);
+                    }
+                }
+                if let Some(d) = &r.delivery {
+                    m.insert("delivered".into(), d.delivered as f64);
+                    m.insert("broadcast_p99_us".into(), d.latency.p99_us as f64);
+                }
+                let held = m.get("held").copied().unwrap_or(0.0);
+                memory_metrics(&peaks, held, m);
+            })
+        }
+        Action::IdleKeepAlive { connections } => {
+            let sampler = Sampler::start(ctx.pid, Duration::from_millis(500));
+            let mut sample = Sample::default();
+            match Holder::open(ctx.addr, *connections, Duration::from_secs(30)) {
+                Ok(mut holder) => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let opened = holder.held();
+                    let held = holder.probe(Duration::from_secs(10));
+                    let peaks = sampler.finish();
+                    let m = &mut sample.metrics;
+                    m.insert("asked".into(), *connections as f64);
+                    m.insert("answered_first".into(), opened as f64);
+                    m.insert("held".into(), held as f64);
+                    m.insert("open_secs".into(), holder.open_secs);
+                    memory_metrics(&peaks, held as f64, m);
+                    sample.errors = holder.errors.clone();
+                    drop(holder);
+                }
+                Err(e) => {
+                    sampler.finish();
+                    sample.problems.push(e);
+                }
+            }
+            sample
+        }
+        Action::Wakeup { idle, duration } => {
+            let holder = if *idle > 0 {
+                match Holder::open(ctx.addr, *idle, Duration::from_secs(30)) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        return Sample {
+                            problems: vec![e],
+                            ..Sample::default()
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            let held = holder.as_ref().map_or(0, Holder::held);
+            let scenario = Scenario::Plaintext(PlaintextConfig {
+                connections: 1,
+                requests: None,
+            });
+            let outcome = c10k_load::run(&config(ctx, scenario, *duration, duration + 30.0));
+            let mut sample = sample_of(outcome, load_metrics);
+            sample.metrics.insert("idle_held".into(), held as f64);
+            if held < *idle {
+                sample
+                    .problems
+                    .push(format!("only {held} of {idle} idle connections were held"));
+            }
+            if let Some(h) = &holder {
+                for (k, v) in &h.errors {
+                    *sample.errors.entry(format!("idle {k}")).or_insert(0) += v;
+                }
+            }
+            drop(holder);
+            sample
+        }
+    }
+}
+
+/// A sample from a load run: its metrics, problems and errors, or the error that stopped it.
+fn sample_of(
+    outcome: Result<Report, c10k_load::LoadError>,
+    metrics: impl FnOnce(&Report, &mut BTreeMap<String, f64>),
+) -> Sample {
+    match outcome {
+        Ok(report) => {
+            let mut s = Sample::default();
+            metrics(&report, &mut s.metrics);
+            s.problems = report.problems.clone();
+            s.errors = report.errors.clone();
+            s.report = Some(report);
+            s
+        }
+        Err(e) => Sample {
+            problems: vec![format!("the load generator could not run: {e}")],
+            ..Sample::default()
+        },
+    }
+}
+
+/// Flat metrics of a load report, named by what the tables show.
+fn load_metrics(r: &Report, m: &mut BTreeMap<String, f64>) {
+    for (i, class) in r.requests.iter().enumerate() {
+        // The first class is the one the scenario is about (plaintext, healthz); others prefixed.
+        let prefix = if i == 0 {
+            String::new()
+        } else {
+            format!("{}_", class.name)
+        };
+        m.insert(format!("{prefix}rps"), class.per_second);
+        m.insert(format!("{prefix}requests"), class.requests as f64);
+        m.insert(format!("{prefix}errors"), class.errors as f64);
+        m.insert(format!("{prefix}p50_us"), class.latency.p50_us as f64);
+        m.insert(format!("{prefix}p99_us"), class.latency.p99_us as f64);
+        m.insert(format!("{prefix}p999_us"), class.latency.p999_us as f64);
+        m.insert(format!("{prefix}max_us"), class.latency.max_us as f64);
+        m.insert(format!("{prefix}mean_us"), class.latency.mean_us);
+    }
+    if let Some(d) = &r.delivery {
+        m.insert("deliveries_per_s".into(), d.per_second);
+        m.insert("delivered".into(), d.delivered as f64);
+        m.insert("expected".into(), d.expected as f64);
+        m.insert("misses".into(), d.misses as f64);
+        m.insert("subscribed".into(), d.subscribed as f64);
+        m.insert("messages".into(), d.messages as f64);
+        m.insert("p50_us".into(), d.latency.p50_us as f64);
+        m.insert("p99_us".into(), d.latency.p99_us as f64);
+        m.insert("max_us".into(), d.latency.max_us as f64);
+    }
+}
+
+/// Memory per held connection from the sampler's peaks.
+fn memory_metrics(p: &Peaks, held: f64, m: &mut BTreeMap<String, f64>) {
+    m.insert("threads_peak".into(), p.peak.threads as f64);
+    m.insert("processes_peak".into(), p.peak.processes as f64);
+    m.insert("pss_before_kib".into(), p.before.pss_kib as f64);
+    m.insert("pss_peak_kib".into(), p.peak.pss_kib as f64);
+    m.insert(
+        "kernel_delta_kib".into(),
+        p.kernel_peak_kib.saturating_sub(p.kernel_before_kib) as f64,
+    );
+    m.insert(
+        "mem_available_drop_kib".into(),
+        p.available_before_kib.saturating_sub(p.available_min_kib) as f64,
+    );
+    if held > 0.0 {
+        let per = |kib: u64| kib as f64 * 1024.0 / held;
+        m.insert(
+            "pss_per_conn_bytes".into(),
+            per(p.peak.pss_kib.saturating_sub(p.before.pss_kib)),
+        );
+        m.insert(
+            "rss_per_conn_bytes".into(),
+            per(p.peak.rss_kib.saturating_sub(p.before.rss_kib)),
+        );
+        m.insert(
+            "kernel_per_conn_bytes".into(),
+            per(p.kernel_peak_kib.saturating_sub(p.kernel_before_kib)),
+        );
+        m.insert(
+            "total_per_conn_bytes".into(),
+            per(p.available_before_kib.saturating_sub(p.available_min_kib)),
+        );
+    }
+}
+
+/// One extra, unmeasured run of `action` with `perf record` on the server's processes;
+/// returns the hottest symbols.
+fn profile(action: &Action, ctx: &Ctx, server: &Server) -> Result<Vec<String>, String> {
+    let perf = ["/usr/bin/perf", "/usr/local/bin/perf"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or("perf is not installed (apt-get install linux-perf)")?;
+    let pids: Vec<String> = procfs::tree(server.root_pid()).iter().map(u32::to_string).collect();
+    let data = std::env::temp_dir().join(format!("c10k-bench-perf-{}.data", std::process::id()));
+    let secs = match action {
+        Action::Load { duration, .. } | Action::Wakeup { duration, .. } => duration.min(10.0),
+        _ => 10.0,
+    };
+    let mut rec = Command::new(perf)
+        .args(["record", "-F", "499", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pids.join(","), "--", "sleep", &format!("{secs}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start perf record: {e}"))?;
+    let started = Instant::now();
+    let _ = run_action(action, ctx);
+    let _ = rec.wait();
+    let _ = started;
+    let out = Command::new(perf)
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "dso,symbol",
+            "--percent-limit",
+            "1.5",
+            "-g",
+            "none",
+            "-q",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("cannot run perf report: {e}"))?;
+    let _ = fs::remove_file(&data);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .take(15)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if lines.is_empty() {
+        return Err(format!(
+            "perf report gave nothing: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(lines)
+}

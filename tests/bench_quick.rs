@@ -1,0 +1,89 @@
+//! `c10k bench --quick` on a tiny corner of the matrix, so that the bench code (server
+//! lifecycle, load runs, the idle holder, memory sampling, the report and the plots)
+//! cannot rot. A smoke test, not a benchmark: it checks that files appear with the
+//! expected structure, never the numbers. About 15 seconds.
+//!
+//! Peers that are not installed are skipped by the bench (`--no-install`) and named here.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const C10K: &str = env!("CARGO_BIN_EXE_c10k");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("c10k-bench-quick-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
+    let out = scratch("out");
+    let status = Command::new(C10K)
+        .args(["bench", "--quick", "--only", "plaintext,wakeup,idle", "--models", "async,reactor"])
+        .args(["--peers", "nginx,raw", "--no-install", "--no-sysctl", "--out"])
+        .arg(&out)
+        .status()
+        .expect("c10k bench runs");
+    assert!(status.success(), "c10k bench --quick failed: {status}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let suites = json["suites"].as_object().unwrap();
+    for suite in ["plaintext", "wakeup", "idle"] {
+        let cells = suites[suite]["cells"].as_array().unwrap_or_else(|| panic!("suite {suite} missing"));
+        assert!(!cells.is_empty(), "suite {suite} has no cells");
+        for c in cells {
+            let id = c["cell"]["id"].as_str().unwrap();
+            if let Some(reason) = c["skipped"].as_str() {
+                // Only a peer may be skipped, and only for not being installed.
+                assert!(c["cell"]["subject"]["kind"] == "peer", "{suite}/{id} skipped: {reason}");
+                eprintln!("skipping {suite}/{id}: {reason}");
+                continue;
+            }
+            let samples = c["samples"].as_array().unwrap();
+            assert_eq!(samples.len(), 1, "{suite}/{id}: --quick runs one repeat");
+            assert!(!samples[0]["metrics"].as_object().unwrap().is_empty(), "{suite}/{id} measured nothing: {c}");
+        }
+    }
+    let models_ran = |suite: &str| {
+        suites[suite]["cells"].as_array().unwrap().iter().filter(|c| c["skipped"].is_null()).count()
+    };
+    assert!(models_ran("plaintext") >= 2, "async and reactor always run");
+
+    let report = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+    let claims = report.find("## The talk's claims").expect("claims first");
+    let goals = report.find("## Goals").expect("then goals");
+    let plaintext = report.find("## Suite `plaintext`").expect("then the suites");
+    assert!(claims < goals && goals < plaintext);
+    assert!(report.contains("## Machine") && report.contains("taskset"), "the machine section says whether it pinned");
+    assert!(report.contains("c10k serve --listen 127.0.0.1:0"), "every cell's command is shown");
+    for plot in ["plaintext_rps.svg", "wakeup_cost.svg", "most_held.svg"] {
+        let svg = std::fs::read_to_string(out.join("plots").join(plot)).unwrap_or_else(|_| panic!("{plot} missing"));
+        assert!(svg.starts_with("<svg") && svg.contains("<text"), "{plot} is not an SVG with text");
+    }
+
+    // Hand-written notes survive a regeneration from results.json.
+    let noted = report.replace(
+        "(Hand-written notes go here; `c10k bench` keeps them when it rewrites this file.)",
+        "NOTE KEPT ACROSS REGENERATION",
+    );
+    std::fs::write(out.join("RESULTS.md"), noted).unwrap();
+    let status = Command::new(C10K).args(["bench", "--report-only", "--out"]).arg(&out).status().unwrap();
+    assert!(status.success());
+    let again = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+    assert!(again.contains("NOTE KEPT ACROSS REGENERATION"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn unknown_suites_and_models_are_refused_with_the_list() {
+    let out = Command::new(C10K).args(["bench", "--only", "nope", "--list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown suite") && err.contains("plaintext"), "{err}");
+    let out = Command::new(C10K).args(["bench", "--models", "fibers", "--list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model"));
+}
