@@ -145,6 +145,67 @@ fn two_tabs_chat_through_the_page() {
     bob.assert_no_element("#inbox img, .message img");
 }
 
+/// Two tabs served by different worker processes (`--workers 2`) chat with each other:
+/// the local relay carries each message to the other worker. Which worker accepts a
+/// WebSocket is the kernel's choice, so the second tab reloads (a bounded number of
+/// times) until /metrics shows a WebSocket open on each worker.
+#[test]
+fn two_tabs_on_different_workers_chat() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start(&["--model", "threads", "--workers", "2"]);
+    let url = page_url(&server);
+    let ann = browsers.open("ann");
+    ann.goto(&url);
+    ann.set_nickname("ann");
+    ann.wait_live("WebSocket");
+    let bob = browsers.open("bob");
+    let mut spread = false;
+    for _attempt in 0..20 {
+        bob.goto(&url);
+        bob.wait_live("WebSocket");
+        let per_worker = websockets_per_worker(server.port());
+        if per_worker.len() == 2 && per_worker.values().all(|&n| n >= 1) {
+            spread = true;
+            break;
+        }
+    }
+    assert!(spread, "in 20 reloads the two tabs never landed on different workers");
+    bob.set_nickname("bob");
+    ann.send_with_button("from ann's worker");
+    assert_eq!(bob.wait_for_message("from ann's worker").from.as_deref(), Some("ann"));
+    bob.send_with_enter("from bob's worker");
+    assert_eq!(ann.wait_for_message("from bob's worker").from.as_deref(), Some("bob"));
+    for tab in [&ann, &bob] {
+        tab.wait_no_pending();
+        assert_eq!(bodies(&tab.messages()), ["from ann's worker", "from bob's worker"], "{}", tab.name);
+    }
+}
+
+/// Open WebSockets per worker PID, read from each worker's /metrics (each answer names
+/// its worker in `X-C10k-Worker`; fresh connections until both workers have answered).
+fn websockets_per_worker(port: u16) -> std::collections::HashMap<String, u64> {
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..64 {
+        let reply = get(port, "/metrics");
+        let Some(worker) = reply.header("x-c10k-worker").map(str::to_string) else {
+            panic!("a worker's answer has no X-C10k-Worker header");
+        };
+        let open = reply
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("c10k_subscribers_open{kind=\"ws\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        seen.insert(worker, open);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    seen
+}
+
 /// A tab in room `other` sees that room's messages and none of main's; a tab in main sees
 /// none of other's. Switching rooms in the sidebar swaps the messages shown.
 #[test]
