@@ -176,6 +176,7 @@ fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
             perf: args.perf,
             sysctl: !args.no_sysctl && is_root(),
         };
+        let ports = runner::PortRange::widen(options.sysctl);
         let command = command_line();
         let started = Instant::now();
         let total = cells.len();
@@ -186,6 +187,14 @@ fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
                 continue;
             }
             let mut machine = Machine::describe(Some(&programs.run_sh), programs.taskset.is_some());
+            machine.raised.extend(ports.note.clone());
+            if options.sysctl {
+                machine.raised.push(
+                "kernel.pid_max and vm.max_map_count are raised (as root) for the thread- and process-count cells only; \
+                 each such cell's commands say so"
+                    .to_string(),
+                );
+            }
             let mut run = SuiteRun {
                 suite: suite.to_string(),
                 quick: args.quick,

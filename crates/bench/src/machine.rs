@@ -28,6 +28,9 @@ pub struct Machine {
     pub versions: Vec<String>,
     /// Whether taskset was there (pinning).
     pub taskset: bool,
+    /// Kernel settings the bench changed for the run (restored after).
+    #[serde(default)]
+    pub raised: Vec<String>,
 }
 
 /// CPUs online on the machine (not this process's affinity, which the bench changes).
@@ -111,6 +114,7 @@ impl Machine {
             loadavg_end: None,
             versions,
             taskset,
+            raised: Vec::new(),
         }
     }
 }

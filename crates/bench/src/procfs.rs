@@ -86,6 +86,30 @@ pub fn usage(pid: u32) -> TreeUsage {
     u
 }
 
+/// Clock ticks per second of `/proc/PID/stat`'s times (USER_HZ: 100 on every Linux
+/// architecture this runs on).
+const TICKS: f64 = 100.0;
+
+/// CPU seconds (user + system) used so far by one process, all its threads.
+fn cpu_of(pid: &str) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = rest.nth(11)?.parse().ok()?;
+    let stime: f64 = rest.next()?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// CPU seconds used so far by the tree under `pid` (processes alive now).
+pub fn tree_cpu_secs(pid: u32) -> f64 {
+    tree(pid).iter().filter_map(|p| cpu_of(&p.to_string())).sum()
+}
+
+/// CPU seconds used so far by this process (every thread; not its children).
+pub fn self_cpu_secs() -> f64 {
+    cpu_of("self").unwrap_or(0.0)
+}
+
 /// Kernel memory that grows with connections and threads (system-wide, so both ends of a
 /// loopback connection count): slab (sockets, dentries), kernel stacks, page tables. KiB.
 pub fn kernel_kib() -> Option<u64> {
@@ -204,6 +228,9 @@ mod tests {
         );
         assert!(kernel_kib().unwrap() > 0);
         assert!(loadavg().is_some());
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {}
+        assert!(self_cpu_secs() > 0.0 && tree_cpu_secs(std::process::id()) > 0.0);
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub fn bytes(v: f64) -> String {
     }
 }
 
+/// CPU time as percent of one core: `97%`, `183%` (two cores).
+fn pct(v: f64) -> String {
+    format!("{v:.0}%")
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -320,6 +325,9 @@ fn render(results: &Results, baseline: &str, notes: Option<&str>, plots: &[Strin
         for (k, v) in &m.limits {
             let _ = writeln!(out, "- {k}: {v}");
         }
+        for r in &m.raised {
+            let _ = writeln!(out, "- changed by the bench: {r}");
+        }
         if !m.versions.is_empty() {
             let _ = writeln!(out, "- versions: {}", m.versions.join("; "));
         }
@@ -375,6 +383,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 "p99",
                 &format!("× {baseline}"),
                 "× raw",
+                "server CPU",
+                "client CPU",
                 "problems",
             ]);
             for c in &cells {
@@ -386,6 +396,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                     med(c, "p99_us", us),
                     fx(ratio(c.median("rps"), base)),
                     fx(ratio(c.median("rps"), raw)),
+                    med(c, "server_cpu_pct", pct),
+                    med(c, "client_cpu_pct", pct),
                     problems(c),
                 ]);
             }
@@ -465,6 +477,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 "plaintext p50",
                 "plaintext p99",
                 "cpu p99",
+                "server CPU",
+                "client CPU",
                 "problems",
             ]);
             for c in &cells {
@@ -476,6 +490,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                     med(c, "p50_us", us),
                     med(c, "p99_us", us),
                     med(c, "cpu_p99_us", us),
+                    med(c, "server_cpu_pct", pct),
+                    med(c, "client_cpu_pct", pct),
                     problems(c),
                 ]);
             }
@@ -499,6 +515,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 "p99",
                 "max",
                 "× tornado",
+                "server CPU",
+                "client CPU",
                 "problems",
             ]);
             for c in &cells {
@@ -517,6 +535,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                     } else {
                         "–".into()
                     },
+                    med(c, "server_cpu_pct", pct),
+                    med(c, "client_cpu_pct", pct),
                     problems(c),
                 ]);
             }

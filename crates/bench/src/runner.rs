@@ -76,6 +76,46 @@ impl Drop for Sysctl {
     }
 }
 
+/// The ephemeral port range, widened for the whole run and restored on drop.
+pub struct PortRange {
+    saved: Option<String>,
+    /// What was done, for the report.
+    pub note: Option<String>,
+}
+
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+impl PortRange {
+    /// Widens net.ipv4.ip_local_port_range to 1024-65535 (when `allowed`, as root): a
+    /// fan-out cell opens 10,000 connections per repeat from one address, and the ports
+    /// of the repeat before are still in TIME_WAIT for 60 s.
+    pub fn widen(allowed: bool) -> PortRange {
+        let none = PortRange { saved: None, note: None };
+        if !allowed {
+            return none;
+        }
+        let Ok(old) = fs::read_to_string(PORT_RANGE) else { return none };
+        let old = old.split_whitespace().collect::<Vec<_>>().join(" ");
+        if old == "1024 65535" || fs::write(PORT_RANGE, "1024 65535").is_err() {
+            return none;
+        }
+        let note = format!(
+            "net.ipv4.ip_local_port_range raised from {old} to 1024 65535 with sysctl for the run (restored after): \
+             repeats of 10,000-connection cells otherwise run out of ports held in TIME_WAIT"
+        );
+        eprintln!("c10k bench: {note}");
+        PortRange { saved: Some(old), note: Some(note) }
+    }
+}
+
+impl Drop for PortRange {
+    fn drop(&mut self) {
+        if let Some(old) = &self.saved {
+            let _ = fs::write(PORT_RANGE, old);
+        }
+    }
+}
+
 /// CPUs for (server, client): server on CPU 0, client on the rest, when the machine has
 /// two or more CPUs, taskset is there, and the cell wants it.
 pub fn placement(cell: &Cell, programs: &Programs, options: &RunOptions) -> (Option<String>, Option<String>) {
@@ -166,7 +206,7 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
     }
     for _ in 0..cell.repeats.max(1) {
         let sample = run_action(&cell.action, &ctx);
-        let fatal = sample.metrics.is_empty();
+        let fatal = sample.problems.iter().any(|p| p.starts_with("the load generator could not run"));
         result.samples.push(sample);
         if !server.alive() {
             result.notes.push(format!(
@@ -217,7 +257,18 @@ fn warm_up(ctx: &Ctx, secs: f64) {
     let _ = c10k_load::run(&config(ctx, scenario, secs, secs + 10.0));
 }
 
+/// Runs `action` once, with the CPU both sides used meanwhile, as percent of one core
+/// (`server_cpu_pct`, `client_cpu_pct`): what tells a server-bound run from a client-bound one.
 fn run_action(action: &Action, ctx: &Ctx) -> Sample {
+    let (server0, client0, t0) = (procfs::tree_cpu_secs(ctx.pid), procfs::self_cpu_secs(), Instant::now());
+    let mut sample = run_action_once(action, ctx);
+    let wall = t0.elapsed().as_secs_f64().max(1e-3);
+    sample.metrics.insert("server_cpu_pct".into(), (procfs::tree_cpu_secs(ctx.pid) - server0) / wall * 100.0);
+    sample.metrics.insert("client_cpu_pct".into(), (procfs::self_cpu_secs() - client0) / wall * 100.0);
+    sample
+}
+
+fn run_action_once(action: &Action, ctx: &Ctx) -> Sample {
     match action {
         Action::Load {
             scenario,
@@ -238,7 +289,10 @@ fn run_action(action: &Action, ctx: &Ctx) -> Sample {
                 via: *via,
                 server_pid: ctx.single_process.then_some(ctx.pid),
                 per_process: None,
-                source_addrs: None,
+                // Bind-before-connect makes the kernel search a free port on the source
+                // address; with 20,000 taken that search dominates the run (minutes of
+                // system time at 100,000). 2,000 per address keeps it short.
+                source_addrs: (*connections > 20_000).then(|| connections.div_ceil(2_000).min(254)),
                 room: None,
                 open_concurrency: 512,
                 drain_secs: 30.0,
@@ -268,11 +322,14 @@ fn run_action(action: &Action, ctx: &Ctx) -> Sample {
         Action::IdleKeepAlive { connections } => {
             let sampler = Sampler::start(ctx.pid, Duration::from_millis(500));
             let mut sample = Sample::default();
-            match Holder::open(ctx.addr, *connections, Duration::from_secs(30)) {
+            // Long enough to open 10,000 on a slow server; a server that stopped
+            // answering (Apache prefork past its processes) costs the whole wait.
+            let within = Duration::from_secs_f64(10.0 + *connections as f64 / 1000.0);
+            match Holder::open(ctx.addr, *connections, within) {
                 Ok(mut holder) => {
                     std::thread::sleep(Duration::from_millis(500));
                     let opened = holder.held();
-                    let held = holder.probe(Duration::from_secs(10));
+                    let held = holder.probe(Duration::from_secs(5));
                     let peaks = sampler.finish();
                     let m = &mut sample.metrics;
                     m.insert("asked".into(), *connections as f64);
@@ -400,6 +457,8 @@ fn memory_metrics(p: &Peaks, held: f64, m: &mut BTreeMap<String, f64>) {
             "pss_per_conn_bytes".into(),
             per(p.peak.pss_kib.saturating_sub(p.before.pss_kib)),
         );
+        // prefork's processes exist before their connections: its cost is the whole tree.
+        m.insert("pss_total_per_conn_bytes".into(), per(p.peak.pss_kib));
         m.insert(
             "rss_per_conn_bytes".into(),
             per(p.peak.rss_kib.saturating_sub(p.before.rss_kib)),
@@ -436,41 +495,30 @@ fn profile(action: &Action, ctx: &Ctx, server: &Server) -> Result<Vec<String>, S
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start perf record: {e}"))?;
-    let started = Instant::now();
     let _ = run_action(action, ctx);
     let _ = rec.wait();
-    let _ = started;
-    let out = Command::new(perf)
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "--sort",
-            "dso,symbol",
-            "--percent-limit",
-            "1.5",
-            "-g",
-            "none",
-            "-q",
-            "-i",
-        ])
-        .arg(&data)
-        .output()
-        .map_err(|e| format!("cannot run perf report: {e}"))?;
+    let report = |sort: &str, limit: &str, take: usize| -> Result<Vec<String>, String> {
+        let out = Command::new(perf)
+            .args(["report", "--stdio", "--no-children", "--sort", sort, "--percent-limit", limit, "-g", "none", "-q", "-i"])
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("cannot run perf report: {e}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .take(take)
+            .map(|l| l.split_whitespace().filter(|w| *w != "-").collect::<Vec<_>>().join(" "))
+            .collect())
+    };
+    // Where the time goes by object (kernel, c10k, libc), then the hottest symbols.
+    let dsos = report("dso", "1", 6)?;
+    let symbols = report("dso,symbol", "1.5", 12)?;
     let _ = fs::remove_file(&data);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .take(15)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
-    if lines.is_empty() {
-        return Err(format!(
-            "perf report gave nothing: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    if symbols.is_empty() {
+        return Err("perf report gave nothing (was perf allowed to attach? check /proc/sys/kernel/perf_event_paranoid)".into());
     }
+    let mut lines = vec![format!("by object: {}", dsos.join(", "))];
+    lines.extend(symbols);
     Ok(lines)
 }

@@ -534,7 +534,7 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
                 limits.push(format!(
                     "p99 {} > 30 ms: {}",
                     us(p99),
-                    limit_text(r, "fanout", &format!("async@{}", top as u64))
+                    limit_text(r, "fanout", &format!("async@{}/paced", top as u64))
                 ));
             }
             if let Some((_, _, x)) = speed {
@@ -692,21 +692,50 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
     out
 }
 
-/// What limits a cell: the top of its perf profile when there is one, else a pointer.
+/// Which side ran out of CPU: the server's and the client's use against the cores each had.
+fn cpu_text(c: &CellResult) -> String {
+    let (Some(sv), Some(cl)) = (c.median("server_cpu_pct"), c.median("client_cpu_pct")) else {
+        return String::new();
+    };
+    let cores = |pin: &Option<String>| match pin {
+        None => crate::machine::cpus() as f64,
+        Some(p) => p
+            .split(',')
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => b.parse::<f64>().unwrap_or(0.0) - a.parse::<f64>().unwrap_or(0.0) + 1.0,
+                None => 1.0,
+            })
+            .sum(),
+    };
+    let (sc, cc) = (cores(&c.server_cpus), cores(&c.client_cpus));
+    let pinned = c.server_cpus.is_some();
+    let bound = if pinned && sv >= 85.0 * sc && cl >= 85.0 * cc {
+        "both sides saturated their cores"
+    } else if pinned && sv >= 85.0 * sc {
+        "server-bound"
+    } else if pinned && cl >= 85.0 * cc {
+        "client-bound: the load generator ran out of CPU first"
+    } else if !pinned && sv + cl >= 85.0 * crate::machine::cpus() as f64 {
+        "the machine's CPUs were saturated (server and client share them)"
+    } else {
+        "neither side saturated its CPUs"
+    };
+    format!(
+        "server used {sv:.0}% of {sc:.0} core{}, client {cl:.0}% of {cc:.0}: {bound}",
+        if sc == 1.0 { "" } else { "s" }
+    )
+}
+
+/// What limits a cell: which side ran out of CPU, and the top of its perf profile.
 fn limit_text(r: &Results, suite: &str, id: &str) -> String {
-    let Some(c) = r
-        .suites
-        .get(suite)
-        .and_then(|s| s.cells.iter().find(|c| c.cell.id == id))
-    else {
+    let Some(c) = r.suites.get(suite).and_then(|s| s.cells.iter().find(|c| c.cell.id == id)) else {
         return "see the analysis".into();
     };
+    let cpu = cpu_text(c);
+    let cpu = if cpu.is_empty() { String::new() } else { format!("{cpu}; ") };
     if c.profile.is_empty() {
-        return "not profiled (run with --perf); see the analysis".into();
+        return format!("{cpu}not profiled (run with --perf); see the analysis");
     }
     let top: Vec<String> = c.profile.iter().take(4).map(|l| format!("`{l}`")).collect();
-    format!(
-        "hottest in the server: {} (see perf below and the analysis)",
-        top.join(", ")
-    )
+    format!("{cpu}hottest in the server: {} (see perf below and the analysis)", top.join(", "))
 }
