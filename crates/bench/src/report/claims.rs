@@ -152,36 +152,30 @@ fn ten_thousand(r: &Results) -> Claim {
 }
 
 fn giant_lock(r: &Results) -> Claim {
-    let free = m(r, "cpu", "threads", "cpu_rps");
-    let giant = m(r, "cpu", "threads+giant-lock", "cpu_rps");
+    let get = |id: &str, metric: &str| m(r, "cpu", id, metric);
     let claim = "Threads make CPU-bound code slower under a global lock (GIL, FreeBSD's giant lock)".to_string();
     let reproduce = "`c10k bench --only cpu --models threads`".to_string();
-    match (free, giant) {
-        (Some(f), Some(g)) => {
-            let ratio = g / f;
-            Claim {
-                claim,
-                measured: format!(
-                    "cpu scenario, {} cores: threads {f:.0} CPU-bound req/s, with `--giant-lock` {g:.0} ({ratio:.2}×); plaintext p99 beside them {} vs {}",
-                    crate::machine::cpus(),
-                    m(r, "cpu", "threads", "p99_us").map_or("?".into(), us),
-                    m(r, "cpu", "threads+giant-lock", "p99_us").map_or("?".into(), us)
-                ),
-                verdict: if ratio < 0.8 {
-                    format!("**Confirmed**: one lock serialises the hashing onto one core at a time ({ratio:.2}× the throughput)")
-                } else {
-                    format!("**Not seen** here ({ratio:.2}×): with this many cores the lock is not the bottleneck")
-                },
-                reproduce,
-            }
-        }
-        _ => Claim {
-            claim,
-            measured: not_measured("the cpu suite"),
-            verdict: "not measured".into(),
-            reproduce,
-        },
-    }
+    let (Some(f), Some(g)) = (get("threads", "cpu_rps"), get("threads+giant-lock", "cpu_rps")) else {
+        return Claim { claim, measured: not_measured("the cpu suite"), verdict: "not measured".into(), reproduce };
+    };
+    let ratio = g / f;
+    let cpu = |id: &str| get(id, "server_cpu_pct").map_or("?".into(), |v| format!("{v:.0}%"));
+    let p99 = |id: &str| get(id, "p99_us").map_or("?".into(), us);
+    let measured = format!(
+        "{} cores: threads {f:.0} CPU-bound req/s using {} CPU, with `--giant-lock` {g:.0} ({ratio:.2}×) using {}; \
+         the plaintext client beside them: p99 {} without the lock, {} with it",
+        crate::machine::cpus(),
+        cpu("threads"),
+        cpu("threads+giant-lock"),
+        p99("threads"),
+        p99("threads+giant-lock")
+    );
+    let verdict = if ratio < 0.8 {
+        format!("**Confirmed**: the lock lets one thread compute at a time, so the hashing gets one core, not all ({ratio:.2}× the throughput), and every other request queues behind it")
+    } else {
+        format!("**Not seen** here ({ratio:.2}×): the CPU-bound requests did not get more than one core even without the lock")
+    };
+    Claim { claim, measured, verdict, reproduce }
 }
 
 fn database(r: &Results) -> Claim {
