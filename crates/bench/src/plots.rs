@@ -100,7 +100,8 @@ fn draw_bars(path: &Path, b: &Bars) -> Result<bool, String> {
     } else {
         0.0
     };
-    let hi = if b.log { max.ceil() + 0.05 } else { max * 1.15 };
+    // Room on the right for the value labels and the legend.
+    let hi = if b.log { max.ceil() + 1.6 } else { max * 1.3 };
     let height = (H as usize).max(90 + rows.len() * 30) as u32;
     let root = SVGBackend::new(path, (W, height)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
@@ -168,7 +169,7 @@ fn draw_bars(path: &Path, b: &Bars) -> Result<bool, String> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))

@@ -197,23 +197,34 @@ fn render(results: &Results, baseline: &str, notes: Option<&str>, plots: &[Strin
          The exact commands of every cell are under each suite; the machine is described at the end.\n"
     );
     if let Some(m) = results.suites.values().map(|s| &s.machine).next() {
-        let loads: Vec<f64> = results
+        // The load average before the first cell is other people's work; during the run
+        // it is mostly the bench's own servers (a 10,000-thread server puts up to 10,000
+        // runnable threads on the run queue at every broadcast).
+        let starts: Vec<f64> = results.suites.values().filter_map(|s| s.machine.loadavg_start).collect();
+        let first = results
             .suites
             .values()
-            .flat_map(|s| s.cells.iter().filter_map(|c| c.loadavg))
-            .collect();
+            .flat_map(|s| s.cells.iter())
+            .filter(|c| c.started_unix_ms > 0)
+            .min_by_key(|c| c.started_unix_ms)
+            .and_then(|c| c.loadavg);
+        let loads: Vec<f64> = results.suites.values().flat_map(|s| s.cells.iter().filter_map(|c| c.loadavg)).collect();
         let (lo, hi) = crate::stats::range(&loads).unwrap_or((0.0, 0.0));
+        let before = first.or_else(|| starts.iter().copied().reduce(f64::min)).unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "Machine: {} × {}, {} memory, {}. Load average (1 min) when the cells started: {lo:.2} to {hi:.2}{}.\n",
+            "Machine: {} × {}, {} memory, {}. Load average (1 min) before the first cell: {before:.2}{}; \
+             when later cells started: {lo:.2} to {hi:.2}, mostly the bench's own servers (a thread-per-connection \
+             server with 10,000 threads puts thousands of runnable threads on the run queue at each broadcast, and \
+             the 1-minute average carries that into the next cells).\n",
             m.cpus,
             m.cpu_model,
             bytes(m.mem_total_kib as f64 * 1024.0),
             m.uname,
-            if hi > 0.5 {
+            if before > 0.5 {
                 " — **the machine was shared and busy** (other work was running), so absolute numbers are lower and noisier than on a quiet machine"
             } else {
-                ""
+                " (quiet)"
             }
         );
     }
@@ -361,7 +372,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
         "idle" => "Idle keep-alive connections: each sends one `GET /plaintext`, then sits idle; afterwards one more request on each: **held** counts those that answered. Memory is the server's process tree (PSS, so pages shared between forked workers count once) at its peak less before, per held connection; kernel memory is system-wide (both ends of each loopback connection).",
         "capacity" => "Idle SSE subscribers on one server process (the open-files limit is 20,000 per process), then one broadcast to all of them; memory as in `idle`. prefork holds one connection per process, so it runs with as many workers as connections.",
         "c100k" => "100,000 idle SSE subscribers on 6 worker processes (19,000 connections each at most), from several client processes and source addresses; then one broadcast to all. `total/conn` is the drop of the machine's MemAvailable per connection: both ends, kernel and user space.",
-        "c1m" => "The async model past 100,000 subscribers, a step at a time; a step is skipped when the one before did not hold everyone, or when its projected memory (from the step before) would not fit in 70% of what is available.",
+        "c1m" => "The async and reactor models past 100,000 subscribers, a step at a time; a step is skipped when the one before did not hold everyone, or when its projected memory (from the step before) would not fit in 70% of what is available.",
         _ => "",
     };
     let _ = writeln!(out, "{about}\n");

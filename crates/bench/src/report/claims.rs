@@ -93,9 +93,11 @@ fn ten_thousand(r: &Results) -> Claim {
         });
     }
     if let Some((c, held)) = prefork {
-        let per = c.median("pss_per_conn_bytes");
+        // Its processes exist before their connections: the cost of one is the whole
+        // tree's PSS over the connections held, not the growth while they opened.
+        let per = c.median("pss_total_per_conn_bytes").or_else(|| c.median("pss_per_conn_bytes"));
         measured.push(format!(
-            "prefork: {} processes held {} connections ({} PSS each{})",
+            "prefork: {} processes held {} connections ({} PSS per process{})",
             c.median("processes_peak").map_or("?".into(), thousands),
             thousands(held),
             per.map_or("?".into(), bytes),
@@ -653,16 +655,27 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
                     "**missed**".into()
                 },
                 limits: {
+                    // Per model: short of the count (and why), or over the memory.
                     let mut l = Vec::new();
-                    if held < 100_000.0 {
-                        l.push(format!("held {}: {}", thousands(held), c.problems().join("; ")));
-                    }
-                    if per > 2048.0 {
-                        l.push(format!(
-                            "{} per connection: {}",
-                            bytes(per),
-                            limit_text(r, "c100k", &c.cell.id)
-                        ));
+                    for x in &c100 {
+                        let (Some(h), Some(p)) = (x.median("held"), x.median("pss_per_conn_bytes")) else { continue };
+                        if h < 100_000.0 {
+                            let why: Vec<String> = x
+                                .samples
+                                .iter()
+                                .flat_map(|s| s.errors.iter().map(|(k, v)| format!("{} {k}", thousands(*v as f64))))
+                                .collect();
+                            l.push(format!(
+                                "{} held {} ({}): a worker at its 19,000 cap answers 503 while others have room, \
+                                 since the workers share one listener and accepts do not spread evenly",
+                                x.cell.series,
+                                thousands(h),
+                                why.join(", ")
+                            ));
+                        }
+                        if p > 2048.0 {
+                            l.push(format!("{} keeps {} per idle connection (see the analysis for where)", x.cell.series, bytes(p)));
+                        }
                     }
                     let stops: Vec<String> = r
                         .suites
@@ -714,8 +727,13 @@ fn cpu_text(c: &CellResult) -> String {
     } else {
         "neither side saturated its CPUs"
     };
+    let paced = if c.cell.id.ends_with("/paced") {
+        " (averaged over a paced run, which idles between posts: each post is a burst)"
+    } else {
+        ""
+    };
     format!(
-        "server used {sv:.0}% of {sc:.0} core{}, client {cl:.0}% of {cc:.0}: {bound}",
+        "server used {sv:.0}% of {sc:.0} core{}, client {cl:.0}% of {cc:.0}{paced}: {bound}",
         if sc == 1.0 { "" } else { "s" }
     )
 }
