@@ -23,7 +23,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::Message as WsMessage;
 
 use crate::acceptor::refuse;
-use crate::common::{date, is_fd_exhaustion, now, tagged, ConnectionSlot, ReplyShape};
+use crate::common::{date, now, tagged, ConnectionSlot, ReplyShape};
 use crate::reactor::event_loop::{Handler, Loop, TimerKey, Watchdog};
 use crate::reactor::{self, Interest, PollerKind, Token};
 use crate::{Context, DbMode, Model};
@@ -40,10 +40,6 @@ const READ_BUFFER: usize = 64 * 1024;
 /// Reads per readable callback; the poller is level-triggered, so what is left is
 /// reported again on the next tick, after the other connections have had their turn.
 const READS_PER_CALLBACK: usize = 4;
-/// Accepts per readable listener callback, for the same fairness.
-const ACCEPTS_PER_CALLBACK: usize = 128;
-/// How long accepting pauses when the process is out of file descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a closing connection may take to take its last response and hang up.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// WebSocket frames handled per callback before yielding to the other connections.
@@ -188,24 +184,8 @@ impl Server {
     }
 
     fn on_acceptable(&mut self, lp: &mut Loop<StoreDone>) {
-        lp.doing("accept");
-        for _ in 0..ACCEPTS_PER_CALLBACK {
-            match self.listener.accept() {
-                Ok((stream, _peer)) => self.on_accepted(lp, stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_fd_exhaustion(&e) => {
-                    warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
-                    // The listener stays readable while the backlog is full: stop asking,
-                    // or the level-triggered poller would report it on every tick (a spin).
-                    if let Err(e) = lp.reregister(self.listener.as_raw_fd(), LISTENER, Interest::NONE) {
-                        warn!("cannot pause the listener: {e}");
-                    }
-                    lp.add_timer(Instant::now() + ACCEPT_PAUSE, LISTENER);
-                    return;
-                }
-                Err(e) => debug!("accept: {e}"),
-            }
+        for stream in lp.accept_batch(&self.listener, LISTENER) {
+            self.on_accepted(lp, stream);
         }
     }
 

@@ -30,7 +30,7 @@ use self::io::{GreenStream, GreenWait};
 use self::scheduler::{Park, Resumed, Scheduler};
 use crate::acceptor::refuse;
 use crate::blocking::{serve_connection, Giant};
-use crate::common::{is_fd_exhaustion, ConnectionSlot};
+use crate::common::ConnectionSlot;
 use crate::reactor::event_loop::{Handler, Loop, Watchdog};
 use crate::reactor::{self, Interest, PollerKind, Token};
 use crate::{Context, Model};
@@ -41,10 +41,6 @@ const LISTENER: Token = Token(0);
 const SHUTDOWN: Token = Token(1);
 /// Coroutines are numbered from here, and numbers are never reused.
 const FIRST_COROUTINE: usize = 2;
-/// Accepts per readable listener callback, so the coroutines get their turn in between.
-const ACCEPTS_PER_CALLBACK: usize = 128;
-/// How long accepting pauses when the process is out of file descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Stacks of finished coroutines kept for the next connections.
 const SPARE_STACKS: usize = 64;
 
@@ -158,24 +154,8 @@ impl Handler for Server {
 
 impl Server {
     fn on_acceptable(&mut self, lp: &mut Loop<()>) {
-        lp.doing("accept");
-        for _ in 0..ACCEPTS_PER_CALLBACK {
-            match self.listener.accept() {
-                Ok((stream, _peer)) => self.on_accepted(lp, stream),
-                Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == stdio::ErrorKind::Interrupted => {}
-                Err(e) if is_fd_exhaustion(&e) => {
-                    warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
-                    // The listener stays readable while the backlog is full: stop asking, or
-                    // the level-triggered poller would report it on every tick (a spin).
-                    if let Err(e) = lp.reregister(self.listener.as_raw_fd(), LISTENER, Interest::NONE) {
-                        warn!("cannot pause the listener: {e}");
-                    }
-                    lp.add_timer(Instant::now() + ACCEPT_PAUSE, LISTENER);
-                    return;
-                }
-                Err(e) => debug!("accept: {e}"),
-            }
+        for stream in lp.accept_batch(&self.listener, LISTENER) {
+            self.on_accepted(lp, stream);
         }
     }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Capabilities, Event, Interest, Notifier, Poller, Token};
 
@@ -476,5 +476,39 @@ mod tests {
         lp.run(&mut Slow).unwrap();
         assert_eq!(lp.slow_callbacks(), 1);
         assert_eq!(*reports.lock().unwrap(), [("timer", "sleeping on purpose".to_string())]);
+    }
+}
+
+/// Accepts per readable-listener callback, so the connections get their turn in between.
+const ACCEPTS_PER_CALLBACK: usize = 128;
+/// How long accepting pauses when the process is out of file descriptors.
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+impl<M: Send + 'static> Loop<M> {
+    /// Accepts what the readable `listener` (registered as `token`) has, up to a batch.
+    /// Out of file descriptors, it stops watching the listener (level-triggered, it would
+    /// be reported on every tick: a spin) and sets a timer on `token` after which the
+    /// caller re-registers it.
+    pub(crate) fn accept_batch(&mut self, listener: &std::net::TcpListener, token: Token) -> Vec<std::net::TcpStream> {
+        use std::os::fd::AsRawFd;
+        self.doing("accept");
+        let mut accepted = Vec::new();
+        for _ in 0..ACCEPTS_PER_CALLBACK {
+            match listener.accept() {
+                Ok((stream, _peer)) => accepted.push(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if crate::common::is_fd_exhaustion(&e) => {
+                    warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
+                    if let Err(e) = self.reregister(listener.as_raw_fd(), token, Interest::NONE) {
+                        warn!("cannot pause the listener: {e}");
+                    }
+                    self.add_timer(Instant::now() + ACCEPT_PAUSE, token);
+                    break;
+                }
+                Err(e) => debug!("accept: {e}"),
+            }
+        }
+        accepted
     }
 }
