@@ -241,7 +241,7 @@ impl App {
 
     /// Decides what to do with one request.
     pub fn handle_request(&self, request: Request, now: Now) -> Outcome {
-        let path = request.path().to_string();
+        let path = request.path();
         let get = matches!(request.method, Method::Get | Method::Head);
         let post = request.method == Method::Post;
         let segments: Vec<&str> = path.split('/').skip(1).collect();
