@@ -7,7 +7,7 @@
 //! - [`Conn`]: the byte stream (a `TcpStream`, or a green stream that yields on
 //!   `WouldBlock`), with deadlines and a non-blocking mode for WebSocket;
 //! - [`Wait`]: how the handler sleeps until the hub wakes it, its socket becomes ready,
-//!   or a deadline passes (a `poll(2)` on the socket and an eventfd for OS threads; a
+//!   or a deadline passes (a `ppoll(2)` on the socket, woken by a signal, for OS threads; a
 //!   yield for green threads).
 //!
 //! Both end in the same `std::task::Waker` the hub uses, so the application cannot tell

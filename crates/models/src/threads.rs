@@ -1,7 +1,8 @@
 //! `threads`: one OS thread per connection, blocking I/O (Apache 2's threads, minus the pool).
 //!
 //! The accept loop spawns a thread for each connection; the thread reads, answers, and
-//! for a long-poll parks in `poll(2)` on its socket and its eventfd until the hub wakes it.
+//! for a long-poll parks in `ppoll(2)` on its socket until the hub's signal wakes it
+//! (`thread_wait.rs`: one descriptor per connection, the socket).
 //! Where it blocks: everywhere, and that is fine, since nobody else runs on the thread.
 //! Cost: a stack per connection (`--stack-size`, 256 KiB by default, mostly untouched
 //! virtual memory) and a kernel thread; the talk's "you can't have 10,000 threads" is the

@@ -232,6 +232,7 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         use std::process::{Command, Stdio};
         if std::env::var_os(OVERFLOW_CHILD).is_some() {
+            #[allow(unconditional_recursion)] // on purpose: it must overflow the stack
             fn forever(n: u64) -> u64 {
                 let pad = std::hint::black_box([n as u8; 1024]);
                 forever(n + 1) + u64::from(pad[0])
