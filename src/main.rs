@@ -134,9 +134,12 @@ struct ServeArgs {
     max_body: usize,
 
     /// Most open connections in this process; the next ones get 503 and are closed.
-    /// Keep it below the open-files limit (`ulimit -n`).
-    #[arg(long, default_value_t = 19_000, value_name = "N")]
-    max_connections: usize,
+    /// Default: the open-files limit (`ulimit -Hn`; the server raises its soft limit to
+    /// it) minus 1,000 descriptors kept for the store, the listener and the workers' pipes:
+    /// 19,000 under a 20,000 limit. Above that, connections past the limit would wait in
+    /// the backlog (EMFILE) instead of getting 503; the server warns when you ask for it.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 
     /// Listen backlog: connections the kernel queues before they are accepted.
     #[arg(long, default_value_t = 4096, value_name = "N")]
@@ -207,6 +210,30 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
+/// Descriptors each process keeps for other things than connections: the store's
+/// database and WAL files, the listener, logs, pipes to the master.
+const RESERVED_DESCRIPTORS: u64 = 1_000;
+
+/// The `--max-connections` in force: the one asked for, or what the open-files limit
+/// allows. Raises this process's soft open-files limit to the hard one (as Go's runtime
+/// and nginx's `worker_rlimit_nofile` do), so the cap, not EMFILE, decides who gets 503.
+fn connection_cap(asked: Option<usize>) -> usize {
+    let allowed = c10k_load::raise_open_files_limit().map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS).max(1));
+    match (asked, allowed) {
+        (Some(asked), Some(allowed)) if asked as u64 > allowed => {
+            tracing::warn!(
+                "--max-connections {asked} is more than the open-files limit allows ({allowed} after \
+                 {RESERVED_DESCRIPTORS} kept for files and pipes): past that, new connections wait \
+                 in the backlog instead of getting 503; raise `ulimit -n` or lower --max-connections"
+            );
+            asked.max(1)
+        }
+        (Some(asked), _) => asked.max(1),
+        (None, Some(allowed)) => allowed as usize,
+        (None, None) => Limits::default().max_connections,
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     let options = ModelOptions {
         threads: args.threads,
@@ -238,7 +265,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
         head_timeout: seconds("head-timeout", args.head_timeout)?,
         max_body_bytes: args.max_body,
-        max_connections: args.max_connections.max(1),
+        max_connections: connection_cap(args.max_connections),
         ..Limits::default()
     };
     if args.store_threads == 0 {

@@ -47,6 +47,8 @@ use serde::{Deserialize, Serialize};
 pub use error::LoadError;
 pub use report::Report;
 pub use scenarios::Scenario;
+/// Shared with the server binary (`c10k serve` raises its limit the same way).
+pub use sys::raise_open_files_limit;
 
 /// Everything one run needs: where, what, and its bounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]

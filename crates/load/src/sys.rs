@@ -6,7 +6,7 @@ use std::io;
 /// Raises this process's soft open-files limit to its hard limit; returns the limit now
 /// in force (`None` if it cannot be read).
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
-pub(crate) fn raise_open_files_limit() -> Option<u64> {
+pub fn raise_open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `limit` is a valid, writable rlimit; getrlimit only writes into it.
     #[allow(unsafe_code)]
