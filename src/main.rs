@@ -287,7 +287,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
     let (store, app, offload) = start_app(&args, &limits)?;
 
-    let listener = bind(args.listen, args.backlog)?;
+    let listener = bind(args.listen, args.backlog, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, "serving");
     announce(local);
@@ -302,9 +302,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 /// forks runs the single-process start above, minus the bind, plus the relay.
 fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: usize) -> Result<(), String> {
     // Nothing here may start a thread before the master has forked: no signal thread, no
-    // store, no pool, no runtime. Only the listener, which every worker inherits.
-    let listener = bind(args.listen, args.backlog)?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // store, no pool, no runtime. Only the listeners, which the workers inherit: one
+    // shared for prefork, one per worker otherwise (see c10k_models::prefork's docs).
+    let listeners = if model.forks() {
+        vec![bind(args.listen, args.backlog, false)?]
+    } else {
+        bind_per_worker(args.listen, args.backlog, workers)?
+    };
+    let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, workers, "serving with worker processes");
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
         let shutdown = Shutdown::new();
@@ -316,7 +321,7 @@ fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: 
         let context = Context { app, store, offload, db_mode: db_mode(args), shutdown };
         model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))
     };
-    prefork::run_master(listener, workers, &mut || announce(local), &mut worker)
+    prefork::run_master(listeners, workers, &mut || announce(local), &mut worker)
         .map_err(|e| format!("the master failed: {e}"))?;
     info!("stopped");
     Ok(())
@@ -349,13 +354,28 @@ fn db_mode(args: &ServeArgs) -> DbMode {
 }
 
 /// Binds with a large backlog (std's 128 drops connections in a c10k burst).
-fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, String> {
+/// `count` listeners on one address with `SO_REUSEPORT`, so the kernel spreads incoming
+/// connections over them. Port 0 picks a free port for the first; the rest join it.
+fn bind_per_worker(addr: SocketAddr, backlog: i32, count: usize) -> Result<Vec<TcpListener>, String> {
+    let first = bind(addr, backlog, true)?;
+    let joined = first.local_addr().map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind(joined, backlog, true)?);
+    }
+    Ok(listeners)
+}
+
+fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> Result<TcpListener, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let explain = |e: std::io::Error| {
         format!("cannot listen on {addr}: {e}; pick another address with --listen (port 0 picks a free one)")
     };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(explain)?;
     socket.set_reuse_address(true).map_err(explain)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(explain)?;
+    }
     socket.bind(&addr.into()).map_err(explain)?;
     socket.listen(backlog.max(1)).map_err(explain)?;
     Ok(socket.into())

@@ -330,6 +330,31 @@ fn a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(model: Mod
     });
 }
 
+/// A burst of connections, all opened before any is served, spreads evenly over the
+/// workers: each worker has a listener of its own (`SO_REUSEPORT`), so no worker takes a
+/// whole burst in one accept batch and reaches its cap while the others have room.
+fn a_burst_of_connections_spreads_evenly_over_the_workers(model: Model, workers: usize) {
+    const PER_WORKER: usize = 100;
+    let server = Server::start(model);
+    let port = server.port();
+    let mut conns: Vec<Conn> = (0..workers * PER_WORKER).map(|_| Conn::open(port)).collect();
+    let mut served: std::collections::BTreeMap<i32, usize> = Default::default();
+    for conn in &mut conns {
+        *served.entry(worker_of(&conn.request(&Request::get("/healthz")))).or_default() += 1;
+    }
+    assert_eq!(served.len(), workers, "every worker must serve part of the burst: {served:?}");
+    // The kernel hashes each peer's address and port: about PER_WORKER each, binomially
+    // spread (standard deviation under 10 here). Half or one and a half times the share
+    // is more than five deviations away: a failure is a bias, not bad luck.
+    for (worker, n) in &served {
+        assert!(
+            (PER_WORKER / 2..=PER_WORKER * 3 / 2).contains(n),
+            "worker {worker} served {n} of {} connections (even would be {PER_WORKER}): {served:?}",
+            workers * PER_WORKER
+        );
+    }
+}
+
 /// SIGHUP: a whole new generation of workers; the history and the ids carry on.
 fn sighup_replaces_every_worker_and_the_chat_goes_on(model: Model) {
     let server = Server::start(model);
@@ -396,6 +421,8 @@ workers_test!(prefork_concurrent_posts_arrive_once_in_order: concurrent_posts_on
 workers_test!(async_concurrent_posts_arrive_once_in_order: concurrent_posts_on_every_worker_reach_every_subscriber_once_in_order(ASYNC_2, 6));
 workers_test!(prefork_sigkilled_worker_is_replaced: a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(PREFORK_2));
 workers_test!(async_sigkilled_worker_is_replaced: a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(ASYNC_2));
+workers_test!(async_burst_spreads_over_workers: a_burst_of_connections_spreads_evenly_over_the_workers(&["--model", "async", "--workers", "4"], 4));
+workers_test!(reactor_burst_spreads_over_workers: a_burst_of_connections_spreads_evenly_over_the_workers(&["--model", "reactor", "--workers", "4"], 4));
 workers_test!(prefork_sighup_replaces_workers: sighup_replaces_every_worker_and_the_chat_goes_on(PREFORK_2));
 workers_test!(async_sighup_replaces_workers: sighup_replaces_every_worker_and_the_chat_goes_on(ASYNC_2));
 workers_test!(prefork_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(PREFORK_2));

@@ -46,23 +46,32 @@ const QUICK_DEATH: Duration = Duration::from_secs(5);
 
 /// Runs the master until it is told to stop and every worker has exited.
 ///
-/// `workers` processes run `worker_main` on `listener`. `announce` is called once, when
+/// `workers` processes run `worker_main` on a listener of `listeners`: on the one shared
+/// listener if there is one, else each worker on its own (one per worker slot, bound
+/// with `SO_REUSEPORT`; see the module docs). `announce` is called once, when
 /// every worker of the first generation has said it is ready. If one of those fails
 /// before it is ready, the others are stopped and this returns an error, as a single
 /// process that cannot start would.
 ///
-/// The caller must be single-threaded (see the module docs); the listener must be bound
-/// and listening, since every worker accepts on it.
+/// The caller must be single-threaded (see the module docs); the listeners must be bound
+/// and listening, since the workers accept on them.
 pub fn run_master(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     workers: usize,
     announce: &mut dyn FnMut(),
     worker_main: &mut WorkerMain<'_>,
 ) -> io::Result<()> {
+    let workers = workers.max(1);
+    if listeners.len() != 1 && listeners.len() != workers {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} listeners for {workers} workers: give one shared or one per worker", listeners.len()),
+        ));
+    }
     let signals = SignalFd::block_and_open(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
     let mut master = Master {
-        listener,
-        workers: workers.max(1),
+        listeners,
+        workers,
         signals: Some(signals),
         board: Switchboard::new(),
         children: Vec::new(),
@@ -94,6 +103,8 @@ enum Phase {
 #[derive(Debug)]
 struct Child {
     pid: libc::pid_t,
+    /// Which of the master's listeners it accepts on (always 0 with one shared listener).
+    slot: usize,
     /// Bumped by every SIGHUP; older generations are stopped once the new one is ready.
     generation: u64,
     forked: Instant,
@@ -102,7 +113,10 @@ struct Child {
 }
 
 struct Master<'a, 'w> {
-    listener: TcpListener,
+    /// One shared by every worker, or one per worker slot. The master keeps them all open
+    /// for its whole life, so connections queued for a worker that dies wait for its
+    /// replacement instead of being reset.
+    listeners: Vec<TcpListener>,
     workers: usize,
     /// `None` only in a child, which must not keep the master's descriptors.
     signals: Option<SignalFd>,
@@ -337,8 +351,17 @@ impl Master<'_, '_> {
         }
     }
 
+    /// The listener slot a new worker of the current generation takes: one no other worker
+    /// of this generation holds (a dead worker's replacement takes over its slot).
+    fn free_slot(&self) -> usize {
+        (0..self.listeners.len())
+            .find(|slot| !self.children.iter().any(|c| c.generation == self.generation && c.slot == *slot))
+            .unwrap_or(0)
+    }
+
     fn spawn(&mut self) -> io::Result<()> {
         ensure_single_threaded()?;
+        let slot = self.free_slot();
         let (master_end, worker_end) = Switchboard::pair()?;
         let master = std::process::id() as libc::pid_t;
         // SAFETY: fork has no memory preconditions, and the child may run arbitrary code
@@ -350,25 +373,28 @@ impl Master<'_, '_> {
             drop(master_end);
             self.board = Switchboard::new();
             self.signals = None;
-            let code = self.be_worker(master, worker_end);
+            let code = self.be_worker(master, worker_end, slot);
             std::process::exit(code);
         }
         drop(worker_end);
         self.children.push(Child {
             pid,
+            slot,
             generation: self.generation,
             forked: Instant::now(),
             ready: false,
             told_to_stop: false,
         });
-        info!(pid, generation = self.generation, "worker started");
+        info!(pid, slot, generation = self.generation, "worker started");
         self.board.add(pid as u32, master_end)
     }
 
     /// The rest of a child's life. Returns its exit status.
-    fn be_worker(&mut self, master: libc::pid_t, relay: UnixStream) -> i32 {
+    fn be_worker(&mut self, master: libc::pid_t, relay: UnixStream, slot: usize) -> i32 {
+        // Keep only this worker's listener: the others' copies would only cost descriptors.
+        let listener = std::mem::take(&mut self.listeners).swap_remove(slot);
         let result = worker::after_fork(master)
-            .and_then(|()| Ok((self.listener.try_clone()?, LocalRelay::new(relay)?)))
+            .and_then(|()| Ok((listener, LocalRelay::new(relay)?)))
             .map_err(|e| format!("cannot start the worker: {e}"))
             .and_then(|(listener, relay)| (self.worker_main)(listener, relay));
         match result {

@@ -23,12 +23,26 @@
 //! blocked accepters on the socket's wait queue as *exclusive* waiters, so one incoming
 //! connection wakes exactly one of them: no thundering herd, and no accept lock is needed
 //! (Apache 1 needed one, `AcceptMutex`, because its children sat in `select(2)` over
-//! several sockets). The other models wait for the socket with `poll(2)`/`epoll` instead
-//! and accept without blocking: there every waiting process may be woken for one
-//! connection, one wins the `accept`, and the others get `EAGAIN` and wait again. That
-//! costs a few wasted wake-ups per connection with a handful of workers, which is why
-//! `--workers` is meant to be about the number of cores, not hundreds.
-//! (`EPOLLEXCLUSIVE` or `SO_REUSEPORT` would remove it; neither is used yet.)
+//! several sockets). The other models wait for a socket with `poll(2)`/`epoll` and accept
+//! without blocking: on a shared socket every waiting process would be woken for one
+//! connection, one would win the `accept` and the others get `EAGAIN`, which is why they
+//! do not share one (next paragraph).
+//!
+//! **One listener per worker, for every model but prefork.** With one shared listener the
+//! kernel gives each connection to whichever process wins the race to `accept`, and the
+//! winners are uneven: under a burst, one busy worker reached its `--max-connections` cap
+//! and answered 503 while the others had room (the bench's 100,000-subscriber run held
+//! 99,290). So for `--workers N` the caller binds N listeners to the same address with
+//! `SO_REUSEPORT` (one per worker slot, as nginx's `listen ... reuseport`): the kernel
+//! spreads connections over them by a hash of the peer's address and port, evenly and
+//! with no herd at all. The cost is that a connection is bound to its worker when it
+//! arrives: if that worker is busy or restarting, it waits even when another is idle.
+//! The master keeps every listener open, so a dead worker's queued connections wait for
+//! its replacement (which takes over the slot) instead of being reset. `prefork` keeps
+//! one shared listener: a worker there serves one connection at a time, and a queue per
+//! worker would strand clients behind a long-poll while other workers sit idle.
+//! Caveat of `SO_REUSEPORT`: another process of the same user may bind the same port and
+//! take a share of the connections.
 //!
 //! **Stopping.** A prefork worker cannot be woken out of a blocking `accept`, so when it
 //! is told to stop it exits at once (`_exit(0)`), closing the one connection it may be
