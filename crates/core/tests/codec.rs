@@ -669,3 +669,21 @@ fn http_date_is_the_imf_fixdate() {
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
     assert_eq!(http_date(t), DATE);
 }
+
+#[test]
+fn releasing_the_idle_buffer_keeps_a_started_request_and_decodes_the_same() {
+    let mut decoder = RequestDecoder::new(&Limits::default());
+    decoder.receive(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HT");
+    assert!(matches!(decoder.next_event(), Ok(Event::Request(r)) if r.path() == "/a"));
+    // Half of /b is buffered: releasing must keep it.
+    decoder.release_idle_buffer();
+    assert_eq!(decoder.buffered(), b"GET /b HT");
+    assert!(matches!(decoder.next_event(), Ok(Event::NeedData)));
+    decoder.receive(b"TP/1.1\r\nHost: x\r\n\r\n");
+    assert!(matches!(decoder.next_event(), Ok(Event::Request(r)) if r.path() == "/b"));
+    // Nothing buffered now: released, and the next request decodes from a fresh buffer.
+    decoder.release_idle_buffer();
+    assert!(decoder.buffered().is_empty() && decoder.is_idle());
+    decoder.receive(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(matches!(decoder.next_event(), Ok(Event::Request(r)) if r.path() == "/c"));
+}

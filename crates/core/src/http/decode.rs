@@ -207,6 +207,18 @@ impl RequestDecoder {
         }
     }
 
+    /// Frees the input buffer if it holds no undecoded byte, for a connection about to
+    /// sleep for a long time (an idle keep-alive, a long-poll): with many thousands of
+    /// them, a buffer kept for each is most of their memory. The next [`receive`]
+    /// allocates again. Keeps the buffer if it holds the start of a next request.
+    ///
+    /// [`receive`]: Self::receive
+    pub fn release_idle_buffer(&mut self) {
+        if self.input.available().is_empty() {
+            self.input = Input::default();
+        }
+    }
+
     /// The bytes received and not yet decoded: after an upgrade request, the first bytes
     /// of the new protocol.
     pub fn buffered(&self) -> &[u8] {
