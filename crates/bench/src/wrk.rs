@@ -56,8 +56,11 @@ pub fn install() -> Result<PathBuf, String> {
             .is_ok_and(|s| s.success())
     };
     let install = ["install", "-y", "--no-install-recommends", "wrk"];
-    if !apt(&install) && !(apt(&["update"]) && apt(&install)) {
-        return Err(format!("{NOT_INSTALLED} (the bench's apt-get install wrk failed; see its output above)"));
+    let installed = apt(&install) || (apt(&["update"]) && apt(&install));
+    if !installed {
+        return Err(format!(
+            "{NOT_INSTALLED} (the bench's apt-get install wrk failed; see its output above)"
+        ));
     }
     find().ok_or_else(|| format!("{NOT_INSTALLED} (apt-get succeeded but no wrk is on PATH)"))
 }
@@ -148,7 +151,10 @@ pub fn run(inv: &Invocation) -> WrkRun {
     };
     let (tx, rx) = mpsc::channel();
     for (name, mut pipe) in [
-        ("stdout", Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>),
+        (
+            "stdout",
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+        ),
         ("stderr", Box::new(child.stderr.take().expect("piped"))),
     ] {
         let tx = tx.clone();
@@ -178,13 +184,18 @@ pub fn run(inv: &Invocation) -> WrkRun {
     let status = child.wait();
     out.output = stdout.clone();
     if timed_out {
-        out.problems.push(format!("wrk ran past {} s and was killed", limit.as_secs()));
+        out.problems
+            .push(format!("wrk ran past {} s and was killed", limit.as_secs()));
         return out;
     }
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
-            let why = stderr.lines().chain(stdout.lines()).find(|l| !l.trim().is_empty()).unwrap_or("");
+            let why = stderr
+                .lines()
+                .chain(stdout.lines())
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             out.problems.push(format!("wrk failed ({s}): {}", why.trim()));
             return out;
         }
@@ -256,14 +267,17 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
         } else if words.len() >= 4 && words[1] == "requests" && words[2] == "in" {
             in_distribution = false;
             p.metrics.insert("requests".into(), number(words[0])?);
-            p.metrics.insert("secs".into(), time_us(words[3].trim_end_matches(','))? / 1e6);
+            p.metrics
+                .insert("secs".into(), time_us(words[3].trim_end_matches(','))? / 1e6);
         } else if let Some(rest) = line.strip_prefix("Socket errors:") {
             for part in rest.split(',') {
                 let mut kv = part.split_whitespace();
                 let (Some(kind), Some(n)) = (kv.next(), kv.next()) else {
                     return Err(format!("unreadable socket errors {line:?}"));
                 };
-                let n = n.parse::<u64>().map_err(|_| format!("unreadable socket errors {line:?}"))?;
+                let n = n
+                    .parse::<u64>()
+                    .map_err(|_| format!("unreadable socket errors {line:?}"))?;
                 if n > 0 {
                     p.errors.insert(kind.to_string(), n);
                 }
@@ -398,13 +412,22 @@ Transfer/sec:     15.46MB
             5.0,
             "http://127.0.0.1:4000/plaintext",
         );
-        assert_eq!(inv.shown, "taskset -c 1 wrk -t1 -c64 -d5s --latency http://127.0.0.1:4000/plaintext");
+        assert_eq!(
+            inv.shown,
+            "taskset -c 1 wrk -t1 -c64 -d5s --latency http://127.0.0.1:4000/plaintext"
+        );
         assert_eq!(inv.argv[0], "/usr/bin/taskset");
         assert_eq!(inv.argv[3], "/usr/bin/wrk");
         let quick = invocation(Path::new("wrk"), None, Some("1-3"), 8, 0.5, "http://h/plaintext");
-        assert_eq!(quick.shown, "wrk -t3 -c8 -d1s --latency http://h/plaintext", "unpinned without taskset; 0.5 s → 1 s");
+        assert_eq!(
+            quick.shown, "wrk -t3 -c8 -d1s --latency http://h/plaintext",
+            "unpinned without taskset; 0.5 s → 1 s"
+        );
         assert_eq!(quick.secs, 1);
         let few = invocation(Path::new("wrk"), None, Some("1-7"), 2, 3.2, "u");
-        assert_eq!(few.shown, "wrk -t2 -c2 -d4s --latency u", "no more threads than connections");
+        assert_eq!(
+            few.shown, "wrk -t2 -c2 -d4s --latency u",
+            "no more threads than connections"
+        );
     }
 }
