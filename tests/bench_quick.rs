@@ -1,9 +1,12 @@
 //! `c10k bench --quick` on a tiny corner of the matrix, so that the bench code (server
 //! lifecycle, load runs, the idle holder, memory sampling, the report and the plots)
 //! cannot rot. A smoke test, not a benchmark: it checks that files appear with the
-//! expected structure, never the numbers. About 15 seconds.
+//! expected structure, never the numbers (beyond wrk's req/s being positive). About 20 seconds.
 //!
 //! Peers that are not installed are skipped by the bench (`--no-install`) and named here.
+//! wrk, the plaintext suite's cross-check, runs when it is on PATH (`.ci/run` installs it)
+//! and must then give a positive req/s for every plaintext server; without it, every
+//! plaintext cell must say it is missing and how to install it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,12 +50,46 @@ fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
             assert!(!samples[0]["metrics"].as_object().unwrap().is_empty(), "{suite}/{id} measured nothing: {c}");
         }
     }
+    let report = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
     let models_ran = |suite: &str| {
         suites[suite]["cells"].as_array().unwrap().iter().filter(|c| c["skipped"].is_null()).count()
     };
     assert!(models_ran("plaintext") >= 2, "async and reactor always run");
 
-    let report = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+    // wrk against the same servers: a real req/s where it is installed, a reason where not.
+    let wrk_installed = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("wrk").is_file());
+    for c in suites["plaintext"]["cells"].as_array().unwrap().iter().filter(|c| c["skipped"].is_null()) {
+        let id = c["cell"]["id"].as_str().unwrap();
+        let wrk = &c["wrk"];
+        let command = wrk["command"].as_str().unwrap_or_else(|| panic!("plaintext/{id} has no wrk run: {c}"));
+        assert!(command.contains(" -c8 ") && command.contains("--latency"), "{id}: wrk has the cell's 8 connections: {command}");
+        assert!(command.contains(" -d1s "), "{id}: --quick's 0.5 s rounds up to wrk's whole second: {command}");
+        if let Some(cpus) = c["client_cpus"].as_str() {
+            assert!(command.starts_with(&format!("taskset -c {cpus} wrk ")), "{id}: wrk pinned like the client: {command}");
+        }
+        let problems: Vec<&str> = wrk["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        if wrk_installed {
+            let rps = wrk["metrics"]["rps"].as_f64().unwrap_or_else(|| panic!("{id}: no wrk req/s: {wrk}"));
+            assert!(rps > 0.0, "{id}: wrk req/s {rps}");
+            assert!(wrk["metrics"]["p99_us"].as_f64().is_some_and(|v| v > 0.0), "{id}: wrk p99 from --latency: {wrk}");
+            assert!(wrk["errors"].get("non-2xx-3xx").is_none(), "{id}: wrk got error responses: {wrk}");
+            assert!(
+                report.contains(&format!("wrk, once after the repeats: `{command}`")),
+                "{id}: RESULTS.md lists wrk's exact command"
+            );
+        } else {
+            eprintln!("wrk is not on PATH: checking that plaintext/{id} says so");
+            assert!(problems.iter().any(|p| p.starts_with("wrk not installed: apt-get install wrk")), "{id}: {problems:?}");
+            assert!(report.contains("wrk not installed: apt-get install wrk"), "the table names the missing wrk");
+        }
+    }
+    assert!(report.contains("| wrk req/s |") && report.contains("| c10k load / wrk |"), "the plaintext table has wrk's columns");
+    assert!(report.contains("c10k load's plaintext req/s within 10% of wrk's"), "the goals say whether the generators agree");
+    if wrk_installed {
+        assert!(report.contains("c10k load within "), "the agreement line is computed from both figures");
+    }
+
     let claims = report.find("## The talk's claims").expect("claims first");
     let goals = report.find("## Goals").expect("then goals");
     let plaintext = report.find("## Suite `plaintext`").expect("then the suites");

@@ -69,7 +69,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pin: bool,
 
-    /// Skip peers that are not installed instead of letting run.sh install them.
+    /// Skip peers that are not installed instead of letting run.sh install them (and do
+    /// not install wrk either: the plaintext cells then say it is missing).
     #[arg(long)]
     pub no_install: bool,
 
@@ -148,7 +149,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
     let cells = args.cells()?;
-    let programs = Programs::find()?;
+    let mut programs = Programs::find()?;
     let json_path = args.out.join("results.json");
     if args.list {
         for c in &cells {
@@ -168,6 +169,17 @@ fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
                 "c10k bench: {} not found; peer cells will be skipped",
                 programs.run_sh.display()
             );
+        }
+        // wrk is installed like the peers' packages, unless told not to install anything.
+        if programs.wrk.is_err() && cells.iter().any(|c| c.wrk) {
+            programs.wrk = if args.no_install {
+                Err(format!("{} (not installed by the bench: --no-install)", crate::wrk::NOT_INSTALLED))
+            } else {
+                crate::wrk::install()
+            };
+            if let Err(e) = &programs.wrk {
+                eprintln!("c10k bench: {e}; the plaintext cells will say so");
+            }
         }
         let options = RunOptions {
             warmup: args.warmup.unwrap_or(if args.quick { 0.2 } else { 1.0 }),
@@ -252,6 +264,7 @@ fn skipped(cell: &Cell, reason: String) -> CellResult {
         profile: Vec::new(),
         loadavg: procfs::loadavg(),
         started_unix_ms: 0,
+        wrk: None,
     }
 }
 
@@ -295,7 +308,8 @@ fn guard_ladder(cell: &Cell, earlier: &[CellResult], results: &Results) -> Optio
     })
 }
 
-fn is_root() -> bool {
+/// Whether the bench runs as root (it changes sysctls and installs packages only then).
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -4,7 +4,8 @@
 //! `bench/RESULTS.md` (the talk's claims with their verdicts, the goals, a table per suite
 //! with ratios to a named baseline, the machine, and the exact command of every cell),
 //! SVG plots in `bench/plots/`, and every raw number in `bench/results.json`, from which
-//! the report can be written again (`--report-only`).
+//! the report can be written again (`--report-only`). The plaintext suite also runs wrk
+//! against every server, so that the generator's own numbers are checked by another.
 //!
 //! Method: one fresh server per cell (`c10k serve --listen 127.0.0.1:0` on a fresh
 //! database, or `bench/baselines/run.sh`), server and client pinned to different CPUs
@@ -13,8 +14,9 @@
 //!
 //! Layout: [`matrix`] (suites and cells), [`server`] (lifecycle, pinning), [`runner`]
 //! (one cell), [`holder`] (idle keep-alive connections for any server), [`procfs`]
-//! (memory and threads of a process tree), [`results`] (the JSON), [`report`] (Markdown),
-//! [`plots`] (SVG), [`cli`] (flags).
+//! (memory and threads of a process tree), [`wrk`] (the second load generator, a
+//! cross-check on plaintext), [`results`] (the JSON), [`report`] (Markdown), [`plots`]
+//! (SVG), [`cli`] (flags).
 #![deny(missing_docs)]
 // Only server.rs sends signals with libc::kill; it says why at the block.
 #![deny(unsafe_code)]
@@ -30,6 +32,7 @@ pub mod results;
 pub mod runner;
 pub mod server;
 pub mod stats;
+pub mod wrk;
 
 /// Why the bench could not do what it was asked. What goes wrong inside a cell is not an
 /// error: it is recorded in the cell (skipped, problems, notes).

@@ -42,7 +42,7 @@ pub fn cpus() -> usize {
 }
 
 /// Counts a CPU list such as `0-3,6`.
-fn parse_cpu_list(list: &str) -> Option<usize> {
+pub(crate) fn parse_cpu_list(list: &str) -> Option<usize> {
     let mut n = 0;
     for part in list.split(',') {
         n += match part.split_once('-') {

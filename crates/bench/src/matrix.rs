@@ -4,7 +4,7 @@
 //!
 //! | suite | what it measures | talk claim or goal |
 //! |---|---|---|
-//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer | nginx vs Apache; plaintext goal |
+//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer; wrk once per server as a cross-check | nginx vs Apache; plaintext goal; generators agree |
 //! | `fanout` | long-poll fan-out: deliveries/s and latency against subscribers | fan-out goal, vs Tornado |
 //! | `ws` | WebSocket broadcast deliveries/s | 1M deliveries/s goal |
 //! | `capacity` | idle SSE subscribers held, memory per connection, threads | "10,000 threads or processes" |
@@ -133,6 +133,10 @@ pub struct Cell {
     pub needs_sysctl: bool,
     /// Profile the server with perf during one extra run, when `--perf` is given.
     pub profile: bool,
+    /// Run wrk once against the server after the repeats, to cross-check c10k load
+    /// (the plaintext suite).
+    #[serde(default)]
+    pub wrk: bool,
 }
 
 /// Every suite name, in running order.
@@ -212,9 +216,11 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         repeats: reps,
         needs_sysctl: false,
         profile: false,
+        wrk: false,
     };
 
-    // plaintext: every model and every peer, one core each, 64 keep-alive connections.
+    // plaintext: every model and every peer, one core each, 64 keep-alive connections;
+    // then wrk once with the same connections, to cross-check the load generator.
     let conns = scale.pick(64, 8);
     for (series, subject) in plaintext_models().into_iter().chain(plaintext_peers()) {
         let scenario = Scenario::Plaintext(PlaintextConfig {
@@ -223,6 +229,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         });
         let mut c = cell("plaintext", series.into(), series, None, subject, load(scenario, d));
         c.profile = series == "async";
+        c.wrk = true;
         cells.push(c);
     }
 

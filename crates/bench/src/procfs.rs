@@ -110,6 +110,21 @@ pub fn self_cpu_secs() -> f64 {
     cpu_of("self").unwrap_or(0.0)
 }
 
+/// CPU seconds used so far by this process's children that have exited and been waited
+/// for (`cutime` + `cstime`): the difference across one child's run and wait is that
+/// child's CPU, as long as no other child is reaped meanwhile.
+pub fn reaped_children_cpu_secs() -> f64 {
+    (|| {
+        let stat = fs::read_to_string("/proc/self/stat").ok()?;
+        let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+        // After the command: state is field 3; cutime and cstime are fields 16 and 17.
+        let cutime: f64 = rest.nth(13)?.parse().ok()?;
+        let cstime: f64 = rest.next()?.parse().ok()?;
+        Some((cutime + cstime) / TICKS)
+    })()
+    .unwrap_or(0.0)
+}
+
 /// Kernel memory that grows with connections and threads (system-wide, so both ends of a
 /// loopback connection count): slab (sockets, dentries), kernel stacks, page tables. KiB.
 pub fn kernel_kib() -> Option<u64> {

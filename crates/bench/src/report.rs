@@ -120,6 +120,10 @@ fn problems(c: &CellResult) -> String {
         p.insert(0, format!("skipped: {s}"));
     }
     p.extend(c.notes.iter().filter(|n| !n.starts_with("raised with sysctl")).cloned());
+    if let Some(w) = &c.wrk {
+        // wrk's own parser already names it; a missing wrk or a failed run does not.
+        p.extend(w.problems.iter().map(|s| if s.starts_with("wrk") { s.clone() } else { format!("wrk: {s}") }));
+    }
     if p.is_empty() {
         String::new()
     } else {
@@ -150,7 +154,13 @@ pub fn one_line(c: &CellResult) -> String {
             parts.push(format!("{name} {}", f(v)));
         }
     }
-    let p = c.problems();
+    let mut p = c.problems();
+    if let Some(w) = &c.wrk {
+        if let Some(v) = w.metric("rps") {
+            parts.push(format!("wrk req/s {}", thousands(v)));
+        }
+        p.extend(w.problems.iter().cloned());
+    }
     if !p.is_empty() {
         parts.push(format!("PROBLEMS: {}", p.join("; ")));
     }
@@ -363,7 +373,12 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
     let cells: Vec<&CellResult> = run.cells.iter().collect();
     let _ = writeln!(out, "## Suite `{}`\n", run.suite);
     let about = match run.suite.as_str() {
-        "plaintext" => "Keep-alive `GET /plaintext`, 64 connections with one request in flight each, closed loop; every model and peer on one core (CPU 0) with the client on the other.",
+        "plaintext" => "Keep-alive `GET /plaintext`, 64 connections with one request in flight each, closed loop; every model and peer on one core (CPU 0) with the client on the other. \
+             **wrk** cross-checks c10k load: it runs **once per server** (not per repeat, which would double the suite's time), \
+             right after c10k load's repeats, against the same server with the same pinning, connections and duration \
+             (rounded up to whole seconds: wrk takes no fractions); its exact command is with each cell's below. \
+             `c10k load / wrk` is c10k load's median req/s over wrk's; wrk's req/s counts every response, \
+             so any that was not 2xx or 3xx is listed under problems.",
         "wakeup" => "The reactor on each poller with K idle keep-alive connections (each served one request, then left idle) while one more connection runs plaintext back to back: what each wake-up costs as idle connections grow. `select` cannot watch descriptors past 1024 (FD_SETSIZE): the server refuses those connections.",
         "dbstall" => "Posts (store calls, made slow where the build has a slow store) at a fixed rate beside `GET /healthz` probes at a fixed rate; the probes' latency is measured from when each was due (no coordinated omission). `inline` runs the store call on the serving thread, `offload` on the pool.",
         "cpu" => "`GET /cpu?cost=N` (CPU-bound, about 4 ms each at full size) on 4 connections beside `GET /plaintext` on one other (its latency is what the other clients see); server and client unpinned (the server may use both cores: the giant-lock and green-threads claims are about using several).",
@@ -396,9 +411,16 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 "× raw",
                 "server CPU",
                 "client CPU",
+                "wrk req/s",
+                "wrk p50 / p99",
+                "wrk server / client CPU",
+                "c10k load / wrk",
                 "problems",
             ]);
             for c in &cells {
+                let w = |metric: &str, f: fn(f64) -> String| {
+                    c.wrk.as_ref().and_then(|w| w.metric(metric)).map_or("–".into(), f)
+                };
                 t.row(vec![
                     label(c),
                     med(c, "rps", thousands),
@@ -409,6 +431,10 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                     fx(ratio(c.median("rps"), raw)),
                     med(c, "server_cpu_pct", pct),
                     med(c, "client_cpu_pct", pct),
+                    if c.wrk.is_none() && c.ran() { "not run".into() } else { w("rps", thousands) },
+                    format!("{} / {}", w("p50_us", us), w("p99_us", us)),
+                    format!("{} / {}", w("server_cpu_pct", pct), w("client_cpu_pct", pct)),
+                    fx(ratio(c.median("rps"), c.wrk.as_ref().and_then(|w| w.metric("rps")))),
                     problems(c),
                 ]);
             }
@@ -599,13 +625,18 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
         };
         let _ = writeln!(
             out,
-            "- **{}** ({pin}; {} repeat{}{}):  \n  server: `{}`  \n  load: `{}`",
+            "- **{}** ({pin}; {} repeat{}{}):  \n  server: `{}`  \n  load: `{}`{}",
             c.cell.id,
             c.samples.len(),
             if c.samples.len() == 1 { "" } else { "s" },
             c.loadavg.map_or(String::new(), |l| format!("; load average {l:.2}")),
             c.server_command.as_deref().unwrap_or("(not started)"),
-            c.load_command.as_deref().unwrap_or("–")
+            c.load_command.as_deref().unwrap_or("–"),
+            c.wrk.as_ref().map_or(String::new(), |w| format!(
+                "  \n  wrk, once after the repeats: `{}`{}",
+                w.command,
+                if w.metric("rps").is_some() { "" } else { " (gave no figure: see the problems column)" }
+            ))
         );
         for n in &c.notes {
             let _ = writeln!(out, "  note: {}", n.lines().next().unwrap_or(""));

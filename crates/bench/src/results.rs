@@ -65,6 +65,32 @@ pub struct CellResult {
     pub loadavg: Option<f64>,
     /// Wall-clock start, ms since the epoch.
     pub started_unix_ms: u64,
+    /// wrk's run against the same server, for cells that cross-check with it (plaintext).
+    #[serde(default)]
+    pub wrk: Option<WrkRun>,
+}
+
+/// One run of wrk against a cell's server, after c10k load's repeats (see [`crate::wrk`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WrkRun {
+    /// The exact command (or, when wrk is missing, the one that would have run).
+    pub command: String,
+    /// `rps`, `requests`, `secs`, `mean_us`, `max_us`, `p50_us`, `p75_us`, `p90_us`,
+    /// `p99_us`, and `server_cpu_pct` / `client_cpu_pct` (percent of one core) meanwhile.
+    pub metrics: BTreeMap<String, f64>,
+    /// Socket errors by kind and responses that were not 2xx or 3xx, the non-zero ones.
+    pub errors: BTreeMap<String, u64>,
+    /// What makes the run untrustworthy, or why it did not run (wrk not installed).
+    pub problems: Vec<String>,
+    /// wrk's standard output, as it printed it.
+    pub output: String,
+}
+
+impl WrkRun {
+    /// A metric of the run.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).copied().filter(|v| v.is_finite())
+    }
 }
 
 /// One repeat.

@@ -14,7 +14,7 @@ use c10k_load::{LoadConfig, Report, Scenario};
 use crate::holder::Holder;
 use crate::matrix::{Action, Cell, Subject};
 use crate::procfs::{self, Peaks, Sampler};
-use crate::results::{CellResult, Sample};
+use crate::results::{CellResult, Sample, WrkRun};
 use crate::server::{self, Programs, Server};
 
 /// How the runner behaves, from the command line.
@@ -152,6 +152,7 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
         profile: Vec::new(),
         loadavg: procfs::loadavg(),
         started_unix_ms: now_ms(),
+        wrk: None,
     };
     if let Subject::Peer { name, .. } = &cell.subject {
         if !options.install_peers && !server::peer_installed(name, programs) {
@@ -219,6 +220,9 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
             break;
         }
     }
+    if cell.wrk {
+        result.wrk = cross_check(cell, &ctx, &mut server, programs, client_cpus.as_deref());
+    }
     if options.perf && cell.profile && server.alive() {
         match profile(&cell.action, &ctx, &server) {
             Ok(lines) => result.profile = lines,
@@ -228,6 +232,41 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
     server.stop();
     server::pin_self(None, programs);
     result
+}
+
+/// wrk once against the cell's server, with the client's pinning and the cell's
+/// connections and duration (`None` for a cell that is not plaintext load).
+fn cross_check(
+    cell: &Cell,
+    ctx: &Ctx,
+    server: &mut Server,
+    programs: &Programs,
+    client_cpus: Option<&str>,
+) -> Option<WrkRun> {
+    let (connections, duration) = crate::wrk::plan(&cell.action)?;
+    let url = format!("http://{}/plaintext", ctx.addr);
+    let wrk = programs.wrk.as_deref().unwrap_or(std::path::Path::new("wrk"));
+    let inv = crate::wrk::invocation(wrk, programs.taskset.as_deref(), client_cpus, connections, duration, &url);
+    let not_run = |why: String| WrkRun {
+        command: inv.shown.clone(),
+        problems: vec![why],
+        ..WrkRun::default()
+    };
+    if let Err(e) = &programs.wrk {
+        return Some(not_run(e.clone()));
+    }
+    if !server.alive() {
+        return Some(not_run("wrk did not run: the server had exited".into()));
+    }
+    let (server0, client0, t0) = (procfs::tree_cpu_secs(ctx.pid), procfs::reaped_children_cpu_secs(), Instant::now());
+    let mut run = crate::wrk::run(&inv);
+    let wall = t0.elapsed().as_secs_f64().max(1e-3);
+    if run.metrics.contains_key("rps") {
+        run.metrics.insert("server_cpu_pct".into(), (procfs::tree_cpu_secs(ctx.pid) - server0) / wall * 100.0);
+        // wrk has exited and been waited for: its CPU is in this process's children's.
+        run.metrics.insert("client_cpu_pct".into(), (procfs::reaped_children_cpu_secs() - client0) / wall * 100.0);
+    }
+    Some(run)
 }
 
 /// What an action needs to know about its server.

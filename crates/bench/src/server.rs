@@ -35,11 +35,14 @@ pub struct Programs {
     pub run_sh: PathBuf,
     /// `taskset`, when installed.
     pub taskset: Option<PathBuf>,
+    /// `wrk` on PATH, or what the report says instead (not installed, and how to get it).
+    pub wrk: Result<PathBuf, String>,
 }
 
 impl Programs {
     /// Finds them: this executable, `bench/baselines/run.sh` in the working directory or
-    /// the source tree this crate was built from, and `taskset` on the usual paths.
+    /// the source tree this crate was built from, `taskset` on the usual paths, and `wrk`
+    /// on PATH.
     pub fn find() -> Result<Programs, BenchError> {
         let c10k =
             std::env::current_exe().map_err(|e| BenchError::Setup(format!("cannot find my own executable: {e}")))?;
@@ -57,7 +60,13 @@ impl Programs {
             .iter()
             .map(PathBuf::from)
             .find(|p| p.exists());
-        Ok(Programs { c10k, run_sh, taskset })
+        let wrk = crate::wrk::find().ok_or_else(|| crate::wrk::NOT_INSTALLED.to_string());
+        Ok(Programs {
+            c10k,
+            run_sh,
+            taskset,
+            wrk,
+        })
     }
 }
 

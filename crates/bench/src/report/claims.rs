@@ -495,6 +495,8 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
         },
     });
 
+    out.push(generators_agree(r));
+
     // Long-poll fan-out to 10,000.
     let paced = r
         .cells("fanout")
@@ -699,20 +701,127 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
     out
 }
 
+/// How far c10k load's plaintext req/s may be from wrk's and still count as agreeing: about
+/// what the repeats of one generator move by on a shared machine.
+const AGREE: f64 = 0.10;
+
+/// Whether c10k load and wrk, run against the same plaintext servers with the same
+/// pinning and connections, report the same req/s; where they do not, which one ran out
+/// of client CPU, so that a disagreement names the generator that is the limit.
+fn generators_agree(r: &Results) -> Goal {
+    let goal = format!(
+        "c10k load's plaintext req/s within {:.0}% of wrk's on every server (the generator is not the limit)",
+        AGREE * 100.0
+    );
+    let cells: Vec<&CellResult> = r.cells("plaintext").into_iter().filter(|c| c.wrk.is_some()).collect();
+    if cells.is_empty() {
+        return Goal {
+            goal,
+            measured: not_measured("the plaintext suite, which runs wrk against every server"),
+            met: "not measured".into(),
+            limits: String::new(),
+        };
+    }
+    let mut pairs = Vec::new();
+    let mut missing = Vec::new();
+    for c in cells {
+        let w = c.wrk.as_ref().expect("filtered on wrk");
+        match (c.median("rps"), w.metric("rps")) {
+            (Some(ours), Some(theirs)) if theirs > 0.0 => pairs.push((c, ours, theirs, ours / theirs)),
+            _ => missing.push(format!(
+                "{} ({})",
+                c.cell.series,
+                w.problems.first().map_or("no req/s from either generator", String::as_str)
+            )),
+        }
+    }
+    let missing_text = if missing.is_empty() {
+        String::new()
+    } else {
+        format!("; no wrk figure for {}: {}", missing.len(), missing.join(", "))
+    };
+    let (Some(lo), Some(hi)) = (
+        pairs.iter().min_by(|a, b| a.3.total_cmp(&b.3)),
+        pairs.iter().max_by(|a, b| a.3.total_cmp(&b.3)),
+    ) else {
+        return Goal {
+            goal,
+            measured: format!("no server has both figures{missing_text}"),
+            met: "not measured".into(),
+            limits: String::new(),
+        };
+    };
+    let worst = pairs.iter().map(|p| (p.3 - 1.0).abs()).fold(0.0, f64::max);
+    let apart: Vec<_> = pairs.iter().filter(|p| (p.3 - 1.0).abs() > AGREE).collect();
+    let measured = format!(
+        "c10k load within {:.0}% of wrk on every server{} ({}); c10k load / wrk from {:.2}× ({}: {} vs {} req/s) to {:.2}× ({}: {} vs {}){missing_text}",
+        (worst * 100.0).ceil(),
+        if missing.is_empty() { "" } else { " with both figures" },
+        pairs.len(),
+        lo.3,
+        lo.0.cell.series,
+        thousands(lo.1),
+        thousands(lo.2),
+        hi.3,
+        hi.0.cell.series,
+        thousands(hi.1),
+        thousands(hi.2),
+    );
+    let met = match (apart.is_empty(), missing.is_empty()) {
+        (true, true) => "**met**".to_string(),
+        (true, false) => format!("**met** on the {} servers with both figures", pairs.len()),
+        (false, _) => format!("**missed** on {} of {}", apart.len(), pairs.len()),
+    };
+    let limits: Vec<String> = apart
+        .iter()
+        .map(|(c, ours, theirs, x)| {
+            let w = c.wrk.as_ref().expect("filtered on wrk");
+            let cc = cores(&c.client_cpus);
+            let ours_cpu = c.median("client_cpu_pct");
+            let wrk_cpu = w.metric("client_cpu_pct");
+            let bound = |name: &str, v: Option<f64>| {
+                v.filter(|v| *v >= 85.0 * cc)
+                    .map(|v| format!("; {name} was client-bound ({v:.0}% of {cc:.0} core{})", if cc == 1.0 { "" } else { "s" }))
+            };
+            let which = if *x < 1.0 { bound("c10k load", ours_cpu) } else { bound("wrk", wrk_cpu) };
+            // Neither ran out of its core: the difference is the machine's, not a generator's.
+            let which = which.or_else(|| {
+                c.loadavg.map(|l| format!("; neither generator was client-bound (load average {l:.2} when the cell started)"))
+            });
+            let pct_or = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}%"));
+            format!(
+                "{}: c10k load {} vs wrk {} req/s ({x:.2}×); server CPU {} under c10k load, {} under wrk; client CPU {} vs {}{}",
+                c.cell.series,
+                thousands(*ours),
+                thousands(*theirs),
+                pct_or(c.median("server_cpu_pct")),
+                pct_or(w.metric("server_cpu_pct")),
+                pct_or(ours_cpu),
+                pct_or(wrk_cpu),
+                which.unwrap_or_default()
+            )
+        })
+        .collect();
+    Goal {
+        goal,
+        measured,
+        met,
+        limits: limits.join("; "),
+    }
+}
+
+/// Cores in a pinning (`1`, `1-3`, `0,2`); all of the machine's when unpinned.
+fn cores(pin: &Option<String>) -> f64 {
+    match pin {
+        None => crate::machine::cpus() as f64,
+        Some(p) => crate::machine::parse_cpu_list(p).map_or(1.0, |n| n as f64),
+    }
+}
+
 /// Which side ran out of CPU: the server's and the client's use against the cores each had.
 fn cpu_text(c: &CellResult) -> String {
     let (Some(sv), Some(cl)) = (c.median("server_cpu_pct"), c.median("client_cpu_pct")) else {
         return String::new();
-    };
-    let cores = |pin: &Option<String>| match pin {
-        None => crate::machine::cpus() as f64,
-        Some(p) => p
-            .split(',')
-            .map(|r| match r.split_once('-') {
-                Some((a, b)) => b.parse::<f64>().unwrap_or(0.0) - a.parse::<f64>().unwrap_or(0.0) + 1.0,
-                None => 1.0,
-            })
-            .sum(),
     };
     let (sc, cc) = (cores(&c.server_cpus), cores(&c.client_cpus));
     let pinned = c.server_cpus.is_some();
