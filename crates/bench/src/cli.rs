@@ -279,8 +279,9 @@ fn guard_ladder(cell: &Cell, earlier: &[CellResult], results: &Results) -> Optio
     if let Some(p) = previous {
         let asked = p.median("asked").unwrap_or(0.0);
         let held = p.median("held").unwrap_or(0.0);
-        // Some refusals are the uneven spread of accepts over the workers (503 from a full
-        // one); only a step that lost a tenth says the server itself is at its end.
+        // A few refusals may be one worker at its cap (the hash that spreads connections over
+        // the workers is not perfectly even); only a step that lost a tenth says the server
+        // itself is at its end.
         if held < asked * 0.9 {
             return Some(format!(
                 "the step before ({}) held {held:.0} of {asked:.0}: the ladder stops there",

@@ -419,8 +419,8 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         ("reactor", "reactor", vec![]),
         ("green", "green", vec![]),
     ] {
-        // 18,000 is past what threads can hold: it keeps an eventfd per connection, two
-        // descriptors each under the 20,000 open-files limit.
+        // 18,000 is near the 19,000 cap that the 20,000 open-files limit leaves (every
+        // model, threads included, spends one descriptor per connection).
         for k in scale.pick(vec![1000, 5000, 9000, 18000], vec![20]) {
             let mut c = cell(
                 "capacity",
@@ -460,11 +460,9 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         ("green", "green"),
         ("threads", "threads"),
     ] {
-        // threads needs two descriptors per connection (socket and eventfd): more processes.
-        // The others get half as many again as the average needs: the workers share one
-        // inherited listener, the kernel does not spread accepts evenly, and a worker at
-        // its 19,000 cap answers 503 while another has room.
-        let w = if model == "threads" { workers * 2 } else { workers + workers / 2 }.to_string();
+        // 12,500 a worker: each worker has its own SO_REUSEPORT listener, so the kernel
+        // spreads the connections evenly, well under the 19,000 cap of each.
+        let w = workers.to_string();
         let mut c = cell(
             "c100k",
             format!("{series}@{k}"),
@@ -485,8 +483,8 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
     // The reactor too: it keeps the least per connection.
     for (series, extra) in [("async", vec!["--threads", "1"]), ("reactor", vec![])] {
         for k in scale.pick(vec![200_000usize, 400_000, 700_000, 1_000_000], vec![60]) {
-            // 10,000 a worker on average: the kernel does not spread accepts evenly, and a
-            // worker at its 19,000 cap answers 503.
+            // 10,000 a worker: evenly spread (SO_REUSEPORT), with room under the 19,000
+            // cap for the hash's unevenness.
             let w = k.div_ceil(10_000).max(2).to_string();
             let mut args = vec!["--workers", w.as_str()];
             args.extend(extra.iter().copied());

@@ -668,8 +668,7 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
                                 .flat_map(|s| s.errors.iter().map(|(k, v)| format!("{} {k}", thousands(*v as f64))))
                                 .collect();
                             l.push(format!(
-                                "{} held {} ({}): a worker at its 19,000 cap answers 503 while others have room, \
-                                 since the workers share one listener and accepts do not spread evenly",
+                                "{} held {} ({}): refused or failed connections, see the c100k table",
                                 x.cell.series,
                                 thousands(h),
                                 why.join(", ")
