@@ -240,8 +240,11 @@ impl Connection {
     /// Answers a request that broke the protocol, then closes.
     async fn refuse(&mut self, error: &ProtocolError) -> io::Result<()> {
         let response = self.context.app.refuse(error);
-        let how = c10k_core::http::Encoding { keep_alive: false, head_only: false, http10: false, date: &date() };
-        tagged(&response).encode(&how, &mut self.out);
+        {
+            // In a block: the date is a thread's shared string, not to be held across an await.
+            let how = c10k_core::http::Encoding { keep_alive: false, head_only: false, http10: false, date: &date() };
+            tagged(&response).encode(&how, &mut self.out);
+        }
         self.flush().await?;
         self.stream.shutdown().await
     }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -17,19 +18,20 @@ pub(crate) fn now() -> Now {
 }
 
 thread_local! {
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    static DATE: RefCell<(u64, Rc<str>)> = RefCell::new((u64::MAX, Rc::from("")));
 }
 
-/// The `Date` header value for now, formatted at most once a second per thread.
-pub(crate) fn date() -> String {
+/// The `Date` header value for now, formatted at most once a second per thread. A shared
+/// string: each response takes a reference count, not a copy.
+pub(crate) fn date() -> Rc<str> {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.0 != secs {
-            *cache = (secs, http_date(now));
+            *cache = (secs, Rc::from(http_date(now)));
         }
-        cache.1.clone()
+        Rc::clone(&cache.1)
     })
 }
 
