@@ -135,9 +135,9 @@ struct ServeArgs {
 
     /// Most open connections in this process; the next ones get 503 and are closed.
     /// Default: the open-files limit (`ulimit -Hn`; the server raises its soft limit to
-    /// it) minus 1,000 descriptors kept for the store, the listener and the workers' pipes:
-    /// 19,000 under a 20,000 limit. Above that, connections past the limit would wait in
-    /// the backlog (EMFILE) instead of getting 503; the server warns when you ask for it.
+    /// it) minus a twentieth of it (32 to 1,000) kept for the store, the listener and the
+    /// workers' pipes: 19,000 under a 20,000 limit. Past the limit, a new connection is
+    /// answered 503 from a descriptor kept in reserve; the server warns if you ask for more.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
@@ -210,21 +210,27 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
-/// Descriptors each process keeps for other things than connections: the store's
-/// database and WAL files, the listener, logs, pipes to the master.
-const RESERVED_DESCRIPTORS: u64 = 1_000;
+/// Descriptors each process keeps for other things than connections (the store's
+/// database and WAL files, the listener, logs, pipes to the master): a twentieth of the
+/// open-files limit, at least 32 and at most 1,000.
+fn reserved_descriptors(limit: u64) -> u64 {
+    (limit / 20).clamp(32, 1_000)
+}
 
 /// The `--max-connections` in force: the one asked for, or what the open-files limit
 /// allows. Raises this process's soft open-files limit to the hard one (as Go's runtime
 /// and nginx's `worker_rlimit_nofile` do), so the cap, not EMFILE, decides who gets 503.
 fn connection_cap(asked: Option<usize>) -> usize {
-    let allowed = c10k_load::raise_open_files_limit().map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS).max(1));
+    let limit = c10k_load::raise_open_files_limit();
+    let allowed = limit.map(|limit| limit.saturating_sub(reserved_descriptors(limit)).max(1));
     match (asked, allowed) {
         (Some(asked), Some(allowed)) if asked as u64 > allowed => {
             tracing::warn!(
                 "--max-connections {asked} is more than the open-files limit allows ({allowed} after \
-                 {RESERVED_DESCRIPTORS} kept for files and pipes): past that, new connections wait \
-                 in the backlog instead of getting 503; raise `ulimit -n` or lower --max-connections"
+                 {} kept for files and pipes): past that, new connections get 503 from a reserve \
+                 descriptor, or wait in the backlog when even that is taken; raise `ulimit -n` or \
+                 lower --max-connections",
+                reserved_descriptors(limit.unwrap_or(0))
             );
             asked.max(1)
         }

@@ -114,6 +114,7 @@ macro_rules! conformance {
                 http_1_0_closes_unless_keep_alive_is_asked_for,
                 a_client_sending_garbage_does_not_stop_the_others,
                 a_connection_over_the_cap_gets_503_and_is_closed,
+                out_of_file_descriptors_a_new_connection_gets_503_not_silence,
             }
             service {
                 healthz_is_ok,

@@ -31,6 +31,8 @@ pub struct Server {
     model: Model,
     longpoll_wait_secs: u64,
     extra_args: Vec<String>,
+    /// An open-files limit (soft and hard) for the server process, if not the default.
+    file_limit: Option<u64>,
     dir: PathBuf,
     process: Option<Process>,
 }
@@ -64,7 +66,24 @@ impl Server {
             model,
             longpoll_wait_secs,
             extra_args,
+            file_limit: None,
             dir,
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts `model` with its open-files limit (soft and hard) set to `limit`, so that a
+    /// test can run it out of descriptors with a few hundred connections.
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub fn start_with_file_limit(model: Model, limit: u64, extra_args: &[&str]) -> Server {
+        let mut server = Server {
+            model,
+            longpoll_wait_secs: LONGPOLL_WAIT_SECS,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            file_limit: Some(limit),
+            dir: fresh_dir(),
             process: None,
         };
         server.spawn();
@@ -176,6 +195,20 @@ impl Server {
             .stderr(Stdio::piped())
             // Its own process group, so that kill_9 reaches workers of multi-process models.
             .process_group(0);
+        if let Some(limit) = self.file_limit {
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe; it touches no memory of the parent's.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command));

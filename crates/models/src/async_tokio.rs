@@ -13,6 +13,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::TcpListener as StdListener;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
+use crate::acceptor::{keep_reserve_descriptor, refuse_with_reserve, Reserve};
 use crate::common::{date, is_fd_exhaustion, now, tagged, ConnectionSlot, ReplyShape};
 use crate::{Context, DbMode, Model};
 
@@ -104,6 +106,7 @@ impl Model for AsyncModel {
 async fn accept_loop(listener: StdListener, context: Context) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
+    keep_reserve_descriptor();
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
@@ -129,10 +132,15 @@ async fn accept_loop(listener: StdListener, context: Context) -> io::Result<()> 
                     }
                 }
             }
-            Err(e) if is_fd_exhaustion(&e) => {
-                warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            // Answer the waiting ones 503 with the reserve descriptor while it lasts; the
+            // listener stays readable, so the next accept comes back here if more wait.
+            Err(e) if is_fd_exhaustion(&e) => match refuse_with_reserve(listener.as_raw_fd(), &context.app) {
+                Reserve::Refused | Reserve::Drained => {}
+                Reserve::Unavailable => {
+                    warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
             Err(e) => debug!("accept: {e}"),
         }
     }

@@ -73,6 +73,7 @@ impl Model for ReactorModel {
 
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
         listener.set_nonblocking(true)?;
+        crate::acceptor::keep_reserve_descriptor();
         let poller = self
             .poller
             .open()
@@ -184,7 +185,8 @@ impl Server {
     }
 
     fn on_acceptable(&mut self, lp: &mut Loop<StoreDone>) {
-        for stream in lp.accept_batch(&self.listener, LISTENER) {
+        let app = &self.context.app;
+        for stream in lp.accept_batch(&self.listener, LISTENER, |fd| crate::acceptor::refuse_with_reserve(fd, app)) {
             self.on_accepted(lp, stream);
         }
     }

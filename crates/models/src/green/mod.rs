@@ -68,6 +68,7 @@ impl Model for GreenModel {
 
     fn serve(&self, listener: TcpListener, context: Context) -> stdio::Result<()> {
         listener.set_nonblocking(true)?;
+        crate::acceptor::keep_reserve_descriptor();
         let poller = self
             .poller
             .open()
@@ -154,7 +155,8 @@ impl Handler for Server {
 
 impl Server {
     fn on_acceptable(&mut self, lp: &mut Loop<()>) {
-        for stream in lp.accept_batch(&self.listener, LISTENER) {
+        let app = &self.context.app;
+        for stream in lp.accept_batch(&self.listener, LISTENER, |fd| crate::acceptor::refuse_with_reserve(fd, app)) {
             self.on_accepted(lp, stream);
         }
     }

@@ -486,10 +486,18 @@ pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 impl<M: Send + 'static> Loop<M> {
     /// Accepts what the readable `listener` (registered as `token`) has, up to a batch.
-    /// Out of file descriptors, it stops watching the listener (level-triggered, it would
-    /// be reported on every tick: a spin) and sets a timer on `token` after which the
-    /// caller re-registers it.
-    pub(crate) fn accept_batch(&mut self, listener: &std::net::TcpListener, token: Token) -> Vec<std::net::TcpStream> {
+    /// Out of file descriptors, it asks `refuse_one` to answer a waiting connection with
+    /// the reserve descriptor (see `acceptor::refuse_with_reserve`); when that cannot be
+    /// done either, it stops watching the listener (level-triggered, it would be reported
+    /// on every tick: a spin) and sets a timer on `token` after which the caller
+    /// re-registers it.
+    pub(crate) fn accept_batch(
+        &mut self,
+        listener: &std::net::TcpListener,
+        token: Token,
+        mut refuse_one: impl FnMut(std::os::fd::RawFd) -> crate::acceptor::Reserve,
+    ) -> Vec<std::net::TcpStream> {
+        use crate::acceptor::Reserve;
         use std::os::fd::AsRawFd;
         self.doing("accept");
         let mut accepted = Vec::new();
@@ -498,14 +506,18 @@ impl<M: Send + 'static> Loop<M> {
                 Ok((stream, _peer)) => accepted.push(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if crate::common::is_fd_exhaustion(&e) => {
-                    warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
-                    if let Err(e) = self.reregister(listener.as_raw_fd(), token, Interest::NONE) {
-                        warn!("cannot pause the listener: {e}");
+                Err(e) if crate::common::is_fd_exhaustion(&e) => match refuse_one(listener.as_raw_fd()) {
+                    Reserve::Refused => {}
+                    Reserve::Drained => break,
+                    Reserve::Unavailable => {
+                        warn!("accept: {e}; pausing accepts for 100 ms (raise the file limit or lower --max-connections)");
+                        if let Err(e) = self.reregister(listener.as_raw_fd(), token, Interest::NONE) {
+                            warn!("cannot pause the listener: {e}");
+                        }
+                        self.add_timer(Instant::now() + ACCEPT_PAUSE, token);
+                        break;
                     }
-                    self.add_timer(Instant::now() + ACCEPT_PAUSE, token);
-                    break;
-                }
+                },
                 Err(e) => debug!("accept: {e}"),
             }
         }
