@@ -22,18 +22,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
-use crate::common::{date, is_fd_exhaustion, now, tagged, ConnectionSlot, ReplyShape};
+use crate::common::{date, is_fd_exhaustion, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
 use crate::{Context, DbMode, Model};
 
 /// Read buffer per connection while it is read from. Sized for a typical request head.
 const READ_CHUNK: usize = 8 * 1024;
-/// The largest WebSocket message accepted from a client.
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 
 /// The `async` model.
 #[derive(Debug)]
@@ -281,9 +279,7 @@ impl Connection {
         self.flush().await?;
         let early = self.decoder.take_buffered();
         let stream = self.stream;
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_WS_MESSAGE);
-        config.max_frame_size = Some(MAX_WS_MESSAGE);
+        let config = websocket_config();
         let mut ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
         let mut frames: Vec<String> = Vec::new();
         loop {

@@ -23,14 +23,13 @@ use c10k_core::chat::{EventStream, Outcome, StoreCall, StoreDone, StreamStatus, 
 use c10k_core::http::{Encoding, Event, ProtocolError, RequestDecoder, Response, StatusCode};
 use tracing::debug;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Message as WsMessage, WebSocket};
 
-use crate::common::{date, now, tagged, ReplyShape};
+use crate::common::{date, now, tagged, websocket_config, ReplyShape};
 use crate::{Context, DbMode};
 
 const READ_CHUNK: usize = 8 * 1024;
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 
 /// A byte stream a blocking handler can drive.
 pub(crate) trait Conn: Read + Write {
@@ -327,9 +326,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
         let early = self.decoder.take_buffered();
         self.conn.set_read_deadline(None)?;
         self.conn.set_nonblocking(true)?;
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_WS_MESSAGE);
-        config.max_frame_size = Some(MAX_WS_MESSAGE);
+        let mut config = websocket_config();
         config.max_write_buffer_size = self.context.app.limits().max_outgoing_bytes;
         let fd = self.conn.fd();
         let mut ws = WebSocket::from_partially_read(&mut self.conn, early, Role::Server, Some(config));

@@ -19,11 +19,11 @@ use c10k_core::chat::{EventStream, LongPoll, Outcome, StoreCall, StoreDone, Stre
 use c10k_core::http::{Encoding, Event, ProtocolError, Request, RequestDecoder, Response, StatusCode};
 use tracing::{debug, error, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
 
 use crate::acceptor::refuse;
-use crate::common::{date, now, tagged, ConnectionSlot, ReplyShape};
+use crate::common::{date, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
 use crate::reactor::event_loop::{Handler, Loop, TimerKey, Watchdog};
 use crate::reactor::{self, Interest, PollerKind, Token};
 use crate::{Context, DbMode, Model};
@@ -44,8 +44,6 @@ const READS_PER_CALLBACK: usize = 4;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// WebSocket frames handled per callback before yielding to the other connections.
 const WS_FRAMES_PER_CALLBACK: usize = 64;
-/// The largest WebSocket message accepted from a client.
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 /// An output buffer grown past this by one large response is given back once written.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
@@ -667,9 +665,7 @@ impl Conn {
         let State::Upgrading { session } = mem::replace(&mut self.state, State::WsClosing) else { return };
         self.clear_timer(cx);
         let max_out = cx.context.app.limits().max_outgoing_bytes;
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_WS_MESSAGE);
-        config.max_frame_size = Some(MAX_WS_MESSAGE);
+        let mut config = websocket_config();
         // tungstenite insists that the cap exceeds the size at which it starts writing.
         config.write_buffer_size = config.write_buffer_size.min(max_out / 2);
         config.max_write_buffer_size = max_out.max(config.write_buffer_size + 1);
