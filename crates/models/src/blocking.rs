@@ -349,6 +349,10 @@ fn ws_loop<W: Wait, S: Read + Write>(
     let waker = wait.waker();
     let mut frames = Vec::new();
     let mut unflushed = false;
+    // Whether a read may find something: false once one met `WouldBlock` (tungstenite
+    // holds no whole frame and the socket is empty), true again when the wait says the
+    // socket is ready. A wake-up by the hub then costs one `send`, not two futile reads.
+    let mut readable = true;
     loop {
         let mut progressed = false;
         let outgoing = {
@@ -381,43 +385,50 @@ fn ws_loop<W: Wait, S: Read + Write>(
                 Err(e) => return Err(io::Error::other(e)),
             }
         }
-        match ws.read() {
-            Ok(WsMessage::Text(text)) => {
-                progressed = true;
-                let action = {
-                    let _giant = giant.hold();
-                    session.handle_text(&context.app, text.as_str(), now().unix_ms)
-                };
-                let reply = match action {
-                    WsAction::Reply(frame) => frame,
-                    WsAction::Store(call) => match run_store(call, wait, context)? {
-                        Some(done) => WsSession::finish_post(done),
-                        None => r#"{"type":"error","error":"the store is busy; try again shortly"}"#.to_string(),
-                    },
-                };
-                match ws.write(WsMessage::text(reply)) {
-                    Ok(()) => unflushed = true,
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => unflushed = true,
-                    Err(e) => return Err(io::Error::other(e)),
+        if readable {
+            match ws.read() {
+                Ok(WsMessage::Text(text)) => {
+                    progressed = true;
+                    let action = {
+                        let _giant = giant.hold();
+                        session.handle_text(&context.app, text.as_str(), now().unix_ms)
+                    };
+                    let reply = match action {
+                        WsAction::Reply(frame) => frame,
+                        WsAction::Store(call) => match run_store(call, wait, context)? {
+                            Some(done) => WsSession::finish_post(done),
+                            None => r#"{"type":"error","error":"the store is busy; try again shortly"}"#.to_string(),
+                        },
+                    };
+                    match ws.write(WsMessage::text(reply)) {
+                        Ok(()) => unflushed = true,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => unflushed = true,
+                        Err(e) => return Err(io::Error::other(e)),
+                    }
                 }
-            }
-            Ok(WsMessage::Binary(_)) => {
-                progressed = true;
-                let reply = r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#;
-                let _ = ws.write(WsMessage::text(reply));
-                unflushed = true;
-            }
-            Ok(_) => progressed = true, // pings are answered by tungstenite on the next flush
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(()),
-            Err(e) => {
-                debug!("websocket: {e}");
-                return Ok(());
+                Ok(WsMessage::Binary(_)) => {
+                    progressed = true;
+                    let reply = r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#;
+                    let _ = ws.write(WsMessage::text(reply));
+                    unflushed = true;
+                }
+                Ok(WsMessage::Ping(_)) => {
+                    // tungstenite queued the pong; it goes out with the next flush.
+                    progressed = true;
+                    unflushed = true;
+                }
+                Ok(_) => progressed = true,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => readable = false,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(()),
+                Err(e) => {
+                    debug!("websocket: {e}");
+                    return Ok(());
+                }
             }
         }
         if !progressed {
             let interest = if unflushed { Interest::ReadWrite } else { Interest::Read };
-            wait.wait(Some((fd, interest)), None)?;
+            readable = wait.wait(Some((fd, interest)), None)? == Woke::Ready;
         }
     }
 }

@@ -247,8 +247,11 @@ enum State {
     Streaming { events: EventStream, stalled: bool },
     /// A 101 response is being written; then the connection speaks WebSocket.
     Upgrading { session: WsSession },
-    /// Speaking WebSocket (`unflushed`: tungstenite holds bytes the socket did not take).
-    WebSocket { session: WsSession, unflushed: bool },
+    /// Speaking WebSocket (`unflushed`: tungstenite holds bytes the socket did not take;
+    /// `readable`: a read may find something, false from a read that met `WouldBlock`
+    /// until the poller reports the socket readable, so that a wake-up by the hub costs
+    /// one `send` and no futile reads).
+    WebSocket { session: WsSession, unflushed: bool, readable: bool },
     /// A close frame is being written.
     WsClosing,
     /// The last response is being written (then `lingering`: our side is shut, and what the
@@ -347,9 +350,13 @@ impl Conn {
     // ---- The callbacks the server dispatches to -------------------------------------------
 
     fn on_ready(&mut self, cx: &mut Cx<'_>, event: reactor::Event) {
+        if let State::WebSocket { readable, .. } = &mut self.state {
+            // One pump for both directions.
+            *readable |= event.readable;
+            return self.ws_pump(cx);
+        }
         if event.writable {
             match self.state {
-                State::WebSocket { .. } => self.ws_pump(cx),
                 State::WsClosing => self.ws_flush_close(cx),
                 // Plain output is written in `settle`, after every callback.
                 _ => {}
@@ -671,7 +678,8 @@ impl Conn {
         config.max_write_buffer_size = max_out.max(config.write_buffer_size + 1);
         let early = self.decoder.take_buffered();
         self.ws = Some(Box::new(WebSocketContext::from_partially_read(early, Role::Server, Some(config))));
-        self.state = State::WebSocket { session, unflushed: false };
+        // `early` may hold whole frames: read before waiting for the poller.
+        self.state = State::WebSocket { session, unflushed: false, readable: true };
         self.ws_pump(cx);
     }
 
@@ -696,7 +704,8 @@ impl Conn {
                             Some(done) => WsSession::finish_post(done),
                             None => busy_frame(),
                         };
-                        conn.state = State::WebSocket { session, unflushed: true };
+                        // The client may have sent more meanwhile, and tungstenite may hold it.
+                        conn.state = State::WebSocket { session, unflushed: true, readable: true };
                         match conn.ws_write(frame) {
                             WsTurn::Close(why) => conn.ws_close(cx, why),
                             WsTurn::Gone => conn.done = true,
@@ -719,7 +728,8 @@ impl Conn {
     }
 
     fn ws_turn(&mut self, cx: &mut Cx<'_>) -> WsTurn {
-        let (State::WebSocket { session, unflushed }, Some(ws)) = (&mut self.state, self.ws.as_deref_mut()) else {
+        let (State::WebSocket { session, unflushed, readable }, Some(ws)) = (&mut self.state, self.ws.as_deref_mut())
+        else {
             return WsTurn::Gone;
         };
         let mut stream = &self.stream;
@@ -756,6 +766,9 @@ impl Conn {
                 }
             }
         }
+        if !*readable {
+            return if progressed { WsTurn::Progress } else { WsTurn::Idle };
+        }
         let reply = match ws.read(&mut stream) {
             Ok(WsMessage::Text(text)) => match session.handle_text(&cx.context.app, text.as_str(), now().unix_ms) {
                 WsAction::Reply(frame) => frame,
@@ -764,9 +777,14 @@ impl Conn {
             Ok(WsMessage::Binary(_)) => {
                 r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#.to_string()
             }
-            // Pings are answered by tungstenite on its next write or flush.
+            Ok(WsMessage::Ping(_)) => {
+                // tungstenite queued the pong; the pump's next flush sends it.
+                *unflushed = true;
+                return WsTurn::Progress;
+            }
             Ok(_) => return WsTurn::Progress,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                *readable = false;
                 return if progressed { WsTurn::Progress } else { WsTurn::Idle };
             }
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return WsTurn::Gone,
