@@ -355,12 +355,9 @@ impl Conn {
             *readable |= event.readable;
             return self.ws_pump(cx);
         }
-        if event.writable {
-            match self.state {
-                State::WsClosing => self.ws_flush_close(cx),
-                // Plain output is written in `settle`, after every callback.
-                _ => {}
-            }
+        // Plain output is written in `settle`, after every callback.
+        if event.writable && matches!(self.state, State::WsClosing) {
+            self.ws_flush_close(cx);
         }
         if event.readable && !self.done {
             self.on_readable(cx);
@@ -371,8 +368,9 @@ impl Conn {
         match self.state {
             State::Reading { .. } => self.read_requests(cx),
             State::LongPolling { .. } | State::Streaming { .. } => self.read_while_waiting(cx),
-            State::WebSocket { .. } => self.ws_pump(cx),
             State::Closing { lingering: true } => self.discard_input(cx),
+            // `on_ready` pumps a WebSocket itself.
+            State::WebSocket { .. } => {}
             // Not asked for: a stale report.
             State::Storing(_) | State::Upgrading { .. } | State::WsClosing | State::Closing { lingering: false } => {}
         }
