@@ -97,6 +97,7 @@ macro_rules! conformance {
                 after_beyond_the_newest_id_starts_with_a_reset_frame,
                 after_an_id_no_longer_held_never_skips_silently,
                 answers_pings,
+                a_frame_larger_than_one_read_arrives_whole,
             }
             http {
                 every_response_has_date_and_content_length,

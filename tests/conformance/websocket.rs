@@ -167,6 +167,19 @@ pub fn after_beyond_the_newest_id_starts_with_a_reset_frame(model: Model) {
     assert_eq!(ws.next_ids(2), [1, 2], "after the reset, the history held");
 }
 
+/// A client frame larger than what the server reads at once (its WebSocket read buffer
+/// is a few KiB) is assembled whole: a 4,096-character body of two-byte characters.
+pub fn a_frame_larger_than_one_read_arrives_whole(model: Model) {
+    let server = Server::start(model);
+    let mut ws = Ws::connect(server.port(), "/api/rooms/big/ws");
+    let body = "é".repeat(4096);
+    ws.send_json(&json!({"type": "post", "body": body, "from": "ann", "ref": 1}));
+    let (first, second) = (ws.next_frame(), ws.next_frame());
+    let ack = if first["type"] == "ack" { first } else { second };
+    assert_eq!(ack["type"], "ack", "frames: {:#?}", ws.seen());
+    assert_eq!(ack["message"]["body"], json!(body), "the body arrives whole");
+}
+
 /// The server answers a ping with a pong carrying the same payload.
 pub fn answers_pings(model: Model) {
     let server = Server::start(model);

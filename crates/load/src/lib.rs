@@ -7,8 +7,8 @@
 //! subscribers the server holds, at what memory), `db-stall` and `cpu` (what a slow store
 //! or a CPU-bound route does to unrelated requests).
 //!
-//! It talks to the server only over the network, with a small hand-written HTTP/1.1
-//! client on tokio and tokio-tungstenite for WebSocket, and only to loopback addresses
+//! It talks to the server only over the network, with a small hand-written HTTP/1.1 and
+//! WebSocket client on tokio, and only to loopback addresses
 //! (127.0.0.0/8, ::1): [`run`] refuses any other target.
 //!
 //! Library use (what `c10k bench` does):

@@ -25,13 +25,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use crate::acceptor::{keep_reserve_descriptor, refuse_with_reserve, Reserve};
-use crate::common::{date, is_fd_exhaustion, now, tagged, ConnectionSlot, ReplyShape};
+use crate::common::{date, is_fd_exhaustion, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
 use crate::{Context, DbMode, Model};
 
 /// Bytes read from a socket at a time, into the worker thread's scratch buffer (see
@@ -69,8 +69,6 @@ async fn read_into(stream: &TcpStream, mut decoder: Option<&mut RequestDecoder>)
         }
     }
 }
-/// The largest WebSocket message accepted from a client.
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 
 /// The `async` model.
 #[derive(Debug)]
@@ -355,9 +353,7 @@ impl Connection {
         self.flush().await?;
         let early = self.decoder.take_buffered();
         let stream = self.stream;
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_WS_MESSAGE);
-        config.max_frame_size = Some(MAX_WS_MESSAGE);
+        let config = websocket_config();
         let mut ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
         let mut frames: Vec<String> = Vec::new();
         loop {

@@ -23,14 +23,13 @@ use c10k_core::chat::{EventStream, Outcome, StoreCall, StoreDone, StreamStatus, 
 use c10k_core::http::{Encoding, Event, ProtocolError, RequestDecoder, Response, StatusCode};
 use tracing::debug;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Message as WsMessage, WebSocket};
 
-use crate::common::{date, now, tagged, ReplyShape};
+use crate::common::{date, now, tagged, websocket_config, ReplyShape};
 use crate::{Context, DbMode};
 
 const READ_CHUNK: usize = 8 * 1024;
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 
 /// A byte stream a blocking handler can drive.
 pub(crate) trait Conn: Read + Write {
@@ -327,9 +326,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
         let early = self.decoder.take_buffered();
         self.conn.set_read_deadline(None)?;
         self.conn.set_nonblocking(true)?;
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_WS_MESSAGE);
-        config.max_frame_size = Some(MAX_WS_MESSAGE);
+        let mut config = websocket_config();
         config.max_write_buffer_size = self.context.app.limits().max_outgoing_bytes;
         let fd = self.conn.fd();
         let mut ws = WebSocket::from_partially_read(&mut self.conn, early, Role::Server, Some(config));
@@ -352,6 +349,10 @@ fn ws_loop<W: Wait, S: Read + Write>(
     let waker = wait.waker();
     let mut frames = Vec::new();
     let mut unflushed = false;
+    // Whether a read may find something: false once one met `WouldBlock` (tungstenite
+    // holds no whole frame and the socket is empty), true again when the wait says the
+    // socket is ready. A wake-up by the hub then costs one `send`, not two futile reads.
+    let mut readable = true;
     loop {
         let mut progressed = false;
         let outgoing = {
@@ -384,43 +385,50 @@ fn ws_loop<W: Wait, S: Read + Write>(
                 Err(e) => return Err(io::Error::other(e)),
             }
         }
-        match ws.read() {
-            Ok(WsMessage::Text(text)) => {
-                progressed = true;
-                let action = {
-                    let _giant = giant.hold();
-                    session.handle_text(&context.app, text.as_str(), now().unix_ms)
-                };
-                let reply = match action {
-                    WsAction::Reply(frame) => frame,
-                    WsAction::Store(call) => match run_store(call, wait, context)? {
-                        Some(done) => WsSession::finish_post(done),
-                        None => r#"{"type":"error","error":"the store is busy; try again shortly"}"#.to_string(),
-                    },
-                };
-                match ws.write(WsMessage::text(reply)) {
-                    Ok(()) => unflushed = true,
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => unflushed = true,
-                    Err(e) => return Err(io::Error::other(e)),
+        if readable {
+            match ws.read() {
+                Ok(WsMessage::Text(text)) => {
+                    progressed = true;
+                    let action = {
+                        let _giant = giant.hold();
+                        session.handle_text(&context.app, text.as_str(), now().unix_ms)
+                    };
+                    let reply = match action {
+                        WsAction::Reply(frame) => frame,
+                        WsAction::Store(call) => match run_store(call, wait, context)? {
+                            Some(done) => WsSession::finish_post(done),
+                            None => r#"{"type":"error","error":"the store is busy; try again shortly"}"#.to_string(),
+                        },
+                    };
+                    match ws.write(WsMessage::text(reply)) {
+                        Ok(()) => unflushed = true,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => unflushed = true,
+                        Err(e) => return Err(io::Error::other(e)),
+                    }
                 }
-            }
-            Ok(WsMessage::Binary(_)) => {
-                progressed = true;
-                let reply = r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#;
-                let _ = ws.write(WsMessage::text(reply));
-                unflushed = true;
-            }
-            Ok(_) => progressed = true, // pings are answered by tungstenite on the next flush
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(()),
-            Err(e) => {
-                debug!("websocket: {e}");
-                return Ok(());
+                Ok(WsMessage::Binary(_)) => {
+                    progressed = true;
+                    let reply = r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#;
+                    let _ = ws.write(WsMessage::text(reply));
+                    unflushed = true;
+                }
+                Ok(WsMessage::Ping(_)) => {
+                    // tungstenite queued the pong; it goes out with the next flush.
+                    progressed = true;
+                    unflushed = true;
+                }
+                Ok(_) => progressed = true,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => readable = false,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(()),
+                Err(e) => {
+                    debug!("websocket: {e}");
+                    return Ok(());
+                }
             }
         }
         if !progressed {
             let interest = if unflushed { Interest::ReadWrite } else { Interest::Read };
-            wait.wait(Some((fd, interest)), None)?;
+            readable = wait.wait(Some((fd, interest)), None)? == Woke::Ready;
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Small pieces every model shares: the clock reading, the Date header cache, the
-//! connection count, the worker tag.
+//! connection count, the worker tag, the WebSocket settings.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use c10k_core::chat::{App, Now};
 use c10k_core::http::{http_date, Encoding, Request, Response};
+use tungstenite::protocol::WebSocketConfig;
 
 /// Reads the clocks once, for one request.
 pub(crate) fn now() -> Now {
@@ -106,4 +107,24 @@ pub(crate) fn tagged(response: &Response) -> Cow<'_, Response> {
         Some(pid) => Cow::Owned(response.clone().header("X-C10k-Worker", pid.clone())),
         None => Cow::Borrowed(response),
     }
+}
+
+/// The largest WebSocket message (and frame) accepted from a client.
+const MAX_WS_MESSAGE: usize = 64 * 1024;
+
+/// What tungstenite reads from the socket at most per `read(2)`, and the read buffer it
+/// starts with. Clients send small JSON frames (a post is a few hundred bytes); a larger
+/// frame grows the buffer to fit it. Kept small because tungstenite zero-fills this much
+/// before every `read(2)` (`BytesMut::resize`), and a subscriber's socket is read every
+/// time it is woken: at its 128 KiB default, that memset was 37% of an async server's
+/// time in a WebSocket broadcast.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// The WebSocket settings every model starts from: the small read buffer and the message
+/// limits. Each model adds its own write-buffer settings.
+pub(crate) fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
 }

@@ -19,11 +19,11 @@ use c10k_core::chat::{EventStream, LongPoll, Outcome, StoreCall, StoreDone, Stre
 use c10k_core::http::{Encoding, Event, ProtocolError, Request, RequestDecoder, Response, StatusCode};
 use tracing::{debug, error, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
 
 use crate::acceptor::refuse;
-use crate::common::{date, now, tagged, ConnectionSlot, ReplyShape};
+use crate::common::{date, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
 use crate::reactor::event_loop::{Handler, Loop, TimerKey, Watchdog};
 use crate::reactor::{self, Interest, PollerKind, Token};
 use crate::{Context, DbMode, Model};
@@ -44,8 +44,6 @@ const READS_PER_CALLBACK: usize = 4;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// WebSocket frames handled per callback before yielding to the other connections.
 const WS_FRAMES_PER_CALLBACK: usize = 64;
-/// The largest WebSocket message accepted from a client.
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 /// An output buffer grown past this by one large response is given back once written.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
@@ -251,8 +249,11 @@ enum State {
     Streaming { events: EventStream, stalled: bool },
     /// A 101 response is being written; then the connection speaks WebSocket.
     Upgrading { session: WsSession },
-    /// Speaking WebSocket (`unflushed`: tungstenite holds bytes the socket did not take).
-    WebSocket { session: WsSession, unflushed: bool },
+    /// Speaking WebSocket (`unflushed`: tungstenite holds bytes the socket did not take;
+    /// `readable`: a read may find something, false from a read that met `WouldBlock`
+    /// until the poller reports the socket readable, so that a wake-up by the hub costs
+    /// one `send` and no futile reads).
+    WebSocket { session: WsSession, unflushed: bool, readable: bool },
     /// A close frame is being written.
     WsClosing,
     /// The last response is being written (then `lingering`: our side is shut, and what the
@@ -351,13 +352,14 @@ impl Conn {
     // ---- The callbacks the server dispatches to -------------------------------------------
 
     fn on_ready(&mut self, cx: &mut Cx<'_>, event: reactor::Event) {
-        if event.writable {
-            match self.state {
-                State::WebSocket { .. } => self.ws_pump(cx),
-                State::WsClosing => self.ws_flush_close(cx),
-                // Plain output is written in `settle`, after every callback.
-                _ => {}
-            }
+        if let State::WebSocket { readable, .. } = &mut self.state {
+            // One pump for both directions.
+            *readable |= event.readable;
+            return self.ws_pump(cx);
+        }
+        // Plain output is written in `settle`, after every callback.
+        if event.writable && matches!(self.state, State::WsClosing) {
+            self.ws_flush_close(cx);
         }
         if event.readable && !self.done {
             self.on_readable(cx);
@@ -368,8 +370,9 @@ impl Conn {
         match self.state {
             State::Reading { .. } => self.read_requests(cx),
             State::LongPolling { .. } | State::Streaming { .. } => self.read_while_waiting(cx),
-            State::WebSocket { .. } => self.ws_pump(cx),
             State::Closing { lingering: true } => self.discard_input(cx),
+            // `on_ready` pumps a WebSocket itself.
+            State::WebSocket { .. } => {}
             // Not asked for: a stale report.
             State::Storing(_) | State::Upgrading { .. } | State::WsClosing | State::Closing { lingering: false } => {}
         }
@@ -669,15 +672,14 @@ impl Conn {
         let State::Upgrading { session } = mem::replace(&mut self.state, State::WsClosing) else { return };
         self.clear_timer(cx);
         let max_out = cx.context.app.limits().max_outgoing_bytes;
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_WS_MESSAGE);
-        config.max_frame_size = Some(MAX_WS_MESSAGE);
+        let mut config = websocket_config();
         // tungstenite insists that the cap exceeds the size at which it starts writing.
         config.write_buffer_size = config.write_buffer_size.min(max_out / 2);
         config.max_write_buffer_size = max_out.max(config.write_buffer_size + 1);
         let early = self.decoder.take_buffered();
         self.ws = Some(Box::new(WebSocketContext::from_partially_read(early, Role::Server, Some(config))));
-        self.state = State::WebSocket { session, unflushed: false };
+        // `early` may hold whole frames: read before waiting for the poller.
+        self.state = State::WebSocket { session, unflushed: false, readable: true };
         self.ws_pump(cx);
     }
 
@@ -702,7 +704,8 @@ impl Conn {
                             Some(done) => WsSession::finish_post(done),
                             None => busy_frame(),
                         };
-                        conn.state = State::WebSocket { session, unflushed: true };
+                        // The client may have sent more meanwhile, and tungstenite may hold it.
+                        conn.state = State::WebSocket { session, unflushed: true, readable: true };
                         match conn.ws_write(frame) {
                             WsTurn::Close(why) => conn.ws_close(cx, why),
                             WsTurn::Gone => conn.done = true,
@@ -725,7 +728,8 @@ impl Conn {
     }
 
     fn ws_turn(&mut self, cx: &mut Cx<'_>) -> WsTurn {
-        let (State::WebSocket { session, unflushed }, Some(ws)) = (&mut self.state, self.ws.as_deref_mut()) else {
+        let (State::WebSocket { session, unflushed, readable }, Some(ws)) = (&mut self.state, self.ws.as_deref_mut())
+        else {
             return WsTurn::Gone;
         };
         let mut stream = &self.stream;
@@ -762,6 +766,9 @@ impl Conn {
                 }
             }
         }
+        if !*readable {
+            return if progressed { WsTurn::Progress } else { WsTurn::Idle };
+        }
         let reply = match ws.read(&mut stream) {
             Ok(WsMessage::Text(text)) => match session.handle_text(&cx.context.app, text.as_str(), now().unix_ms) {
                 WsAction::Reply(frame) => frame,
@@ -770,9 +777,14 @@ impl Conn {
             Ok(WsMessage::Binary(_)) => {
                 r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#.to_string()
             }
-            // Pings are answered by tungstenite on its next write or flush.
+            Ok(WsMessage::Ping(_)) => {
+                // tungstenite queued the pong; the pump's next flush sends it.
+                *unflushed = true;
+                return WsTurn::Progress;
+            }
             Ok(_) => return WsTurn::Progress,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                *readable = false;
                 return if progressed { WsTurn::Progress } else { WsTurn::Idle };
             }
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return WsTurn::Gone,

@@ -3,17 +3,15 @@
 //! or WebSocket. A scenario reads all three the same way: [`Feed::next`] gives the next
 //! batch of messages, in the order the server sent them.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use super::http::{get, Conn};
 use super::sse::SseParser;
-use super::{connect, ClientError};
+use super::ws::WsConn;
+use super::ClientError;
 use crate::scenarios::Via;
 
 /// Seconds a long-poll asks the server to wait (the server caps it at its own
@@ -27,14 +25,39 @@ pub(crate) struct WireMessage {
     pub body: String,
 }
 
-/// What a subscription produced: messages (in the order received), a reset, or both.
+/// A message borrowed from the frame that carried it (a body without escapes is not
+/// copied).
+#[derive(Debug, Deserialize)]
+pub(crate) struct MessageRef<'a> {
+    pub id: u64,
+    #[serde(borrow)]
+    pub body: Cow<'a, str>,
+}
+
+/// What a subscription produced: messages (in the order received), a reset, both, or
+/// (a WebSocket frame of another type) neither. Borrowed from the feed until its next call.
 #[derive(Debug, Default)]
-pub(crate) struct FeedEvent {
+pub(crate) struct FeedEvent<'a> {
     /// The server said it could not resume from our position (`reset`): messages were
     /// skipped.
     pub reset: bool,
-    /// The messages, in the order received.
-    pub messages: Vec<WireMessage>,
+    /// Messages decoded from a long-poll answer or SSE events.
+    decoded: Vec<WireMessage>,
+    /// The message of one WebSocket frame, read in place.
+    framed: Option<MessageRef<'a>>,
+}
+
+impl FeedEvent<'_> {
+    /// A batch of decoded messages.
+    pub(crate) fn new(reset: bool, messages: Vec<WireMessage>) -> FeedEvent<'static> {
+        FeedEvent { reset, decoded: messages, framed: None }
+    }
+
+    /// The messages as `(id, body)`, in the order received.
+    pub(crate) fn messages(&self) -> impl Iterator<Item = (u64, &str)> {
+        let decoded = self.decoded.iter().map(|m| (m.id, m.body.as_str()));
+        decoded.chain(self.framed.iter().map(|m| (m.id, &*m.body)))
+    }
 }
 
 /// Where to subscribe.
@@ -55,7 +78,7 @@ pub(crate) enum Feed {
     /// `GET /api/rooms/{room}/events?after=ID`, read until the server closes it.
     Sse { conn: Conn, parser: SseParser },
     /// `GET /api/rooms/{room}/ws?after=ID`, JSON text frames.
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(WsConn),
 }
 
 #[derive(Deserialize)]
@@ -67,18 +90,14 @@ struct PollAnswer {
     last_id: u64,
 }
 
+/// A server frame, `{"type": ..., ...}`: the fields a subscriber uses, borrowed.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum Frame {
-    Message {
-        message: WireMessage,
-    },
-    Reset {},
-    Error {
-        error: String,
-    },
-    #[serde(other)]
-    Other,
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    message: Option<MessageRef<'a>>,
+    error: Option<String>,
 }
 
 impl Feed {
@@ -109,13 +128,8 @@ impl Feed {
                 Ok(Feed::Sse { conn, parser: SseParser::default() })
             }
             Via::Ws => {
-                let stream = connect(spec.addr, source).await?;
-                let url = format!("ws://{host}/api/rooms/{room}/ws?after={}", spec.after);
-                match tokio_tungstenite::client_async(url, stream).await {
-                    Ok((ws, _)) => Ok(Feed::Ws(Box::new(ws))),
-                    Err(tungstenite::Error::Http(response)) => Err(ClientError::Status(response.status().as_u16())),
-                    Err(e) => Err(ws_error(e)),
-                }
+                let path = format!("/api/rooms/{room}/ws?after={}", spec.after);
+                Ok(Feed::Ws(WsConn::open(spec.addr, source, &path).await?))
             }
         }
     }
@@ -132,7 +146,12 @@ impl Feed {
     /// Waits for the next messages. Cancel-safe for SSE and WebSocket; for long-poll a
     /// call dropped while re-issuing its request leaves the feed unusable, so callers keep
     /// one call alive until it completes (or drop the feed).
-    pub(crate) async fn next(&mut self) -> Result<FeedEvent, ClientError> {
+    pub(crate) async fn next(&mut self) -> Result<FeedEvent<'_>, ClientError> {
+        // A WebSocket's event borrows the frame: it is read outside the loop below, whose
+        // other arms loop again (and so reborrow the feed).
+        if let Feed::Ws(ws) = self {
+            return next_frame(ws).await;
+        }
         loop {
             match self {
                 Feed::LongPoll { in_flight: false, .. } => self.issue_poll().await?,
@@ -153,7 +172,7 @@ impl Feed {
                         None => {}
                     }
                     if answer.reset || !answer.messages.is_empty() {
-                        return Ok(FeedEvent { reset: answer.reset, messages: answer.messages });
+                        return Ok(FeedEvent::new(answer.reset, answer.messages));
                     }
                     // An empty answer at the server's wait: ask again.
                 }
@@ -162,7 +181,7 @@ impl Feed {
                     let mut batch = FeedEvent::default();
                     while let Some(event) = parser.next_event(conn.buffer()) {
                         match event.event.as_str() {
-                            "message" => batch.messages.push(
+                            "message" => batch.decoded.push(
                                 serde_json::from_str(&event.data)
                                     .map_err(|e| ClientError::Protocol(format!("SSE message: {e}")))?,
                             ),
@@ -173,43 +192,30 @@ impl Feed {
                             _ => {}
                         }
                     }
-                    if batch.reset || !batch.messages.is_empty() {
+                    if batch.reset || !batch.decoded.is_empty() {
                         return Ok(batch);
                     }
                     conn.fill().await?;
                 }
-                Feed::Ws(ws) => match ws.next().await {
-                    None => return Err(ClientError::Closed),
-                    Some(Err(e)) => return Err(ws_error(e)),
-                    Some(Ok(Message::Text(text))) => {
-                        match serde_json::from_str::<Frame>(text.as_str())
-                            .map_err(|e| ClientError::Protocol(format!("WebSocket frame: {e}")))?
-                        {
-                            Frame::Message { message } => {
-                                return Ok(FeedEvent { reset: false, messages: vec![message] })
-                            }
-                            Frame::Reset {} => return Ok(FeedEvent { reset: true, messages: Vec::new() }),
-                            Frame::Error { error } => {
-                                return Err(ClientError::Protocol(format!("server error frame: {error}")))
-                            }
-                            Frame::Other => {}
-                        }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                        return Err(ClientError::Protocol(format!("WebSocket closed by server {why}")));
-                    }
-                    Some(Ok(_)) => {} // pings are answered by tungstenite
-                },
+                Feed::Ws(_) => unreachable!("read above"),
             }
         }
     }
 }
 
-fn ws_error(e: tungstenite::Error) -> ClientError {
-    match e {
-        tungstenite::Error::Io(e) => ClientError::Io(e),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => ClientError::Closed,
-        other => ClientError::Protocol(format!("WebSocket: {other}")),
+/// The next frame of a WebSocket: its message, its reset, or (an ack, a type this client
+/// does not know) an empty event.
+async fn next_frame(ws: &mut WsConn) -> Result<FeedEvent<'_>, ClientError> {
+    let text = ws.next_text().await?;
+    let frame: Frame<'_> =
+        serde_json::from_str(text).map_err(|e| ClientError::Protocol(format!("WebSocket frame: {e}")))?;
+    match &*frame.kind {
+        "message" => match frame.message {
+            Some(message) => Ok(FeedEvent { reset: false, decoded: Vec::new(), framed: Some(message) }),
+            None => Err(ClientError::Protocol("a message frame without its message".into())),
+        },
+        "reset" => Ok(FeedEvent::new(true, Vec::new())),
+        "error" => Err(ClientError::Protocol(format!("server error frame: {}", frame.error.unwrap_or_default()))),
+        _ => Ok(FeedEvent::default()),
     }
 }

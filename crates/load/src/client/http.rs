@@ -54,6 +54,15 @@ impl Conn {
         self.stream.write_all(bytes).await.map_err(ClientError::Io)
     }
 
+    /// Writes what the socket takes of `bytes` now (at least one byte); cancel-safe.
+    pub(crate) async fn write_some(&mut self, bytes: &[u8]) -> Result<usize, ClientError> {
+        match self.stream.write(bytes).await {
+            Ok(0) => Err(ClientError::Closed),
+            Ok(n) => Ok(n),
+            Err(e) => Err(ClientError::Io(e)),
+        }
+    }
+
     /// Sends a request and reads its response.
     pub(crate) async fn request(&mut self, bytes: &[u8]) -> Result<Reply, ClientError> {
         self.send(bytes).await?;

@@ -1,13 +1,16 @@
 //! The client side of the wire: a minimal HTTP/1.1 connection ([`http::Conn`]), the three
-//! ways to subscribe to a room ([`feed::Feed`]), and the SSE line parser.
+//! ways to subscribe to a room ([`feed::Feed`]), the SSE line parser, and the WebSocket
+//! client ([`ws::WsConn`]).
 //!
 //! Only what the scenarios need: `Content-Length` framed responses (c10k always sends it),
-//! an event stream read until the server closes it, and WebSocket through
-//! tokio-tungstenite. No TLS, no redirects, no chunked responses.
+//! an event stream read until the server closes it, and WebSocket text messages read in
+//! place (tungstenite gives only the handshake's key helpers). No TLS, no redirects, no
+//! chunked responses.
 
 pub(crate) mod feed;
 pub(crate) mod http;
 pub(crate) mod sse;
+pub(crate) mod ws;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -132,13 +132,14 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, batch: FeedEvent) {
-        let now = unix_micros();
+    fn record(&mut self, batch: FeedEvent<'_>) {
         if batch.reset {
             self.resets += 1;
         }
-        for message in batch.messages {
-            let Some((seq, sent_us)) = parse_body(&message.body).filter(|(seq, _)| *seq < self.seen.len()) else {
+        let mut now = None;
+        for (id, body) in batch.messages() {
+            let now = *now.get_or_insert_with(unix_micros);
+            let Some((seq, sent_us)) = parse_body(body).filter(|(seq, _)| *seq < self.seen.len()) else {
                 self.foreign += 1;
                 continue;
             };
@@ -146,10 +147,10 @@ impl Tally {
                 self.duplicates += 1;
                 continue;
             }
-            if message.id < self.last_id {
+            if id < self.last_id {
                 self.out_of_order += 1;
             }
-            self.last_id = self.last_id.max(message.id);
+            self.last_id = self.last_id.max(id);
             self.seen.set(seq);
             self.latency.record(now.saturating_sub(sent_us));
             self.last_delivery_unix_us = now;
@@ -582,10 +583,9 @@ mod tests {
         };
         let m = |id, body: &str| WireMessage { id, body: body.to_string() };
         let now = unix_micros();
-        tally
-            .record(FeedEvent { reset: false, messages: vec![m(10, &format!("0 {now}")), m(12, &format!("2 {now}"))] });
-        tally.record(FeedEvent { reset: true, messages: vec![m(11, &format!("1 {now}")), m(12, &format!("2 {now}"))] });
-        tally.record(FeedEvent { reset: false, messages: vec![m(13, "hello"), m(14, &format!("9 {now}"))] });
+        tally.record(FeedEvent::new(false, vec![m(10, &format!("0 {now}")), m(12, &format!("2 {now}"))]));
+        tally.record(FeedEvent::new(true, vec![m(11, &format!("1 {now}")), m(12, &format!("2 {now}"))]));
+        tally.record(FeedEvent::new(false, vec![m(13, "hello"), m(14, &format!("9 {now}"))]));
         assert_eq!((tally.duplicates, tally.out_of_order, tally.resets, tally.foreign), (1, 1, 1, 2));
         assert_eq!(tally.seen.count(), 3);
         assert_eq!(tally.delivered.load(Ordering::Relaxed), 3);

@@ -14,13 +14,19 @@
 //! takes the whole inbox under the lock and runs the callbacks after dropping it, so no
 //! callback ever runs with the lock held, and a waker woken from inside a callback (the hub
 //! wakes readers during an inline store call) just queues its token for the next step 5.
+//! Step 5 runs the posted results first (each answers a client that waits for it), then at
+//! most [`WOKEN_PER_TICK`] woken tokens; the others wait for the next tick, whose wait does
+//! not sleep. A message to thousands of subscribers thus lets the sockets be read several
+//! times while it goes out: the poster's next message is read, published and sent with
+//! it to the subscribers not yet served (one `send` carries both), as tokio's scheduler
+//! polls its sockets every few dozen tasks.
 //!
 //! Watchdog: every callback is timed. One that holds the loop longer than the threshold is
 //! logged with what it was doing (set by the handler with [`Loop::doing`]) and counted, as
 //! asyncio's debug mode reports slow callbacks: on this model nothing else runs meanwhile.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::mem;
 use std::os::fd::RawFd;
@@ -31,6 +37,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::{Capabilities, Event, Interest, Notifier, Poller, Token};
+
+/// Woken tokens called back per tick at most; the rest are carried to the next tick.
+pub(crate) const WOKEN_PER_TICK: usize = 128;
 
 /// What the loop calls back. Each method runs on the loop thread, timed by the watchdog;
 /// each may be spurious (a stale token, a timer already dealt with, a duplicate wake), so
@@ -213,6 +222,8 @@ pub(crate) struct Loop<M> {
     watchdog: Watchdog,
     doing: Cow<'static, str>,
     stopped: bool,
+    /// Woken tokens not called back yet, in the order they were woken.
+    woken: VecDeque<Token>,
 }
 
 impl<M: Send + 'static> Loop<M> {
@@ -227,6 +238,7 @@ impl<M: Send + 'static> Loop<M> {
             watchdog,
             doing: Cow::Borrowed(""),
             stopped: false,
+            woken: VecDeque::new(),
         }
     }
 
@@ -234,8 +246,12 @@ impl<M: Send + 'static> Loop<M> {
     pub(crate) fn run<H: Handler<Message = M>>(&mut self, handler: &mut H) -> io::Result<()> {
         let mut events = Vec::with_capacity(1024);
         while !self.stopped {
-            // 1. Nearest timer: the wait may last until it is due, and no longer.
-            let timeout = self.timers.nearest().map(|at| at.saturating_duration_since(Instant::now()));
+            // 1. Nearest timer: the wait may last until it is due, and no longer (and does not
+            //    sleep at all while woken tokens wait for their turn).
+            let timeout = match self.woken.is_empty() {
+                true => self.timers.nearest().map(|at| at.saturating_duration_since(Instant::now())),
+                false => Some(Duration::ZERO),
+            };
             // 2. Wait for a ready descriptor, that timer, or the doorbell (wakers, posts).
             self.poller.wait(&mut events, timeout)?;
             // 3. Dispatch the ready descriptors, in the order the poller reported them.
@@ -247,14 +263,17 @@ impl<M: Send + 'static> Loop<M> {
             while let Some(token) = self.timers.pop_expired(now, before) {
                 self.dispatch(handler, Callback::Timer(token));
             }
-            // 5. Run posted work: tokens woken by wakers, results posted by other threads.
-            //    The inbox is taken under its lock; the callbacks run after it is dropped.
+            // 5. Run posted work: results posted by other threads, then tokens woken by
+            //    wakers, at most WOKEN_PER_TICK (the rest on the next ticks, in order). The
+            //    inbox is taken under its lock; the callbacks run after it is dropped.
             let Inbox { woken, posted } = self.shared.take();
-            for token in woken {
-                self.dispatch(handler, Callback::Woken(token));
-            }
             for (token, message) in posted {
                 self.dispatch(handler, Callback::Message(token, message));
+            }
+            self.woken.extend(woken);
+            for _ in 0..WOKEN_PER_TICK {
+                let Some(token) = self.woken.pop_front() else { break };
+                self.dispatch(handler, Callback::Woken(token));
             }
         }
         Ok(())
@@ -449,7 +468,32 @@ mod tests {
         let mut handler = Recorder { stop_after: 2, ..Recorder::default() };
         lp.run(&mut handler).unwrap();
         other.join().unwrap();
-        assert_eq!(handler.seen, ["woken 5", "message 6 stored"]);
+        // One tick or two: the loop may take the inbox between the wake and the post.
+        handler.seen.sort();
+        assert_eq!(handler.seen, ["message 6 stored", "woken 5"]);
+    }
+
+    #[test]
+    fn posted_results_go_first_and_a_long_wake_list_lets_the_sockets_be_polled() {
+        let mut lp = new_loop(None);
+        let wakers: Vec<Waker> = (0..WOKEN_PER_TICK + 2).map(|i| lp.waker(Token(100 + i))).collect();
+        wakers.iter().for_each(Waker::wake_by_ref);
+        lp.remote().post(Token(6), "stored");
+        // A readable socket, reported by the poller in step 3.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &b, b"x").unwrap();
+        use std::os::fd::AsRawFd;
+        lp.register(a.as_raw_fd(), Token(7), Interest::READABLE).unwrap();
+        let mut handler = Recorder { stop_after: WOKEN_PER_TICK + 5, ..Recorder::default() };
+        lp.run(&mut handler).unwrap();
+        // Tick 1: the socket (step 3), the posted result, then the budget of woken tokens.
+        // Tick 2 does not sleep: the socket again (nobody read it), then the rest.
+        let woken = |range: std::ops::Range<usize>| range.map(|i| format!("woken {}", 100 + i)).collect::<Vec<_>>();
+        let mut expected = vec!["ready 7".to_string(), "message 6 stored".to_string()];
+        expected.extend(woken(0..WOKEN_PER_TICK));
+        expected.push("ready 7".to_string());
+        expected.extend(woken(WOKEN_PER_TICK..WOKEN_PER_TICK + 2));
+        assert_eq!(handler.seen, expected);
     }
 
     #[test]
