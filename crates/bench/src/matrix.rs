@@ -226,6 +226,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         let scenario = Scenario::Plaintext(PlaintextConfig {
             connections: conns,
             requests: None,
+            pipeline: 1,
         });
         let mut c = cell("plaintext", series.into(), series, None, subject, load(scenario, d));
         c.profile = series == "async";
