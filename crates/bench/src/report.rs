@@ -379,7 +379,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
              (rounded up to whole seconds: wrk takes no fractions); its exact command is with each cell's below. \
              `c10k load / wrk` is c10k load's median req/s over wrk's; wrk's req/s counts every response, \
              so any that was not 2xx or 3xx is listed under problems. \
-             **Pipelined** cells (their own table, below the first) keep the same 64 connections, pinning, warm-up and \
+             **Pipelined** cells (their own table, below the first) keep the same connections, pinning, warm-up and \
              repeats but have 16 requests in flight on each (`c10k load plaintext --pipeline 16`: 16 requests in one \
              write, then their 16 answers, each checked), as TechEmpower's plaintext test does: with one request in \
              flight the client pays a write and a read per request and its core saturates first, so the first table \
