@@ -62,6 +62,18 @@ fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
     for c in suites["plaintext"]["cells"].as_array().unwrap().iter().filter(|c| c["skipped"].is_null()) {
         let id = c["cell"]["id"].as_str().unwrap();
         let wrk = &c["wrk"];
+        if c["cell"]["action"]["scenario"]["pipeline"].as_u64() == Some(16) {
+            // wrk cannot pipeline: the pipelined cells are c10k load's alone.
+            assert!(wrk.is_null(), "{id}: wrk ran on a pipelined cell: {wrk}");
+            assert!(id.ends_with("/pipelined16"), "{id}");
+            let load = c["load_command"].as_str().unwrap();
+            assert!(load.contains("plaintext -c 8 --pipeline 16 "), "{id}: {load}");
+            assert!(report.contains(&format!("load: `{load}`")), "{id}: RESULTS.md lists its command");
+            let sample = &c["samples"][0];
+            assert!(sample["metrics"]["rps"].as_f64().is_some_and(|v| v > 0.0), "{id}: {sample}");
+            assert_eq!(sample["metrics"]["errors"].as_f64(), Some(0.0), "{id}: {sample}");
+            continue;
+        }
         let command = wrk["command"].as_str().unwrap_or_else(|| panic!("plaintext/{id} has no wrk run: {c}"));
         assert!(command.contains(" -c8 ") && command.contains("--latency"), "{id}: wrk has the cell's 8 connections: {command}");
         assert!(command.contains(" -d1s "), "{id}: --quick's 0.5 s rounds up to wrk's whole second: {command}");
@@ -86,6 +98,23 @@ fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
     }
     assert!(report.contains("| wrk req/s |") && report.contains("| c10k load / wrk |"), "the plaintext table has wrk's columns");
     assert!(report.contains("c10k load's plaintext req/s within 10% of wrk's"), "the goals say whether the generators agree");
+    let pipelined: Vec<&serde_json::Value> = suites["plaintext"]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cell"]["id"].as_str().unwrap().ends_with("/pipelined16"))
+        .collect();
+    let ids: Vec<&str> = pipelined.iter().map(|c| c["cell"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["reactor/pipelined16", "async/pipelined16", "nginx/pipelined16", "raw/pipelined16"]);
+    assert!(report.contains("**Pipelined 16**") && report.contains("| × raw (pipelined) |"), "the pipelined table");
+    assert!(report.contains("| reactor (pipelined 16) <sub>--poller epoll</sub> |"), "its rows are marked pipelined");
+    let ran = |id: &str| pipelined.iter().any(|c| c["cell"]["id"] == id && c["skipped"].is_null());
+    if ran("nginx/pipelined16") && ran("raw/pipelined16") {
+        assert!(
+            report.contains("judged on the pipelined run, where the server's cost, not the client's syscalls, sets the rate"),
+            "the plaintext goal is judged pipelined"
+        );
+    }
     if wrk_installed {
         assert!(report.contains("c10k load within "), "the agreement line is computed from both figures");
     }

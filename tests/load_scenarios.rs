@@ -119,7 +119,7 @@ fn plaintext_answers_requests_and_counts_them() {
     let server = Server::start();
     let report = load(&server, &["plaintext", "--connections", "4", "--duration", "0.5"]);
     assert_sound(&report);
-    assert_eq!(report.scenario, Scenario::Plaintext(PlaintextConfig { connections: 4, requests: None }));
+    assert_eq!(report.scenario, Scenario::Plaintext(PlaintextConfig { connections: 4, requests: None, pipeline: 1 }));
     let class = &report.requests[0];
     assert_eq!(class.name, "plaintext");
     assert!(class.requests > 0 && class.per_second > 0.0, "{}", report.to_text());
@@ -134,6 +134,44 @@ fn plaintext_stops_at_the_request_count() {
     assert_sound(&report);
     assert_eq!(report.requests[0].requests, 50);
     assert!(report.elapsed_secs < 10.0, "a count-bounded run ends at its count");
+}
+
+#[test]
+fn plaintext_pipelined_sixteen_deep_gets_every_answer_checked() {
+    let server = Server::start();
+    let report = load(&server, &["plaintext", "--connections", "4", "--pipeline", "16", "--duration", "0.5"]);
+    assert_sound(&report);
+    assert_eq!(report.scenario, Scenario::Plaintext(PlaintextConfig { connections: 4, requests: None, pipeline: 16 }));
+    let class = &report.requests[0];
+    assert!(class.requests > 0 && class.per_second > 0.0, "{}", report.to_text());
+    assert_eq!(class.errors, 0, "{:?}", report.errors);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(class.latency.count, class.requests, "one latency per answer, not per batch");
+    assert!(report.to_text().contains("4 connections, 16 requests pipelined on each"), "{}", report.to_text());
+}
+
+#[test]
+fn plaintext_pipelined_stops_at_the_request_count_mid_batch() {
+    let server = Server::start();
+    // 50 is three batches of 16 and one of 2.
+    let report =
+        load(&server, &["plaintext", "--connections", "3", "--pipeline", "16", "--requests", "50", "--duration", "20"]);
+    assert_sound(&report);
+    assert_eq!((report.requests[0].requests, report.requests[0].errors), (50, 0));
+    assert!(report.elapsed_secs < 10.0, "a count-bounded run ends at its count");
+}
+
+#[test]
+fn a_pipeline_depth_out_of_range_is_refused() {
+    for depth in ["0", "257"] {
+        let output = Command::new(C10K)
+            .args(["load", "plaintext", "--pipeline", depth, "--target", "127.0.0.1:1", "--duration", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--pipeline {depth}: {stderr}");
+        assert!(stderr.contains("--pipeline must be 1 to 256"), "{stderr}");
+    }
 }
 
 #[test]

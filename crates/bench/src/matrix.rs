@@ -4,7 +4,7 @@
 //!
 //! | suite | what it measures | talk claim or goal |
 //! |---|---|---|
-//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer; wrk once per server as a cross-check | nginx vs Apache; plaintext goal; generators agree |
+//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer; wrk once per server as a cross-check; then 16 pipelined requests per connection for the event-loop models, nginx, hyper and raw | nginx vs Apache; plaintext goal (judged pipelined); generators agree |
 //! | `fanout` | long-poll fan-out: deliveries/s and latency against subscribers | fan-out goal, vs Tornado |
 //! | `ws` | WebSocket broadcast deliveries/s | 1M deliveries/s goal |
 //! | `capacity` | idle SSE subscribers held, memory per connection, threads | "10,000 threads or processes" |
@@ -200,6 +200,43 @@ fn plaintext_peers() -> Vec<(&'static str, Subject)> {
     ]
 }
 
+/// Requests in flight per connection in the plaintext suite's pipelined cells (what
+/// TechEmpower's plaintext test uses).
+pub const PIPELINE: usize = 16;
+
+/// The servers of the plaintext suite's pipelined cells: the models a pipelined batch
+/// suits (one thread serving many connections) and the peers the goal is judged against.
+/// Tornado and gevent are not among them: no goal or claim compares them on plaintext.
+fn pipelined_servers() -> Vec<(&'static str, Subject)> {
+    vec![
+        ("reactor", Subject::model("reactor", &["--poller", "epoll"])),
+        ("async", Subject::model("async", &["--threads", "1"])),
+        ("green", Subject::model("green", &["--poller", "epoll"])),
+        ("nginx", Subject::peer("nginx", Some(1))),
+        ("hyper", Subject::peer("hyper", Some(1))),
+        ("raw", Subject::peer("raw", Some(1))),
+    ]
+}
+
+/// The series of a server's pipelined plaintext cell: `reactor (pipelined 16)`.
+pub fn pipelined_series(server: &str) -> String {
+    format!("{server} (pipelined {PIPELINE})")
+}
+
+impl Cell {
+    /// Requests in flight per connection: the plaintext scenario's pipeline depth, 1 for
+    /// every other cell.
+    pub fn pipeline(&self) -> usize {
+        match &self.action {
+            Action::Load {
+                scenario: Scenario::Plaintext(c),
+                ..
+            } => c.pipeline,
+            _ => 1,
+        }
+    }
+}
+
 /// Builds every suite at `scale`.
 pub fn suites(scale: Scale) -> Vec<Cell> {
     let mut cells = Vec::new();
@@ -226,10 +263,27 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         let scenario = Scenario::Plaintext(PlaintextConfig {
             connections: conns,
             requests: None,
+            pipeline: 1,
         });
         let mut c = cell("plaintext", series.into(), series, None, subject, load(scenario, d));
         c.profile = series == "async";
         c.wrk = true;
+        cells.push(c);
+    }
+    // The same connections with 16 requests in flight on each: the client's system calls
+    // per request shrink sixteenfold, so the server's cost, not the client's, sets the
+    // rate (one in flight, the client's core saturates first). No wrk: it cannot pipeline
+    // without a Lua script.
+    for (server, subject) in pipelined_servers() {
+        let scenario = Scenario::Plaintext(PlaintextConfig {
+            connections: conns,
+            requests: None,
+            pipeline: PIPELINE,
+        });
+        let id = format!("{server}/pipelined{PIPELINE}");
+        let mut c = cell("plaintext", id, &pipelined_series(server), None, subject, load(scenario, d));
+        // The plaintext goal is judged on these, on whichever model is best: profile each.
+        c.profile = !c.subject.is_peer();
         cells.push(c);
     }
 
@@ -544,6 +598,9 @@ impl Action {
         match self {
             Action::Load { scenario, duration, timeout } => {
                 let args = match scenario {
+                    Scenario::Plaintext(c) if c.pipeline > 1 => {
+                        format!("plaintext -c {} --pipeline {}", c.connections, c.pipeline)
+                    }
                     Scenario::Plaintext(c) => format!("plaintext -c {}", c.connections),
                     Scenario::LongpollFanout(c) | Scenario::WsBroadcast(c) | Scenario::SseBroadcast(c) => format!(
                         "{} -n {} -m {} --rate {} --drain {}",

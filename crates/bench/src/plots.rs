@@ -339,9 +339,12 @@ fn bytes_label(v: f64) -> String {
 }
 
 fn plaintext(r: &Results, path: &Path) -> Result<bool, String> {
+    // One request in flight per connection, as the title says; the pipelined cells are a
+    // different measurement (their table is in RESULTS.md).
     let mut rows: Vec<(String, f64, usize)> = r
         .cells("plaintext")
         .iter()
+        .filter(|c| c.cell.pipeline() == 1)
         .filter_map(|c| {
             Some((
                 c.cell.series.clone(),
@@ -354,7 +357,7 @@ fn plaintext(r: &Results, path: &Path) -> Result<bool, String> {
     draw_bars(
         path,
         &Bars {
-            title: "plaintext: requests per second (one server core, 64 connections)".into(),
+            title: "plaintext: requests per second (one server core, 64 connections, one request in flight each)".into(),
             x_desc: "requests per second (median)".into(),
             rows,
             groups: vec!["c10k models".into(), "peers".into()],

@@ -378,7 +378,13 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
              right after c10k load's repeats, against the same server with the same pinning, connections and duration \
              (rounded up to whole seconds: wrk takes no fractions); its exact command is with each cell's below. \
              `c10k load / wrk` is c10k load's median req/s over wrk's; wrk's req/s counts every response, \
-             so any that was not 2xx or 3xx is listed under problems.",
+             so any that was not 2xx or 3xx is listed under problems. \
+             **Pipelined** cells (their own table, below the first) keep the same connections, pinning, warm-up and \
+             repeats but have 16 requests in flight on each (`c10k load plaintext --pipeline 16`: 16 requests in one \
+             write, then their 16 answers, each checked), as TechEmpower's plaintext test does: with one request in \
+             flight the client pays a write and a read per request and its core saturates first, so the first table \
+             measures the client as much as the server; pipelined, the server's own cost per request sets the rate. \
+             wrk does not run on them (it cannot pipeline without a Lua script).",
         "wakeup" => "The reactor on each poller with K idle keep-alive connections (each served one request, then left idle) while one more connection runs plaintext back to back: what each wake-up costs as idle connections grow. `select` cannot watch descriptors past 1024 (FD_SETSIZE): the server refuses those connections.",
         "dbstall" => "Posts (store calls, made slow where the build has a slow store) at a fixed rate beside `GET /healthz` probes at a fixed rate; the probes' latency is measured from when each was due (no coordinated omission). `inline` runs the store call on the serving thread, `offload` on the pool.",
         "cpu" => "`GET /cpu?cost=N` (CPU-bound, about 4 ms each at full size) on 4 connections beside `GET /plaintext` on one other (its latency is what the other clients see); server and client unpinned (the server may use both cores: the giant-lock and green-threads claims are about using several).",
@@ -393,6 +399,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
     let _ = writeln!(out, "{about}\n");
     match run.suite.as_str() {
         "plaintext" => {
+            let (pipelined, cells): (Vec<&CellResult>, Vec<&CellResult>) =
+                cells.iter().copied().partition(|c| c.cell.pipeline() > 1);
             let base = cells
                 .iter()
                 .find(|c| c.cell.series == baseline)
@@ -439,6 +447,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 ]);
             }
             t.render(out);
+            pipelined_table(out, &pipelined, &cells, baseline);
         }
         "wakeup" => {
             let mut t = Table::new(&[
@@ -643,6 +652,52 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
         }
     }
     let _ = writeln!(out, "\n</details>\n");
+}
+
+/// The plaintext suite's pipelined cells, with ratios to the pipelined baseline and raw
+/// floor (the same measurement) and to the server's own one-in-flight cell.
+fn pipelined_table(out: &mut String, pipelined: &[&CellResult], single: &[&CellResult], baseline: &str) {
+    let Some(depth) = pipelined.first().map(|c| c.cell.pipeline()) else { return };
+    let find = |series: &str| pipelined.iter().find(|c| c.cell.series == series).and_then(|c| c.median("rps"));
+    let base = find(&crate::matrix::pipelined_series(baseline));
+    let raw = find(&crate::matrix::pipelined_series("raw"));
+    let _ = writeln!(
+        out,
+        "**Pipelined {depth}** (the same connections, {depth} requests in flight on each; \
+         ratios to the pipelined {baseline} and raw):\n"
+    );
+    let mut t = Table::new(&[
+        "server",
+        "req/s",
+        "spread",
+        "p50",
+        "p99",
+        &format!("× {baseline} (pipelined)"),
+        "× raw (pipelined)",
+        "× its one-in-flight req/s",
+        "server CPU",
+        "client CPU",
+        "problems",
+    ]);
+    for c in pipelined {
+        // Its one-in-flight cell: `reactor` for `reactor/pipelined16`.
+        let server = c.cell.id.split('/').next().unwrap_or("");
+        let one = single.iter().find(|s| s.cell.id == server).and_then(|s| s.median("rps"));
+        t.row(vec![
+            label(c),
+            med(c, "rps", thousands),
+            spread(c, "rps"),
+            med(c, "p50_us", us),
+            med(c, "p99_us", us),
+            fx(ratio(c.median("rps"), base)),
+            fx(ratio(c.median("rps"), raw)),
+            fx(ratio(c.median("rps"), one)),
+            med(c, "server_cpu_pct", pct),
+            med(c, "client_cpu_pct", pct),
+            problems(c),
+        ]);
+    }
+    t.render(out);
 }
 
 fn label(c: &CellResult) -> String {

@@ -292,6 +292,7 @@ fn warm_up(ctx: &Ctx, secs: f64) {
     let scenario = Scenario::Plaintext(PlaintextConfig {
         connections: 8,
         requests: None,
+        pipeline: 1,
     });
     let _ = c10k_load::run(&config(ctx, scenario, secs, secs + 10.0));
 }
@@ -404,6 +405,7 @@ fn run_action_once(action: &Action, ctx: &Ctx) -> Sample {
             let scenario = Scenario::Plaintext(PlaintextConfig {
                 connections: 1,
                 requests: None,
+                pipeline: 1,
             });
             let outcome = c10k_load::run(&config(ctx, scenario, *duration, duration + 30.0));
             let mut sample = sample_of(outcome, load_metrics);

@@ -66,14 +66,16 @@ pub fn install() -> Result<PathBuf, String> {
 }
 
 /// Connections and seconds of wrk's run for a cell that cross-checks with it: those of the
-/// cell's plaintext load (`None` for any other action).
+/// cell's plaintext load (`None` for any other action, and for pipelined plaintext: wrk
+/// sends one request at a time per connection unless a Lua script pipelines for it, so
+/// its figure would not be the same measurement).
 pub fn plan(action: &Action) -> Option<(usize, f64)> {
     match action {
         Action::Load {
             scenario: Scenario::Plaintext(c),
             duration,
             ..
-        } => Some((c.connections, *duration)),
+        } if c.pipeline <= 1 => Some((c.connections, *duration)),
         _ => None,
     }
 }
@@ -400,6 +402,24 @@ Transfer/sec:     15.46MB
         assert_eq!(time_us("2.00m"), Ok(120_000_000.0));
         assert!(time_us("-nanus").is_err());
         assert!(time_us("12").is_err());
+    }
+
+    #[test]
+    fn wrk_cross_checks_one_in_flight_plaintext_only() {
+        let cells = crate::matrix::suites(crate::matrix::Scale {
+            quick: false,
+            duration: 5.0,
+            repeats: 3,
+        });
+        let plaintext: Vec<_> = cells.iter().filter(|c| c.suite == "plaintext").collect();
+        assert!(plaintext.iter().any(|c| c.pipeline() > 1), "the suite has pipelined cells");
+        for c in plaintext {
+            if c.pipeline() > 1 {
+                assert!(!c.wrk && plan(&c.action).is_none(), "{}: wrk cannot pipeline", c.id);
+            } else {
+                assert!(c.wrk && plan(&c.action) == Some((64, 5.0)), "{}", c.id);
+            }
+        }
     }
 
     #[test]

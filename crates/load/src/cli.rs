@@ -64,7 +64,8 @@ pub struct CommonArgs {
 /// The scenarios.
 #[derive(Subcommand, Debug)]
 pub enum ScenarioArgs {
-    /// Keep-alive GET /plaintext at a fixed concurrency: requests per second, latency.
+    /// Keep-alive GET /plaintext at a fixed concurrency (--pipeline N: N requests in flight
+    /// per connection): requests per second, latency.
     Plaintext(PlaintextArgs),
     /// Long-poll subscribers in one room while a poster posts: delivery latency, exactly-once check.
     LongpollFanout(BroadcastArgs),
@@ -84,12 +85,17 @@ pub enum ScenarioArgs {
 /// Flags of `plaintext`.
 #[derive(Args, Debug)]
 pub struct PlaintextArgs {
-    /// Keep-alive connections, one request in flight on each.
+    /// Keep-alive connections, each with --pipeline requests in flight.
     #[arg(long, short = 'c', default_value_t = 64, value_name = "N")]
     pub connections: usize,
     /// Stop after this many requests, if --duration has not run out first.
     #[arg(long, value_name = "N")]
     pub requests: Option<u64>,
+    /// Requests in flight per connection (HTTP/1.1 pipelining, 1 to 256): each connection
+    /// writes N requests in one write, then reads the N answers, and repeats. A request's
+    /// latency runs from its batch's write to its own answer. 1: one request, one answer.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub pipeline: usize,
 }
 
 /// Flags of the broadcast scenarios.
@@ -189,9 +195,11 @@ impl ScenarioArgs {
             drain_secs: a.drain,
         };
         match self {
-            ScenarioArgs::Plaintext(a) => {
-                Scenario::Plaintext(PlaintextConfig { connections: a.connections, requests: a.requests })
-            }
+            ScenarioArgs::Plaintext(a) => Scenario::Plaintext(PlaintextConfig {
+                connections: a.connections,
+                requests: a.requests,
+                pipeline: a.pipeline,
+            }),
             ScenarioArgs::LongpollFanout(a) => Scenario::LongpollFanout(broadcast(a)),
             ScenarioArgs::WsBroadcast(a) => Scenario::WsBroadcast(broadcast(a)),
             ScenarioArgs::SseBroadcast(a) => Scenario::SseBroadcast(broadcast(a)),

@@ -2,7 +2,8 @@
 //!
 //! A run is one [`Scenario`] against one c10k server on this machine, bounded in time and
 //! count, and gives a [`Report`] (serde-serialisable; `--json` prints it). The scenarios:
-//! keep-alive `plaintext` throughput, message fan-out to long-poll / WebSocket / SSE
+//! keep-alive `plaintext` throughput (one request in flight per connection, or pipelined
+//! batches), message fan-out to long-poll / WebSocket / SSE
 //! subscribers with exactly-once, in-order verification, `idle-capacity` (how many idle
 //! subscribers the server holds, at what memory), `db-stall` and `cpu` (what a slow store
 //! or a CPU-bound route does to unrelated requests).

@@ -68,7 +68,8 @@ pub struct RequestStats {
     pub per_second: f64,
     /// Latency of the answered requests. For paced classes (`db-stall`) it is measured
     /// from when the request was due, not when it was sent, so a stalled server cannot
-    /// hide the requests it delayed (no coordinated omission).
+    /// hide the requests it delayed (no coordinated omission). For pipelined plaintext it
+    /// is from the write of the request's batch to the arrival of its own answer.
     pub latency: LatencySummary,
 }
 
@@ -222,9 +223,13 @@ impl Report {
             if self.client_threads == 1 { "" } else { "s" }
         );
         for class in &self.requests {
+            let pipelined = match &self.scenario {
+                Scenario::Plaintext(c) if c.pipeline > 1 => format!(", {} requests pipelined on each", c.pipeline),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<10} {:>12} req/s  {} answered, {} errors, {} connections",
+                "  {:<10} {:>12} req/s  {} answered, {} errors, {} connections{pipelined}",
                 class.name,
                 thousands(class.per_second.round() as u64),
                 thousands(class.requests),
@@ -406,6 +411,13 @@ pub(crate) struct ErrorLog(Arc<Mutex<BTreeMap<String, u64>>>);
 impl ErrorLog {
     pub(crate) fn count(&self, kind: impl Into<String>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(kind.into()).or_insert(0) += 1;
+    }
+
+    /// Counts `n` errors of one class at once (the unanswered rest of a pipelined batch).
+    pub(crate) fn count_n(&self, kind: impl Into<String>, n: u64) {
+        if n > 0 {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(kind.into()).or_insert(0) += n;
+        }
     }
 
     pub(crate) fn merge(&self, other: &BTreeMap<String, u64>) {

@@ -69,26 +69,12 @@ impl Conn {
         self.reply().await
     }
 
-    /// Reads one `Content-Length` framed response.
+    /// Reads one `Content-Length` framed response. Responses already read (pipelined
+    /// answers that came in one read) are returned without reading again.
     pub(crate) async fn reply(&mut self) -> Result<Reply, ClientError> {
         loop {
-            if let Some((head, head_len)) = parse_head(&self.buf)? {
-                if head.chunked {
-                    return Err(ClientError::Protocol("chunked response (unsupported)".into()));
-                }
-                let length = match (head.content_length, head.status) {
-                    (Some(n), _) => n,
-                    (None, 204 | 304) | (None, 100..=199) => 0,
-                    (None, _) => return Err(ClientError::Protocol("response without Content-Length".into())),
-                };
-                if length > MAX_BODY {
-                    return Err(ClientError::Protocol(format!("response body of {length} bytes")));
-                }
-                if self.buf.len() >= head_len + length {
-                    let body = self.buf[head_len..head_len + length].to_vec();
-                    self.buf.drain(..head_len + length);
-                    return Ok(Reply { status: head.status, body, close: head.close });
-                }
+            if let Some(reply) = take_reply(&mut self.buf)? {
+                return Ok(reply);
             }
             self.fill().await?;
         }
@@ -151,6 +137,30 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ClientError> {
     Ok(Some((head, head_len)))
 }
 
+/// Takes the first complete `Content-Length` framed response off the front of `buf`,
+/// leaving whatever follows it (the start of the next response); `None` while the
+/// response is still incomplete, with `buf` untouched.
+pub(crate) fn take_reply(buf: &mut Vec<u8>) -> Result<Option<Reply>, ClientError> {
+    let Some((head, head_len)) = parse_head(buf)? else { return Ok(None) };
+    if head.chunked {
+        return Err(ClientError::Protocol("chunked response (unsupported)".into()));
+    }
+    let length = match (head.content_length, head.status) {
+        (Some(n), _) => n,
+        (None, 204 | 304) | (None, 100..=199) => 0,
+        (None, _) => return Err(ClientError::Protocol("response without Content-Length".into())),
+    };
+    if length > MAX_BODY {
+        return Err(ClientError::Protocol(format!("response body of {length} bytes")));
+    }
+    if buf.len() < head_len + length {
+        return Ok(None);
+    }
+    let body = buf[head_len..head_len + length].to_vec();
+    buf.drain(..head_len + length);
+    Ok(Some(Reply { status: head.status, body, close: head.close }))
+}
+
 /// `GET path` with the given `Host`.
 pub(crate) fn get(path: &str, host: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
@@ -180,6 +190,37 @@ mod tests {
     #[test]
     fn waits_for_the_rest_of_a_head() {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Len").unwrap().is_none());
+    }
+
+    const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
+
+    #[test]
+    fn a_response_split_across_reads_is_taken_once_whole() {
+        // Every split point: head cut short, body cut short, nothing of the body yet.
+        for cut in 1..HELLO.len() {
+            let mut buf = HELLO[..cut].to_vec();
+            assert!(take_reply(&mut buf).unwrap().is_none(), "cut at {cut}");
+            assert_eq!(buf, &HELLO[..cut], "an incomplete response leaves the buffer as it was");
+            buf.extend_from_slice(&HELLO[cut..]);
+            let reply = take_reply(&mut buf).unwrap().expect("complete now");
+            assert_eq!((reply.status, reply.body.as_slice(), reply.close), (200, &b"Hello, World!"[..], false));
+            assert!(buf.is_empty(), "cut at {cut}: {buf:?}");
+        }
+    }
+
+    #[test]
+    fn several_responses_in_one_read_are_taken_one_by_one() {
+        let mut buf = Vec::new();
+        for _ in 0..16 {
+            buf.extend_from_slice(HELLO);
+        }
+        buf.extend_from_slice(&HELLO[..20]); // the start of a 17th
+        for i in 0..16 {
+            let reply = take_reply(&mut buf).unwrap().unwrap_or_else(|| panic!("response {i} is all there"));
+            assert_eq!((reply.status, reply.body.as_slice()), (200, &b"Hello, World!"[..]), "response {i}");
+        }
+        assert!(take_reply(&mut buf).unwrap().is_none());
+        assert_eq!(buf, &HELLO[..20], "the 17th's start is kept for the next read");
     }
 
     #[test]

@@ -59,7 +59,8 @@ impl Via {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum Scenario {
-    /// Keep-alive `GET /plaintext` at a fixed concurrency: requests per second, latency.
+    /// Keep-alive `GET /plaintext` at a fixed concurrency, one request or a pipelined batch
+    /// in flight per connection: requests per second, latency.
     Plaintext(PlaintextConfig),
     /// Long-poll subscribers in one room, a poster posting: delivery latency, exactly-once.
     LongpollFanout(BroadcastConfig),
@@ -118,7 +119,16 @@ impl Scenario {
             _ => Ok(()),
         };
         match self {
-            Scenario::Plaintext(c) => positive("connections", c.connections),
+            Scenario::Plaintext(c) => {
+                positive("connections", c.connections)?;
+                if !(1..=MAX_PIPELINE).contains(&c.pipeline) {
+                    return Err(LoadError::Config(format!(
+                        "--pipeline must be 1 to {MAX_PIPELINE} (the answers to one batch must fit in the socket buffers), not {}",
+                        c.pipeline
+                    )));
+                }
+                Ok(())
+            }
             Scenario::LongpollFanout(c) | Scenario::WsBroadcast(c) | Scenario::SseBroadcast(c) => {
                 positive("subscribers", c.subscribers)?;
                 if c.messages == 0 {
@@ -161,15 +171,30 @@ impl Scenario {
 /// Parameters of `plaintext`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlaintextConfig {
-    /// Keep-alive connections, each with one request in flight.
+    /// Keep-alive connections.
     pub connections: usize,
     /// Stop after this many requests (in all), if the duration has not run out first.
     pub requests: Option<u64>,
+    /// Requests in flight on each connection: 1 sends one and waits for its answer; N
+    /// writes N in one write, then reads the N answers (HTTP/1.1 pipelining, as
+    /// TechEmpower's plaintext test does with 16), so the client's system calls per
+    /// request shrink and the server's own cost sets the rate. At most [`MAX_PIPELINE`].
+    #[serde(default = "one")]
+    pub pipeline: usize,
+}
+
+/// The deepest `--pipeline`: a batch is written whole before any answer is read, so the
+/// answers to one batch (about 150 bytes each) must fit in the socket buffers, or client
+/// and server would each wait for the other to read.
+pub const MAX_PIPELINE: usize = 256;
+
+fn one() -> usize {
+    1
 }
 
 impl Default for PlaintextConfig {
     fn default() -> Self {
-        PlaintextConfig { connections: 64, requests: None }
+        PlaintextConfig { connections: 64, requests: None, pipeline: 1 }
     }
 }
 
