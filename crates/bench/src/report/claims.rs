@@ -475,10 +475,6 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
         .filter(|c| c.median("p99_us").is_some())
         .min_by(|a, b| a.median("p99_us").unwrap_or(f64::INFINITY).total_cmp(&b.median("p99_us").unwrap_or(f64::INFINITY)));
     let model = paced.map_or("async".to_string(), |p| p.cell.series.trim_end_matches(" (paced)").to_string());
-    let burst = r
-        .cells("fanout")
-        .into_iter()
-        .find(|c| c.cell.series == model && c.cell.x == Some(top));
     // The fastest of our models back to back at the top size, for the ratio to Tornado.
     let fastest = r
         .cells("fanout")
@@ -508,21 +504,23 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
                 limits.push(format!("not fully delivered: {}", p.problems().join("; ")));
             }
             if p99 > 30_000.0 {
-                // The floor set by the server's CPU: what one delivery costs it when the
-                // poster goes back to back (server saturated), times the subscribers the
-                // 99th percentile one waits behind.
-                let floor = burst.and_then(|b| {
-                    let cpu = b.median("server_cpu_pct")? / 100.0;
-                    let rate = b.median("deliveries_per_s")?;
+                // The floor set by the server's CPU: a paced delivery is one HTTP exchange on
+                // a kept-alive connection (the response, then the client's next poll), the
+                // work of one plaintext request; the 99th percentile subscriber of a post waits
+                // behind 99% of the round. The plaintext cell of the same model gives the CPU
+                // one exchange costs (one request in flight per connection, server saturated).
+                let floor = r.cells("plaintext").into_iter().find(|c| c.cell.series == model).and_then(|c| {
+                    let cpu = c.median("server_cpu_pct")? / 100.0;
+                    let rate = c.median("rps")?;
                     (rate > 0.0).then(|| (cpu / rate * 1e6, cpu / rate * 0.99 * top * 1e6))
                 });
                 limits.push(format!(
                     "p99 {} > 30 ms: {}{}",
                     us(p99),
                     floor.map_or(String::new(), |(each, round)| format!(
-                        "a delivery costs the server {each:.1} µs of CPU in the back-to-back run (a response \
-                         there may carry several messages, so a paced one, one message each, costs at least that), \
-                         so the 99th percentile subscriber of one post waits behind at least {} of server work{}; ",
+                        "a paced delivery is one HTTP exchange (a response, then the next poll), and one \
+                         exchange costs {model} {each:.1} µs of server CPU (its plaintext run), so the 99th \
+                         percentile subscriber of one post waits behind at least {} of server work{}; ",
                         us(round),
                         if round > 30_000.0 { ", more than the goal by itself" } else { "" }
                     )),
