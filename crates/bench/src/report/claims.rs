@@ -69,7 +69,11 @@ fn ten_thousand(r: &Results) -> Claim {
     let mut verdict = Vec::new();
     let threads = most_held(r, &["capacity", "c100k"], "threads");
     let prefork = most_held(r, &["capacity"], "prefork");
-    let asyn = most_held(r, &["capacity", "c100k", "c1m"], "async");
+    // The event-driven model that held the most (async or reactor).
+    let asyn = ["async", "reactor"]
+        .into_iter()
+        .filter_map(|m| most_held(r, &["capacity", "c100k", "c1m"], m))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
     if let Some((c, held)) = threads {
         measured.push(format!(
             "threads: {} connections held with {} threads in {} process{} ({} PSS each)",
@@ -131,7 +135,8 @@ fn ten_thousand(r: &Results) -> Claim {
     }
     if let Some((c, held)) = asyn {
         measured.push(format!(
-            "async: {} held at {} PSS each",
+            "{}: {} held at {} PSS each",
+            c.cell.series,
             thousands(held),
             c.median("pss_per_conn_bytes").map_or("?".into(), bytes)
         ));
@@ -144,12 +149,12 @@ fn ten_thousand(r: &Results) -> Claim {
             reproduce: "`c10k bench --only capacity,c100k`".into(),
         };
     }
-    verdict.push("but each costs far more memory than an async connection".into());
+    verdict.push("but each costs far more memory than an event-driven (async, reactor) connection".into());
     Claim {
         claim: "\"You can't have 10,000 threads or processes on the same box\"".into(),
         measured: measured.join("; "),
         verdict: verdict.join("; "),
-        reproduce: "`c10k bench --only capacity,c100k --models threads,prefork,async`".into(),
+        reproduce: "`c10k bench --only capacity,c100k,c1m --models threads,prefork,async,reactor`".into(),
     }
 }
 
@@ -670,13 +675,19 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
                             l.push(format!("{} keeps {} per idle connection (see the analysis for where)", x.cell.series, bytes(p)));
                         }
                     }
+                    // Where each model's c1m ladder stopped short (a skipped step names why).
                     let stops: Vec<String> = r
                         .suites
                         .get("c1m")
-                        .map(|s| s.cells.iter().filter_map(|x| x.skipped.clone()).collect())
+                        .map(|s| {
+                            s.cells
+                                .iter()
+                                .filter_map(|x| Some(format!("{} stopped before {}: {}", x.cell.series, x.cell.id, x.skipped.clone()?)))
+                                .collect()
+                        })
                         .unwrap_or_default();
-                    if let Some(s) = stops.first() {
-                        l.push(format!("toward 1M: {s}"));
+                    if !stops.is_empty() {
+                        l.push(format!("toward 1M: {}", stops.join("; ")));
                     }
                     l.join("; ")
                 },
