@@ -11,20 +11,13 @@ use std::time::Instant;
 use crate::client::http::get;
 use crate::progress::Progress;
 
-use super::requests::{run_loops, LoopSpec};
+use super::requests::{plaintext_loops, run_loops, LoopSpec};
 use super::{CpuConfig, Ctx, Findings};
 
 pub(crate) async fn run(ctx: &Ctx, config: &CpuConfig) -> Findings {
     let answered = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(ctx.config.progress, "cpu", Arc::clone(&answered), "req", None, ctx.config.duration);
-    let plaintext = LoopSpec {
-        name: "plaintext",
-        request: get("/plaintext", &ctx.host).into(),
-        expect: 200,
-        connections: config.connections,
-        limit: config.requests,
-        rate: None,
-    };
+    let plaintext = plaintext_loops(ctx, config.connections, config.requests);
     let cpu = LoopSpec {
         name: "cpu",
         request: get(&format!("/cpu?cost={}", config.cost), &ctx.host).into(),

@@ -19,7 +19,7 @@ use crate::client::ClientError;
 use crate::progress::Progress;
 use crate::report::{RequestStats, SharedHistogram};
 
-use super::requests::{run_loops, LoopSpec};
+use super::requests::{gather, plaintext_loops, run_loops};
 use super::{Ctx, Findings, PlaintextConfig};
 
 /// What every c10k model and every benchmark peer answers to `GET /plaintext`.
@@ -37,15 +37,7 @@ pub(crate) async fn run(ctx: &Ctx, config: &PlaintextConfig) -> Findings {
     );
     let began = Instant::now();
     let stats = if config.pipeline <= 1 {
-        let spec = LoopSpec {
-            name: "plaintext",
-            request: get("/plaintext", &ctx.host).into(),
-            expect: 200,
-            connections: config.connections,
-            limit: config.requests,
-            rate: None,
-        };
-        run_loops(ctx, spec, answered).await
+        run_loops(ctx, plaintext_loops(ctx, config.connections, config.requests), answered).await
     } else {
         run_pipelined(ctx, config, answered).await
     };
@@ -89,20 +81,7 @@ async fn run_pipelined(ctx: &Ctx, config: &PlaintextConfig, answered: Arc<Atomic
             async move { pipelined_connection(&ctx, &batch, limit, latency, issued, answered).await },
         ));
     }
-    let mut errors = 0;
-    for task in tasks {
-        errors += task.await.unwrap_or(0);
-    }
-    let measured = start.elapsed().as_secs_f64().max(1e-9);
-    let latency = latency.summary();
-    RequestStats {
-        name: "plaintext".to_string(),
-        connections: config.connections,
-        requests: latency.count,
-        errors,
-        per_second: latency.count as f64 / measured,
-        latency,
-    }
+    gather("plaintext", config.connections, start, &latency, tasks).await
 }
 
 /// One connection's batches until the measured phase ends, the count is reached or the

@@ -52,6 +52,18 @@ pub(crate) async fn run_loops(ctx: &Ctx, spec: LoopSpec, answered: Arc<AtomicU64
             one_connection(&ctx, &spec, latency, issued, answered, first_due, interval).await
         }));
     }
+    gather(spec.name, spec.connections, start, &latency, tasks).await
+}
+
+/// Waits for every connection's task (each returns its error count) and sums up the run
+/// that began at `start`: requests answered, errors, rate and latency.
+pub(crate) async fn gather(
+    name: &str,
+    connections: usize,
+    start: Instant,
+    latency: &SharedHistogram,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+) -> RequestStats {
     let mut errors = 0;
     for task in tasks {
         errors += task.await.unwrap_or(0);
@@ -59,12 +71,24 @@ pub(crate) async fn run_loops(ctx: &Ctx, spec: LoopSpec, answered: Arc<AtomicU64
     let measured = start.elapsed().as_secs_f64().max(1e-9);
     let latency = latency.summary();
     RequestStats {
-        name: spec.name.to_string(),
-        connections: spec.connections,
+        name: name.to_string(),
+        connections,
         requests: latency.count,
         errors,
         per_second: latency.count as f64 / measured,
         latency,
+    }
+}
+
+/// The keep-alive `GET /plaintext` loops of the `plaintext` and `cpu` scenarios.
+pub(crate) fn plaintext_loops(ctx: &Ctx, connections: usize, limit: Option<u64>) -> LoopSpec {
+    LoopSpec {
+        name: "plaintext",
+        request: crate::client::http::get("/plaintext", &ctx.host).into(),
+        expect: 200,
+        connections,
+        limit,
+        rate: None,
     }
 }
 
