@@ -3,6 +3,7 @@
 #
 #   bench/baselines/run.sh NAME PORT [WORKERS]   start peer NAME; PORT 0 picks a free one
 #   bench/baselines/run.sh install               install and build every peer ahead of a run
+#   bench/baselines/run.sh install-wrk           install wrk alone (c10k bench's cross-check)
 #   bench/baselines/run.sh versions              print what is installed, one peer a line
 #
 # NAME: nginx, apache-prefork, apache-event, tornado, gevent, hyper, raw.
@@ -273,6 +274,7 @@ run_peer() {
 
 case "${1:-}" in
     install) install_all ;;
+    install-wrk) need_debian wrk wrk ;;
     versions) versions ;;
     "" | -h | --help | help) usage ;;
     *) [ $# -ge 2 ] && [ $# -le 3 ] || usage; run_peer "$@" ;;

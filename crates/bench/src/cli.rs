@@ -175,7 +175,7 @@ fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
             programs.wrk = if args.no_install {
                 Err(format!("{} (not installed by the bench: --no-install)", crate::wrk::NOT_INSTALLED))
             } else {
-                crate::wrk::install()
+                crate::wrk::install(&programs.run_sh)
             };
             if let Err(e) = &programs.wrk {
                 eprintln!("c10k bench: {e}; the plaintext cells will say so");

@@ -36,33 +36,25 @@ pub fn find() -> Option<PathBuf> {
     })
 }
 
-/// Installs Debian's `wrk` with apt-get, as `bench/baselines/run.sh` installs the peers'
-/// packages: `--no-install-recommends`, non-interactive, and the package list refreshed
-/// once if the first try fails (a fresh or stale list). Root only. wrk is a plain program
-/// with no service, so none of run.sh's guards against services starting are needed.
-pub fn install() -> Result<PathBuf, String> {
+/// Installs Debian's `wrk` the way the peers' packages are installed: `run.sh
+/// install-wrk` (its `apt_install`: non-interactive, `--no-install-recommends`, the
+/// package list refreshed once if the first try fails). Root only.
+pub fn install(run_sh: &Path) -> Result<PathBuf, String> {
     if !crate::cli::is_root() {
         return Err(format!("{NOT_INSTALLED} (the bench installs it only when run as root)"));
     }
-    eprintln!("c10k bench: installing wrk (apt-get install -y --no-install-recommends wrk)");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            // apt's progress goes to our standard error, like run.sh's.
-            .stdout(std::io::stderr())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let install = ["install", "-y", "--no-install-recommends", "wrk"];
-    let installed = apt(&install) || (apt(&["update"]) && apt(&install));
+    eprintln!("c10k bench: installing wrk ({} install-wrk)", run_sh.display());
+    let installed = Command::new(run_sh)
+        .arg("install-wrk")
+        .stdin(Stdio::null())
+        // run.sh and apt report on standard error; keep ours for results.
+        .stdout(std::io::stderr())
+        .status()
+        .is_ok_and(|s| s.success());
     if !installed {
-        return Err(format!(
-            "{NOT_INSTALLED} (the bench's apt-get install wrk failed; see its output above)"
-        ));
+        return Err(format!("{NOT_INSTALLED} (`run.sh install-wrk` failed; see its output above)"));
     }
-    find().ok_or_else(|| format!("{NOT_INSTALLED} (apt-get succeeded but no wrk is on PATH)"))
+    find().ok_or_else(|| format!("{NOT_INSTALLED} (run.sh install-wrk succeeded but no wrk is on PATH)"))
 }
 
 /// Connections and seconds of wrk's run for a cell that cross-checks with it: those of the
