@@ -183,8 +183,7 @@ impl Server {
     }
 
     fn on_acceptable(&mut self, lp: &mut Loop<StoreDone>) {
-        let app = &self.context.app;
-        for stream in lp.accept_batch(&self.listener, LISTENER, |fd| crate::acceptor::refuse_with_reserve(fd, app)) {
+        for stream in lp.accept_batch(&self.listener, LISTENER, &self.context.app) {
             self.on_accepted(lp, stream);
         }
     }

@@ -155,8 +155,7 @@ impl Handler for Server {
 
 impl Server {
     fn on_acceptable(&mut self, lp: &mut Loop<()>) {
-        let app = &self.context.app;
-        for stream in lp.accept_batch(&self.listener, LISTENER, |fd| crate::acceptor::refuse_with_reserve(fd, app)) {
+        for stream in lp.accept_batch(&self.listener, LISTENER, &self.context.app) {
             self.on_accepted(lp, stream);
         }
     }

@@ -530,18 +530,18 @@ pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 impl<M: Send + 'static> Loop<M> {
     /// Accepts what the readable `listener` (registered as `token`) has, up to a batch.
-    /// Out of file descriptors, it asks `refuse_one` to answer a waiting connection with
-    /// the reserve descriptor (see `acceptor::refuse_with_reserve`); when that cannot be
-    /// done either, it stops watching the listener (level-triggered, it would be reported
-    /// on every tick: a spin) and sets a timer on `token` after which the caller
+    /// Out of file descriptors, it answers a waiting connection 503 with the reserve
+    /// descriptor (`acceptor::refuse_with_reserve`, on behalf of `app`); when that cannot
+    /// be done either, it stops watching the listener (level-triggered, it would be
+    /// reported on every tick: a spin) and sets a timer on `token` after which the caller
     /// re-registers it.
     pub(crate) fn accept_batch(
         &mut self,
         listener: &std::net::TcpListener,
         token: Token,
-        mut refuse_one: impl FnMut(std::os::fd::RawFd) -> crate::acceptor::Reserve,
+        app: &c10k_core::chat::App,
     ) -> Vec<std::net::TcpStream> {
-        use crate::acceptor::Reserve;
+        use crate::acceptor::{refuse_with_reserve, Reserve};
         use std::os::fd::AsRawFd;
         self.doing("accept");
         let mut accepted = Vec::new();
@@ -550,7 +550,7 @@ impl<M: Send + 'static> Loop<M> {
                 Ok((stream, _peer)) => accepted.push(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if crate::common::is_fd_exhaustion(&e) => match refuse_one(listener.as_raw_fd()) {
+                Err(e) if crate::common::is_fd_exhaustion(&e) => match refuse_with_reserve(listener.as_raw_fd(), app) {
                     Reserve::Refused => {}
                     Reserve::Drained => break,
                     Reserve::Unavailable => {
