@@ -12,14 +12,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::client::http::{get, Conn, Reply};
 use crate::client::ClientError;
 use crate::progress::Progress;
 use crate::report::{RequestStats, SharedHistogram};
 
-use super::requests::{gather, plaintext_loops, run_loops};
+use super::requests::{connect, gather, plaintext_loops, run_loops, Connect};
 use super::{Ctx, Findings, PlaintextConfig};
 
 /// What every c10k model and every benchmark peer answers to `GET /plaintext`.
@@ -100,18 +100,10 @@ async fn pipelined_connection(
     // Each pass writes a batch or fails to connect: bounded by the measured phase.
     while Instant::now() < ctx.stop_at {
         if conn.is_none() {
-            match ctx.bounded(Conn::open(ctx.addr, None)).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    ctx.errors.count(e.kind());
-                    errors += 1;
-                    if matches!(e, ClientError::Timeout) {
-                        break;
-                    }
-                    // Do not spin on a refusing server.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
+            match connect(ctx, &mut errors).await {
+                Connect::Open(c) => conn = Some(c),
+                Connect::Retry => continue,
+                Connect::Stop => break,
             }
         }
         // Claim this batch's requests from the run's count, as the one-in-flight loops do

@@ -131,18 +131,10 @@ async fn one_connection(
             break;
         }
         if conn.is_none() {
-            match ctx.bounded(Conn::open(ctx.addr, None)).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    ctx.errors.count(e.kind());
-                    errors += 1;
-                    if matches!(e, crate::client::ClientError::Timeout) {
-                        break;
-                    }
-                    // Do not spin on a refusing server.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
+            match connect(ctx, &mut errors).await {
+                Connect::Open(c) => conn = Some(c),
+                Connect::Retry => continue,
+                Connect::Stop => break,
             }
         }
         let Some(c) = conn.as_mut() else { continue };
@@ -170,4 +162,30 @@ async fn one_connection(
         }
     }
     errors
+}
+
+/// What [`connect`] gives a request loop.
+pub(crate) enum Connect {
+    Open(Conn),
+    /// The connection failed (counted) and a short back-off has passed: try again.
+    Retry,
+    /// The run's hard deadline passed: stop.
+    Stop,
+}
+
+/// Opens a connection for a request loop; a failure is counted in the run's errors and in
+/// `errors`, then backed off from (not spinning on a refusing server).
+pub(crate) async fn connect(ctx: &Ctx, errors: &mut u64) -> Connect {
+    match ctx.bounded(Conn::open(ctx.addr, None)).await {
+        Ok(c) => Connect::Open(c),
+        Err(e) => {
+            ctx.errors.count(e.kind());
+            *errors += 1;
+            if matches!(e, crate::client::ClientError::Timeout) {
+                return Connect::Stop;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Connect::Retry
+        }
+    }
 }
