@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::chat::render::Rendered;
 use crate::hub::{Hub, Published};
-use crate::store::{MessageId, Store, StoreError};
+use crate::store::{AsyncStore, Message, MessageId, RoomId, Store, StoreError};
 
 /// The most messages read from the store in one call while filling a gap.
 const PAGE: u64 = 1000;
@@ -27,36 +27,89 @@ const PAGE: u64 = 1000;
 /// seen), or [`Published::Held`] if the store could not supply the missing ids (the hub
 /// keeps it, and the next message of the room tries again).
 pub fn publish_filling_gaps(hub: &Hub, store: &dyn Store, message: Arc<Rendered>) -> Result<Published, StoreError> {
-    let id = message.message.id;
-    let room = message.message.room.clone();
-    let mut outcome = hub.publish(message);
-    while let Published::Held { .. } = outcome {
-        // Read from the hub's newest id rather than `missing_from`: filling one gap may
-        // reveal the next (messages 5 and 9 held while 4 is the newest: 6 to 8 are missing
-        // too), and another thread may be filling the same gap meanwhile.
-        let newest = hub.last_id(&room);
-        if newest >= id {
-            outcome = Published::Released;
-            break;
+    let (mut fill, mut step) = GapFill::start(hub, message);
+    loop {
+        match step {
+            GapStep::Done(outcome) => return Ok(outcome),
+            GapStep::Fetch { after, limit } => step = fill.fetched(hub, store.after(&fill.room, after, limit)?),
         }
-        let wanted = (id.0 - newest.0 - 1).min(PAGE) as usize;
-        let missing = store.after(&room, newest, wanted)?;
+    }
+}
+
+/// [`publish_filling_gaps`] through a driver that is awaited instead of blocking.
+pub async fn publish_filling_gaps_async(
+    hub: &Hub,
+    store: &dyn AsyncStore,
+    message: Arc<Rendered>,
+) -> Result<Published, StoreError> {
+    let (mut fill, mut step) = GapFill::start(hub, message);
+    loop {
+        match step {
+            GapStep::Done(outcome) => return Ok(outcome),
+            GapStep::Fetch { after, limit } => step = fill.fetched(hub, store.after(&fill.room, after, limit).await?),
+        }
+    }
+}
+
+/// The gap-filling loop with the store read taken out (sans-IO), so that a blocking and an
+/// awaiting driver share it: [`GapFill::start`] publishes, then each [`GapStep::Fetch`]
+/// asks the driver for messages, handed back with [`GapFill::fetched`], until
+/// [`GapStep::Done`].
+struct GapFill {
+    room: RoomId,
+    id: MessageId,
+    /// The hub's newest id when the last fetch was asked for.
+    asked_after: MessageId,
+}
+
+/// What [`GapFill`] needs next.
+enum GapStep {
+    /// Read up to `limit` messages of the room after `after` and hand them back.
+    Fetch { after: MessageId, limit: usize },
+    /// Finished: what happened to the message.
+    Done(Published),
+}
+
+impl GapFill {
+    fn start(hub: &Hub, message: Arc<Rendered>) -> (GapFill, GapStep) {
+        let id = message.message.id;
+        let room = message.message.room.clone();
+        let outcome = hub.publish(message);
+        let mut fill = GapFill { room, id, asked_after: MessageId(0) };
+        let step = fill.next(hub, outcome);
+        (fill, step)
+    }
+
+    fn fetched(&mut self, hub: &Hub, missing: Vec<Message>) -> GapStep {
         let mut progressed = false;
-        for stored in missing.into_iter().take_while(|m| m.id < id) {
+        for stored in missing.into_iter().take_while(|m| m.id < self.id) {
             if hub.publish(Arc::new(Rendered::new(stored))) != Published::Duplicate {
                 progressed = true;
             }
         }
-        if !progressed && hub.last_id(&room) == newest {
+        let newest = hub.last_id(&self.room);
+        if newest >= self.id {
+            return GapStep::Done(Published::Released);
+        }
+        if !progressed && newest == self.asked_after {
             // The store has nothing between what the hub has and this message: leave it
             // held rather than spin (a store breaking its no-gap contract would do this).
             let missing_from = MessageId(newest.0 + 1);
-            outcome = Published::Held { missing_from, missing_to: MessageId(id.0 - 1) };
-            break;
+            return GapStep::Done(Published::Held { missing_from, missing_to: MessageId(self.id.0 - 1) });
         }
-        if hub.last_id(&room) >= id {
-            outcome = Published::Released;
-        }
+        self.next(hub, Published::Held { missing_from: newest.next(), missing_to: MessageId(self.id.0 - 1) })
     }
-    Ok(outcome)
+
+    fn next(&mut self, hub: &Hub, outcome: Published) -> GapStep {
+        let Published::Held { .. } = outcome else { return GapStep::Done(outcome) };
+        // Read from the hub's newest id rather than `missing_from`: filling one gap may
+        // reveal the next (messages 5 and 9 held while 4 is the newest: 6 to 8 are missing
+        // too), and another thread may be filling the same gap meanwhile.
+        let newest = hub.last_id(&self.room);
+        if newest >= self.id {
+            return GapStep::Done(Published::Released);
+        }
+        self.asked_after = newest;
+        GapStep::Fetch { after: newest, limit: (self.id.0 - newest.0 - 1).min(PAGE) as usize }
+    }
 }

@@ -11,8 +11,14 @@
 //! - ids are per room, start at 1 and increase by exactly 1 per message, so a gap in what a
 //!   node has seen always means a message it must still fetch;
 //! - `after` returns messages in id order.
+//!
+//! [`AsyncStore`] is the same contract for drivers that cooperate with an async runtime
+//! instead of blocking (`--db-mode native`: `tokio-postgres`, `mysql_async`). The core
+//! only names the futures; the model that awaits them owns the runtime.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::Serialize;
 
@@ -123,4 +129,18 @@ pub trait Store: Send + Sync {
 
     /// Every room that has at least one message.
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError>;
+}
+
+/// A boxed future that can move between threads, as [`AsyncStore`]'s methods return.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The two calls a server makes while serving, through a driver that cooperates with an
+/// async runtime (`--db-mode native`). The contract is [`Store`]'s; start-up (history,
+/// rooms) still goes through the blocking [`Store`] of the same database.
+pub trait AsyncStore: Send + Sync {
+    /// [`Store::append`], awaited instead of blocking.
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message>;
+
+    /// [`Store::after`], awaited instead of blocking.
+    fn after<'a>(&'a self, room: &'a RoomId, after: MessageId, limit: usize) -> StoreFuture<'a, Vec<Message>>;
 }

@@ -7,6 +7,13 @@
 //! - [`OffloadPool`] (`offload.rs`) runs blocking jobs on a few named OS threads behind a
 //!   bounded queue, so an event loop can hand a store call away and keep serving; a full
 //!   queue answers [`Busy`] at once instead of blocking the loop.
+//! - [`MySqlStore`] (`mysql.rs`) and [`PostgresStore`] (`postgres.rs`) keep the same
+//!   contract on a MySQL/MariaDB or PostgreSQL server, through blocking drivers, behind a
+//!   pool (`pool.rs`) that throws broken connections away and a circuit breaker
+//!   (`circuit.rs`) that makes calls fail fast while the database is unreachable.
+//! - [`open_native`] gives the same databases through drivers that cooperate with tokio
+//!   (`mysql_native.rs` on `mysql_async`, and `tokio-postgres` in `postgres.rs`), for
+//!   `--db-mode native`.
 //! - [`open`] turns a `--db` value into a store.
 //!
 //! **The durability promise.** `append` returns only once the message would survive
@@ -24,18 +31,83 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod circuit;
+mod mysql;
+mod mysql_native;
 mod offload;
+mod pool;
+mod postgres;
 mod slow;
 mod sqlite;
+pub mod testing;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use c10k_core::store::{Store, StoreError};
+use c10k_core::store::{AsyncStore, Store, StoreError};
 
+pub use circuit::RETRY_EVERY;
+pub use mysql::MySqlStore;
+pub use mysql_native::MySqlNativeStore;
 pub use offload::{Busy, Job, OffloadPool};
+pub use postgres::{PostgresNativeStore, PostgresStore};
 pub use slow::SlowStore;
 pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE};
+
+/// How a store talks to a database server (MySQL, PostgreSQL); SQLite takes none of it.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The longest any one wait may take: connecting, one query's round trip, waiting for
+    /// a free connection (`--db-timeout`). A database that does not answer within it is
+    /// taken as unreachable, and calls fail fast until it answers again.
+    pub timeout: Duration,
+    /// Connections a store keeps open at most (`--db-connections`).
+    pub connections: usize,
+    /// A demonstration: before each read and append, a query that keeps the server busy
+    /// this long (`SELECT SLEEP` / `pg_sleep`), so that the database itself is slow
+    /// (`--db-sleep-ms`). Not for production.
+    pub server_sleep: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions { timeout: Duration::from_secs(5), connections: 16, server_sleep: None }
+    }
+}
+
+/// Which server a `--db` URL names, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    MySql,
+    Postgres,
+}
+
+fn server_of(target: &str) -> Option<Server> {
+    let lower = target.to_ascii_lowercase();
+    if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+        Some(Server::MySql)
+    } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        Some(Server::Postgres)
+    } else {
+        None
+    }
+}
+
+/// Opens the store a `--db` value names, for `--db-mode native`: a driver awaited on the
+/// caller's tokio runtime. Only the database servers have one; a SQLite path is refused
+/// with what to use instead. Connects lazily, on first use, inside the runtime.
+pub fn open_native(url: &str, options: &StoreOptions) -> Result<Arc<dyn AsyncStore>, StoreError> {
+    match server_of(url.trim()) {
+        Some(Server::MySql) => Ok(Arc::new(MySqlNativeStore::new(url.trim(), options)?)),
+        Some(Server::Postgres) => Ok(Arc::new(PostgresNativeStore::new(url.trim(), options)?)),
+        None => Err(StoreError(format!(
+            "--db-mode native needs a database server with an async driver (mysql://... or \
+             postgres://...), and {url:?} is not one: SQLite has no such driver; use --db-mode \
+             offload or inline"
+        ))),
+    }
+}
 
 /// Opens the store a `--db` value names, with the default [`Durability::Process`]:
 ///
@@ -43,10 +115,16 @@ pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE};
 ///   missing;
 /// - `:memory:` or `sqlite::memory:`: a private in-memory database (for tests; nothing
 ///   survives the process);
-/// - `mysql://...`, `postgres://...`: not built yet; the error says to use a SQLite path;
+/// - `mysql://USER[:PASS]@HOST:PORT/DB` (or `mariadb://`): [`MySqlStore`];
+/// - `postgres://USER[:PASS]@HOST:PORT/DB` (or `postgresql://`): [`PostgresStore`];
 /// - `slow:MILLIS:REST`: the store `REST` names, with every call delayed by MILLIS
 ///   milliseconds on the calling thread ([`SlowStore`], for the db-stall benchmark).
 pub fn open(url_or_path: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url_or_path, &StoreOptions::default())
+}
+
+/// [`open`], with the options for a database server.
+pub fn open_with(url_or_path: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     let target = url_or_path.trim();
     if let Some(rest) = target.strip_prefix("slow:") {
         let (millis, inner) = rest.split_once(':').ok_or_else(|| {
@@ -55,30 +133,33 @@ pub fn open(url_or_path: &str) -> Result<Arc<dyn Store>, StoreError> {
         let millis: u64 = millis.parse().map_err(|_| {
             StoreError(format!("{target:?}: {millis:?} is not a number of milliseconds; write slow:MILLIS:PATH"))
         })?;
-        return Ok(Arc::new(SlowStore::new(open(inner)?, std::time::Duration::from_millis(millis))));
+        return Ok(Arc::new(SlowStore::new(open_with(inner, options)?, Duration::from_millis(millis))));
     }
     if target.is_empty() {
         return Err(StoreError(
             "no database given; pass --db with a file path such as c10k.sqlite3".to_string(),
         ));
     }
-    let lower = target.to_ascii_lowercase();
-    for scheme in ["mysql:", "mariadb:", "postgres:", "postgresql:"] {
-        if lower.starts_with(scheme) {
-            return Err(StoreError(format!(
-                "the {} back-end is not built yet; pass --db with a SQLite file path such as \
-                 c10k.sqlite3 (several --workers can share one file)",
-                scheme.trim_end_matches(':')
-            )));
-        }
+    match server_of(target) {
+        Some(Server::MySql) => return Ok(Arc::new(MySqlStore::open(target, options)?)),
+        Some(Server::Postgres) => return Ok(Arc::new(PostgresStore::open(target, options)?)),
+        None => {}
     }
+    if options.server_sleep.is_some() {
+        return Err(StoreError(
+            "--db-sleep-ms makes a database server sleep, and SQLite has none; use --db \
+             slow:MILLIS:PATH for a slow SQLite store"
+                .into(),
+        ));
+    }
+    let lower = target.to_ascii_lowercase();
     let path = if lower.starts_with("sqlite:") {
         let rest = &target["sqlite:".len()..];
         rest.strip_prefix("//").unwrap_or(rest)
     } else if let Some((scheme, _)) = target.split_once("://") {
         return Err(StoreError(format!(
             "unknown database scheme {scheme:?} in {target:?}; pass --db with a SQLite file path \
-             such as c10k.sqlite3, or sqlite:PATH"
+             such as c10k.sqlite3 or sqlite:PATH, or a mysql:// or postgres:// URL"
         )));
     } else {
         target

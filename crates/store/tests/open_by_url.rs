@@ -44,19 +44,47 @@ fn memory_is_available_for_tests() {
 }
 
 #[test]
-fn mysql_and_postgres_say_they_are_not_built_and_what_to_use() {
-    for url in [
-        "mysql://root@127.0.0.1/chat",
-        "postgres://localhost/chat",
-        "postgresql://x/y",
+fn an_unreachable_database_server_is_named_with_its_address_and_what_to_check() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let options = c10k_store::StoreOptions { timeout: std::time::Duration::from_secs(2), ..Default::default() };
+    for (url, named) in [
+        ("mysql://root@127.0.0.1:1/chat", "MySQL at 127.0.0.1:1/chat"),
+        ("mariadb://root@127.0.0.1:1/chat", "MySQL at 127.0.0.1:1/chat"),
+        ("postgres://postgres@127.0.0.1:1/chat", "PostgreSQL at 127.0.0.1:1/chat"),
+        ("postgresql://postgres@127.0.0.1:1/chat", "PostgreSQL at 127.0.0.1:1/chat"),
     ] {
-        let err = c10k_store::open(url)
-            .err()
-            .expect("not built yet")
-            .to_string();
-        assert!(err.contains("not built yet"), "{err}");
-        assert!(err.contains("SQLite file path"), "{err}");
+        let began = std::time::Instant::now();
+        let err = c10k_store::open_with(url, &options).err().expect("nothing listens there").to_string();
+        assert!(err.contains(&format!("cannot connect to {named}")), "{url}: {err}");
+        assert!(err.contains("check that the database is running"), "{url}: {err}");
+        assert!(began.elapsed() < std::time::Duration::from_secs(4), "{url}: took {:?}", began.elapsed());
     }
+}
+
+#[test]
+fn a_malformed_server_url_says_how_to_write_one() {
+    for (url, shape) in [
+        ("mysql://root@127.0.0.1:notaport/test", "mysql://USER[:PASSWORD]@HOST:PORT/DATABASE"),
+        ("mysql://root@127.0.0.1:3306", "names no database"),
+        ("postgres://postgres@127.0.0.1:notaport/test", "postgres://USER[:PASSWORD]@HOST:PORT/DATABASE"),
+    ] {
+        let err = c10k_store::open(url).err().expect("refused").to_string();
+        assert!(err.contains(shape), "{url}: {err}");
+    }
+}
+
+#[test]
+fn a_server_sleep_is_refused_for_sqlite_with_what_to_use() {
+    let dir = ScratchDir::new("sleep");
+    let options = c10k_store::StoreOptions { server_sleep: Some(std::time::Duration::from_millis(5)), ..Default::default() };
+    let err = c10k_store::open_with(dir.db().to_str().unwrap(), &options).err().expect("refused").to_string();
+    assert!(err.contains("slow:MILLIS:PATH"), "{err}");
+}
+
+#[test]
+fn native_mode_is_refused_for_sqlite_with_what_to_use() {
+    let err = c10k_store::open_native("c10k.sqlite3", &Default::default()).err().expect("refused").to_string();
+    assert!(err.contains("--db-mode offload or inline"), "{err}");
 }
 
 #[test]

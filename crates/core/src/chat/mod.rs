@@ -23,11 +23,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
-use crate::gaps::publish_filling_gaps;
+use crate::gaps::{publish_filling_gaps, publish_filling_gaps_async};
 use crate::hub::{Cursor, Hub};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use crate::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
@@ -129,13 +129,59 @@ impl StoreCall {
             // A smaller id still on its way (another offload thread, another worker) is
             // read from the store; on a failed read the hub holds this one until then.
             let _ = publish_filling_gaps(&self.hub, store, Arc::clone(&rendered));
+            rendered
+        });
+        self.stored(result).announce()
+    }
+
+    /// [`StoreCall::run`] through a driver that cooperates with the caller's async runtime
+    /// (`--db-mode native`): the append and any gap-filling reads are awaited. What is left
+    /// is [`Stored::announce`], which may block (briefly and boundedly: a bus telling the
+    /// other processes), so the caller decides where to run it.
+    pub async fn run_native(self, store: &dyn AsyncStore) -> Stored {
+        let result = match store.append(&self.room, &self.message).await {
+            Ok(message) => {
+                let rendered = Arc::new(Rendered::new(message));
+                let _ = publish_filling_gaps_async(&self.hub, store, Arc::clone(&rendered)).await;
+                Ok(rendered)
+            }
+            Err(e) => Err(e),
+        };
+        self.stored(result)
+    }
+
+    fn stored(self, result: Result<Arc<Rendered>, StoreError>) -> Stored {
+        Stored { result, posted: self.posted, on_stored: self.on_stored, then: self.then }
+    }
+}
+
+/// A store call whose append has run and whose message is published here, before the
+/// other processes are told ([`Stored::announce`]).
+#[derive(Debug)]
+pub struct Stored {
+    result: Result<Arc<Rendered>, StoreError>,
+    posted: Counter,
+    on_stored: Option<OnStored>,
+    then: AfterStore,
+}
+
+impl Stored {
+    /// Whether [`Stored::announce`] may block: a bus is attached (`--workers N`) and the
+    /// message was stored. Without one it returns at once.
+    pub fn announce_may_block(&self) -> bool {
+        self.on_stored.is_some() && self.result.is_ok()
+    }
+
+    /// Tells the other processes (the bus hook, which may wait boundedly for them) and
+    /// counts the post; gives what the poster's answer is made from.
+    pub fn announce(self) -> StoreDone {
+        if let Ok(rendered) = &self.result {
             if let Some(OnStored(hook)) = &self.on_stored {
                 hook(&rendered.message);
             }
             self.posted.inc();
-            rendered
-        });
-        StoreDone { result, then: self.then }
+        }
+        StoreDone { result: self.result, then: self.then }
     }
 }
 

@@ -1,14 +1,18 @@
-//! The `Store` contract, checked on a SQLite file and on SQLite in memory: ids start at 1
-//! and have no gaps, per room; `after` and `recent` return id order and respect limits;
-//! `rooms` lists every room with a message.
+//! The `Store` contract, checked on every back-end: a SQLite file, SQLite in memory, a
+//! MySQL/MariaDB database and a PostgreSQL one (those two when their test servers are
+//! given: see `c10k_store::testing`). Ids start at 1 and have no gaps, per room; `after`
+//! and `recent` return id order and respect limits; `rooms` lists every room with a
+//! message; text comes back exactly as stored.
 
 mod common;
 
 use c10k_core::store::{MessageId, NewMessage, Store};
-use c10k_store::SqliteStore;
+use c10k_store::testing::{ScratchDatabase, ServerKind};
+use c10k_store::{SqliteStore, StoreOptions};
 use common::{msg, room, ScratchDir};
 
-/// Runs a test once per way of opening a `SqliteStore`.
+/// Runs a test once per back-end. A server back-end whose test server is not given
+/// skips (and says so), unless C10K_E2E_REQUIRED=1.
 macro_rules! store_test {
     ($name:ident, |$store:ident| $body:block) => {
         mod $name {
@@ -24,6 +28,20 @@ macro_rules! store_test {
             #[test]
             fn in_memory() {
                 let $store = SqliteStore::open_memory().expect("open");
+                $body
+            }
+
+            #[test]
+            fn on_mysql() {
+                let Some(db) = ScratchDatabase::create(ServerKind::MySql, stringify!($name)) else { return };
+                let $store = c10k_store::MySqlStore::open(db.url(), &StoreOptions::default()).expect("open");
+                $body
+            }
+
+            #[test]
+            fn on_postgres() {
+                let Some(db) = ScratchDatabase::create(ServerKind::Postgres, stringify!($name)) else { return };
+                let $store = c10k_store::PostgresStore::open(db.url(), &StoreOptions::default()).expect("open");
                 $body
             }
         }
@@ -166,6 +184,24 @@ store_test!(reads_see_only_their_own_room, |store| {
         .all(|m| m.room == a && m.body == "for a"));
     assert_eq!(store.recent(&b, 10).unwrap().len(), 2);
     assert!(store.recent(&b, 10).unwrap().iter().all(|m| m.room == b));
+});
+
+store_test!(room_names_differ_by_case, |store| {
+    assert_eq!(store.append(&room("main"), &msg("lower")).unwrap().id, MessageId(1));
+    assert_eq!(store.append(&room("Main"), &msg("upper")).unwrap().id, MessageId(1));
+    assert_eq!(store.recent(&room("Main"), 10).unwrap()[0].body, "upper");
+    assert_eq!(store.rooms().unwrap().len(), 2);
+});
+
+store_test!(long_bodies_and_four_byte_characters_come_back_exactly, |store| {
+    let main = room("main");
+    let body = "🎉é<&>\"'\\".repeat(512); // 4,096 characters, 6,656 bytes
+    let new = NewMessage { body: body.clone(), from: "ünï 🎉".repeat(8), time_ms: u64::from(u32::MAX) * 1000 };
+    let stored = store.append(&main, &new).unwrap();
+    let read = store.after(&main, MessageId(0), 1).unwrap();
+    assert_eq!(read, vec![stored]);
+    assert_eq!(read[0].body, body);
+    assert_eq!(read[0].time_ms, new.time_ms);
 });
 
 store_test!(an_unknown_room_is_empty_not_an_error, |store| {

@@ -1,0 +1,344 @@
+//! The MySQL / MariaDB store, through the blocking `mysql` driver (the talk's "coping with
+//! MySQL": a driver that blocks its thread, so event loops run it on the offload pool).
+//!
+//! How each promise of the [`Store`] contract is kept (the SQL is in [`sql`], shared with
+//! the `mysql_async` store of `--db-mode native` in `mysql_native.rs`):
+//! - **Ids 1, 2, 3... per room, across processes and machines.** A row per room in
+//!   `c10k_rooms` holds its last id. An append is one InnoDB transaction: bump the row
+//!   (`INSERT ... ON DUPLICATE KEY UPDATE last_id = last_id + 1`, which takes the row's
+//!   exclusive lock), read it back, insert the message, commit. A second poster to the
+//!   same room waits on that row lock until the first commits, then bumps the committed
+//!   value; a rolled-back append rolls the counter back with it, so no id is skipped
+//!   and no id is given twice. A deadlock or lock-wait timeout rolls the whole
+//!   transaction back, and it is tried again (at most [`sql::ATTEMPTS`] times).
+//! - **Durable.** InnoDB's default (`innodb_flush_log_at_trx_commit=1`) makes `COMMIT`
+//!   return after the redo log is on disk: a message acknowledged survives a crash of the
+//!   server or of the database.
+//! - **Room names are case-sensitive**, as in SQLite: the room column is `ascii_bin`, not
+//!   the server's default case-insensitive collation (where `Main` and `main` would share
+//!   one counter).
+//! - **Bounded waits.** Connect, read and write timeouts are the store's timeout
+//!   (`--db-timeout`); a call never hangs on a database that stopped answering.
+//!
+//! The schema is created, or migrated, at start (`c10k_schema` holds its version), under
+//! a named lock so that several workers starting together do it once.
+
+use std::time::Duration;
+
+use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder, TxOpts};
+
+use crate::circuit::Circuit;
+use crate::pool::{Failure, Pool};
+use crate::StoreOptions;
+
+/// The SQL and the rules shared by the blocking and the native MySQL stores.
+pub(crate) mod sql {
+    use c10k_core::store::{Message, MessageId, RoomId, StoreError};
+
+    /// The schema version this build writes; an older database is migrated to it.
+    pub const VERSION: u32 = 1;
+
+    /// How many times an append is tried when InnoDB rolls it back for a deadlock or a
+    /// lock-wait timeout (nothing was stored; trying again is safe).
+    pub const ATTEMPTS: usize = 3;
+
+    /// Taken around the migration, so that workers starting together run it once.
+    pub const MIGRATION_LOCK: &str = "SELECT GET_LOCK('c10k_schema_migration', ?)";
+    /// Released after the migration.
+    pub const MIGRATION_UNLOCK: &str = "SELECT RELEASE_LOCK('c10k_schema_migration')";
+
+    /// Version 1: the schema's own version, the per-room counters and the messages.
+    pub const SCHEMA_V1: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS c10k_schema (
+            id      TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            version INT UNSIGNED     NOT NULL
+        ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS c10k_rooms (
+            room    VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+            last_id BIGINT UNSIGNED NOT NULL
+        ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS c10k_messages (
+            room    VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            id      BIGINT UNSIGNED NOT NULL,
+            body    TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            sender  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            time_ms BIGINT UNSIGNED NOT NULL,
+            PRIMARY KEY (room, id)
+        ) ENGINE=InnoDB",
+    ];
+    /// The version recorded; `None` before the first migration.
+    pub const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
+    /// Records the version.
+    pub const WRITE_VERSION: &str =
+        "INSERT INTO c10k_schema (id, version) VALUES (1, ?) ON DUPLICATE KEY UPDATE version = VALUES(version)";
+
+    /// Bumps the room's counter (creating it at 1), taking the row's lock until commit.
+    pub const BUMP: &str =
+        "INSERT INTO c10k_rooms (room, last_id) VALUES (?, 1) ON DUPLICATE KEY UPDATE last_id = last_id + 1";
+    /// The counter just bumped, as this transaction sees it.
+    pub const LAST_ID: &str = "SELECT last_id FROM c10k_rooms WHERE room = ?";
+    /// The message, under the id just taken.
+    pub const INSERT: &str = "INSERT INTO c10k_messages (room, id, body, sender, time_ms) VALUES (?, ?, ?, ?, ?)";
+    /// Messages after an id, oldest first.
+    pub const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+         WHERE room = ? AND id > ? ORDER BY id ASC LIMIT ?";
+    /// The newest messages, newest first (reversed by the caller).
+    pub const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+         WHERE room = ? ORDER BY id DESC LIMIT ?";
+    /// Every room with a message (a counter row exists only once one was committed).
+    pub const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
+    /// `--db-sleep-ms`: a query that takes that long on the server.
+    pub const SLEEP: &str = "SELECT SLEEP(?)";
+
+    /// MySQL's error numbers for "rolled back, try again".
+    pub fn is_retryable(code: u16) -> bool {
+        // 1213 ER_LOCK_DEADLOCK, 1205 ER_LOCK_WAIT_TIMEOUT.
+        matches!(code, 1213 | 1205)
+    }
+
+    /// MySQL's error numbers that mean this connection is finished.
+    pub fn is_connection_gone(code: u16) -> bool {
+        // 1053 ER_SERVER_SHUTDOWN, 1927 ER_CONNECTION_KILLED, 2006 CR_SERVER_GONE_ERROR,
+        // 2013 CR_SERVER_LOST, 4031 ER_CLIENT_INTERACTION_TIMEOUT.
+        matches!(code, 1053 | 1927 | 2006 | 2013 | 4031)
+    }
+
+    /// A stored row back into a message.
+    pub fn message(room: &RoomId, (id, body, from, time_ms): (u64, String, String, u64)) -> Message {
+        Message { id: MessageId(id), room: room.clone(), body, from, time_ms }
+    }
+
+    /// A room name read back, checked.
+    pub fn room(name: String) -> Result<RoomId, StoreError> {
+        RoomId::new(&name).map_err(|_| {
+            StoreError(format!(
+                "the database holds a room named {name:?}, which c10k never writes; point --db at a \
+                 database of c10k's own"
+            ))
+        })
+    }
+
+    /// The error for a counter row that its own transaction cannot read back.
+    pub fn no_counter(room: &RoomId) -> StoreError {
+        StoreError(format!("room {room}'s counter vanished inside its own transaction; check the database"))
+    }
+
+    /// Refuses a database written by a newer c10k.
+    pub fn check_version(found: Option<u32>, what: &str) -> Result<(), StoreError> {
+        match found {
+            Some(v) if v > VERSION => Err(StoreError(format!(
+                "{what} has c10k schema version {v}, newer than this build understands ({VERSION}); \
+                 upgrade c10k, or point --db at another database"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Messages in a MySQL or MariaDB database. Cheap to share behind an `Arc`; every method
+/// blocks (for at most the store's timeout per round trip).
+#[derive(Debug)]
+pub struct MySqlStore {
+    pool: Pool<Conn>,
+    sleep: Option<Duration>,
+}
+
+/// The driver's options for a `mysql://` URL (a `mariadb://` one is read the same), with
+/// the store's timeouts, and a description for messages that never shows the password.
+pub(crate) fn parse_url(url: &str, options: &StoreOptions) -> Result<(Opts, String), StoreError> {
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
+        _ => url.to_string(),
+    };
+    let opts = Opts::from_url(&url).map_err(|e| {
+        StoreError(format!(
+            "cannot read the MySQL URL: {e}; write mysql://USER[:PASSWORD]@HOST:PORT/DATABASE, for \
+             instance mysql://root@127.0.0.1:3306/test"
+        ))
+    })?;
+    let Some(db) = opts.get_db_name().map(str::to_string) else {
+        return Err(StoreError(
+            "the MySQL URL names no database; add one after the port, for instance \
+             mysql://root@127.0.0.1:3306/test"
+                .into(),
+        ));
+    };
+    let what = format!("MySQL at {}:{}/{db}", opts.get_ip_or_hostname(), opts.get_tcp_port());
+    let opts = OptsBuilder::from_opts(opts)
+        // Exactly the address given: the driver would otherwise switch to a local socket.
+        .prefer_socket(false)
+        .tcp_connect_timeout(Some(options.timeout))
+        .read_timeout(Some(options.timeout))
+        .write_timeout(Some(options.timeout))
+        .into();
+    Ok((opts, what))
+}
+
+impl MySqlStore {
+    /// Connects to the database `url` names, creating or migrating c10k's tables. Fails,
+    /// saying where and why, if it cannot be reached within `options.timeout`.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<MySqlStore, StoreError> {
+        let (opts, what) = parse_url(url, options)?;
+        let connect = {
+            let (opts, what) = (opts.clone(), what.clone());
+            move || Conn::new(opts.clone()).map_err(|e| connect_error(&what, e))
+        };
+        let mut first = connect()?;
+        migrate(&mut first, &what, options.timeout)?;
+        let pool = Pool::new(Circuit::new(what), options.connections, options.timeout, connect);
+        pool.seed(first);
+        Ok(MySqlStore { pool, sleep: options.server_sleep })
+    }
+
+    /// `--db-sleep-ms`: a real query that keeps the server (and this connection) busy.
+    fn sleep(&self, conn: &mut Conn) -> Result<(), Failure> {
+        match self.sleep {
+            Some(d) => conn.exec_drop(sql::SLEEP, (d.as_secs_f64(),)).map_err(classify),
+            None => Ok(()),
+        }
+    }
+}
+
+fn connect_error(what: &str, e: mysql::Error) -> StoreError {
+    StoreError(format!(
+        "cannot connect to {what}: {e}; check that the database is running and the URL's user, \
+         password and database are right"
+    ))
+}
+
+/// Creates the tables, or brings them to [`sql::VERSION`].
+fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreError> {
+    let fail = |e: mysql::Error| {
+        StoreError(format!("cannot create c10k's tables in {what}: {e}; the URL's user needs CREATE rights"))
+    };
+    let locked: Option<Option<i64>> = conn.exec_first(sql::MIGRATION_LOCK, (timeout.as_secs(),)).map_err(fail)?;
+    if locked.flatten() != Some(1) {
+        return Err(StoreError(format!(
+            "another c10k held {what}'s schema migration lock for {} s; retry, or look for a stuck process",
+            timeout.as_secs()
+        )));
+    }
+    let result = (|| {
+        for statement in sql::SCHEMA_V1 {
+            conn.query_drop(statement).map_err(fail)?;
+        }
+        let found: Option<u32> = conn.query_first(sql::READ_VERSION).map_err(fail)?;
+        sql::check_version(found, what)?;
+        if found != Some(sql::VERSION) {
+            conn.exec_drop(sql::WRITE_VERSION, (sql::VERSION,)).map_err(fail)?;
+        }
+        Ok(())
+    })();
+    let _ = conn.query_drop(sql::MIGRATION_UNLOCK);
+    result
+}
+
+/// Sorts a driver error into the pool's classes.
+fn classify(e: mysql::Error) -> Failure {
+    match &e {
+        mysql::Error::MySqlError(server) if !sql::is_connection_gone(server.code) => Failure::Query(query_error(e)),
+        _ if e.is_connectivity_error() || matches!(e, mysql::Error::MySqlError(_)) => {
+            Failure::Broken(StoreError(format!("the MySQL connection broke: {e}")))
+        }
+        _ => Failure::Query(query_error(e)),
+    }
+}
+
+fn query_error(e: mysql::Error) -> StoreError {
+    StoreError(format!("MySQL refused a query: {e}"))
+}
+
+impl Store for MySqlStore {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+        self.pool.run(|conn| {
+            self.sleep(conn)?;
+            let mut attempt = 1;
+            loop {
+                match append_once(conn, room, message) {
+                    Ok(id) => return Ok(stored(room, message, id)),
+                    Err(AppendFailed::Before(mysql::Error::MySqlError(e)))
+                        if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS =>
+                    {
+                        attempt += 1
+                    }
+                    Err(AppendFailed::Before(e)) => return Err(classify(e)),
+                    Err(AppendFailed::AtCommit(e)) => return Err(ambiguous(classify(e))),
+                    Err(AppendFailed::NoCounter) => return Err(Failure::Query(sql::no_counter(room))),
+                }
+            }
+        })
+    }
+
+    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.pool.run(|conn| {
+            self.sleep(conn)?;
+            let rows: Vec<(u64, String, String, u64)> =
+                conn.exec(sql::AFTER, (room.as_str(), after.0, sql_limit(limit))).map_err(classify)?;
+            Ok(rows.into_iter().map(|row| sql::message(room, row)).collect())
+        })
+    }
+
+    fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.pool.run(|conn| {
+            let mut rows: Vec<(u64, String, String, u64)> =
+                conn.exec(sql::RECENT, (room.as_str(), sql_limit(limit))).map_err(classify)?;
+            rows.reverse();
+            Ok(rows.into_iter().map(|row| sql::message(room, row)).collect())
+        })
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        let names: Vec<String> = self.pool.run(|conn| conn.query(sql::ROOMS).map_err(classify))?;
+        names.into_iter().map(sql::room).collect()
+    }
+}
+
+/// How one try at an append failed.
+enum AppendFailed {
+    /// Before `COMMIT`: nothing is stored.
+    Before(mysql::Error),
+    /// At `COMMIT`: the outcome is unknown.
+    AtCommit(mysql::Error),
+    /// The counter row just written was not there to read (never, on a sane database).
+    NoCounter,
+}
+
+/// One try at the append transaction (see the module docs): the id it stored under.
+fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u64, AppendFailed> {
+    let mut tx = conn.start_transaction(TxOpts::default()).map_err(AppendFailed::Before)?;
+    tx.exec_drop(sql::BUMP, (room.as_str(),)).map_err(AppendFailed::Before)?;
+    let id: u64 = tx.exec_first(sql::LAST_ID, (room.as_str(),)).map_err(AppendFailed::Before)?.ok_or(AppendFailed::NoCounter)?;
+    tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))
+        .map_err(AppendFailed::Before)?;
+    tx.commit().map_err(AppendFailed::AtCommit)?;
+    Ok(id)
+}
+
+/// The message as stored under `id`.
+pub(crate) fn stored(room: &RoomId, message: &NewMessage, id: u64) -> Message {
+    Message {
+        id: MessageId(id),
+        room: room.clone(),
+        body: message.body.clone(),
+        from: message.from.clone(),
+        time_ms: message.time_ms,
+    }
+}
+
+/// A connection that broke during `COMMIT` leaves the outcome unknown: never retried.
+pub(crate) fn ambiguous(failure: Failure) -> Failure {
+    match failure {
+        Failure::Broken(e) => Failure::Ambiguous(StoreError(format!(
+            "{}; it broke during COMMIT, so the message may or may not be stored",
+            e.0
+        ))),
+        other => other,
+    }
+}
+
+/// A `LIMIT` MySQL accepts: `usize::MAX` means "all".
+fn sql_limit(limit: usize) -> u64 {
+    u64::try_from(limit).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,522 @@
+//! The PostgreSQL store: [`PostgresStore`] blocks its caller (for the offload pool, or
+//! inline), [`PostgresNativeStore`] is awaited on the async model's tokio runtime
+//! (`--db-mode native`). Both run the same SQL through `tokio-postgres`.
+//!
+//! **Why one driver for both.** The `postgres` crate, the blocking driver, is
+//! `tokio-postgres` on a private single-threaded runtime per connection, driven with
+//! `block_on`. [`PostgresStore`] is exactly that construction, plus what the `postgres`
+//! crate does not offer: a timeout around every call, so that a database that stopped
+//! answering (not closed: stopped, or cut off by the network) fails the call in
+//! `--db-timeout` instead of hanging its thread forever. The calling thread blocks just
+//! as it would in the C driver of the talk.
+//!
+//! How each promise of the [`Store`] contract is kept:
+//! - **Ids 1, 2, 3... per room, across processes and machines.** One statement:
+//!   `WITH next AS (INSERT INTO c10k_rooms ... ON CONFLICT (room) DO UPDATE SET last_id =
+//!   last_id + 1 RETURNING last_id) INSERT INTO c10k_messages SELECT ... FROM next`. A
+//!   statement is its own transaction, the upsert takes the room row's lock until it
+//!   commits, and a concurrent one waits, then bumps the committed value (`ON CONFLICT DO
+//!   UPDATE` under READ COMMITTED always inserts or updates, never fails on the race): no
+//!   id twice, and none skipped, since a failed statement rolls its bump back.
+//! - **Durable.** With the default `synchronous_commit = on`, a statement returns after
+//!   its commit record is flushed to disk.
+//! - **Bounded waits and broken connections**: as for MySQL (`pool.rs`, `circuit.rs`). A
+//!   failure after the append was sent is reported as "may or may not be stored" and not
+//!   tried again.
+//!
+//! The schema is created or migrated at start, inside a transaction holding an advisory
+//! lock, so several workers starting together do it once.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use c10k_core::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, Store, StoreError, StoreFuture};
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use crate::circuit::Circuit;
+use crate::mysql::sql::{check_version, room as checked_room, VERSION};
+use crate::pool::{Failure, Pool};
+use crate::StoreOptions;
+
+/// The schema, version 1 (see `mysql.rs` for the same tables in MySQL's dialect).
+const SCHEMA_V1: &str = "
+    CREATE TABLE IF NOT EXISTS c10k_schema (
+        id      SMALLINT PRIMARY KEY CHECK (id = 1),
+        version INTEGER  NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS c10k_rooms (
+        room    TEXT COLLATE \"C\" PRIMARY KEY,
+        last_id BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS c10k_messages (
+        room    TEXT COLLATE \"C\" NOT NULL,
+        id      BIGINT NOT NULL,
+        body    TEXT   NOT NULL,
+        sender  TEXT   NOT NULL,
+        time_ms BIGINT NOT NULL,
+        PRIMARY KEY (room, id)
+    );
+";
+/// Serialises migrations of one database (any fixed number: it names the lock).
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7310010001)";
+const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
+const WRITE_VERSION: &str =
+    "INSERT INTO c10k_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version";
+
+const APPEND: &str = "
+    WITH next AS (
+        INSERT INTO c10k_rooms AS r (room, last_id) VALUES ($1, 1)
+        ON CONFLICT (room) DO UPDATE SET last_id = r.last_id + 1
+        RETURNING last_id
+    )
+    INSERT INTO c10k_messages (room, id, body, sender, time_ms)
+    SELECT $1, last_id, $2, $3, $4 FROM next
+    RETURNING id";
+const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+     WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3";
+const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+     WHERE room = $1 ORDER BY id DESC LIMIT $2";
+const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
+const SLEEP: &str = "SELECT pg_sleep($1)";
+
+/// A connected client and its prepared statements.
+struct Live {
+    client: Client,
+    append: Statement,
+    after: Statement,
+    recent: Statement,
+    rooms: Statement,
+    sleep: Statement,
+}
+
+/// The driver's configuration for a `postgres://` URL, and a description for messages
+/// that never shows the password.
+fn parse_url(url: &str, options: &StoreOptions) -> Result<(Config, String), StoreError> {
+    let mut config = Config::from_str(url).map_err(|e| {
+        StoreError(format!(
+            "cannot read the PostgreSQL URL: {e}; write postgres://USER[:PASSWORD]@HOST:PORT/DATABASE, \
+             for instance postgres://postgres@127.0.0.1:5432/test"
+        ))
+    })?;
+    config.connect_timeout(options.timeout);
+    if config.get_application_name().is_none() {
+        config.application_name("c10k");
+    }
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    let what = format!("PostgreSQL at {host}:{port}/{db}");
+    Ok((config, what))
+}
+
+/// Connects (within the timeout, whatever the network does), runs the connection's task
+/// with `spawn`, runs `before_prepare` (the migration, on the first connection), and
+/// prepares the statements.
+async fn connect(
+    config: &Config,
+    what: &str,
+    timeout: Duration,
+    spawn: impl FnOnce(tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
+    migrate_first: bool,
+) -> Result<Live, StoreError> {
+    let (client, connection) = within(timeout, config.connect(NoTls)).await.map_err(|e| {
+        StoreError(format!(
+            "cannot connect to {what}: {e}; check that the database is running and the URL's user and \
+             database are right"
+        ))
+    })?;
+    spawn(connection);
+    if migrate_first {
+        migrate(&client, what, timeout).await?;
+    }
+    let prepare = |sql: &'static str, types: &'static [Type]| {
+        let client = &client;
+        async move {
+            within(timeout, client.prepare_typed(sql, types)).await.map_err(|e| {
+                StoreError(format!(
+                    "cannot prepare c10k's queries on {what}: {e}; if the tables are missing, start one c10k \
+                     with --db-mode offload first to create them"
+                ))
+            })
+        }
+    };
+    Ok(Live {
+        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8]).await?,
+        after: prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
+        recent: prepare(RECENT, &[Type::TEXT, Type::INT8]).await?,
+        rooms: prepare(ROOMS, &[]).await?,
+        sleep: prepare(SLEEP, &[Type::FLOAT8]).await?,
+        client,
+    })
+}
+
+/// A driver call that did not finish in time.
+#[derive(Debug)]
+enum CallError {
+    Driver(tokio_postgres::Error),
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Driver(e) => match e.as_db_error() {
+                Some(db) => write!(f, "{}: {}", db.code().code(), db.message()),
+                None => e.fmt(f),
+            },
+            CallError::TimedOut(after) => write!(f, "no answer within {:.1} s (--db-timeout)", after.as_secs_f64()),
+        }
+    }
+}
+
+async fn within<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(CallError::Driver),
+        Err(_) => Err(CallError::TimedOut(timeout)),
+    }
+}
+
+/// Sorts a failed call into the pool's classes. `sent_append`: the failed call was an
+/// append that may have reached the server, so a broken connection leaves it unknown.
+fn classify(e: CallError, sent_append: bool) -> Failure {
+    let broken = match &e {
+        CallError::TimedOut(_) => true,
+        CallError::Driver(driver) => match driver.code() {
+            // The server is shutting down or was told to end this session.
+            Some(code) => [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW]
+                .contains(code),
+            None => true,
+        },
+    };
+    match (broken, sent_append) {
+        (false, _) => Failure::Query(StoreError(format!("PostgreSQL refused a query: {e}"))),
+        (true, false) => Failure::Broken(StoreError(format!("the PostgreSQL connection broke: {e}"))),
+        (true, true) => Failure::Ambiguous(StoreError(format!(
+            "the PostgreSQL connection broke during an append ({e}), so the message may or may not be stored"
+        ))),
+    }
+}
+
+fn to_i64(value: u64, what: &str) -> Result<i64, Failure> {
+    i64::try_from(value).map_err(|_| Failure::Query(StoreError(format!("{what} {value} is too large to store"))))
+}
+
+fn limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn to_message(room: &RoomId, row: &tokio_postgres::Row) -> Result<Message, Failure> {
+    let unsigned = |value: i64, what: &str| {
+        u64::try_from(value).map_err(|_| {
+            Failure::Query(StoreError(format!(
+                "the database holds a negative {what} ({value}); it was not written by c10k: point --db at a \
+                 database of c10k's own"
+            )))
+        })
+    };
+    Ok(Message {
+        id: MessageId(unsigned(row.get(0), "message id")?),
+        room: room.clone(),
+        body: row.get(1),
+        from: row.get(2),
+        time_ms: unsigned(row.get(3), "time")?,
+    })
+}
+
+impl Live {
+    async fn sleep(&self, sleep: Option<Duration>, timeout: Duration) -> Result<(), Failure> {
+        match sleep {
+            Some(d) => within(timeout, self.client.execute(&self.sleep, &[&d.as_secs_f64()]))
+                .await
+                .map(drop)
+                .map_err(|e| classify(e, false)),
+            None => Ok(()),
+        }
+    }
+
+    async fn append(&self, room: &RoomId, message: &NewMessage, timeout: Duration) -> Result<Message, Failure> {
+        let time_ms = to_i64(message.time_ms, "time")?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&room.as_str(), &message.body, &message.from, &time_ms];
+        let row = within(timeout, self.client.query_one(&self.append, &params)).await.map_err(|e| classify(e, true))?;
+        let id: i64 = row.get(0);
+        Ok(Message {
+            id: MessageId(id as u64),
+            room: room.clone(),
+            body: message.body.clone(),
+            from: message.from.clone(),
+            time_ms: message.time_ms,
+        })
+    }
+
+    async fn after(&self, room: &RoomId, after: MessageId, count: usize, timeout: Duration) -> Result<Vec<Message>, Failure> {
+        let after = to_i64(after.0, "message id")?;
+        let rows = within(timeout, self.client.query(&self.after, &[&room.as_str(), &after, &limit(count)]))
+            .await
+            .map_err(|e| classify(e, false))?;
+        rows.iter().map(|row| to_message(room, row)).collect()
+    }
+
+    async fn recent(&self, room: &RoomId, count: usize, timeout: Duration) -> Result<Vec<Message>, Failure> {
+        let rows = within(timeout, self.client.query(&self.recent, &[&room.as_str(), &limit(count)]))
+            .await
+            .map_err(|e| classify(e, false))?;
+        rows.iter().rev().map(|row| to_message(room, row)).collect()
+    }
+
+    async fn rooms(&self, timeout: Duration) -> Result<Vec<String>, Failure> {
+        let rows = within(timeout, self.client.query(&self.rooms, &[])).await.map_err(|e| classify(e, false))?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+/// Creates the tables, or brings them to [`VERSION`], in one transaction under the
+/// migration lock.
+async fn migrate(client: &Client, what: &str, timeout: Duration) -> Result<(), StoreError> {
+    let fail = |e: CallError| {
+        StoreError(format!("cannot create c10k's tables in {what}: {e}; the URL's user needs CREATE rights"))
+    };
+    within(timeout, client.batch_execute("BEGIN")).await.map_err(fail)?;
+    let result = async {
+        within(timeout, client.batch_execute(MIGRATION_LOCK)).await.map_err(fail)?;
+        within(timeout, client.batch_execute(SCHEMA_V1)).await.map_err(fail)?;
+        let found: Option<i32> =
+            within(timeout, client.query_opt(READ_VERSION, &[])).await.map_err(fail)?.map(|row| row.get(0));
+        let found = found.map(|v| v.max(0) as u32);
+        check_version(found, what)?;
+        if found != Some(VERSION) {
+            within(timeout, client.execute(WRITE_VERSION, &[&(VERSION as i32)])).await.map_err(fail)?;
+        }
+        within(timeout, client.batch_execute("COMMIT")).await.map_err(fail)
+    }
+    .await;
+    if result.is_err() {
+        let _ = within(timeout, client.batch_execute("ROLLBACK")).await;
+    }
+    result
+}
+
+/// One blocking connection: a private runtime that drives it, as the `postgres` crate does.
+struct BlockingConn {
+    runtime: tokio::runtime::Runtime,
+    live: Live,
+}
+
+impl BlockingConn {
+    fn open(config: &Config, what: &str, timeout: Duration, migrate_first: bool) -> Result<BlockingConn, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError(format!("cannot start the PostgreSQL driver's runtime: {e}")))?;
+        let live = runtime.block_on(connect(config, what, timeout, |connection| {
+            // Runs whenever this connection's runtime is inside block_on, i.e. during a call.
+            tokio::spawn(connection);
+        }, migrate_first))?;
+        Ok(BlockingConn { runtime, live })
+    }
+
+    /// Runs `call` on this connection's runtime. First lets the connection's task read
+    /// what arrived while the connection sat idle (it runs only inside `block_on`): a
+    /// server that went away has closed it, and then nothing is sent, so a fresh
+    /// connection can be tried safely.
+    fn call<T>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure>) -> Result<T, Failure> {
+        self.runtime.block_on(async {
+            // Two yields: the first lets the runtime poll its I/O driver, which wakes the
+            // connection's task if bytes or an EOF arrived; the second lets that task run.
+            // Best effort: if the close is missed, the call fails as "may or may not be
+            // stored", never wrongly.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            if self.live.client.is_closed() {
+                return Err(Failure::Broken(StoreError("the PostgreSQL connection was closed while idle".into())));
+            }
+            call(&self.live).await
+        })
+    }
+}
+
+/// Messages in a PostgreSQL database, through blocking calls; see the module docs.
+pub struct PostgresStore {
+    pool: Pool<BlockingConn>,
+    timeout: Duration,
+    sleep: Option<Duration>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database `url` names, creating or migrating c10k's tables. Fails,
+    /// saying where and why, if it cannot be reached within `options.timeout`.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<PostgresStore, StoreError> {
+        let (config, what) = parse_url(url, options)?;
+        let timeout = options.timeout;
+        let first = BlockingConn::open(&config, &what, timeout, true)?;
+        let connect = {
+            let what = what.clone();
+            move || BlockingConn::open(&config, &what, timeout, false)
+        };
+        let pool = Pool::new(Circuit::new(what), options.connections, timeout, connect);
+        pool.seed(first);
+        Ok(PostgresStore { pool, timeout, sleep: options.server_sleep })
+    }
+}
+
+impl Store for PostgresStore {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+        let (timeout, sleep) = (self.timeout, self.sleep);
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                live.sleep(sleep, timeout).await?;
+                live.append(room, message, timeout).await
+            })
+        })
+    }
+
+    fn after(&self, room: &RoomId, after: MessageId, count: usize) -> Result<Vec<Message>, StoreError> {
+        let (timeout, sleep) = (self.timeout, self.sleep);
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                live.sleep(sleep, timeout).await?;
+                live.after(room, after, count, timeout).await
+            })
+        })
+    }
+
+    fn recent(&self, room: &RoomId, count: usize) -> Result<Vec<Message>, StoreError> {
+        self.pool.run(|conn| conn.call(async |live| live.recent(room, count, self.timeout).await))
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        let names = self.pool.run(|conn| conn.call(async |live| live.rooms(self.timeout).await))?;
+        names.into_iter().map(checked_room).collect()
+    }
+}
+
+/// One of the native store's connections, shared by every task that uses it: the driver
+/// pipelines their queries on it.
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Arc<Live>>>,
+    /// Held while (re)connecting, so that the tasks that find the slot empty connect once.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// Messages in a PostgreSQL database, awaited on the caller's tokio runtime
+/// (`--db-mode native`): a few connections, each shared by every task, its queries
+/// pipelined. Connects on first use; a connection found closed is made again.
+pub struct PostgresNativeStore {
+    config: Config,
+    circuit: Circuit,
+    timeout: Duration,
+    sleep: Option<Duration>,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for PostgresNativeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresNativeStore").field("database", &self.circuit.what()).finish_non_exhaustive()
+    }
+}
+
+impl PostgresNativeStore {
+    /// A store for the database `url` names, with `options.connections` connections made
+    /// when first needed. The schema must exist: open the blocking [`PostgresStore`]
+    /// first (the server does, to load the history).
+    pub fn new(url: &str, options: &StoreOptions) -> Result<PostgresNativeStore, StoreError> {
+        let (config, what) = parse_url(url, options)?;
+        Ok(PostgresNativeStore {
+            config,
+            circuit: Circuit::new(what),
+            timeout: options.timeout,
+            sleep: options.server_sleep,
+            slots: (0..options.connections.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next slot's connection, made if it has none or it was closed.
+    async fn live(&self) -> Result<(&Slot, Arc<Live>), StoreError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let current = || slot.live.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|l| !l.client.is_closed());
+        if let Some(live) = current() {
+            return Ok((slot, live));
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(live) = current() {
+            return Ok((slot, live));
+        }
+        self.circuit.admit()?;
+        let spawn = |connection| {
+            tokio::spawn(connection);
+        };
+        let live = connect(&self.config, self.circuit.what(), self.timeout, spawn, false)
+            .await
+        .inspect_err(|e| self.circuit.trip(e))?;
+        let live = Arc::new(live);
+        *slot.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&live));
+        Ok((slot, live))
+    }
+
+    /// What a call's result means for its connection and the circuit.
+    fn settle<T>(&self, slot: &Slot, live: &Arc<Live>, result: Result<T, Failure>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.circuit.reset();
+                Ok(value)
+            }
+            Err(Failure::Query(e)) => Err(e),
+            Err(Failure::Broken(e) | Failure::Ambiguous(e)) => {
+                let mut held = slot.live.lock().unwrap_or_else(|p| p.into_inner());
+                if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, live)) {
+                    *held = None;
+                }
+                drop(held);
+                self.circuit.trip(&e);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl AsyncStore for PostgresNativeStore {
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message> {
+        Box::pin(async move {
+            let (slot, live) = self.live().await?;
+            let result = async {
+                live.sleep(self.sleep, self.timeout).await?;
+                live.append(room, message, self.timeout).await
+            }
+            .await;
+            self.settle(slot, &live, result)
+        })
+    }
+
+    fn after<'a>(&'a self, room: &'a RoomId, after: MessageId, count: usize) -> StoreFuture<'a, Vec<Message>> {
+        Box::pin(async move {
+            let (slot, live) = self.live().await?;
+            let result = async {
+                live.sleep(self.sleep, self.timeout).await?;
+                live.after(room, after, count, self.timeout).await
+            }
+            .await;
+            self.settle(slot, &live, result)
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! Scratch databases on the MySQL/MariaDB and PostgreSQL servers that tests are given.
+//!
+//! A test that needs a server asks [`ScratchDatabase::create`]; it gets a database of its
+//! own (MySQL: a new database; PostgreSQL: a new schema, selected through the URL's
+//! `options=-csearch_path=...`), dropped when the guard is dropped, so tests run in
+//! parallel and never see each other's rows.
+//!
+//! Which servers: the URLs in `C10K_TEST_MYSQL_URL` and `C10K_TEST_POSTGRES_URL`
+//! (`.ci/run` sets both to the machine's services). Without one, the test prints
+//! `skipped: ...` and passes; with `C10K_E2E_REQUIRED=1` (CI) a missing or unreachable
+//! server fails the test instead, so CI cannot go green by skipping.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mysql::prelude::Queryable;
+
+/// The database servers c10k has a store for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// MySQL or MariaDB.
+    MySql,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl ServerKind {
+    /// The variable that gives the test server's URL.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            ServerKind::MySql => "C10K_TEST_MYSQL_URL",
+            ServerKind::Postgres => "C10K_TEST_POSTGRES_URL",
+        }
+    }
+
+    /// The URL of the machine's service, as `.ci/run` exports it.
+    pub fn example_url(self) -> &'static str {
+        match self {
+            ServerKind::MySql => "mysql://root@127.0.0.1:3306/test",
+            ServerKind::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+        }
+    }
+}
+
+/// Whether a missing test server must fail the test (`C10K_E2E_REQUIRED=1`, as in CI).
+pub fn required() -> bool {
+    std::env::var("C10K_E2E_REQUIRED").is_ok_and(|v| v == "1")
+}
+
+/// A database of one test's own; dropped with the guard.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    kind: ServerKind,
+    /// The server's URL, as given.
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    /// A fresh database on the `kind` server, named after `label`; `None` (after printing
+    /// why) when no such server is given and it is not required.
+    ///
+    /// # Panics
+    /// When the server is required but not given, or given but cannot be reached.
+    pub fn create(kind: ServerKind, label: &str) -> Option<ScratchDatabase> {
+        let var = kind.env_var();
+        let Some(server) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) else {
+            if required() {
+                panic!("{label}: {var} is not set, and C10K_E2E_REQUIRED=1; set it, e.g. {var}={}", kind.example_url());
+            }
+            eprintln!("skipped: {label} needs a database server; set {var}, e.g. {var}={}", kind.example_url());
+            return None;
+        };
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let clean: String =
+            label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        let mut name = format!("c10k_t{}_{}_{clean}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        name.truncate(63); // both servers' longest identifier
+        let url = match kind {
+            ServerKind::MySql => {
+                admin_mysql(&server, &format!("CREATE DATABASE `{name}`"));
+                replace_path(&server, &name)
+            }
+            ServerKind::Postgres => {
+                admin_postgres(&server, &format!("CREATE SCHEMA \"{name}\""));
+                // The application name lets kill_connections find this test's sessions.
+                let joiner = if server.contains('?') { '&' } else { '?' };
+                format!("{server}{joiner}options=-csearch_path%3D{name}&application_name={name}")
+            }
+        };
+        Some(ScratchDatabase { kind, server, name, url })
+    }
+
+    /// The URL to give `--db`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs `sql` on the scratch database itself (for tests that damage it on purpose).
+    pub fn execute(&self, sql: &str) {
+        match self.kind {
+            ServerKind::MySql => admin_mysql(&self.url, sql),
+            ServerKind::Postgres => admin_postgres(&self.url, sql),
+        }
+    }
+
+    /// Ends every session connected to this database from the server's side, as a
+    /// database restart or an administrator would, and returns once the server has
+    /// closed them all.
+    pub fn kill_connections(&self) {
+        let name = &self.name;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = match self.kind {
+                ServerKind::MySql => {
+                    let mut conn = mysql_admin_conn(&self.server);
+                    let ids: Vec<u64> = conn
+                        .exec(
+                            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+                            (name,),
+                        )
+                        .unwrap_or_else(|e| panic!("listing {name}'s sessions: {e}"));
+                    for id in &ids {
+                        // A session may end by itself meanwhile: that is what was wanted.
+                        let _ = conn.query_drop(format!("KILL {id}"));
+                    }
+                    ids.len()
+                }
+                ServerKind::Postgres => {
+                    let sql = format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = '{name}' AND pid <> pg_backend_pid()"
+                    );
+                    admin_postgres_count(&self.server, &sql)
+                }
+            };
+            if left == 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: {left} sessions still there after 10 s of killing");
+            std::thread::sleep(std::time::Duration::from_millis(20)); // poll until the server has ended them
+        }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let name = &self.name;
+        let result = std::panic::catch_unwind(|| match self.kind {
+            ServerKind::MySql => admin_mysql(&self.server, &format!("DROP DATABASE IF EXISTS `{name}`")),
+            ServerKind::Postgres => admin_postgres(&self.server, &format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")),
+        });
+        if result.is_err() {
+            eprintln!("could not drop the scratch database {name}; drop it by hand");
+        }
+    }
+}
+
+/// `mysql://user@host:port/db?x` with `db` replaced by `name`.
+fn replace_path(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|at| at + 3).unwrap_or(0);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn mysql_admin_conn(url: &str) -> mysql::Conn {
+    let opts = mysql::Opts::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let opts = mysql::OptsBuilder::from_opts(opts)
+        .prefer_socket(false)
+        .tcp_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    mysql::Conn::new(opts).unwrap_or_else(|e| panic!("cannot reach the test MySQL at {url}: {e}"))
+}
+
+fn admin_mysql(url: &str, sql: &str) {
+    mysql_admin_conn(url).query_drop(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn admin_postgres(url: &str, sql: &str) {
+    admin_postgres_count(url, sql);
+}
+
+/// Runs `sql` and counts the rows it returned. On a thread of its own, so that a test
+/// inside a tokio runtime may call it too.
+fn admin_postgres_count(url: &str, sql: &str) -> usize {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                runtime.block_on(async {
+                    let config: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+                    let (client, connection) = config
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {url}: {e}"));
+                    let driver = tokio::spawn(connection);
+                    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                    drop(client);
+                    let _ = driver.await;
+                    rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count()
+                })
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_path;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced_and_its_query_kept() {
+        assert_eq!(replace_path("mysql://root@h:3306/test", "x"), "mysql://root@h:3306/x");
+        assert_eq!(replace_path("mysql://root@h:3306", "x"), "mysql://root@h:3306/x");
+        assert_eq!(replace_path("mysql://root@h:3306/test?a=1", "x"), "mysql://root@h:3306/x?a=1");
+    }
+}
