@@ -19,10 +19,10 @@ use tracing::{error, info};
 use c10k_core::chat::{App, Config};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
-use c10k_core::store::Store;
+use c10k_core::store::{AsyncStore, Store};
 use c10k_models::reactor::PollerKind;
-use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, Shutdown, MODEL_NAMES};
-use c10k_store::OffloadPool;
+use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, NativeDb, Shutdown, MODEL_NAMES};
+use c10k_store::{OffloadPool, StoreOptions};
 
 /// One chat server, every concurrency model of the C10K talk, measured side by side.
 #[derive(Parser, Debug)]
@@ -49,8 +49,11 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
     listen: SocketAddr,
 
-    /// Where messages are stored: a SQLite file path (created if missing).
-    #[arg(long, default_value = "c10k.sqlite3", value_name = "PATH")]
+    /// Where messages are stored: a SQLite file path (created if missing), a MySQL or
+    /// MariaDB database (`mysql://USER[:PASSWORD]@HOST:PORT/DATABASE`), or a PostgreSQL one
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`). c10k creates or migrates its
+    /// tables (`c10k_*`) at start; several processes and machines may share one database.
+    #[arg(long, default_value = "c10k.sqlite3", value_name = "PATH|URL")]
     db: String,
 
     /// Concurrency model: `async` (tokio tasks on a thread per core), `threads` (an OS
@@ -100,10 +103,30 @@ struct ServeArgs {
     #[arg(long)]
     giant_lock: bool,
 
-    /// Where blocking store calls run: `offload` (a thread pool; the server keeps serving
-    /// meanwhile) or `inline` (on the serving thread, which stalls while the store works).
+    /// How the server talks to the database (the talk's "coping with MySQL"): `offload`
+    /// (the blocking driver on a thread pool; the server keeps serving meanwhile),
+    /// `inline` (the blocking driver on the serving thread, which stalls while the
+    /// database works), or `native` (a driver that cooperates with the model: mysql_async
+    /// or tokio-postgres awaited by async's tasks; the blocking driver on the connection's
+    /// own thread for threads, pool and prefork; refused where a model has none).
     #[arg(long, value_enum, default_value_t = DbModeArg::Offload)]
     db_mode: DbModeArg,
+
+    /// Seconds any one wait on a database server may take (connecting, a query's round
+    /// trip, a free connection). Past it the request gets 503, and while the database is
+    /// unreachable requests that need it get 503 at once; it is tried again every second.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    db_timeout: f64,
+
+    /// Connections to a database server each process keeps at most.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    db_connections: usize,
+
+    /// A demonstration of a slow database: before each read and append, the server runs
+    /// a query that takes this long on the database (`SELECT SLEEP`, `pg_sleep`).
+    /// MySQL and PostgreSQL only (for SQLite, `--db slow:MILLIS:PATH` sleeps in c10k).
+    #[arg(long, value_name = "MS")]
+    db_sleep_ms: Option<u64>,
 
     /// Threads in the store's offload pool.
     #[arg(long, default_value_t = 4, value_name = "N")]
@@ -157,6 +180,7 @@ enum PollerArg {
 enum DbModeArg {
     Offload,
     Inline,
+    Native,
 }
 
 fn main() -> ExitCode {
@@ -277,13 +301,24 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.store_threads == 0 {
         return Err("--store-threads must be at least 1".into());
     }
+    if args.db_connections == 0 {
+        return Err("--db-connections must be at least 1".into());
+    }
+    seconds("db-timeout", args.db_timeout).and_then(|t| {
+        if t.is_zero() { Err("--db-timeout must be more than 0 seconds".to_string()) } else { Ok(t) }
+    })?;
+    let native = match args.db_mode {
+        DbModeArg::Native => Some(model.native_db().map_err(|why| format!("--db-mode native: {why}"))?),
+        _ => None,
+    };
+    let native_async = native == Some(NativeDb::Async);
 
     let workers = args.workers.unwrap_or(if model.forks() { prefork::DEFAULT_WORKERS } else { 1 });
     if workers == 0 {
         return Err("--workers must be at least 1".into());
     }
     if workers > 1 || model.forks() {
-        return serve_workers(&args, &*model, &limits, workers);
+        return serve_workers(&args, &*model, &limits, workers, native_async);
     }
 
     // Signals first: the handler thread must be the only one that receives them, so they
@@ -291,14 +326,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let shutdown = Shutdown::new();
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
-    let (store, app, offload) = start_app(&args, &limits)?;
+    let (store, app, offload, native) = start_app(&args, &limits, native_async)?;
 
     let listener = bind(args.listen, args.backlog, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, "serving");
     announce(local);
 
-    let context = Context { app, store, offload, db_mode: db_mode(&args), shutdown };
+    let context = Context { app, store, offload, db_mode: db_mode(&args), native, shutdown };
     model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))?;
     info!("stopped");
     Ok(())
@@ -306,7 +341,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 /// `--workers N` (and `prefork`): this process becomes the master, and each worker it
 /// forks runs the single-process start above, minus the bind, plus the relay.
-fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: usize) -> Result<(), String> {
+fn serve_workers(
+    args: &ServeArgs,
+    model: &dyn Model,
+    limits: &Limits,
+    workers: usize,
+    native_async: bool,
+) -> Result<(), String> {
     // Nothing here may start a thread before the master has forked: no signal thread, no
     // store, no pool, no runtime. Only the listeners, which the workers inherit: one
     // shared for prefork, one per worker otherwise (see c10k_models::prefork's docs).
@@ -320,11 +361,11 @@ fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: 
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
         let shutdown = Shutdown::new();
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
-        let (store, app, offload) = start_app(args, limits)?;
+        let (store, app, offload, native) = start_app(args, limits, native_async)?;
         let relay = Arc::new(relay);
         c10k_bus::attach(&app, &store, Arc::clone(&relay) as Arc<dyn Bus>).map_err(|e| e.to_string())?;
         relay.announce_ready().map_err(|e| format!("cannot reach the master: {e}"))?;
-        let context = Context { app, store, offload, db_mode: db_mode(args), shutdown };
+        let context = Context { app, store, offload, db_mode: db_mode(args), native, shutdown };
         model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))
     };
     prefork::run_master(listeners, workers, &mut || announce(local), &mut worker)
@@ -333,16 +374,32 @@ fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: 
     Ok(())
 }
 
-/// What a serving process runs on: the store, the application, the offload pool.
-type Started = (Arc<dyn Store>, Arc<App>, Arc<OffloadPool>);
+/// What a serving process runs on: the store, the application, the offload pool, and
+/// the async driver of `--db-mode native` when the model awaits one.
+type Started = (Arc<dyn Store>, Arc<App>, Arc<OffloadPool>, Option<Arc<dyn AsyncStore>>);
 
-/// Opens the store, builds the application with its history, and starts the offload pool.
-fn start_app(args: &ServeArgs, limits: &Limits) -> Result<Started, String> {
-    let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
+/// What `--db-timeout`, `--db-connections` and `--db-sleep-ms` say (checked in `serve`).
+fn store_options(args: &ServeArgs) -> StoreOptions {
+    StoreOptions {
+        timeout: Duration::from_secs_f64(args.db_timeout),
+        connections: args.db_connections,
+        server_sleep: args.db_sleep_ms.map(Duration::from_millis),
+    }
+}
+
+/// Opens the store (and the native driver), builds the application with its history,
+/// and starts the offload pool.
+fn start_app(args: &ServeArgs, limits: &Limits, native_async: bool) -> Result<Started, String> {
+    let options = store_options(args);
+    let store = c10k_store::open_with(&args.db, &options).map_err(|e| e.to_string())?;
+    let native = match native_async {
+        true => Some(c10k_store::open_native(&args.db, &options).map_err(|e| format!("--db-mode native: {e}"))?),
+        false => None,
+    };
     let app = Arc::new(App::new(Config { limits: limits.clone(), history: args.history.max(1), seed: seed()? }));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
     let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
-    Ok((store, app, offload))
+    Ok((store, app, offload, native))
 }
 
 /// The one line on standard output: tests and scripts read the port from it.
@@ -356,6 +413,7 @@ fn db_mode(args: &ServeArgs) -> DbMode {
     match args.db_mode {
         DbModeArg::Offload => DbMode::Offload,
         DbModeArg::Inline => DbMode::Inline,
+        DbModeArg::Native => DbMode::Native,
     }
 }
 

@@ -134,6 +134,9 @@ macro_rules! conformance {
                         $(#[$attr])*
                         #[test]
                         fn $behaviour() {
+                            if crate::support::server::skipped_without_database(super::MODEL) {
+                                return;
+                            }
                             crate::$topic::$behaviour(super::MODEL)
                         }
                     )*
@@ -162,3 +165,18 @@ conformance!(threads_workers_2, &["--model", "threads", "--workers", "2"]);
 // behaviour that holds three clients at once cannot be served, by design. The suite runs
 // it with 8; tests/workers.rs covers 2 workers (relay, restart, signals).
 conformance!(prefork_8, &["--model", "prefork", "--workers", "8"]);
+// The database servers (each test on a scratch database of its own; skipped, and said so,
+// when no test server is given, except in CI): the talk's three ways to talk to them, on
+// the models that show them.
+conformance!(mysql_async, &["--model", "async", "--db", "mysql"]);
+conformance!(mysql_async_native, &["--model", "async", "--db", "mysql", "--db-mode", "native"]);
+conformance!(mysql_threads_native, &["--model", "threads", "--db", "mysql", "--db-mode", "native"]);
+conformance!(mysql_reactor, &["--model", "reactor", "--db", "mysql"]);
+conformance!(mysql_reactor_inline, &["--model", "reactor", "--db", "mysql", "--db-mode", "inline"]);
+conformance!(mysql_green, &["--model", "green", "--db", "mysql"]);
+conformance!(postgres_async, &["--model", "async", "--db", "postgres"]);
+conformance!(postgres_async_native, &["--model", "async", "--db", "postgres", "--db-mode", "native"]);
+conformance!(postgres_threads_native, &["--model", "threads", "--db", "postgres", "--db-mode", "native"]);
+conformance!(postgres_reactor, &["--model", "reactor", "--db", "postgres"]);
+conformance!(postgres_reactor_inline, &["--model", "reactor", "--db", "postgres", "--db-mode", "inline"]);
+conformance!(postgres_green, &["--model", "green", "--db", "postgres"]);

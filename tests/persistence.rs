@@ -1,7 +1,8 @@
 //! Persistence, black-box: a message acknowledged to its poster survives a crash
 //! (SIGKILL of the server and everything it started) and a clean stop, with its id; ids
 //! continue where they stopped; a subscriber that resumes across the restart gets exactly
-//! what it missed. Run once per model, like the conformance suite.
+//! what it missed. Run once per model, like the conformance suite, and on the database
+//! servers.
 
 mod support;
 
@@ -158,6 +159,9 @@ macro_rules! persistence {
             $(
                 #[test]
                 fn $behaviour() {
+                    if crate::support::server::skipped_without_database(MODEL) {
+                        return;
+                    }
                     crate::$behaviour(MODEL)
                 }
             )*
@@ -166,5 +170,12 @@ macro_rules! persistence {
 }
 
 persistence!(async_model, &["--model", "async"]);
-// The next model joins with one line, e.g.:
-// persistence!(reactor_epoll, &["--model", "reactor", "--poller", "epoll"]);
+// The database servers keep the same promises across a kill -9 of the server (each on
+// a scratch database; skipped, and said so, when no test server is given, except in CI).
+persistence!(mysql_reactor, &["--model", "reactor", "--db", "mysql"]);
+persistence!(mysql_async_native, &["--model", "async", "--db", "mysql", "--db-mode", "native"]);
+persistence!(postgres_threads, &["--model", "threads", "--db", "postgres"]);
+persistence!(postgres_async_native, &["--model", "async", "--db", "postgres", "--db-mode", "native"]);
+// Several processes on one database: ids come from the database, so workers agree.
+persistence!(postgres_green_workers_2, &["--model", "green", "--workers", "2", "--db", "postgres"]);
+persistence!(mysql_async_workers_2, &["--model", "async", "--workers", "2", "--db", "mysql", "--db-mode", "native"]);

@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod http;
+pub mod proxy;
 pub mod server;
 pub mod sse;
 pub mod ws;

@@ -1,5 +1,10 @@
 //! [`Server`]: one `c10k serve` process on an ephemeral port, with a database of its own
 //! in a fresh temporary directory, stopped (SIGTERM) and cleaned up when dropped.
+//!
+//! A model whose arguments say `--db mysql` or `--db postgres` gets a scratch database
+//! of its own on the test server of that kind instead of a SQLite file (see
+//! `c10k_store::testing`); [`skipped_without_database`] says whether such a test must
+//! skip because no test server is given.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,7 +16,49 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use c10k_store::testing::{ScratchDatabase, ServerKind};
+
 use super::Model;
+
+/// The database server a model's arguments ask for (`--db mysql`, `--db postgres`), if any.
+fn server_kind(model: Model) -> Option<ServerKind> {
+    let at = model.iter().position(|a| *a == "--db")?;
+    match model.get(at + 1).copied() {
+        Some("mysql") => Some(ServerKind::MySql),
+        Some("postgres") => Some(ServerKind::Postgres),
+        other => panic!("a model's --db is `mysql` or `postgres` (a scratch database), not {other:?}"),
+    }
+}
+
+/// The model's arguments without its `--db KIND` (the server passes the real `--db`).
+fn model_args(model: Model) -> Vec<&'static str> {
+    let mut args = Vec::new();
+    let mut rest = model.iter();
+    while let Some(arg) = rest.next() {
+        if *arg == "--db" {
+            rest.next();
+        } else {
+            args.push(*arg);
+        }
+    }
+    args
+}
+
+/// True (after saying so) when `model` needs a database server that this run is not
+/// given; such a test passes without running. Under `C10K_E2E_REQUIRED=1` a missing
+/// server fails instead.
+pub fn skipped_without_database(model: Model) -> bool {
+    let Some(kind) = server_kind(model) else { return false };
+    let var = kind.env_var();
+    if std::env::var(var).is_ok_and(|v| !v.trim().is_empty()) {
+        return false;
+    }
+    if c10k_store::testing::required() {
+        panic!("{}: {var} is not set, and C10K_E2E_REQUIRED=1; set it, e.g. {var}={}", model.join(" "), kind.example_url());
+    }
+    eprintln!("skipped: `{}` needs a database server; set {var}, e.g. {var}={}", model.join(" "), kind.example_url());
+    true
+}
 
 /// How long a server may take to print its `listening` line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -34,6 +81,10 @@ pub struct Server {
     /// An open-files limit (soft and hard) for the server process, if not the default.
     file_limit: Option<u64>,
     dir: PathBuf,
+    /// The scratch database of a `--db mysql|postgres` model; outlives restarts.
+    database: Option<ScratchDatabase>,
+    /// The `--db` to give instead of the scratch database's own URL (a proxy to it).
+    db_url: Option<String>,
     process: Option<Process>,
 }
 
@@ -67,6 +118,8 @@ impl Server {
             longpoll_wait_secs,
             extra_args,
             file_limit: None,
+            database: scratch_database(model),
+            db_url: None,
             dir,
             process: None,
         };
@@ -83,6 +136,28 @@ impl Server {
             longpoll_wait_secs: LONGPOLL_WAIT_SECS,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             file_limit: Some(limit),
+            database: scratch_database(model),
+            db_url: None,
+            dir: fresh_dir(),
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a `--db mysql|postgres` model on its scratch database reached through the
+    /// URL `via` makes of the scratch database's (e.g. with a proxy's address in it).
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub fn start_via(model: Model, extra_args: &[&str], via: impl FnOnce(&str) -> String) -> Server {
+        let database = scratch_database(model).expect("start_via is for --db mysql|postgres models");
+        let db_url = Some(via(database.url()));
+        let mut server = Server {
+            model,
+            longpoll_wait_secs: LONGPOLL_WAIT_SECS,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            file_limit: None,
+            database: Some(database),
+            db_url,
             dir: fresh_dir(),
             process: None,
         };
@@ -103,6 +178,20 @@ impl Server {
     /// The database file, which outlives restarts.
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("chat.sqlite3")
+    }
+
+    /// What the server is given as `--db`: the SQLite file, or the scratch database's URL.
+    pub fn db_arg(&self) -> std::ffi::OsString {
+        match (&self.db_url, &self.database) {
+            (Some(url), _) => url.into(),
+            (None, Some(database)) => database.url().into(),
+            (None, None) => self.db_path().into(),
+        }
+    }
+
+    /// The scratch database of a `--db mysql|postgres` model.
+    pub fn database(&self) -> Option<&ScratchDatabase> {
+        self.database.as_ref()
     }
 
     /// What the server has written to standard error so far.
@@ -179,7 +268,7 @@ impl Server {
     }
 
     fn spawn_listening(&mut self, listen: &str) {
-        let db = self.db_path();
+        let db = self.db_arg();
         let mut command = Command::new(env!("CARGO_BIN_EXE_c10k"));
         command
             .arg("serve")
@@ -187,7 +276,7 @@ impl Server {
             .arg("--db")
             .arg(&db)
             .args(["--longpoll-wait", &self.longpoll_wait_secs.to_string()])
-            .args(self.model)
+            .args(model_args(self.model))
             .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -287,6 +376,15 @@ fn describe(command: &Command, stderr: &Arc<Mutex<Vec<u8>>>) -> String {
         "command: {command:?}\nstderr:\n{}",
         String::from_utf8_lossy(&stderr.lock().unwrap())
     )
+}
+
+/// A scratch database for a `--db mysql|postgres` model, named after the test.
+fn scratch_database(model: Model) -> Option<ScratchDatabase> {
+    let kind = server_kind(model)?;
+    let test = thread::current().name().unwrap_or("test").rsplit("::").take(2).collect::<Vec<_>>().join("_");
+    let database = ScratchDatabase::create(kind, &test);
+    assert!(database.is_some(), "call skipped_without_database first: {} needs {}", model.join(" "), kind.env_var());
+    database
 }
 
 /// A new empty directory under the system's temporary directory, named after the test.

@@ -88,6 +88,11 @@ impl Model for AsyncModel {
         "async"
     }
 
+    /// `mysql_async` / `tokio-postgres`, awaited by the connection's task.
+    fn native_db(&self) -> Result<crate::NativeDb, String> {
+        Ok(crate::NativeDb::Async)
+    }
+
     fn serve(&self, listener: StdListener, context: Context) -> io::Result<()> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         if self.threads > 0 {
@@ -405,10 +410,21 @@ fn ws_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
     io::Error::other(e)
 }
 
-/// Runs a store call where `--db-mode` says. `None` when the offload queue is full.
+/// Runs a store call where `--db-mode` says. `None` when the offload queue is full (or,
+/// never in practice, native mode without its driver).
 async fn run_store(context: &Context, call: StoreCall) -> Option<StoreDone> {
     match context.db_mode {
         DbMode::Inline => Some(call.run(&*context.store)),
+        DbMode::Native => {
+            let native = context.native.as_ref()?;
+            let stored = call.run_native(&**native).await;
+            if stored.announce_may_block() {
+                // The bus waits (boundedly) for the other workers: not on a worker thread.
+                tokio::task::spawn_blocking(move || stored.announce()).await.ok()
+            } else {
+                Some(stored.announce())
+            }
+        }
         DbMode::Offload => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let store = Arc::clone(&context.store);

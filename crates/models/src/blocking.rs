@@ -441,7 +441,9 @@ fn close_ws<S: Read + Write>(ws: &mut WebSocket<S>, why: &'static str) {
 /// Runs a store call where `--db-mode` says: inline, or on the offload pool while this
 /// handler sleeps until the pool's job wakes it. `None` when the offload queue is full.
 fn run_store<W: Wait>(call: StoreCall, wait: &W, context: &Context) -> io::Result<Option<StoreDone>> {
-    if context.db_mode == DbMode::Inline {
+    // Native, on the models that use this driver, is the blocking driver on the
+    // connection's own thread (`NativeDb::OwnThread`): the same call as inline.
+    if matches!(context.db_mode, DbMode::Inline | DbMode::Native) {
         wait.doing_also(" (store call inline, on the serving thread)");
         return Ok(Some(call.run(&*context.store)));
     }

@@ -47,7 +47,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use c10k_core::chat::App;
-use c10k_core::store::Store;
+use c10k_core::store::{AsyncStore, Store};
 use c10k_store::OffloadPool;
 
 pub use shutdown::Shutdown;
@@ -60,6 +60,21 @@ pub enum DbMode {
     /// On the serving thread itself: a slow query stalls everything that thread serves
     /// (the talk: "if you block while talking to a database, you block all the requests").
     Inline,
+    /// Through a driver that cooperates with the model's own way of waiting, where the
+    /// model has one ([`Model::native_db`]): an async driver awaited by the task (`async`),
+    /// or the blocking driver on the connection's own thread (`threads`, `pool`,
+    /// `prefork`, where blocking a thread is how everything waits).
+    Native,
+}
+
+/// What `--db-mode native` means for a model ([`Model::native_db`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeDb {
+    /// An async driver, awaited by the connection's task: [`Context::native`] must be set.
+    Async,
+    /// The blocking driver, called on the connection's own thread: the same as
+    /// [`DbMode::Inline`], which for a thread per connection stalls no one else.
+    OwnThread,
 }
 
 /// Everything a model needs besides its listener.
@@ -73,6 +88,8 @@ pub struct Context {
     pub offload: Arc<OffloadPool>,
     /// Where store calls run.
     pub db_mode: DbMode,
+    /// The async driver of [`DbMode::Native`] for a model that awaits ([`NativeDb::Async`]).
+    pub native: Option<Arc<dyn AsyncStore>>,
     /// Fires once when the process should stop.
     pub shutdown: Shutdown,
 }
@@ -104,6 +121,16 @@ pub trait Model {
 
     /// Serves connections from `listener` until `context.shutdown` fires, then returns.
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()>;
+
+    /// What `--db-mode native` is on this model, or why it has no native way to talk to a
+    /// database (the default: then the binary refuses the flag with that reason).
+    fn native_db(&self) -> Result<NativeDb, String> {
+        Err(format!(
+            "the {} model has no database driver that cooperates with its way of waiting; use --db-mode \
+             offload (the blocking driver on a thread pool) or inline",
+            self.name()
+        ))
+    }
 
     /// Whether the model only makes sense as worker processes under the prefork master
     /// (`prefork`: one connection per process), even with `--workers 1`.

@@ -46,6 +46,11 @@ impl Model for PoolModel {
         "pool"
     }
 
+    /// A connection's own thread blocks in the driver, as it blocks in `read`.
+    fn native_db(&self) -> Result<crate::NativeDb, String> {
+        Ok(crate::NativeDb::OwnThread)
+    }
+
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
         let (sender, receiver) = sync_channel::<(TcpStream, ConnectionSlot)>(self.queue);
         let receiver: Queue = Arc::new(Mutex::new(receiver));

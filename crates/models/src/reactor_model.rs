@@ -69,6 +69,12 @@ impl Model for ReactorModel {
         "reactor"
     }
 
+    fn native_db(&self) -> Result<crate::NativeDb, String> {
+        Err("the reactor has no database driver written as callbacks on its loop (Twisted's answer was \
+             the same: put the blocking driver on threads); use --db-mode offload, or inline to see the stall"
+            .into())
+    }
+
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
         listener.set_nonblocking(true)?;
         crate::acceptor::keep_reserve_descriptor();
@@ -535,7 +541,8 @@ impl Conn {
     /// offload pool posts the result back to this connection's token.
     fn start_store(&mut self, cx: &mut Cx<'_>, call: StoreCall, then: Continuation) {
         match cx.context.db_mode {
-            DbMode::Inline => {
+            // Native is refused for this model at start (`native_db`); inline is the nearest.
+            DbMode::Inline | DbMode::Native => {
                 cx.lp.doing_also(" (store call inline, on the loop thread)");
                 let done = call.run(&*cx.context.store);
                 then(self, cx, Some(done));

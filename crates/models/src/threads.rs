@@ -39,6 +39,11 @@ impl Model for ThreadsModel {
         "threads"
     }
 
+    /// A connection's own thread blocks in the driver, as it blocks in `read`.
+    fn native_db(&self) -> Result<crate::NativeDb, String> {
+        Ok(crate::NativeDb::OwnThread)
+    }
+
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
         accept_loop(&listener, &context, |stream, slot| {
             let app = std::sync::Arc::clone(&context.app);

@@ -130,6 +130,7 @@ impl Green {
             store,
             offload: Arc::new(OffloadPool::new(2, 64)),
             db_mode,
+            native: None,
             shutdown: shutdown.clone(),
         };
         let log = LogCapture::default();

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, TxOpts};
+use mysql::{Conn, Opts, OptsBuilder};
 
 use crate::circuit::Circuit;
 use crate::pool::{Failure, Pool};
@@ -74,6 +74,12 @@ pub(crate) mod sql {
     pub const WRITE_VERSION: &str =
         "INSERT INTO c10k_schema (id, version) VALUES (1, ?) ON DUPLICATE KEY UPDATE version = VALUES(version)";
 
+    /// Opens an append's transaction.
+    pub const BEGIN: &str = "START TRANSACTION";
+    /// Ends it.
+    pub const COMMIT: &str = "COMMIT";
+    /// Undoes it, when a statement failed on a connection that still answers.
+    pub const ROLLBACK: &str = "ROLLBACK";
     /// Bumps the room's counter (creating it at 1), taking the row's lock until commit.
     pub const BUMP: &str =
         "INSERT INTO c10k_rooms (room, last_id) VALUES (?, 1) ON DUPLICATE KEY UPDATE last_id = last_id + 1";
@@ -239,11 +245,23 @@ fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreEr
 fn classify(e: mysql::Error) -> Failure {
     match &e {
         mysql::Error::MySqlError(server) if !sql::is_connection_gone(server.code) => Failure::Query(query_error(e)),
+        _ if timed_out(&e) => Failure::Broken(StoreError(format!("MySQL gave no answer within --db-timeout: {e}"))),
         _ if e.is_connectivity_error() || matches!(e, mysql::Error::MySqlError(_)) => {
-            Failure::Broken(StoreError(format!("the MySQL connection broke: {e}")))
+            Failure::Stale(StoreError(format!("the MySQL connection was closed: {e}")))
         }
         _ => Failure::Query(query_error(e)),
     }
+}
+
+/// Whether a socket read or write ran out of time (a timed-out `SO_RCVTIMEO` read says
+/// `WouldBlock`), directly or inside the packet codec.
+fn timed_out(e: &mysql::Error) -> bool {
+    use mysql_common::proto::codec::error::PacketCodecError;
+    let io = match e {
+        mysql::Error::IoError(io) | mysql::Error::CodecError(PacketCodecError::Io(io)) => io,
+        _ => return false,
+    };
+    matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
 }
 
 fn query_error(e: mysql::Error) -> StoreError {
@@ -306,14 +324,39 @@ enum AppendFailed {
 }
 
 /// One try at the append transaction (see the module docs): the id it stored under.
+///
+/// Written with plain statements rather than the driver's `Transaction`, whose drop sends
+/// a `ROLLBACK` and waits for its answer: on a connection that just timed out, that
+/// would be a second full timeout before the caller hears anything. Here a failed
+/// statement rolls back only when the connection still answers (a query error); a
+/// broken connection is thrown away, and the server rolls back when it sees it go.
 fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u64, AppendFailed> {
-    let mut tx = conn.start_transaction(TxOpts::default()).map_err(AppendFailed::Before)?;
-    tx.exec_drop(sql::BUMP, (room.as_str(),)).map_err(AppendFailed::Before)?;
-    let id: u64 = tx.exec_first(sql::LAST_ID, (room.as_str(),)).map_err(AppendFailed::Before)?.ok_or(AppendFailed::NoCounter)?;
-    tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))
-        .map_err(AppendFailed::Before)?;
-    tx.commit().map_err(AppendFailed::AtCommit)?;
-    Ok(id)
+    conn.query_drop(sql::BEGIN).map_err(AppendFailed::Before)?;
+    let statements = (|| {
+        conn.exec_drop(sql::BUMP, (room.as_str(),))?;
+        let id: Option<u64> = conn.exec_first(sql::LAST_ID, (room.as_str(),))?;
+        if let Some(id) = id {
+            conn.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))?;
+        }
+        Ok(id)
+    })();
+    match statements {
+        Ok(Some(id)) => {
+            conn.query_drop(sql::COMMIT).map_err(AppendFailed::AtCommit)?;
+            Ok(id)
+        }
+        Ok(None) => {
+            let _ = conn.query_drop(sql::ROLLBACK);
+            Err(AppendFailed::NoCounter)
+        }
+        Err(e) => {
+            if let mysql::Error::MySqlError(_) = e {
+                // The server answered (a deadlock, a lock-wait timeout): it still listens.
+                let _ = conn.query_drop(sql::ROLLBACK);
+            }
+            Err(AppendFailed::Before(e))
+        }
+    }
 }
 
 /// The message as stored under `id`.
@@ -330,7 +373,7 @@ pub(crate) fn stored(room: &RoomId, message: &NewMessage, id: u64) -> Message {
 /// A connection that broke during `COMMIT` leaves the outcome unknown: never retried.
 pub(crate) fn ambiguous(failure: Failure) -> Failure {
     match failure {
-        Failure::Broken(e) => Failure::Ambiguous(StoreError(format!(
+        Failure::Stale(e) | Failure::Broken(e) => Failure::Broken(StoreError(format!(
             "{}; it broke during COMMIT, so the message may or may not be stored",
             e.0
         ))),

@@ -68,7 +68,7 @@ impl MySqlNativeStore {
         };
         let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(Failure::Ambiguous(StoreError(format!(
+            Err(_) => Err(Failure::Broken(StoreError(format!(
                 "{} gave no answer within {:.1} s (--db-timeout); an append may or may not be stored",
                 self.circuit.what(),
                 self.timeout.as_secs_f64()
@@ -80,7 +80,7 @@ impl MySqlNativeStore {
                 Ok(value)
             }
             Err(Failure::Query(e)) => Err(e),
-            Err(Failure::Broken(e) | Failure::Ambiguous(e)) => {
+            Err(Failure::Stale(e) | Failure::Broken(e)) => {
                 self.circuit.trip(&e);
                 Err(e)
             }
@@ -101,7 +101,7 @@ fn classify(e: mysql_async::Error) -> Failure {
         mysql_async::Error::Server(server) if !sql::is_connection_gone(server.code) => {
             Failure::Query(StoreError(format!("MySQL refused a query: {e}")))
         }
-        _ => Failure::Broken(StoreError(format!("the MySQL connection broke: {e}"))),
+        _ => Failure::Stale(StoreError(format!("the MySQL connection was closed: {e}"))),
     }
 }
 

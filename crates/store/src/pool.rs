@@ -4,10 +4,11 @@
 //! differs from SQLite's (`sqlite.rs`) in what a network brings:
 //!
 //! - **A broken connection is thrown away**, with every idle one (after a database
-//!   restart they are all stale), and the call is tried once more on a fresh connection
-//!   when that is safe: the failure happened on a connection that had sat idle, and the
-//!   call says a retry cannot store anything twice ([`Failure::Broken`] rather than
-//!   [`Failure::Ambiguous`]).
+//!   restart they are all stale). When it was found closed ([`Failure::Stale`]) on a
+//!   connection that had sat idle, the call is tried once more on a fresh one: nothing
+//!   was done, so nothing can be stored twice. Any other break ([`Failure::Broken`]: no
+//!   answer in time, a close during a commit) is not retried, and the database is taken
+//!   as unreachable.
 //! - **Every wait is bounded**: connecting (the driver's connect timeout), each query
 //!   (the driver's read/write timeouts), and waiting for a free connection (the same
 //!   timeout), so a call returns an error instead of hanging.
@@ -25,12 +26,13 @@ use crate::circuit::Circuit;
 pub(crate) enum Failure {
     /// The database answered with an error; the connection is fine and goes back.
     Query(StoreError),
-    /// The connection broke (closed, timed out, reset) before anything could have been
-    /// stored: it is thrown away, and the call may be tried again on a fresh one.
+    /// The connection was closed (by the server, or a restart) before the call did
+    /// anything: it is thrown away, and the call may be tried again on a fresh one.
+    Stale(StoreError),
+    /// The connection broke in a way that rules out trying again: no answer within the
+    /// timeout, or a close while a commit was on its way (the error says the data may or
+    /// may not be stored).
     Broken(StoreError),
-    /// The connection broke while a commit was on its way: the data may or may not be
-    /// stored, so the call is not tried again.
-    Ambiguous(StoreError),
 }
 
 /// Blocking connections of type `C` to one database, at most `max` at a time.
@@ -96,7 +98,7 @@ impl<C> Pool<C> {
                     self.give_back(conn);
                     return Err(error);
                 }
-                Err(Failure::Broken(error)) if reused && !retried => {
+                Err(Failure::Stale(error)) if reused && !retried => {
                     // Probably stale (the database restarted while it sat idle): so are
                     // the other idle ones. Try once on a fresh connection.
                     tracing::debug!(database = %self.circuit.what(), "{error}; retrying on a new connection");
@@ -104,7 +106,7 @@ impl<C> Pool<C> {
                     self.discard_idle();
                     retried = true;
                 }
-                Err(Failure::Broken(error) | Failure::Ambiguous(error)) => {
+                Err(Failure::Stale(error) | Failure::Broken(error)) => {
                     self.discard(conn);
                     self.discard_idle();
                     self.circuit.trip(&error);
@@ -214,19 +216,19 @@ mod tests {
         let made = Arc::new(AtomicUsize::new(0));
         let pool = pool(4, Arc::default(), Arc::clone(&made));
         pool.run(|_| Ok(())).unwrap();
-        let answer = pool.run(|conn| if *conn == 0 { Err(Failure::Broken(error("reset"))) } else { Ok(*conn) });
+        let answer = pool.run(|conn| if *conn == 0 { Err(Failure::Stale(error("reset"))) } else { Ok(*conn) });
         assert_eq!(answer.unwrap(), 1, "retried on connection 1");
     }
 
     #[test]
-    fn an_ambiguous_failure_is_not_retried() {
+    fn a_broken_connection_is_not_retried() {
         let made = Arc::new(AtomicUsize::new(0));
         let pool = pool(4, Arc::default(), Arc::clone(&made));
         pool.run(|_| Ok(())).unwrap();
         let calls = AtomicUsize::new(0);
         let answer: Result<(), _> = pool.run(|_| {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(Failure::Ambiguous(error("reset during commit")))
+            Err(Failure::Broken(error("no answer in time")))
         });
         assert!(answer.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);

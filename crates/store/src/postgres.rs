@@ -189,10 +189,10 @@ async fn within<T>(
 }
 
 /// Sorts a failed call into the pool's classes. `sent_append`: the failed call was an
-/// append that may have reached the server, so a broken connection leaves it unknown.
+/// append that may have reached the server, so a closed connection leaves it unknown.
 fn classify(e: CallError, sent_append: bool) -> Failure {
-    let broken = match &e {
-        CallError::TimedOut(_) => true,
+    let closed = match &e {
+        CallError::TimedOut(_) => return Failure::Broken(StoreError(format!("PostgreSQL gave no answer: {e}"))),
         CallError::Driver(driver) => match driver.code() {
             // The server is shutting down or was told to end this session.
             Some(code) => [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW]
@@ -200,11 +200,11 @@ fn classify(e: CallError, sent_append: bool) -> Failure {
             None => true,
         },
     };
-    match (broken, sent_append) {
+    match (closed, sent_append) {
         (false, _) => Failure::Query(StoreError(format!("PostgreSQL refused a query: {e}"))),
-        (true, false) => Failure::Broken(StoreError(format!("the PostgreSQL connection broke: {e}"))),
-        (true, true) => Failure::Ambiguous(StoreError(format!(
-            "the PostgreSQL connection broke during an append ({e}), so the message may or may not be stored"
+        (true, false) => Failure::Stale(StoreError(format!("the PostgreSQL connection was closed: {e}"))),
+        (true, true) => Failure::Broken(StoreError(format!(
+            "the PostgreSQL connection was closed during an append ({e}), so the message may or may not be stored"
         ))),
     }
 }
@@ -310,8 +310,19 @@ async fn migrate(client: &Client, what: &str, timeout: Duration) -> Result<(), S
 
 /// One blocking connection: a private runtime that drives it, as the `postgres` crate does.
 struct BlockingConn {
-    runtime: tokio::runtime::Runtime,
+    /// `None` only in drop.
+    runtime: Option<tokio::runtime::Runtime>,
     live: Live,
+}
+
+impl Drop for BlockingConn {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks end, which tokio forbids on a thread
+        // that runs another runtime (the last handle to a store may go in an async task).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl BlockingConn {
@@ -320,19 +331,48 @@ impl BlockingConn {
             .enable_all()
             .build()
             .map_err(|e| StoreError(format!("cannot start the PostgreSQL driver's runtime: {e}")))?;
-        let live = runtime.block_on(connect(config, what, timeout, |connection| {
+        let spawn = |connection| {
             // Runs whenever this connection's runtime is inside block_on, i.e. during a call.
             tokio::spawn(connection);
-        }, migrate_first))?;
-        Ok(BlockingConn { runtime, live })
+        };
+        let connecting = || runtime.block_on(connect(config, what, timeout, spawn, migrate_first));
+        let live = match tokio::runtime::Handle::try_current() {
+            // On a thread of another runtime: connect from a thread of its own (see `call`).
+            Ok(_) => std::thread::scope(|scope| scope.spawn(connecting).join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            Err(_) => connecting(),
+        };
+        match live {
+            Ok(live) => Ok(BlockingConn { runtime: Some(runtime), live }),
+            Err(e) => {
+                runtime.shutdown_background(); // see Drop
+                Err(e)
+            }
+        }
     }
 
     /// Runs `call` on this connection's runtime. First lets the connection's task read
     /// what arrived while the connection sat idle (it runs only inside `block_on`): a
     /// server that went away has closed it, and then nothing is sent, so a fresh
     /// connection can be tried safely.
-    fn call<T>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure>) -> Result<T, Failure> {
-        self.runtime.block_on(async {
+    ///
+    /// Called from a thread that runs a tokio runtime (the async model with `--db-mode
+    /// inline`), where tokio forbids starting another, the call runs on a short-lived
+    /// thread while the caller waits for it: the caller still blocks, as inline means.
+    fn call<T: Send>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure> + Send) -> Result<T, Failure> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|scope| {
+                scope
+                    .spawn(|| self.call_here(call))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+        }
+        self.call_here(call)
+    }
+
+    fn call_here<T>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure>) -> Result<T, Failure> {
+        let runtime = self.runtime.as_ref().expect("present until drop");
+        runtime.block_on(async {
             // Two yields: the first lets the runtime poll its I/O driver, which wakes the
             // connection's task if bytes or an EOF arrived; the second lets that task run.
             // Best effort: if the close is missed, the call fails as "may or may not be
@@ -340,7 +380,7 @@ impl BlockingConn {
             tokio::task::yield_now().await;
             tokio::task::yield_now().await;
             if self.live.client.is_closed() {
-                return Err(Failure::Broken(StoreError("the PostgreSQL connection was closed while idle".into())));
+                return Err(Failure::Stale(StoreError("the PostgreSQL connection was closed while idle".into())));
             }
             call(&self.live).await
         })
@@ -482,7 +522,7 @@ impl PostgresNativeStore {
                 Ok(value)
             }
             Err(Failure::Query(e)) => Err(e),
-            Err(Failure::Broken(e) | Failure::Ambiguous(e)) => {
+            Err(Failure::Stale(e) | Failure::Broken(e)) => {
                 let mut held = slot.live.lock().unwrap_or_else(|p| p.into_inner());
                 if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, live)) {
                     *held = None;

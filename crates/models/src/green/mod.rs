@@ -66,6 +66,13 @@ impl Model for GreenModel {
         "green"
     }
 
+    fn native_db(&self) -> Result<crate::NativeDb, String> {
+        Err("green's native way would be the blocking driver over green sockets (gevent's monkey patching); \
+             the mysql and postgres drivers open their own sockets, so it is not built: use --db-mode offload, \
+             or inline to see the stall"
+            .into())
+    }
+
     fn serve(&self, listener: TcpListener, context: Context) -> stdio::Result<()> {
         listener.set_nonblocking(true)?;
         crate::acceptor::keep_reserve_descriptor();

@@ -85,6 +85,11 @@ impl Model for PreforkModel {
         "prefork"
     }
 
+    /// A connection's own thread blocks in the driver, as it blocks in `read`.
+    fn native_db(&self) -> Result<crate::NativeDb, String> {
+        Ok(crate::NativeDb::OwnThread)
+    }
+
     /// Serves one connection at a time until told to stop, then exits the process.
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
         worker::serve(listener, context)

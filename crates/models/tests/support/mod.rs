@@ -43,6 +43,7 @@ impl InProcess {
             store,
             offload: Arc::new(OffloadPool::new(2, 64)),
             db_mode,
+            native: None,
             shutdown: shutdown.clone(),
         };
         let log = LogCapture::default();
