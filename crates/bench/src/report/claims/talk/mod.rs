@@ -344,8 +344,8 @@ fn green_cores(r: &Results) -> Claim {
     Claim { claim, measured, verdicts: vec![verdict], remarks: Vec::new(), reproduce }
 }
 
-/// Poll's cost is seen to grow when its extra time per request per 1,000 idle connections
-/// is more than this many times epoll's...
+/// Poll's cost is seen to grow when its extra time per request per idle connection is
+/// more than this many times epoll's...
 const GROWTH_RATIO: f64 = 3.0;
 /// ...or than this (ns), whichever is more: epoll's own growth is noise around zero.
 const GROWTH_NOISE_NS: f64 = 10.0;
@@ -382,6 +382,7 @@ fn pollers(r: &Results) -> Claim {
             .filter(|c| all_held(c) && c.median("rps").unwrap_or(0.0) > 0.0)
             .filter_map(|c| c.cell.x)
             .fold(0.0, f64::max);
+        // µs per request over the idle connections, times 1,000: ns per idle connection.
         if let (Some(z), Some(v)) = (per_req(p, 0), per_req(p, max_ok as usize)) {
             if max_ok > 0.0 {
                 growth.push((p, (v - z) / max_ok * 1000.0, max_ok));
@@ -394,7 +395,7 @@ fn pollers(r: &Results) -> Claim {
     let g = |p: &str| growth.iter().find(|x| x.0 == p).map(|x| x.1);
     let v: Vec<String> = growth
         .iter()
-        .map(|(p, ns, k)| format!("{p} {} ns per request per 1,000 idle (to {})", signed(*ns), thousands(*k)))
+        .map(|(p, ns, k)| format!("{p} {} ns per request per idle connection (to {})", signed(*ns), thousands(*k)))
         .collect();
     let v = v.join(", ");
     let verdict = match (g("poll"), g("epoll")) {
