@@ -427,3 +427,6 @@ fn signed(v: f64) -> String {
         format!("{v:+.0}")
     }
 }
+
+#[cfg(test)]
+mod tests;
