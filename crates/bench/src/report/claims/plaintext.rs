@@ -254,28 +254,30 @@ mod tests {
         ("raw", 125_296.0, 40.0, 99.0),
     ];
 
+    /// The goal against nginx from ONE_IN_FLIGHT and these pipelined cells.
+    fn with_pipelined(cells: &[(&str, f64, f64, f64)]) -> Goal {
+        let ran = [&ONE_IN_FLIGHT[..], cells].concat();
+        plaintext_goal(&plaintext(&ran), "nginx")
+    }
+
     /// A pipelined run with the best model at `model` req/s against nginx and raw, both
     /// servers saturated.
     fn pipelined(model: f64, nginx: f64, raw: f64) -> Goal {
-        let mut ran = ONE_IN_FLIGHT.to_vec();
-        ran.extend([
+        with_pipelined(&[
             ("reactor/pipelined16", model, 99.0, 60.0),
             ("nginx/pipelined16", nginx, 99.0, 30.0),
             ("raw/pipelined16", raw, 99.0, 70.0),
-        ]);
-        plaintext_goal(&plaintext(&ran), "nginx")
+        ])
     }
 
     #[test]
     fn the_plaintext_goal_is_judged_on_the_pipelined_run_and_reports_both() {
-        let mut ran = ONE_IN_FLIGHT.to_vec();
-        ran.extend([
+        let g = with_pipelined(&[
             ("reactor/pipelined16", 600_000.0, 99.0, 60.0),
             ("async/pipelined16", 640_000.0, 99.0, 62.0),
             ("nginx/pipelined16", 250_000.0, 99.0, 30.0),
             ("raw/pipelined16", 700_000.0, 99.0, 70.0),
         ]);
-        let g = plaintext_goal(&plaintext(&ran), "nginx");
         assert_eq!(g.goal, "plaintext ≥ 1.2× nginx and ≥ 0.85× the raw floor");
         assert!(
             g.measured.starts_with(
@@ -322,13 +324,11 @@ mod tests {
 
     #[test]
     fn a_pipelined_model_short_of_the_raw_floor_misses() {
-        let mut ran = ONE_IN_FLIGHT.to_vec();
-        ran.extend([
+        let g = with_pipelined(&[
             ("reactor/pipelined16", 600_000.0, 99.0, 60.0),
             ("nginx/pipelined16", 250_000.0, 99.0, 30.0),
             ("raw/pipelined16", 1_800_000.0, 70.0, 99.0),
         ]);
-        let g = plaintext_goal(&plaintext(&ran), "nginx");
         assert!(
             g.measured.contains("best model reactor: 600,000 req/s = 2.40× nginx (250,000), 0.33× raw (1,800,000)"),
             "{}",
@@ -348,13 +348,11 @@ mod tests {
 
     #[test]
     fn a_raw_floor_that_did_not_saturate_its_core_cannot_confirm_the_goal() {
-        let mut ran = ONE_IN_FLIGHT.to_vec();
-        ran.extend([
+        let g = with_pipelined(&[
             ("green/pipelined16", 1_026_023.0, 99.0, 66.0),
             ("nginx/pipelined16", 280_911.0, 99.0, 86.0),
             ("raw/pipelined16", 996_437.0, 45.0, 57.0),
         ]);
-        let g = plaintext_goal(&plaintext(&ran), "nginx");
         assert_eq!(g.verdict.outcome, Outcome::NotEstablished);
         assert!(
             g.verdict.markdown().starts_with("**not established**: 1.03× raw, but the raw figure is below"),
