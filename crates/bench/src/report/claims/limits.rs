@@ -13,10 +13,16 @@ pub(super) fn saturates(cpu_pct: f64, cores: f64) -> bool {
     cpu_pct >= SATURATED_PCT * cores
 }
 
-/// Cores in a pinning (`1`, `1-3`, `0,2`); all of the machine's when unpinned.
-pub(super) fn cores(pin: &Option<String>) -> f64 {
+/// CPUs of the machine `suite` ran on, as its results say: the machine writing the
+/// report (`--report-only`) may be another. This one's for results that do not say.
+pub(super) fn machine_cpus(r: &Results, suite: &str) -> usize {
+    r.suites.get(suite).map(|s| s.machine.cpus).filter(|n| *n > 0).unwrap_or_else(crate::machine::cpus)
+}
+
+/// Cores in a pinning (`1`, `1-3`, `0,2`); all `cpus` of the machine when unpinned.
+pub(super) fn cores(pin: &Option<String>, cpus: usize) -> f64 {
     match pin {
-        None => crate::machine::cpus() as f64,
+        None => cpus as f64,
         Some(p) => crate::machine::parse_cpu_list(p).map_or(1.0, |n| n as f64),
     }
 }
@@ -30,12 +36,13 @@ pub(super) fn plural_core(n: f64) -> &'static str {
     }
 }
 
-/// Which side ran out of CPU: the server's and the client's use against the cores each had.
-pub(super) fn cpu_text(c: &CellResult) -> String {
+/// Which side ran out of CPU: the server's and the client's use against the cores each had,
+/// on a machine with `cpus`.
+pub(super) fn cpu_text(c: &CellResult, cpus: usize) -> String {
     let (Some(sv), Some(cl)) = (c.median("server_cpu_pct"), c.median("client_cpu_pct")) else {
         return String::new();
     };
-    let (sc, cc) = (cores(&c.server_cpus), cores(&c.client_cpus));
+    let (sc, cc) = (cores(&c.server_cpus, cpus), cores(&c.client_cpus, cpus));
     let pinned = c.server_cpus.is_some();
     let bound = if pinned && saturates(sv, sc) && saturates(cl, cc) {
         "both sides saturated their cores"
@@ -43,7 +50,7 @@ pub(super) fn cpu_text(c: &CellResult) -> String {
         "server-bound"
     } else if pinned && saturates(cl, cc) {
         "client-bound: the load generator ran out of CPU first"
-    } else if !pinned && saturates(sv + cl, crate::machine::cpus() as f64) {
+    } else if !pinned && saturates(sv + cl, cpus as f64) {
         "the machine's CPUs were saturated (server and client share them)"
     } else {
         "neither side saturated its CPUs"
@@ -61,7 +68,7 @@ pub(super) fn limit_text(r: &Results, suite: &str, id: &str) -> String {
     let Some(c) = r.suites.get(suite).and_then(|s| s.cells.iter().find(|c| c.cell.id == id)) else {
         return "see the analysis".into();
     };
-    let cpu = cpu_text(c);
+    let cpu = cpu_text(c, machine_cpus(r, suite));
     let cpu = if cpu.is_empty() { String::new() } else { format!("{cpu}; ") };
     if c.profile.is_empty() {
         return format!("{cpu}not profiled (run with --perf); see the analysis");
@@ -77,7 +84,7 @@ mod tests {
 
     fn cpu(server: f64, client: f64) -> String {
         let r = results("plaintext", vec![run("reactor", &[("server_cpu_pct", server), ("client_cpu_pct", client)])]);
-        cpu_text(r.cell("plaintext", "reactor").unwrap())
+        cpu_text(r.cell("plaintext", "reactor").unwrap(), 2)
     }
 
     #[test]
@@ -88,6 +95,23 @@ mod tests {
         assert!(cpu(at, at).ends_with(": both sides saturated their cores"));
         assert!(cpu(at - 1.0, at - 1.0).ends_with(": neither side saturated its CPUs"));
         assert_eq!(cpu(99.0, 60.0), "server used 99% of 1 core, client 60% of 1: server-bound");
+    }
+
+    #[test]
+    fn unpinned_cells_are_judged_on_the_cpus_of_the_machine_they_ran_on() {
+        let mut r = results("cpu", vec![run("threads", &[("server_cpu_pct", 200.0), ("client_cpu_pct", 60.0)])]);
+        r.suites.get_mut("cpu").unwrap().cells[0].server_cpus = None;
+        r.suites.get_mut("cpu").unwrap().cells[0].client_cpus = None;
+        assert!(
+            limit_text(&r, "cpu", "threads").starts_with(
+                "server used 200% of 2 cores, client 60% of 2: the machine's CPUs were saturated (server and client share them)"
+            ),
+            "{}",
+            limit_text(&r, "cpu", "threads")
+        );
+        // Written elsewhere, the report still speaks of the machine that ran it.
+        r.suites.get_mut("cpu").unwrap().machine.cpus = 64;
+        assert!(limit_text(&r, "cpu", "threads").starts_with("server used 200% of 64 cores, client 60% of 64: neither side"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The goals of the plaintext suite: our best model against the baseline and the raw
 //! floor, and c10k load's req/s against wrk's on the same servers.
 
-use super::limits::{cores, limit_text, plural_core, saturates};
+use super::limits::{cores, limit_text, machine_cpus, plural_core, saturates};
 use super::{Goal, Outcome, Verdict};
 use crate::report::thousands;
 use crate::results::{CellResult, Results};
@@ -53,7 +53,7 @@ pub(super) fn plaintext_goal(r: &Results, baseline: &str) -> Goal {
             let ((best, v), _, w) = p;
             let depth = best.cell.pipeline();
             let met = meets(p);
-            let floor = floor_bound(&cells);
+            let floor = floor_bound(&cells, machine_cpus(r, "plaintext"));
             let judged = format!(
                 "judged on the pipelined run, where the server's cost, not the client's syscalls, sets the rate{}",
                 match one {
@@ -110,14 +110,14 @@ pub(super) fn plaintext_goal(r: &Results, baseline: &str) -> Goal {
 /// When the pipelined raw floor did not saturate its server core, its figure is not what
 /// the floor can serve (its client ran out of CPU, or other work had the machine), so the
 /// ratio to it is an upper bound; said with the CPU figures that show it.
-fn floor_bound(cells: &[&CellResult]) -> String {
+fn floor_bound(cells: &[&CellResult], cpus: usize) -> String {
     let Some(raw) = cells.iter().find(|c| c.cell.pipeline() > 1 && c.cell.subject.name() == "raw") else {
         return String::new();
     };
     let (Some(sv), Some(cl)) = (raw.median("server_cpu_pct"), raw.median("client_cpu_pct")) else {
         return String::new();
     };
-    let (sc, cc) = (cores(&raw.server_cpus), cores(&raw.client_cpus));
+    let (sc, cc) = (cores(&raw.server_cpus, cpus), cores(&raw.client_cpus, cpus));
     if raw.server_cpus.is_none() || saturates(sv, sc) {
         return String::new();
     }
@@ -145,6 +145,7 @@ pub(super) fn generators_agree(r: &Results) -> Goal {
         AGREE * 100.0
     );
     let cells: Vec<&CellResult> = r.cells("plaintext").into_iter().filter(|c| c.wrk.is_some()).collect();
+    let cpus = machine_cpus(r, "plaintext");
     if cells.is_empty() {
         return Goal::not_measured(goal, "the plaintext suite, which runs wrk against every server");
     }
@@ -202,7 +203,7 @@ pub(super) fn generators_agree(r: &Results) -> Goal {
         .iter()
         .map(|(c, ours, theirs, x)| {
             let w = c.wrk.as_ref().expect("filtered on wrk");
-            let cc = cores(&c.client_cpus);
+            let cc = cores(&c.client_cpus, cpus);
             let ours_cpu = c.median("client_cpu_pct");
             let wrk_cpu = w.metric("client_cpu_pct");
             let bound = |name: &str, v: Option<f64>| {

@@ -1,6 +1,7 @@
 //! The talk's claims, in its order, each judged on the cells that test it: one function
 //! per claim, its thresholds named beside it.
 
+use super::limits::machine_cpus;
 use super::{m, most_held, Claim, Outcome, Verdict};
 use crate::report::{bytes, thousands, us};
 use crate::results::{CellResult, Results};
@@ -135,7 +136,7 @@ fn giant_lock(r: &Results) -> Claim {
     let measured = format!(
         "{} cores: threads {f:.0} CPU-bound req/s using {} CPU, with `--giant-lock` {g:.0} ({ratio:.2}×) using {}; \
          the plaintext client beside them: p99 {} without the lock, {} with it",
-        crate::machine::cpus(),
+        machine_cpus(r, "cpu"),
         cpu("threads"),
         cpu("threads+giant-lock"),
         p99("threads"),
@@ -321,7 +322,7 @@ fn green_cores(r: &Results) -> Claim {
     let (g2, a) = (cpu("green×2"), cpu("async"));
     let measured = format!(
         "CPU-bound req/s on {} cores: green {g:.0}, green --workers 2 {}, async (2 threads) {}",
-        crate::machine::cpus(),
+        machine_cpus(r, "cpu"),
         g2.map_or("?".into(), |v| format!("{v:.0}")),
         a.map_or("?".into(), |v| format!("{v:.0}"))
     );

@@ -78,6 +78,10 @@ fn the_giant_lock_is_confirmed_below_its_ratio_and_not_seen_at_it() {
     let c = giant_lock(&cpu(&[("threads", 400.0), ("threads+giant-lock", 400.0 * GIANT_LOCK_SLOWER)].map(|(i, r)| (i, r, 1_000.0))));
     assert!(verdict(&c).starts_with("**Not seen** here (0.80×, not below 0.8×): "), "{}", verdict(&c));
     assert_eq!(verdict(&giant_lock(&cpu(&[("threads", 400.0, 1_000.0)]))), "not measured");
+    // The cores are those of the machine the suite ran on.
+    let mut r = cpu(&[("threads", 400.0, 1_000.0), ("threads+giant-lock", 100.0, 1_000.0)]);
+    r.suites.get_mut("cpu").unwrap().machine.cpus = 8;
+    assert!(giant_lock(&r).measured.starts_with("8 cores: threads 400 CPU-bound req/s using 100% CPU"), "{}", giant_lock(&r).measured);
 }
 
 #[test]
