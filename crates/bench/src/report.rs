@@ -255,20 +255,15 @@ fn render(results: &Results, baseline: &str, notes: Option<&str>, plots: &[Strin
     let _ = writeln!(out, "## The talk's claims\n");
     let mut t = Table::new(&["claim", "measured here", "verdict", "reproduce"]);
     for c in crate::report::claims::all(results) {
-        t.row(vec![c.claim, c.measured, c.verdict, c.reproduce]);
+        let verdict = c.verdict_markdown();
+        t.row(vec![c.claim, c.measured, verdict, c.reproduce]);
     }
     t.render(&mut out);
 
     let _ = writeln!(out, "## Goals\n");
     let mut t = Table::new(&["goal", "measured", "met?", "what limits it"]);
-    let goals = crate::report::claims::goals(results, baseline);
-    for g in &goals {
-        t.row(vec![
-            g.goal.clone(),
-            g.measured.clone(),
-            g.met.clone(),
-            g.limits.clone(),
-        ]);
+    for g in crate::report::claims::goals(results, baseline) {
+        t.row(vec![g.goal, g.measured, g.verdict.markdown(), g.limits]);
     }
     t.render(&mut out);
     let profiled: Vec<&CellResult> = results

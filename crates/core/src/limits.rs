@@ -1,4 +1,5 @@
-//! The limits of DESIGN.md ("Defaults and limits"), in one place, all configurable.
+//! The limits the README lists under "Flags" (request head and headers, target, body, head
+//! deadline, idle keep-alive, ...), in one place, all configurable.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
-//! The core stays sans-IO (STYLE.md point 1): no source file under `crates/core/src` names
-//! a socket, a thread, the file system, an async runtime, libc, a clock read or `unsafe`.
+//! The core stays sans-IO (point 1 of the house style, shared/STYLE.md beside the
+//! repository): no source file under `crates/core/src` names a socket, a thread, the file
+//! system, an async runtime, libc, a clock read or `unsafe`.
 //!
 //! A shortcut, labelled as one: this is a line grep. Lines whose first non-blank characters
 //! are `//` (comments and docs) are skipped, and a word must stand alone (so
