@@ -123,4 +123,18 @@ pub trait Store: Send + Sync {
 
     /// Every room that has at least one message.
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError>;
+
+    /// The ledger's tables in this store (`--locking db`), if it keeps them. A store without
+    /// them serves the in-memory strategies only.
+    fn ledger(&self) -> Option<&dyn crate::ledger::LedgerStore> {
+        None
+    }
+
+    /// One round trip to the store that changes nothing (SQLite: `SELECT 1`): the real
+    /// scheduling point that `--locking none` puts between its read and its write, and the
+    /// work the lock-based strategies do while they hold their locks. The default asks for
+    /// the rooms; override it with something cheaper.
+    fn round_trip(&self) -> Result<(), StoreError> {
+        self.rooms().map(drop)
+    }
 }
