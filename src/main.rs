@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
 use c10k_core::chat::{App, Config};
+use c10k_core::ledger::{Ledger, Locking};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
 use c10k_core::store::Store;
@@ -38,6 +39,9 @@ enum Command {
     Serve(ServeArgs),
     /// Put load on a c10k server on this machine and report what it did (loopback only).
     Load(c10k_load::cli::LoadArgs),
+    /// Fire concurrent withdrawals and transfers at a server's /api/bank and check that no
+    /// money was lost or created (exit 1 and print each violation if some was).
+    LedgerCheck(c10k_load::ledger::CheckArgs),
     /// Run the benchmark matrix (models, pollers, scenarios, sizes, peers) and write
     /// bench/RESULTS.md, plots and results.json.
     Bench(c10k_bench::cli::BenchArgs),
@@ -141,6 +145,18 @@ struct ServeArgs {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// How the bank of /api/bank keeps concurrent operations apart: `none` (read, yield,
+    /// write back: the race, on purpose), `giant` (one lock), `fine` (a lock per account),
+    /// `atomic` (compare-and-swap), `db` (a transaction in the store; the only one that
+    /// works across --workers, besides `none`, which then races in the store).
+    #[arg(long, default_value = "db", value_name = "STRATEGY")]
+    locking: String,
+
+    /// Microseconds each in-memory ledger operation sleeps between its read and its write,
+    /// after a store round trip (`none`'s race window; the locks are held across it).
+    #[arg(long, default_value_t = 200, value_name = "MICROS")]
+    ledger_think_us: u64,
+
     /// Listen backlog: connections the kernel queues before they are accepted.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     backlog: i32,
@@ -171,6 +187,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Load(args) => c10k_load::cli::run(args),
         Command::Bench(args) => c10k_bench::cli::run(args),
+        Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -282,6 +299,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if workers == 0 {
         return Err("--workers must be at least 1".into());
     }
+    // Refused here, before any worker is forked, so that none dies in a restart loop.
+    let locking = Locking::parse(&args.locking)?;
+    Ledger::check(locking, workers)?;
     if workers > 1 || model.forks() {
         return serve_workers(&args, &*model, &limits, workers);
     }
@@ -291,7 +311,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let shutdown = Shutdown::new();
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
-    let (store, app, offload) = start_app(&args, &limits)?;
+    let (store, app, offload) = start_app(&args, &limits, workers)?;
 
     let listener = bind(args.listen, args.backlog, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -320,7 +340,7 @@ fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: 
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
         let shutdown = Shutdown::new();
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
-        let (store, app, offload) = start_app(args, limits)?;
+        let (store, app, offload) = start_app(args, limits, workers)?;
         let relay = Arc::new(relay);
         c10k_bus::attach(&app, &store, Arc::clone(&relay) as Arc<dyn Bus>).map_err(|e| e.to_string())?;
         relay.announce_ready().map_err(|e| format!("cannot reach the master: {e}"))?;
@@ -337,9 +357,17 @@ fn serve_workers(args: &ServeArgs, model: &dyn Model, limits: &Limits, workers: 
 type Started = (Arc<dyn Store>, Arc<App>, Arc<OffloadPool>);
 
 /// Opens the store, builds the application with its history, and starts the offload pool.
-fn start_app(args: &ServeArgs, limits: &Limits) -> Result<Started, String> {
+fn start_app(args: &ServeArgs, limits: &Limits, processes: usize) -> Result<Started, String> {
     let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
-    let app = Arc::new(App::new(Config { limits: limits.clone(), history: args.history.max(1), seed: seed()? }));
+    let mut ledger = Ledger::new(Locking::parse(&args.locking)?, processes, &*store)?;
+    if args.ledger_think_us > 0 {
+        let think = Duration::from_micros(args.ledger_think_us);
+        ledger = ledger.with_think(Arc::new(move || std::thread::sleep(think)));
+    }
+    let ledger = Arc::new(ledger);
+    info!(locking = %ledger.locking(), balances = ledger.describe(), "ledger");
+    let config = Config { limits: limits.clone(), history: args.history.max(1), seed: seed()?, ledger };
+    let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
     let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
     Ok((store, app, offload))
