@@ -42,7 +42,8 @@ pub struct CheckArgs {
     /// The server: HOST:PORT or the URL `c10k serve` prints. Loopback only.
     #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
     pub target: String,
-    /// Client connections firing at once.
+    /// Client connections firing at once (against prefork: fewer than its workers, which
+    /// serve one connection each).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub connections: usize,
     /// Random operations per connection after the canonical race.
@@ -329,6 +330,9 @@ async fn check(target: SocketAddr, args: CheckArgs) -> Result<CheckReport, LoadE
         initial.insert(account.clone(), args.balance);
     }
 
+    // Closed during the concurrent phases: a prefork server serves one connection per
+    // worker, and an idle one held here would keep a worker from the race.
+    setup.conn = None;
     let started = Instant::now();
     let since = move || started.elapsed().as_nanos() as Nanos;
     let barrier = Arc::new(tokio::sync::Barrier::new(args.connections));
