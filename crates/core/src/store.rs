@@ -28,10 +28,7 @@ impl RoomId {
 
     /// Validates a room name.
     pub fn new(name: &str) -> Result<RoomId, InvalidRoom> {
-        let ok = !name.is_empty()
-            && name.len() <= Self::MAX_LEN
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
+        if is_safe_name(name, Self::MAX_LEN) {
             Ok(RoomId(name.to_string()))
         } else {
             Err(InvalidRoom)
@@ -53,6 +50,13 @@ impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The rule of room and account names: 1 to `max` characters of `A-Z a-z 0-9 _ -`.
+pub(crate) fn is_safe_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A room name that breaks the rule of [`RoomId`].

@@ -52,10 +52,7 @@ impl AccountId {
 
     /// Validates an account name.
     pub fn new(name: &str) -> Result<AccountId, LedgerError> {
-        let ok = !name.is_empty()
-            && name.len() <= Self::MAX_LEN
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
+        if crate::store::is_safe_name(name, Self::MAX_LEN) {
             Ok(AccountId(name.to_string()))
         } else {
             Err(LedgerError::BadAccountName)

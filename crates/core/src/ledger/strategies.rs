@@ -390,13 +390,14 @@ impl Strategy for Racy {
 /// `none` across worker processes: the same read, yield, write back, on the store's rows.
 struct RacyInStore;
 
+/// Creating, reading and auditing are `db`'s; only withdrawals and transfers race.
 impl Strategy for RacyInStore {
     fn create(&self, env: &Env<'_>, account: &AccountId, balance: Cents) -> Result<Cents, LedgerError> {
-        ledger_of(env.store)?.create(account, balance)
+        Db.create(env, account, balance)
     }
 
     fn balance(&self, env: &Env<'_>, account: &AccountId) -> Result<Cents, LedgerError> {
-        ledger_of(env.store)?.balance(account)
+        Db.balance(env, account)
     }
 
     fn withdraw(&self, env: &Env<'_>, account: &AccountId, amount: Cents) -> Result<Cents, LedgerError> {
@@ -424,7 +425,7 @@ impl Strategy for RacyInStore {
     }
 
     fn audit(&self, env: &Env<'_>) -> Result<Vec<(AccountId, Cents)>, LedgerError> {
-        ledger_of(env.store)?.audit()
+        Db.audit(env)
     }
 }
 
@@ -584,6 +585,44 @@ impl Atomic {
         Err(LedgerError::Busy(QUIET_TRIES))
     }
 
+    /// Takes `amount` out of `cell` with the CAS loop of the module docs, then runs `rest`
+    /// (a transfer's credit) before the write leaves flight; the balance after, and what
+    /// `rest` gave.
+    fn debit<R>(
+        &self,
+        env: &Env<'_>,
+        cell: &AtomicI64,
+        account: &AccountId,
+        amount: Cents,
+        rest: impl FnOnce() -> R,
+    ) -> Result<(Cents, R), LedgerError> {
+        for _ in 0..QUIET_TRIES {
+            let seen = self.quiet(|| cell.load(Ordering::SeqCst))?;
+            env.pause();
+            if seen < amount.0 {
+                return Err(insufficient(account, seen, amount));
+            }
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            if !self.swap(cell, seen, seen - amount.0) {
+                // Another write got in between the read and the CAS: start again from the read.
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            // In flight: a transfer is debited, not yet credited. No reader looks now.
+            let early = self.flaw == Flaw::CreditOutsideInFlight;
+            if early {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            let rest = rest();
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            if !early {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Ok((Cents(seen - amount.0), rest));
+        }
+        Err(LedgerError::Busy(QUIET_TRIES))
+    }
+
     /// Replaces `seen` by `next` in `cell` if nothing changed it meanwhile.
     fn swap(&self, cell: &AtomicI64, seen: i64, next: i64) -> bool {
         if self.flaw == Flaw::BlindStore {
@@ -606,52 +645,15 @@ impl Strategy for Atomic {
 
     fn withdraw(&self, env: &Env<'_>, account: &AccountId, amount: Cents) -> Result<Cents, LedgerError> {
         let cell = self.accounts.get(account)?;
-        for _ in 0..QUIET_TRIES {
-            let seen = self.quiet(|| cell.load(Ordering::SeqCst))?;
-            env.pause();
-            if seen < amount.0 {
-                return Err(insufficient(account, seen, amount));
-            }
-            self.in_flight.fetch_add(1, Ordering::SeqCst);
-            let swapped = self.swap(&cell, seen, seen - amount.0);
-            if swapped {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-            }
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if swapped {
-                self.supply.release(amount);
-                return Ok(Cents(seen - amount.0));
-            }
-            // Another write got in between the read and the CAS: start again from the read.
-        }
-        Err(LedgerError::Busy(QUIET_TRIES))
+        let (after, ()) = self.debit(env, &cell, account, amount, || ())?;
+        self.supply.release(amount);
+        Ok(after)
     }
 
     fn transfer(&self, env: &Env<'_>, from: &AccountId, to: &AccountId, amount: Cents) -> Result<(Cents, Cents), LedgerError> {
         let (source, target) = (self.accounts.get(from)?, self.accounts.get(to)?);
-        for _ in 0..QUIET_TRIES {
-            let seen = self.quiet(|| source.load(Ordering::SeqCst))?;
-            env.pause();
-            if seen < amount.0 {
-                return Err(insufficient(from, seen, amount));
-            }
-            self.in_flight.fetch_add(1, Ordering::SeqCst);
-            if !self.swap(&source, seen, seen - amount.0) {
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                continue;
-            }
-            // In flight: debited, not yet credited. No reader looks now.
-            if self.flaw == Flaw::CreditOutsideInFlight {
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            }
-            let credited = target.fetch_add(amount.0, Ordering::SeqCst) + amount.0;
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-            if self.flaw != Flaw::CreditOutsideInFlight {
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            }
-            return Ok((Cents(seen - amount.0), Cents(credited)));
-        }
-        Err(LedgerError::Busy(QUIET_TRIES))
+        let credit = || Cents(target.fetch_add(amount.0, Ordering::SeqCst) + amount.0);
+        self.debit(env, &source, from, amount, credit)
     }
 
     fn audit(&self, _: &Env<'_>) -> Result<Vec<(AccountId, Cents)>, LedgerError> {
