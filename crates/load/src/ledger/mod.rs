@@ -79,6 +79,10 @@ pub struct CheckReport {
     pub violations: Vec<String>,
     /// How long the concurrent phases took.
     pub elapsed: Duration,
+    /// Answered operations per second over the concurrent phases.
+    pub per_second: f64,
+    /// Median and 99th-percentile latency of the answered operations.
+    pub p50_p99: (Duration, Duration),
 }
 
 /// `c10k ledger-check`: runs, prints, and turns the outcome into the exit status.
@@ -97,6 +101,13 @@ pub fn run_cli(args: CheckArgs) -> ExitCode {
                 report.operations,
                 args.connections,
                 report.elapsed.as_secs_f64()
+            );
+            let _ = writeln!(
+                out,
+                "throughput {:.0} operations/s, latency p50 {:.2} ms, p99 {:.2} ms",
+                report.per_second,
+                report.p50_p99.0.as_secs_f64() * 1e3,
+                report.p50_p99.1.as_secs_f64() * 1e3
             );
             let _ = writeln!(
                 out,
@@ -394,5 +405,10 @@ async fn check(target: SocketAddr, args: CheckArgs) -> Result<CheckReport, LoadE
             Answer::Unknown(_) => 3,
         }] += 1;
     }
-    Ok(CheckReport { locking, operations: history.events.len(), counts, race_won, violations, elapsed })
+    let mut latencies: Vec<Nanos> = history.events.iter().filter_map(|e| Some(e.end? - e.start)).collect();
+    latencies.sort_unstable();
+    let at = |q: f64| Duration::from_nanos(latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0));
+    let per_second = latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+    let p50_p99 = (at(0.50), at(0.99));
+    Ok(CheckReport { locking, operations: history.events.len(), counts, race_won, violations, elapsed, per_second, p50_p99 })
 }
