@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
 use c10k_core::chat::{App, Config};
+use c10k_core::ledger::{Ledger, Locking};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
 use c10k_core::store::{AsyncStore, Store};
@@ -38,6 +39,9 @@ enum Command {
     Serve(ServeArgs),
     /// Put load on a c10k server on this machine and report what it did (loopback only).
     Load(c10k_load::cli::LoadArgs),
+    /// Fire concurrent withdrawals and transfers at a server's /api/bank and check that no
+    /// money was lost or created (exit 1 and print each violation if some was).
+    LedgerCheck(c10k_load::ledger::CheckArgs),
     /// Run the benchmark matrix (models, pollers, scenarios, sizes, peers) and write
     /// bench/RESULTS.md, plots and results.json.
     Bench(c10k_bench::cli::BenchArgs),
@@ -164,6 +168,18 @@ struct ServeArgs {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// How the bank of /api/bank keeps concurrent operations apart: `none` (read, yield,
+    /// write back: the race, on purpose), `giant` (one lock), `fine` (a lock per account),
+    /// `atomic` (compare-and-swap), `db` (a transaction in the store; the only one that
+    /// works across --workers, besides `none`, which then races in the store).
+    #[arg(long, default_value = "db", value_name = "STRATEGY")]
+    locking: String,
+
+    /// Microseconds each in-memory ledger operation sleeps between its read and its write,
+    /// after a store round trip (`none`'s race window; the locks are held across it).
+    #[arg(long, default_value_t = 200, value_name = "MICROS")]
+    ledger_think_us: u64,
+
     /// Listen backlog: connections the kernel queues before they are accepted.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     backlog: i32,
@@ -195,6 +211,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Load(args) => c10k_load::cli::run(args),
         Command::Bench(args) => c10k_bench::cli::run(args),
+        Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -317,6 +334,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if workers == 0 {
         return Err("--workers must be at least 1".into());
     }
+    // Refused here, before any worker is forked, so that none dies in a restart loop.
+    let locking = Locking::parse(&args.locking)?;
+    Ledger::check(locking, workers)?;
     if workers > 1 || model.forks() {
         return serve_workers(&args, &*model, &limits, workers, native_async);
     }
@@ -326,7 +346,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let shutdown = Shutdown::new();
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
-    let (store, app, offload, native) = start_app(&args, &limits, native_async)?;
+    let (store, app, offload, native) = start_app(&args, &limits, workers, native_async)?;
 
     let listener = bind(args.listen, args.backlog, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -361,7 +381,7 @@ fn serve_workers(
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
         let shutdown = Shutdown::new();
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
-        let (store, app, offload, native) = start_app(args, limits, native_async)?;
+        let (store, app, offload, native) = start_app(args, limits, workers, native_async)?;
         let relay = Arc::new(relay);
         c10k_bus::attach(&app, &store, Arc::clone(&relay) as Arc<dyn Bus>).map_err(|e| e.to_string())?;
         relay.announce_ready().map_err(|e| format!("cannot reach the master: {e}"))?;
@@ -387,16 +407,24 @@ fn store_options(args: &ServeArgs) -> StoreOptions {
     }
 }
 
-/// Opens the store (and the native driver), builds the application with its history,
-/// and starts the offload pool.
-fn start_app(args: &ServeArgs, limits: &Limits, native_async: bool) -> Result<Started, String> {
+/// Opens the store (and the native driver), builds the application with its history and
+/// ledger, and starts the offload pool.
+fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native_async: bool) -> Result<Started, String> {
     let options = store_options(args);
     let store = c10k_store::open_with(&args.db, &options).map_err(|e| e.to_string())?;
     let native = match native_async {
         true => Some(c10k_store::open_native(&args.db, &options).map_err(|e| format!("--db-mode native: {e}"))?),
         false => None,
     };
-    let app = Arc::new(App::new(Config { limits: limits.clone(), history: args.history.max(1), seed: seed()? }));
+    let mut ledger = Ledger::new(Locking::parse(&args.locking)?, processes, &*store)?;
+    if args.ledger_think_us > 0 {
+        let think = Duration::from_micros(args.ledger_think_us);
+        ledger = ledger.with_think(Arc::new(move || std::thread::sleep(think)));
+    }
+    let ledger = Arc::new(ledger);
+    info!(locking = %ledger.locking(), balances = ledger.describe(), "ledger");
+    let config = Config { limits: limits.clone(), history: args.history.max(1), seed: seed()?, ledger };
+    let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
     let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
     Ok((store, app, offload, native))

@@ -11,6 +11,8 @@
 //! - [`hub`]: rooms, bounded history, per-room ids, cursors, and the one wake-up
 //!   mechanism (a [`std::task::Waker`]) through which every model waits;
 //! - [`chat`]: the routes (Tornado-compatible and native), XSRF, JSON shapes, the page;
+//! - [`ledger`]: the bank of `/api/bank` and its `--locking` strategies (the talk's
+//!   "canonical race condition");
 //! - [`gaps`]: publishing a message that arrived before its predecessors (from a bus);
 //! - [`limits`], [`metrics`], [`store`]: the shared vocabulary.
 //!
@@ -23,6 +25,7 @@ pub mod chat;
 pub mod gaps;
 pub mod http;
 pub mod hub;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod store;

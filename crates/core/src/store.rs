@@ -34,10 +34,7 @@ impl RoomId {
 
     /// Validates a room name.
     pub fn new(name: &str) -> Result<RoomId, InvalidRoom> {
-        let ok = !name.is_empty()
-            && name.len() <= Self::MAX_LEN
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
+        if is_safe_name(name, Self::MAX_LEN) {
             Ok(RoomId(name.to_string()))
         } else {
             Err(InvalidRoom)
@@ -59,6 +56,13 @@ impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The rule of room and account names: 1 to `max` characters of `A-Z a-z 0-9 _ -`.
+pub(crate) fn is_safe_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A room name that breaks the rule of [`RoomId`].
@@ -129,6 +133,20 @@ pub trait Store: Send + Sync {
 
     /// Every room that has at least one message.
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError>;
+
+    /// The ledger's tables in this store (`--locking db`), if it keeps them. A store without
+    /// them serves the in-memory strategies only.
+    fn ledger(&self) -> Option<&dyn crate::ledger::LedgerStore> {
+        None
+    }
+
+    /// One round trip to the store that changes nothing (SQLite: `SELECT 1`): the real
+    /// scheduling point that `--locking none` puts between its read and its write, and the
+    /// work the lock-based strategies do while they hold their locks. The default asks for
+    /// the rooms; override it with something cheaper.
+    fn round_trip(&self) -> Result<(), StoreError> {
+        self.rooms().map(drop)
+    }
 }
 
 /// A boxed future that can move between threads, as [`AsyncStore`]'s methods return.

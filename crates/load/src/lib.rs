@@ -6,7 +6,8 @@
 //! batches), message fan-out to long-poll / WebSocket / SSE
 //! subscribers with exactly-once, in-order verification, `idle-capacity` (how many idle
 //! subscribers the server holds, at what memory), `db-stall` and `cpu` (what a slow store
-//! or a CPU-bound route does to unrelated requests).
+//! or a CPU-bound route does to unrelated requests). [`ledger`] is `c10k ledger-check`, the
+//! bank's race checker.
 //!
 //! It talks to the server only over the network, with a small hand-written HTTP/1.1 and
 //! WebSocket client on tokio, and only to loopback addresses
@@ -32,6 +33,7 @@
 pub mod cli;
 mod client;
 mod error;
+pub mod ledger;
 mod progress;
 pub mod report;
 pub mod scenarios;

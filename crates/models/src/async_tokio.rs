@@ -417,7 +417,14 @@ async fn run_store(context: &Context, call: StoreCall) -> Option<StoreDone> {
         DbMode::Inline => Some(call.run(&*context.store)),
         DbMode::Native => {
             let native = context.native.as_ref()?;
-            let stored = call.run_native(&**native).await;
+            let stored = match call.run_native(&**native).await {
+                Ok(stored) => stored,
+                Err(blocking) => {
+                    // No native form (a ledger operation): the blocking driver, off the workers.
+                    let store = Arc::clone(&context.store);
+                    return tokio::task::spawn_blocking(move || blocking.run(&*store)).await.ok();
+                }
+            };
             if stored.announce_may_block() {
                 // The bus waits (boundedly) for the other workers: not on a worker thread.
                 tokio::task::spawn_blocking(move || stored.announce()).await.ok()

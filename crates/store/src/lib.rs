@@ -33,10 +33,12 @@
 
 mod circuit;
 mod mysql;
+mod mysql_ledger;
 mod mysql_native;
 mod offload;
 mod pool;
 mod postgres;
+mod postgres_ledger;
 mod slow;
 mod sqlite;
 pub mod testing;

@@ -67,6 +67,11 @@ pub(crate) mod sql {
             time_ms BIGINT UNSIGNED NOT NULL,
             PRIMARY KEY (room, id)
         ) ENGINE=InnoDB",
+        // The ledger's accounts (`--locking db`, see `mysql_ledger.rs`).
+        "CREATE TABLE IF NOT EXISTS c10k_accounts (
+            id      VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+            balance BIGINT NOT NULL CHECK (balance >= 0)
+        ) ENGINE=InnoDB",
     ];
     /// The version recorded; `None` before the first migration.
     pub const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
@@ -147,7 +152,7 @@ pub(crate) mod sql {
 /// blocks (for at most the store's timeout per round trip).
 #[derive(Debug)]
 pub struct MySqlStore {
-    pool: Pool<Conn>,
+    pub(crate) pool: Pool<Conn>,
     sleep: Option<Duration>,
 }
 
@@ -242,7 +247,7 @@ fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreEr
 }
 
 /// Sorts a driver error into the pool's classes.
-fn classify(e: mysql::Error) -> Failure {
+pub(crate) fn classify(e: mysql::Error) -> Failure {
     match &e {
         mysql::Error::MySqlError(server) if !sql::is_connection_gone(server.code) => Failure::Query(query_error(e)),
         _ if timed_out(&e) => Failure::Broken(StoreError(format!("MySQL gave no answer within --db-timeout: {e}"))),
@@ -310,6 +315,14 @@ impl Store for MySqlStore {
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         let names: Vec<String> = self.pool.run(|conn| conn.query(sql::ROOMS).map_err(classify))?;
         names.into_iter().map(sql::room).collect()
+    }
+
+    fn ledger(&self) -> Option<&dyn c10k_core::ledger::LedgerStore> {
+        Some(self)
+    }
+
+    fn round_trip(&self) -> Result<(), StoreError> {
+        self.pool.run(|conn| conn.query_drop("SELECT 1").map_err(classify))
     }
 }
 

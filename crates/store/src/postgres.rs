@@ -61,6 +61,10 @@ const SCHEMA_V1: &str = "
         time_ms BIGINT NOT NULL,
         PRIMARY KEY (room, id)
     );
+    CREATE TABLE IF NOT EXISTS c10k_accounts (
+        id      TEXT COLLATE \"C\" PRIMARY KEY,
+        balance BIGINT NOT NULL CHECK (balance >= 0)
+    );
 ";
 /// Serialises migrations of one database (any fixed number: it names the lock).
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7310010001)";
@@ -85,13 +89,15 @@ const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
 const SLEEP: &str = "SELECT pg_sleep($1)";
 
 /// A connected client and its prepared statements.
-struct Live {
-    client: Client,
+pub(crate) struct Live {
+    pub(crate) client: Client,
     append: Statement,
     after: Statement,
     recent: Statement,
     rooms: Statement,
     sleep: Statement,
+    /// The ledger's statements (`postgres_ledger.rs`).
+    pub(crate) ledger: crate::postgres_ledger::Statements,
 }
 
 /// The driver's configuration for a `postgres://` URL, and a description for messages
@@ -155,13 +161,14 @@ async fn connect(
         recent: prepare(RECENT, &[Type::TEXT, Type::INT8]).await?,
         rooms: prepare(ROOMS, &[]).await?,
         sleep: prepare(SLEEP, &[Type::FLOAT8]).await?,
+        ledger: crate::postgres_ledger::Statements::prepare(&prepare).await?,
         client,
     })
 }
 
 /// A driver call that did not finish in time.
 #[derive(Debug)]
-enum CallError {
+pub(crate) enum CallError {
     Driver(tokio_postgres::Error),
     TimedOut(Duration),
 }
@@ -178,7 +185,7 @@ impl std::fmt::Display for CallError {
     }
 }
 
-async fn within<T>(
+pub(crate) async fn within<T>(
     timeout: Duration,
     call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, CallError> {
@@ -190,7 +197,7 @@ async fn within<T>(
 
 /// Sorts a failed call into the pool's classes. `sent_append`: the failed call was an
 /// append that may have reached the server, so a closed connection leaves it unknown.
-fn classify(e: CallError, sent_append: bool) -> Failure {
+pub(crate) fn classify(e: CallError, sent_append: bool) -> Failure {
     let closed = match &e {
         CallError::TimedOut(_) => return Failure::Broken(StoreError(format!("PostgreSQL gave no answer: {e}"))),
         CallError::Driver(driver) => match driver.code() {
@@ -309,7 +316,7 @@ async fn migrate(client: &Client, what: &str, timeout: Duration) -> Result<(), S
 }
 
 /// One blocking connection: a private runtime that drives it, as the `postgres` crate does.
-struct BlockingConn {
+pub(crate) struct BlockingConn {
     /// `None` only in drop.
     runtime: Option<tokio::runtime::Runtime>,
     live: Live,
@@ -358,7 +365,7 @@ impl BlockingConn {
     /// Called from a thread that runs a tokio runtime (the async model with `--db-mode
     /// inline`), where tokio forbids starting another, the call runs on a short-lived
     /// thread while the caller waits for it: the caller still blocks, as inline means.
-    fn call<T: Send>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure> + Send) -> Result<T, Failure> {
+    pub(crate) fn call<T: Send>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure> + Send) -> Result<T, Failure> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return std::thread::scope(|scope| {
                 scope
@@ -389,8 +396,8 @@ impl BlockingConn {
 
 /// Messages in a PostgreSQL database, through blocking calls; see the module docs.
 pub struct PostgresStore {
-    pool: Pool<BlockingConn>,
-    timeout: Duration,
+    pub(crate) pool: Pool<BlockingConn>,
+    pub(crate) timeout: Duration,
     sleep: Option<Duration>,
 }
 
@@ -445,6 +452,19 @@ impl Store for PostgresStore {
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         let names = self.pool.run(|conn| conn.call(async |live| live.rooms(self.timeout).await))?;
         names.into_iter().map(checked_room).collect()
+    }
+
+    fn ledger(&self) -> Option<&dyn c10k_core::ledger::LedgerStore> {
+        Some(self)
+    }
+
+    fn round_trip(&self) -> Result<(), StoreError> {
+        let timeout = self.timeout;
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                within(timeout, live.client.execute(&live.ledger.select_one, &[])).await.map(drop).map_err(|e| classify(e, false))
+            })
+        })
     }
 }
 

@@ -31,6 +31,8 @@ use std::time::Duration;
 use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 
+mod ledger;
+
 /// The most connections one [`SqliteStore`] opens. More callers than this wait their turn.
 /// SQLite writes one transaction at a time anyway; the extra connections are for readers.
 pub const POOL_SIZE: usize = 4;
@@ -48,6 +50,10 @@ const SCHEMA: &str = "
         sender  TEXT    NOT NULL,
         time_ms INTEGER NOT NULL,
         PRIMARY KEY (room, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS accounts (
+        id      TEXT    NOT NULL PRIMARY KEY,
+        balance INTEGER NOT NULL CHECK (balance >= 0)
     ) WITHOUT ROWID;
 ";
 
@@ -457,5 +463,17 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    fn ledger(&self) -> Option<&dyn c10k_core::ledger::LedgerStore> {
+        Some(self)
+    }
+
+    fn round_trip(&self) -> Result<(), StoreError> {
+        let conn = self.checkout()?;
+        conn.prepare_cached("SELECT 1")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)))
+            .map(drop)
+            .map_err(|e| sql_error("cannot reach the database", e))
     }
 }

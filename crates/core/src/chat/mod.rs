@@ -25,6 +25,8 @@ use serde_json::json;
 use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
 use crate::gaps::{publish_filling_gaps, publish_filling_gaps_async};
 use crate::hub::{Cursor, Hub};
+use crate::ledger::routes::LedgerCall;
+use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
@@ -48,12 +50,15 @@ pub struct Config {
     pub history: usize,
     /// Entropy for XSRF tokens, from the caller (the core reads no entropy source).
     pub seed: [u8; 32],
+    /// The bank of `/api/bank` and its `--locking` strategy (see [`Ledger::new`]).
+    pub ledger: Arc<Ledger>,
 }
 
 impl Config {
-    /// The documented defaults, with the given entropy.
+    /// The documented defaults, with the given entropy (and an in-memory ledger with a lock
+    /// per account).
     pub fn with_seed(seed: [u8; 32]) -> Config {
-        Config { limits: Limits::default(), history: 200, seed }
+        Config { limits: Limits::default(), history: 200, seed, ledger: Arc::new(Ledger::in_memory(Locking::Fine)) }
     }
 }
 
@@ -101,10 +106,22 @@ pub(crate) enum AfterStore {
     WebSocketAck { reference: Option<serde_json::Value> },
 }
 
-/// A message to store. Running it is blocking and the model decides where: on the offload
-/// pool (default) or inline (`--db-mode inline`).
+/// A blocking call for the store's side of the model: a message to store, or a ledger
+/// operation (which may wait on a lock, yield, or run a transaction). Running it is
+/// blocking and the model decides where: on the offload pool (default) or inline
+/// (`--db-mode inline`). The model never needs to know which kind it runs.
 #[derive(Debug)]
-pub struct StoreCall {
+pub struct StoreCall(Job);
+
+#[derive(Debug)]
+enum Job {
+    Append(Append),
+    Ledger(LedgerCall),
+}
+
+/// A chat message to store, then publish.
+#[derive(Debug)]
+struct Append {
     room: RoomId,
     message: NewMessage,
     hub: Arc<Hub>,
@@ -117,13 +134,37 @@ impl StoreCall {
     pub(crate) fn append(app: &App, room: RoomId, message: NewMessage, then: AfterStore) -> StoreCall {
         let posted = app.metrics.messages_posted.clone();
         let on_stored = app.on_stored.get().cloned();
-        StoreCall { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then }
+        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then }))
     }
 
-    /// Stores the message and, once it is durable, publishes it to the room's readers.
-    /// Blocks for as long as the store does. Publishing happens here, not when the poster
-    /// gets its answer, so a poster that disconnects meanwhile cannot hold up the room.
+    /// Runs the call. Blocks for as long as the store (or a ledger lock) does.
+    ///
+    /// A chat message is stored and, once it is durable, published to the room's readers.
+    /// Publishing happens here, not when the poster gets its answer, so a poster that
+    /// disconnects meanwhile cannot hold up the room.
     pub fn run(self, store: &dyn Store) -> StoreDone {
+        match self.0 {
+            Job::Append(append) => append.run(store),
+            Job::Ledger(call) => StoreDone(Done::Ledger(call.run(store))),
+        }
+    }
+
+    /// [`StoreCall::run`] through a driver that cooperates with the caller's async runtime
+    /// (`--db-mode native`): a chat append and any gap-filling reads are awaited, and what
+    /// is left is [`Stored::announce`], which may block (briefly and boundedly: a bus
+    /// telling the other processes), so the caller decides where to run it. A call with no
+    /// native form (a ledger operation: its locks and transactions are blocking) comes back
+    /// unrun, for [`StoreCall::run`] where blocking is allowed.
+    pub async fn run_native(self, store: &dyn AsyncStore) -> Result<Stored, StoreCall> {
+        match self.0 {
+            Job::Append(append) => Ok(append.run_native(store).await),
+            Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
+        }
+    }
+}
+
+impl Append {
+    fn run(self, store: &dyn Store) -> StoreDone {
         let result = store.append(&self.room, &self.message).map(|message| {
             let rendered = Arc::new(Rendered::new(message));
             // A smaller id still on its way (another offload thread, another worker) is
@@ -134,11 +175,7 @@ impl StoreCall {
         self.stored(result).announce()
     }
 
-    /// [`StoreCall::run`] through a driver that cooperates with the caller's async runtime
-    /// (`--db-mode native`): the append and any gap-filling reads are awaited. What is left
-    /// is [`Stored::announce`], which may block (briefly and boundedly: a bus telling the
-    /// other processes), so the caller decides where to run it.
-    pub async fn run_native(self, store: &dyn AsyncStore) -> Stored {
+    async fn run_native(self, store: &dyn AsyncStore) -> Stored {
         let result = match store.append(&self.room, &self.message).await {
             Ok(message) => {
                 let rendered = Arc::new(Rendered::new(message));
@@ -181,7 +218,7 @@ impl Stored {
             }
             self.posted.inc();
         }
-        StoreDone { result: self.result, then: self.then }
+        StoreDone(Done::Append { result: self.result, then: self.then })
     }
 }
 
@@ -197,16 +234,24 @@ impl std::fmt::Debug for OnStored {
 
 /// A store call that has run.
 #[derive(Debug)]
-pub struct StoreDone {
-    pub(crate) result: Result<Arc<Rendered>, StoreError>,
-    pub(crate) then: AfterStore,
+pub struct StoreDone(pub(crate) Done);
+
+#[derive(Debug)]
+pub(crate) enum Done {
+    Append { result: Result<Arc<Rendered>, StoreError>, then: AfterStore },
+    /// A ledger operation's answer, rendered.
+    Ledger(Response),
 }
 
 impl StoreDone {
     /// The store could not be reached at all (its queue is full, or it is shutting down).
     /// `call` is given back unrun.
     pub fn unavailable(call: StoreCall, why: &str) -> StoreDone {
-        StoreDone { result: Err(StoreError(why.to_string())), then: call.then }
+        let error = StoreError(why.to_string());
+        StoreDone(match call.0 {
+            Job::Append(append) => Done::Append { result: Err(error), then: append.then },
+            Job::Ledger(_) => Done::Ledger(ledger::routes::error_response(&LedgerError::Store(error))),
+        })
     }
 }
 
@@ -352,6 +397,14 @@ impl App {
                 Outcome::Reply(not_allowed("GET, HEAD"))
             }
             ["a", "message", "new" | "updates"] => Outcome::Reply(not_allowed("POST")),
+            ["api", "bank", rest @ ..] => match ledger::routes::parse(&request, rest) {
+                Ok(operation) => {
+                    self.metrics.request(operation.route());
+                    let call = LedgerCall::new(Arc::clone(&self.config.ledger), operation);
+                    Outcome::Store(StoreCall(Job::Ledger(call)))
+                }
+                Err(refused) => self.reply("bank_refused", refused),
+            },
             _ => {
                 self.metrics.request("not_found");
                 Outcome::Reply(Response::text(StatusCode::NOT_FOUND, "not found\n"))
@@ -362,13 +415,17 @@ impl App {
     /// The response once a store call has run (for the HTTP routes; WebSocket posts use
     /// [`WsSession::finish_post`]).
     pub fn finish_store(&self, done: StoreDone) -> Response {
-        let posted = match done.result {
+        let (result, then) = match done.0 {
+            Done::Append { result, then } => (result, then),
+            Done::Ledger(response) => return response,
+        };
+        let posted = match result {
             Ok(posted) => posted,
             Err(e) => {
                 return api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
             }
         };
-        match done.then {
+        match then {
             AfterStore::TornadoNew { redirect: Some(next) } => {
                 Response::new(StatusCode::FOUND).header("Location", next)
             }

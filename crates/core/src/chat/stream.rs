@@ -307,11 +307,15 @@ impl WsSession {
 
     /// The frame that answers a post once the store has run.
     pub fn finish_post(done: StoreDone) -> String {
-        let reference = match &done.then {
-            super::AfterStore::WebSocketAck { reference } => reference.clone(),
+        let (result, then) = match done.0 {
+            super::Done::Append { result, then } => (result, then),
+            super::Done::Ledger(_) => return error_frame("a ledger answer was sent as a WebSocket ack", None),
+        };
+        let reference = match then {
+            super::AfterStore::WebSocketAck { reference } => reference,
             _ => None,
         };
-        match done.result {
+        match result {
             Ok(posted) => {
                 let mut frame = String::from("{\"type\":\"ack\",\"ref\":");
                 frame.push_str(&to_json(&reference));

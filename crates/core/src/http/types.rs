@@ -26,6 +26,8 @@ impl StatusCode {
     pub const NOT_FOUND: StatusCode = StatusCode(404);
     /// 405 Method Not Allowed.
     pub const METHOD_NOT_ALLOWED: StatusCode = StatusCode(405);
+    /// 409 Conflict (the ledger: an account that exists already).
+    pub const CONFLICT: StatusCode = StatusCode(409);
     /// 408 Request Timeout.
     pub const REQUEST_TIMEOUT: StatusCode = StatusCode(408);
     /// 413 Content Too Large.
@@ -36,6 +38,8 @@ impl StatusCode {
     pub const UNSUPPORTED_MEDIA_TYPE: StatusCode = StatusCode(415);
     /// 426 Upgrade Required.
     pub const UPGRADE_REQUIRED: StatusCode = StatusCode(426);
+    /// 422 Unprocessable Content (the ledger: insufficient funds).
+    pub const UNPROCESSABLE_ENTITY: StatusCode = StatusCode(422);
     /// 431 Request Header Fields Too Large.
     pub const HEADER_FIELDS_TOO_LARGE: StatusCode = StatusCode(431);
     /// 500 Internal Server Error.
@@ -61,12 +65,14 @@ impl StatusCode {
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
             408 => "Request Timeout",
             411 => "Length Required",
             413 => "Content Too Large",
             414 => "URI Too Long",
             415 => "Unsupported Media Type",
             417 => "Expectation Failed",
+            422 => "Unprocessable Content",
             426 => "Upgrade Required",
             429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
