@@ -20,9 +20,9 @@ use c10k_core::chat::{App, Config};
 use c10k_core::ledger::{Ledger, Locking};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
-use c10k_core::store::{AsyncStore, Store};
+use c10k_core::store::Store;
 use c10k_models::reactor::PollerKind;
-use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, NativeDb, Shutdown, MODEL_NAMES};
+use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, NativeDb, NativeDriver, Shutdown, MODEL_NAMES};
 use c10k_store::{OffloadPool, StoreOptions};
 
 /// One chat server, every concurrency model of the C10K talk, measured side by side.
@@ -328,7 +328,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         DbModeArg::Native => Some(model.native_db().map_err(|why| format!("--db-mode native: {why}"))?),
         _ => None,
     };
-    let native_async = native == Some(NativeDb::Async);
+    let native_driver = native.filter(|n| *n != NativeDb::OwnThread);
 
     let workers = args.workers.unwrap_or(if model.forks() { prefork::DEFAULT_WORKERS } else { 1 });
     if workers == 0 {
@@ -338,7 +338,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let locking = Locking::parse(&args.locking)?;
     Ledger::check(locking, workers)?;
     if workers > 1 || model.forks() {
-        return serve_workers(&args, &*model, &limits, workers, native_async);
+        return serve_workers(&args, &*model, &limits, workers, native_driver);
     }
 
     // Signals first: the handler thread must be the only one that receives them, so they
@@ -346,7 +346,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let shutdown = Shutdown::new();
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
-    let (store, app, offload, native) = start_app(&args, &limits, workers, native_async)?;
+    let (store, app, offload, native) = start_app(&args, &limits, workers, native_driver)?;
 
     let listener = bind(args.listen, args.backlog, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -366,7 +366,7 @@ fn serve_workers(
     model: &dyn Model,
     limits: &Limits,
     workers: usize,
-    native_async: bool,
+    native_driver: Option<NativeDb>,
 ) -> Result<(), String> {
     // Nothing here may start a thread before the master has forked: no signal thread, no
     // store, no pool, no runtime. Only the listeners, which the workers inherit: one
@@ -381,7 +381,7 @@ fn serve_workers(
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
         let shutdown = Shutdown::new();
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
-        let (store, app, offload, native) = start_app(args, limits, workers, native_async)?;
+        let (store, app, offload, native) = start_app(args, limits, workers, native_driver)?;
         let relay = Arc::new(relay);
         c10k_bus::attach(&app, &store, Arc::clone(&relay) as Arc<dyn Bus>).map_err(|e| e.to_string())?;
         relay.announce_ready().map_err(|e| format!("cannot reach the master: {e}"))?;
@@ -395,8 +395,8 @@ fn serve_workers(
 }
 
 /// What a serving process runs on: the store, the application, the offload pool, and
-/// the async driver of `--db-mode native` when the model awaits one.
-type Started = (Arc<dyn Store>, Arc<App>, Arc<OffloadPool>, Option<Arc<dyn AsyncStore>>);
+/// the driver of `--db-mode native` when the model has one besides its own thread.
+type Started = (Arc<dyn Store>, Arc<App>, Arc<OffloadPool>, Option<NativeDriver>);
 
 /// What `--db-timeout`, `--db-connections` and `--db-sleep-ms` say (checked in `serve`).
 fn store_options(args: &ServeArgs) -> StoreOptions {
@@ -409,12 +409,19 @@ fn store_options(args: &ServeArgs) -> StoreOptions {
 
 /// Opens the store (and the native driver), builds the application with its history and
 /// ledger, and starts the offload pool.
-fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native_async: bool) -> Result<Started, String> {
+fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option<NativeDb>) -> Result<Started, String> {
     let options = store_options(args);
     let store = c10k_store::open_with(&args.db, &options).map_err(|e| e.to_string())?;
-    let native = match native_async {
-        true => Some(c10k_store::open_native(&args.db, &options).map_err(|e| format!("--db-mode native: {e}"))?),
-        false => None,
+    let native = match native {
+        Some(NativeDb::Async) => Some(NativeDriver::Async(
+            c10k_store::open_native(&args.db, &options).map_err(|e| format!("--db-mode native: {e}"))?,
+        )),
+        Some(NativeDb::Cooperative) => {
+            // Checked here (the URL's kind); each event loop makes its own from it.
+            c10k_store::CooperativePostgres::new(&args.db, &options).map_err(|e| format!("--db-mode native: {e}"))?;
+            Some(NativeDriver::Cooperative { url: args.db.clone(), options })
+        }
+        Some(NativeDb::OwnThread) | None => None,
     };
     let mut ledger = Ledger::new(Locking::parse(&args.locking)?, processes, &*store)?;
     if args.ledger_think_us > 0 {

@@ -180,3 +180,4 @@ conformance!(postgres_threads_native, &["--model", "threads", "--db", "postgres"
 conformance!(postgres_reactor, &["--model", "reactor", "--db", "postgres"]);
 conformance!(postgres_reactor_inline, &["--model", "reactor", "--db", "postgres", "--db-mode", "inline"]);
 conformance!(postgres_green, &["--model", "green", "--db", "postgres"]);
+conformance!(postgres_green_native, &["--model", "green", "--db", "postgres", "--db-mode", "native"]);

@@ -158,6 +158,7 @@ outage! {
     mysql_async_native: &["--model", "async", "--db", "mysql", "--db-mode", "native"];
     mysql_threads: &["--model", "threads", "--db", "mysql"];
     postgres_green: &["--model", "green", "--db", "postgres"];
+    postgres_green_native: &["--model", "green", "--db", "postgres", "--db-mode", "native"];
     postgres_async_native: &["--model", "async", "--db", "postgres", "--db-mode", "native"];
     postgres_pool_inline: &["--model", "pool", "--db", "postgres", "--db-mode", "inline"];
 }

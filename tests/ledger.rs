@@ -164,6 +164,7 @@ ledger!(mysql_async_workers_2, &["--model", "async", "--workers", "2", "--db", "
 ledger!(mysql_reactor, &["--model", "reactor", "--db", "mysql"], db_server);
 ledger!(postgres_threads_workers_2, &["--model", "threads", "--workers", "2", "--db", "postgres"], db_server);
 ledger!(postgres_green, &["--model", "green", "--db", "postgres"], db_server);
+ledger!(postgres_green_native, &["--model", "green", "--db", "postgres", "--db-mode", "native"], db_server);
 
 /// Where a model cannot race: one thread runs every ledger call to its end before the
 /// next (`reactor` with `--db-mode inline`), so even `none` never interleaves. The checker

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::chat::render::Rendered;
 use crate::hub::{Hub, Published};
-use crate::store::{AsyncStore, Message, MessageId, RoomId, Store, StoreError};
+use crate::store::{AsyncStore, LocalStore, Message, MessageId, RoomId, Store, StoreError};
 
 /// The most messages read from the store in one call while filling a gap.
 const PAGE: u64 = 1000;
@@ -27,11 +27,28 @@ const PAGE: u64 = 1000;
 /// seen), or [`Published::Held`] if the store could not supply the missing ids (the hub
 /// keeps it, and the next message of the room tries again).
 pub fn publish_filling_gaps(hub: &Hub, store: &dyn Store, message: Arc<Rendered>) -> Result<Published, StoreError> {
+    publish_filling_gaps_with(hub, message, |room, after, limit| store.after(room, after, limit))
+}
+
+/// [`publish_filling_gaps`] with a driver bound to the calling thread (a coroutine's).
+pub fn publish_filling_gaps_local(
+    hub: &Hub,
+    store: &dyn LocalStore,
+    message: Arc<Rendered>,
+) -> Result<Published, StoreError> {
+    publish_filling_gaps_with(hub, message, |room, after, limit| store.after(room, after, limit))
+}
+
+fn publish_filling_gaps_with(
+    hub: &Hub,
+    message: Arc<Rendered>,
+    mut fetch: impl FnMut(&RoomId, MessageId, usize) -> Result<Vec<Message>, StoreError>,
+) -> Result<Published, StoreError> {
     let (mut fill, mut step) = GapFill::start(hub, message);
     loop {
         match step {
             GapStep::Done(outcome) => return Ok(outcome),
-            GapStep::Fetch { after, limit } => step = fill.fetched(hub, store.after(&fill.room, after, limit)?),
+            GapStep::Fetch { after, limit } => step = fill.fetched(hub, fetch(&fill.room, after, limit)?),
         }
     }
 }

@@ -162,3 +162,15 @@ pub trait AsyncStore: Send + Sync {
     /// [`Store::after`], awaited instead of blocking.
     fn after<'a>(&'a self, room: &'a RoomId, after: MessageId, limit: usize) -> StoreFuture<'a, Vec<Message>>;
 }
+
+/// The two calls a server makes while serving, through a driver bound to the calling
+/// thread: a green coroutine drives its database connection itself (`--db-mode native`
+/// on `green`), so the driver is neither `Send` nor `Sync`. The contract is [`Store`]'s;
+/// it blocks its caller, which means: parks the coroutine.
+pub trait LocalStore {
+    /// [`Store::append`], on this thread's driver.
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError>;
+
+    /// [`Store::after`], on this thread's driver.
+    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;
+}

@@ -416,7 +416,7 @@ async fn run_store(context: &Context, call: StoreCall) -> Option<StoreDone> {
     match context.db_mode {
         DbMode::Inline => Some(call.run(&*context.store)),
         DbMode::Native => {
-            let native = context.native.as_ref()?;
+            let Some(crate::NativeDriver::Async(native)) = context.native.as_ref() else { return None };
             let stored = match call.run_native(&**native).await {
                 Ok(stored) => stored,
                 Err(blocking) => {

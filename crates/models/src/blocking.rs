@@ -75,6 +75,23 @@ pub(crate) trait Wait {
 
     /// Adds a note to [`Wait::doing`] until the next request (an inline store call).
     fn doing_also(&self, _note: &'static str) {}
+
+    /// `--db-mode native`: what this way of waiting does with a store call. The OS-thread
+    /// models' default is the blocking driver on the connection's own thread.
+    fn run_native(&self, call: StoreCall, store: &dyn c10k_core::store::Store) -> NativeRun {
+        self.doing_also(" (store call on the connection's own thread)");
+        NativeRun::Done(call.run(store))
+    }
+}
+
+/// What [`Wait::run_native`] did with a store call.
+pub(crate) enum NativeRun {
+    /// Ran it to the end.
+    Done(StoreDone),
+    /// Stored and published it; telling the other workers may block: not on this thread.
+    Announce(c10k_core::chat::Stored),
+    /// It has no native form here: run it on the offload pool.
+    Offload(StoreCall),
 }
 
 impl Conn for std::net::TcpStream {
@@ -438,22 +455,40 @@ fn close_ws<S: Read + Write>(ws: &mut WebSocket<S>, why: &'static str) {
     let _ = ws.flush();
 }
 
-/// Runs a store call where `--db-mode` says: inline, or on the offload pool while this
-/// handler sleeps until the pool's job wakes it. `None` when the offload queue is full.
+/// Runs a store call where `--db-mode` says: inline, natively ([`Wait::run_native`]), or
+/// on the offload pool while this handler sleeps until the pool's job wakes it. `None`
+/// when the offload queue is full.
 fn run_store<W: Wait>(call: StoreCall, wait: &W, context: &Context) -> io::Result<Option<StoreDone>> {
-    // Native, on the models that use this driver, is the blocking driver on the
-    // connection's own thread (`NativeDb::OwnThread`): the same call as inline.
-    if matches!(context.db_mode, DbMode::Inline | DbMode::Native) {
-        wait.doing_also(" (store call inline, on the serving thread)");
-        return Ok(Some(call.run(&*context.store)));
-    }
+    let job: Box<dyn FnOnce() -> StoreDone + Send> = match context.db_mode {
+        DbMode::Inline => {
+            wait.doing_also(" (store call inline, on the serving thread)");
+            return Ok(Some(call.run(&*context.store)));
+        }
+        DbMode::Native => match wait.run_native(call, &*context.store) {
+            NativeRun::Done(done) => return Ok(Some(done)),
+            NativeRun::Announce(stored) => Box::new(move || stored.announce()),
+            NativeRun::Offload(call) => {
+                let store = Arc::clone(&context.store);
+                Box::new(move || call.run(&*store))
+            }
+        },
+        DbMode::Offload => {
+            let store = Arc::clone(&context.store);
+            Box::new(move || call.run(&*store))
+        }
+    };
+    offload(job, wait, context)
+}
+
+/// Runs `job` on the offload pool while this handler sleeps until the job wakes it.
+/// `None` when the pool's queue is full.
+fn offload<W: Wait>(job: Box<dyn FnOnce() -> StoreDone + Send>, wait: &W, context: &Context) -> io::Result<Option<StoreDone>> {
     let slot: Arc<Mutex<Option<StoreDone>>> = Arc::default();
     let waker = wait.waker();
     let job = {
         let slot = Arc::clone(&slot);
-        let store = Arc::clone(&context.store);
         Box::new(move || {
-            let done = call.run(&*store);
+            let done = job();
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
             waker.wake();
         })

@@ -75,6 +75,24 @@ pub enum NativeDb {
     /// The blocking driver, called on the connection's own thread: the same as
     /// [`DbMode::Inline`], which for a thread per connection stalls no one else.
     OwnThread,
+    /// A driver the model runs over its own scheduler (green: PostgreSQL over green
+    /// sockets); [`Context::native`] must be [`NativeDriver::Cooperative`].
+    Cooperative,
+}
+
+/// The driver of [`DbMode::Native`], as the binary opens it for the model.
+#[derive(Clone)]
+pub enum NativeDriver {
+    /// An async driver (`mysql_async`, `tokio-postgres`) for a model that awaits.
+    Async(Arc<dyn AsyncStore>),
+    /// What each event loop of a cooperative model makes its own driver from (it is
+    /// neither `Send` nor `Sync`, so it cannot be made once and shared).
+    Cooperative {
+        /// The `--db` URL.
+        url: String,
+        /// Its timeout, connections and demonstration sleep.
+        options: c10k_store::StoreOptions,
+    },
 }
 
 /// Everything a model needs besides its listener.
@@ -88,8 +106,8 @@ pub struct Context {
     pub offload: Arc<OffloadPool>,
     /// Where store calls run.
     pub db_mode: DbMode,
-    /// The async driver of [`DbMode::Native`] for a model that awaits ([`NativeDb::Async`]).
-    pub native: Option<Arc<dyn AsyncStore>>,
+    /// The driver of [`DbMode::Native`] for a model that has one besides its own thread.
+    pub native: Option<NativeDriver>,
     /// Fires once when the process should stop.
     pub shutdown: Shutdown,
 }

@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod circuit;
+mod cooperative;
 mod mysql;
 mod mysql_ledger;
 mod mysql_native;
@@ -50,6 +51,7 @@ use std::time::Duration;
 use c10k_core::store::{AsyncStore, Store, StoreError};
 
 pub use circuit::RETRY_EVERY;
+pub use cooperative::{CooperativePostgres, Parker};
 pub use mysql::MySqlStore;
 pub use mysql_native::MySqlNativeStore;
 pub use offload::{Busy, Job, OffloadPool};

@@ -72,7 +72,7 @@ const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
 const WRITE_VERSION: &str =
     "INSERT INTO c10k_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version";
 
-const APPEND: &str = "
+pub(crate) const APPEND: &str = "
     WITH next AS (
         INSERT INTO c10k_rooms AS r (room, last_id) VALUES ($1, 1)
         ON CONFLICT (room) DO UPDATE SET last_id = r.last_id + 1
@@ -81,12 +81,12 @@ const APPEND: &str = "
     INSERT INTO c10k_messages (room, id, body, sender, time_ms)
     SELECT $1, last_id, $2, $3, $4 FROM next
     RETURNING id";
-const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+pub(crate) const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
      WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3";
 const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
      WHERE room = $1 ORDER BY id DESC LIMIT $2";
 const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
-const SLEEP: &str = "SELECT pg_sleep($1)";
+pub(crate) const SLEEP: &str = "SELECT pg_sleep($1)";
 
 /// A connected client and its prepared statements.
 pub(crate) struct Live {
@@ -102,7 +102,7 @@ pub(crate) struct Live {
 
 /// The driver's configuration for a `postgres://` URL, and a description for messages
 /// that never shows the password.
-fn parse_url(url: &str, options: &StoreOptions) -> Result<(Config, String), StoreError> {
+pub(crate) fn parse_url(url: &str, options: &StoreOptions) -> Result<(Config, String), StoreError> {
     let mut config = Config::from_str(url).map_err(|e| {
         StoreError(format!(
             "cannot read the PostgreSQL URL: {e}; write postgres://USER[:PASSWORD]@HOST:PORT/DATABASE, \
@@ -216,15 +216,15 @@ pub(crate) fn classify(e: CallError, sent_append: bool) -> Failure {
     }
 }
 
-fn to_i64(value: u64, what: &str) -> Result<i64, Failure> {
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, Failure> {
     i64::try_from(value).map_err(|_| Failure::Query(StoreError(format!("{what} {value} is too large to store"))))
 }
 
-fn limit(limit: usize) -> i64 {
+pub(crate) fn limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-fn to_message(room: &RoomId, row: &tokio_postgres::Row) -> Result<Message, Failure> {
+pub(crate) fn to_message(room: &RoomId, row: &tokio_postgres::Row) -> Result<Message, Failure> {
     let unsigned = |value: i64, what: &str| {
         u64::try_from(value).map_err(|_| {
             Failure::Query(StoreError(format!(

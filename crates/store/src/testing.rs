@@ -104,6 +104,86 @@ impl ScratchDatabase {
         }
     }
 
+    /// Holds the row lock of `room`'s id counter in a transaction of its own until the
+    /// guard is dropped (then rolls back): an append to that room waits in the database,
+    /// a gate the test opens. The room must have a message already (its counter row).
+    pub fn hold_room(&self, room: &str) -> HeldRoom {
+        let (kind, url, room) = (self.kind, self.url.clone(), room.to_string());
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || match kind {
+            ServerKind::MySql => {
+                let mut conn = mysql_admin_conn(&url);
+                let locked = conn
+                    .query_drop("START TRANSACTION")
+                    .and_then(|()| conn.exec_drop("SELECT last_id FROM c10k_rooms WHERE room = ? FOR UPDATE", (&room,)));
+                let _ = held_tx.send(locked.map_err(|e| e.to_string()));
+                let _ = released.recv();
+                let _ = conn.query_drop("ROLLBACK");
+            }
+            ServerKind::Postgres => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                runtime.block_on(async {
+                    let config: tokio_postgres::Config = url.parse().expect("the scratch URL");
+                    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+                    let driver = tokio::spawn(connection);
+                    let locked = async {
+                        client.batch_execute("BEGIN").await?;
+                        client.execute("SELECT last_id FROM c10k_rooms WHERE room = $1 FOR UPDATE", &[&room]).await
+                    }
+                    .await;
+                    let _ = held_tx.send(locked.map(drop).map_err(|e| e.to_string()));
+                    // Blocking this thread is fine: it runs nothing else.
+                    let _ = released.recv();
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    drop(client);
+                    let _ = driver.await;
+                });
+            }
+        });
+        match held_rx.recv() {
+            Ok(Ok(())) => HeldRoom { release: Some(release), holder: Some(holder) },
+            Ok(Err(e)) => panic!("cannot lock the room's counter: {e}"),
+            Err(_) => panic!("the lock holder died before locking"),
+        }
+    }
+
+    /// Waits (polling, up to `limit`) until a session of this database waits for a row
+    /// lock, as an append to a [`ScratchDatabase::hold_room`] room does. False at the limit.
+    pub fn someone_waits_for_a_lock(&self, limit: std::time::Duration) -> bool {
+        let name = &self.name;
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            let waiting = match self.kind {
+                ServerKind::MySql => {
+                    // MariaDB's INNODB_TRX does not reliably list lock waits; the process
+                    // list does show a session inside the counter's bump, which while the
+                    // row is held can only be waiting for it.
+                    let mut conn = mysql_admin_conn(&self.server);
+                    let count: Option<u64> = conn
+                        .exec_first(
+                            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ? \
+                             AND INFO LIKE 'INSERT INTO c10k_rooms%'",
+                            (name,),
+                        )
+                        .unwrap_or_else(|e| panic!("listing {name}'s sessions: {e}"));
+                    count.unwrap_or(0) > 0
+                }
+                ServerKind::Postgres => {
+                    let sql = format!(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = '{name}' AND wait_event_type = 'Lock'"
+                    );
+                    admin_postgres_count(&self.server, &sql) > 0
+                }
+            };
+            if waiting {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10)); // poll the server's view
+        }
+        false
+    }
+
     /// Ends every session connected to this database from the server's side, as a
     /// database restart or an administrator would, and returns once the server has
     /// closed them all.
@@ -140,6 +220,33 @@ impl ScratchDatabase {
             assert!(std::time::Instant::now() < deadline, "{name}: {left} sessions still there after 10 s of killing");
             std::thread::sleep(std::time::Duration::from_millis(20)); // poll until the server has ended them
         }
+    }
+}
+
+/// A room's counter row locked by [`ScratchDatabase::hold_room`]; released on drop.
+#[derive(Debug)]
+pub struct HeldRoom {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldRoom {
+    /// Rolls the holding transaction back: waiting appends go on.
+    pub fn release(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        drop(self.release.take());
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.join();
+        }
+    }
+}
+
+impl Drop for HeldRoom {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

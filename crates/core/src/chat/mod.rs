@@ -23,13 +23,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
-use crate::gaps::{publish_filling_gaps, publish_filling_gaps_async};
+use crate::gaps::{publish_filling_gaps, publish_filling_gaps_async, publish_filling_gaps_local};
 use crate::hub::{Cursor, Hub};
 use crate::ledger::routes::LedgerCall;
 use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use crate::store::{AsyncStore, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
@@ -158,6 +158,23 @@ impl StoreCall {
     pub async fn run_native(self, store: &dyn AsyncStore) -> Result<Stored, StoreCall> {
         match self.0 {
             Job::Append(append) => Ok(append.run_native(store).await),
+            Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
+        }
+    }
+
+    /// [`StoreCall::run_native`] through a driver bound to the calling thread (a green
+    /// coroutine's own database connection): it blocks the caller, i.e. parks the
+    /// coroutine. A ledger operation comes back unrun, as there.
+    pub fn run_local(self, store: &dyn LocalStore) -> Result<Stored, StoreCall> {
+        match self.0 {
+            Job::Append(append) => {
+                let result = store.append(&append.room, &append.message).map(|message| {
+                    let rendered = Arc::new(Rendered::new(message));
+                    let _ = publish_filling_gaps_local(&append.hub, store, Arc::clone(&rendered));
+                    rendered
+                });
+                Ok(append.stored(result))
+            }
             Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
         }
     }

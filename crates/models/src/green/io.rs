@@ -18,8 +18,11 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
+use c10k_core::chat::StoreCall;
+use c10k_store::{CooperativePostgres, Parker};
+
 use super::scheduler::{Fiber, Park, Resumed};
-use crate::blocking::{self, Conn, Wait, Woke};
+use crate::blocking::{self, Conn, NativeRun, Wait, Woke};
 use crate::reactor::Interest;
 
 /// A socket whose blocking operations park the calling coroutine instead of the thread.
@@ -61,7 +64,7 @@ where
                     }
                     // Ready, deadline or a stray wake-up: the retry (and the deadline check
                     // above) decides what it meant.
-                    self.fiber.park(Park { socket: interest, deadline, wakeable: false });
+                    self.fiber.park(Park { socket: interest, other: None, deadline, wakeable: false });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 result => {
@@ -124,12 +127,35 @@ where
 /// How the driver sleeps on a coroutine: a park on the socket, a deadline and the waker.
 pub(crate) struct GreenWait<'f> {
     fiber: &'f Fiber<'f>,
+    /// The loop's PostgreSQL driver for `--db-mode native`.
+    native: Option<Rc<CooperativePostgres>>,
 }
 
 impl<'f> GreenWait<'f> {
     /// The sleep of the coroutine of `fiber`.
     pub(crate) fn new(fiber: &'f Fiber<'f>) -> GreenWait<'f> {
-        GreenWait { fiber }
+        GreenWait { fiber, native: None }
+    }
+
+    /// With the loop's database driver for `--db-mode native`.
+    pub(crate) fn with_native(mut self, native: Option<Rc<CooperativePostgres>>) -> GreenWait<'f> {
+        self.native = native;
+        self
+    }
+}
+
+/// The database driver's way to wait inside a coroutine: park on the driver's socket
+/// (registered with the loop for the length of the park), or yield once.
+struct FiberParker<'f>(&'f Fiber<'f>);
+
+impl Parker for FiberParker<'_> {
+    fn park(&self, fd: RawFd, writable: bool, deadline: Instant) {
+        let interest = if writable { Interest::BOTH } else { Interest::READABLE };
+        self.0.park(Park::other(fd, interest, deadline));
+    }
+
+    fn yield_now(&self) {
+        self.0.park(Park::yield_now());
     }
 }
 
@@ -150,7 +176,7 @@ impl Wait for GreenWait<'_> {
             Some((_, blocking::Interest::Read)) => Interest::READABLE,
             Some((_, blocking::Interest::ReadWrite)) => Interest::BOTH,
         };
-        Ok(match self.fiber.park(Park { socket: interest, deadline, wakeable: true }) {
+        Ok(match self.fiber.park(Park { socket: interest, other: None, deadline, wakeable: true }) {
             Resumed::Ready => Woke::Ready,
             Resumed::Deadline => Woke::Deadline,
             Resumed::Woken => Woke::Waker,
@@ -163,5 +189,20 @@ impl Wait for GreenWait<'_> {
 
     fn doing_also(&self, note: &'static str) {
         self.fiber.doing().note(note);
+    }
+
+    /// gevent's answer: the coroutine drives its own database connection over a
+    /// non-blocking socket and parks on it; the loop serves the others meanwhile.
+    fn run_native(&self, call: StoreCall, _store: &dyn c10k_core::store::Store) -> NativeRun {
+        let Some(pg) = &self.native else { return NativeRun::Offload(call) };
+        self.doing_also(" (store call on the coroutine's own database connection)");
+        let parker = FiberParker(self.fiber);
+        let local = pg.on(&parker);
+        match call.run_local(&local) {
+            Ok(stored) if stored.announce_may_block() => NativeRun::Announce(stored),
+            Ok(stored) => NativeRun::Done(stored.announce()),
+            // A ledger operation (locks, transactions) has no coroutine form.
+            Err(call) => NativeRun::Offload(call),
+        }
     }
 }

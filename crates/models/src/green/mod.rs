@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use c10k_store::CooperativePostgres;
+
 use tracing::{debug, error, info, warn};
 
 use self::coroutine::Stacks;
@@ -66,11 +68,11 @@ impl Model for GreenModel {
         "green"
     }
 
+    /// gevent's monkey patching for the database: each coroutine drives a PostgreSQL
+    /// connection over a non-blocking socket and parks on it (`c10k_store::CooperativePostgres`;
+    /// MySQL has no driver that can be given its socket, so it is refused at start).
     fn native_db(&self) -> Result<crate::NativeDb, String> {
-        Err("green's native way would be the blocking driver over green sockets (gevent's monkey patching); \
-             the mysql and postgres drivers open their own sockets, so it is not built: use --db-mode offload, \
-             or inline to see the stall"
-            .into())
+        Ok(crate::NativeDb::Cooperative)
     }
 
     fn serve(&self, listener: TcpListener, context: Context) -> stdio::Result<()> {
@@ -97,7 +99,14 @@ impl Model for GreenModel {
             watchdog_ms = self.watchdog.map(|w| w.as_millis() as u64),
             "green model: one thread, a coroutine per connection"
         );
+        let native = match (&context.db_mode, &context.native) {
+            (crate::DbMode::Native, Some(crate::NativeDriver::Cooperative { url, options })) => Some(Rc::new(
+                CooperativePostgres::new(url, options).map_err(|e| stdio::Error::other(e.to_string()))?,
+            )),
+            _ => None,
+        };
         let mut server = Server {
+            native,
             context: Rc::new(context),
             listener,
             scheduler: Scheduler::new(FIRST_COROUTINE, Stacks::new(self.stack_size, SPARE_STACKS)),
@@ -113,6 +122,8 @@ impl Model for GreenModel {
 
 /// The listener and the coroutines of one loop.
 struct Server {
+    /// This loop's database driver for `--db-mode native`.
+    native: Option<Rc<CooperativePostgres>>,
     context: Rc<Context>,
     listener: TcpListener,
     scheduler: Scheduler,
@@ -182,17 +193,19 @@ impl Server {
         let socket = Rc::new(stream);
         let first = Park {
             socket: Interest::READABLE,
+            other: None,
             deadline: Some(Instant::now() + self.context.app.limits().idle_timeout),
             wakeable: false,
         };
         let context = Rc::clone(&self.context);
+        let native = self.native.clone();
         let conn = Rc::clone(&socket);
         let spawned = self.scheduler.spawn(lp, &socket, first, move |fiber, why| {
             let _slot = slot;
             if why == Resumed::Deadline {
                 return; // connected, never said a word: the idle timeout
             }
-            let wait = GreenWait::new(fiber);
+            let wait = GreenWait::new(fiber).with_native(native);
             let stream = GreenStream::new(conn, fiber);
             if let Err(e) = serve_connection(stream, &wait, &context, &Giant::new(false)) {
                 debug!("connection ended: {e}");

@@ -39,6 +39,10 @@ use crate::reactor::{Event, Interest, Token};
 pub(crate) struct Park {
     /// Readiness of its socket ([`Interest::NONE`]: the socket does not matter).
     pub(crate) socket: Interest,
+    /// Readiness of another descriptor the coroutine is using for the moment (a database
+    /// connection driven from the coroutine, `--db-mode native`). Registered only for the
+    /// length of this park, so that the descriptor can move to another coroutine after.
+    pub(crate) other: Option<(RawFd, Interest)>,
     /// A time to be resumed at, at the latest.
     pub(crate) deadline: Option<Instant>,
     /// Whether its waker ends this park (`false` while it waits for its socket only).
@@ -49,7 +53,12 @@ impl Park {
     /// Runnable again on the next tick, after the descriptors ready in that tick have had
     /// their turn (a timer due now runs in the tick's step 4, after step 3's dispatch).
     pub(crate) fn yield_now() -> Park {
-        Park { socket: Interest::NONE, deadline: Some(Instant::now()), wakeable: false }
+        Park { socket: Interest::NONE, other: None, deadline: Some(Instant::now()), wakeable: false }
+    }
+
+    /// Parked on `fd` (not its own socket) becoming ready for `interest`, until `deadline`.
+    pub(crate) fn other(fd: RawFd, interest: Interest, deadline: Instant) -> Park {
+        Park { socket: Interest::NONE, other: Some((fd, interest)), deadline: Some(deadline), wakeable: false }
     }
 }
 
@@ -147,6 +156,8 @@ struct Task {
     /// another handle and drops it when it returns, before the scheduler hears of it).
     _socket: Rc<dyn AsRawFd>,
     registered: Interest,
+    /// The other descriptor registered for the current park, if any.
+    other_registered: Option<RawFd>,
     timer: Option<TimerKey>,
     /// Set while parked.
     park: Option<Park>,
@@ -210,6 +221,7 @@ impl Scheduler {
             fd,
             _socket: socket,
             registered: first.socket,
+            other_registered: None,
             timer: None,
             park: None,
             woken_meanwhile: false,
@@ -223,7 +235,11 @@ impl Scheduler {
     /// The socket of coroutine `event.token` is ready.
     pub(crate) fn on_ready<M: Send + 'static>(&mut self, lp: &mut Loop<M>, event: Event) {
         let Some(park) = self.parked(event.token) else { return };
-        let wanted = (park.socket.readable && event.readable) || (park.socket.writable && event.writable);
+        // An event for the token may be the other descriptor's: resume, the coroutine
+        // re-checks (as for any spurious readiness).
+        let wanted = park.other.is_some()
+            || (park.socket.readable && event.readable)
+            || (park.socket.writable && event.writable);
         if wanted {
             self.resume(lp, event.token, Resumed::Ready);
         }
@@ -262,6 +278,7 @@ impl Scheduler {
         let mut why = why;
         let finished = loop {
             task.park = None;
+            task.forget_other(lp, token);
             if why == Resumed::Woken {
                 task.woken_meanwhile = false;
             }
@@ -294,6 +311,7 @@ impl Scheduler {
         if let Some(key) = task.timer.take() {
             lp.cancel_timer(key);
         }
+        task.forget_other(lp, token);
         if let Err(e) = lp.deregister(task.fd) {
             debug!(token = token.0, "deregister: {e}");
         }
@@ -306,6 +324,16 @@ impl Scheduler {
 }
 
 impl Task {
+    /// Unregisters the other descriptor of the park that just ended, before the coroutine
+    /// runs (and may hand the descriptor to another coroutine).
+    fn forget_other<M: Send + 'static>(&mut self, lp: &mut Loop<M>, token: Token) {
+        if let Some(fd) = self.other_registered.take() {
+            if let Err(e) = lp.deregister(fd) {
+                debug!(token = token.0, fd, "deregister the other descriptor: {e}");
+            }
+        }
+    }
+
     /// Records `park` and makes the poller and the timers match it. False if the poller
     /// refused (the coroutine then ends).
     fn park_on<M: Send + 'static>(&mut self, lp: &mut Loop<M>, token: Token, park: Park) -> bool {
@@ -315,6 +343,13 @@ impl Task {
                 return false;
             }
             self.registered = park.socket;
+        }
+        if let Some((fd, interest)) = park.other {
+            if let Err(e) = lp.register(fd, token, interest) {
+                warn!(token = token.0, "cannot watch descriptor {fd} for its coroutine: {e}; closing the connection");
+                return false;
+            }
+            self.other_registered = Some(fd);
         }
         if self.timer.map(TimerKey::at) != park.deadline {
             if let Some(key) = self.timer.take() {
