@@ -100,6 +100,29 @@ impl Circuit {
         }
     }
 
+    /// What a call's result means for the circuit: a success closes it, a broken
+    /// connection opens it (after `on_broken`, which throws the connection away); a query
+    /// error (the database answered) leaves it as it is.
+    pub(crate) fn settle<T>(
+        &self,
+        result: Result<T, crate::pool::Failure>,
+        on_broken: impl FnOnce(),
+    ) -> Result<T, StoreError> {
+        use crate::pool::Failure;
+        match result {
+            Ok(value) => {
+                self.reset();
+                Ok(value)
+            }
+            Err(Failure::Query(e)) => Err(e),
+            Err(Failure::Stale(e) | Failure::Broken(e)) => {
+                on_broken();
+                self.trip(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Whether the circuit is open (the database was unreachable at the last try).
     #[cfg(test)]
     pub(crate) fn is_open(&self) -> bool {

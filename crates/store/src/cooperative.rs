@@ -36,6 +36,7 @@ use tokio_postgres::{Client, Config, Connection, NoTls, Statement};
 
 use crate::circuit::Circuit;
 use crate::pool::Failure;
+use crate::server::stored;
 use crate::postgres::{classify, parse_url, to_i64, to_message, limit, CallError, APPEND, AFTER, SLEEP};
 use crate::StoreOptions;
 
@@ -257,23 +258,16 @@ impl CooperativePostgres {
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let mut conn = self.checkout(parker, deadline)?;
-        match call(&mut conn, deadline) {
-            Ok(value) => {
-                self.idle.borrow_mut().push(conn);
-                self.circuit.reset();
-                Ok(value)
-            }
-            Err(Failure::Query(e)) => {
-                self.idle.borrow_mut().push(conn);
-                Err(e)
-            }
-            Err(Failure::Stale(e) | Failure::Broken(e)) => {
-                drop(conn);
-                self.open.set(self.open.get() - 1);
-                self.circuit.trip(&e);
-                Err(e)
-            }
+        let result = call(&mut conn, deadline);
+        let mut conn = Some(conn);
+        let settled = self.circuit.settle(result, || {
+            drop(conn.take()); // broken: thrown away
+            self.open.set(self.open.get() - 1);
+        });
+        if let Some(conn) = conn {
+            self.idle.borrow_mut().push(conn);
         }
+        settled
     }
 }
 
@@ -339,14 +333,7 @@ impl LocalStore for Calls<'_> {
             let call = conn.client.query_one(&conn.append, &params);
             let row = drive(&mut conn.connection, conn.fd, &conn.wants_write, self.parker, deadline, self.pg.timeout, call)
                 .map_err(|e| classify(e, true))?;
-            let id: i64 = row.get(0);
-            Ok(Message {
-                id: MessageId(id as u64),
-                room: room.clone(),
-                body: message.body.clone(),
-                from: message.from.clone(),
-                time_ms: message.time_ms,
-            })
+            Ok(stored(room, message, row.get::<_, i64>(0) as u64))
         })
     }
 

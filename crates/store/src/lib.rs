@@ -40,6 +40,7 @@ mod offload;
 mod pool;
 mod postgres;
 mod postgres_ledger;
+mod server;
 mod slow;
 mod sqlite;
 pub mod testing;

@@ -31,14 +31,12 @@ use mysql::{Conn, Opts, OptsBuilder};
 
 use crate::circuit::Circuit;
 use crate::pool::{Failure, Pool};
+use crate::server::{self, stored};
 use crate::StoreOptions;
 
 /// The SQL and the rules shared by the blocking and the native MySQL stores.
 pub(crate) mod sql {
     use c10k_core::store::{Message, MessageId, RoomId, StoreError};
-
-    /// The schema version this build writes; an older database is migrated to it.
-    pub const VERSION: u32 = 1;
 
     /// How many times an append is tried when InnoDB rolls it back for a deadlock or a
     /// lock-wait timeout (nothing was stored; trying again is safe).
@@ -121,31 +119,11 @@ pub(crate) mod sql {
         Message { id: MessageId(id), room: room.clone(), body, from, time_ms }
     }
 
-    /// A room name read back, checked.
-    pub fn room(name: String) -> Result<RoomId, StoreError> {
-        RoomId::new(&name).map_err(|_| {
-            StoreError(format!(
-                "the database holds a room named {name:?}, which c10k never writes; point --db at a \
-                 database of c10k's own"
-            ))
-        })
-    }
-
     /// The error for a counter row that its own transaction cannot read back.
     pub fn no_counter(room: &RoomId) -> StoreError {
         StoreError(format!("room {room}'s counter vanished inside its own transaction; check the database"))
     }
 
-    /// Refuses a database written by a newer c10k.
-    pub fn check_version(found: Option<u32>, what: &str) -> Result<(), StoreError> {
-        match found {
-            Some(v) if v > VERSION => Err(StoreError(format!(
-                "{what} has c10k schema version {v}, newer than this build understands ({VERSION}); \
-                 upgrade c10k, or point --db at another database"
-            ))),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// Messages in a MySQL or MariaDB database. Cheap to share behind an `Arc`; every method
@@ -219,7 +197,7 @@ fn connect_error(what: &str, e: mysql::Error) -> StoreError {
     ))
 }
 
-/// Creates the tables, or brings them to [`sql::VERSION`].
+/// Creates the tables, or brings them to [`server::VERSION`].
 fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreError> {
     let fail = |e: mysql::Error| {
         StoreError(format!("cannot create c10k's tables in {what}: {e}; the URL's user needs CREATE rights"))
@@ -236,9 +214,9 @@ fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreEr
             conn.query_drop(statement).map_err(fail)?;
         }
         let found: Option<u32> = conn.query_first(sql::READ_VERSION).map_err(fail)?;
-        sql::check_version(found, what)?;
-        if found != Some(sql::VERSION) {
-            conn.exec_drop(sql::WRITE_VERSION, (sql::VERSION,)).map_err(fail)?;
+        server::check_version(found, what)?;
+        if found != Some(server::VERSION) {
+            conn.exec_drop(sql::WRITE_VERSION, (server::VERSION,)).map_err(fail)?;
         }
         Ok(())
     })();
@@ -314,7 +292,7 @@ impl Store for MySqlStore {
 
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         let names: Vec<String> = self.pool.run(|conn| conn.query(sql::ROOMS).map_err(classify))?;
-        names.into_iter().map(sql::room).collect()
+        names.into_iter().map(server::room).collect()
     }
 
     fn ledger(&self) -> Option<&dyn c10k_core::ledger::LedgerStore> {
@@ -369,17 +347,6 @@ fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u
             }
             Err(AppendFailed::Before(e))
         }
-    }
-}
-
-/// The message as stored under `id`.
-pub(crate) fn stored(room: &RoomId, message: &NewMessage, id: u64) -> Message {
-    Message {
-        id: MessageId(id),
-        room: room.clone(),
-        body: message.body.clone(),
-        from: message.from.clone(),
-        time_ms: message.time_ms,
     }
 }
 

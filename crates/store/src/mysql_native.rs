@@ -13,7 +13,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts};
 
 use crate::circuit::Circuit;
-use crate::mysql::{ambiguous, sql, stored};
+use crate::mysql::{ambiguous, sql};
+use crate::server::stored;
 use crate::pool::Failure;
 use crate::StoreOptions;
 
@@ -74,17 +75,8 @@ impl MySqlNativeStore {
                 self.timeout.as_secs_f64()
             )))),
         };
-        match result {
-            Ok(value) => {
-                self.circuit.reset();
-                Ok(value)
-            }
-            Err(Failure::Query(e)) => Err(e),
-            Err(Failure::Stale(e) | Failure::Broken(e)) => {
-                self.circuit.trip(&e);
-                Err(e)
-            }
-        }
+        // mysql_async's pool checks a connection that comes back after an error itself.
+        self.circuit.settle(result, || {})
     }
 
     async fn sleep(&self, conn: &mut Conn) -> Result<(), Failure> {

@@ -39,7 +39,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::circuit::Circuit;
-use crate::mysql::sql::{check_version, room as checked_room, VERSION};
+use crate::server::{check_version, room as checked_room, stored, VERSION};
 use crate::pool::{Failure, Pool};
 use crate::StoreOptions;
 
@@ -258,14 +258,7 @@ impl Live {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&room.as_str(), &message.body, &message.from, &time_ms];
         let row = within(timeout, self.client.query_one(&self.append, &params)).await.map_err(|e| classify(e, true))?;
-        let id: i64 = row.get(0);
-        Ok(Message {
-            id: MessageId(id as u64),
-            room: room.clone(),
-            body: message.body.clone(),
-            from: message.from.clone(),
-            time_ms: message.time_ms,
-        })
+        Ok(stored(room, message, row.get::<_, i64>(0) as u64))
     }
 
     async fn after(&self, room: &RoomId, after: MessageId, count: usize, timeout: Duration) -> Result<Vec<Message>, Failure> {
@@ -536,22 +529,12 @@ impl PostgresNativeStore {
 
     /// What a call's result means for its connection and the circuit.
     fn settle<T>(&self, slot: &Slot, live: &Arc<Live>, result: Result<T, Failure>) -> Result<T, StoreError> {
-        match result {
-            Ok(value) => {
-                self.circuit.reset();
-                Ok(value)
+        self.circuit.settle(result, || {
+            let mut held = slot.live.lock().unwrap_or_else(|p| p.into_inner());
+            if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, live)) {
+                *held = None;
             }
-            Err(Failure::Query(e)) => Err(e),
-            Err(Failure::Stale(e) | Failure::Broken(e)) => {
-                let mut held = slot.live.lock().unwrap_or_else(|p| p.into_inner());
-                if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, live)) {
-                    *held = None;
-                }
-                drop(held);
-                self.circuit.trip(&e);
-                Err(e)
-            }
-        }
+        })
     }
 }
 

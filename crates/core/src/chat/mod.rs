@@ -165,6 +165,8 @@ impl StoreCall {
     /// [`StoreCall::run_native`] through a driver bound to the calling thread (a green
     /// coroutine's own database connection): it blocks the caller, i.e. parks the
     /// coroutine. A ledger operation comes back unrun, as there.
+    // The error is the call itself, handed back unrun (and moved, never copied).
+    #[allow(clippy::result_large_err)]
     pub fn run_local(self, store: &dyn LocalStore) -> Result<Stored, StoreCall> {
         match self.0 {
             Job::Append(append) => {
