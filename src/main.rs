@@ -21,7 +21,7 @@ use c10k_core::ledger::{Ledger, Locking};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
 use c10k_core::store::Store;
-use c10k_models::reactor::PollerKind;
+use c10k_models::event::PollerKind;
 use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, NativeDb, NativeDriver, Shutdown, MODEL_NAMES};
 use c10k_store::{OffloadPool, StoreOptions};
 

@@ -10,7 +10,7 @@
 //! | `threads` ([`threads`]) | Apache 2: a thread per connection | the thread blocks in `read` or `poll(2)` |
 //! | `pool` ([`pool`]) | Apache 2's worker MPM: a bounded pool | a worker blocks for its connection's life |
 //! | `prefork` ([`prefork`]) | Apache 1: processes, prefork | a worker process blocks in `accept`, then on its one connection |
-//! | `reactor` ([`reactor_model`], pollers in [`reactor`]) | nginx, Twisted, Tornado: select/poll/epoll + callbacks | one thread waits in the poller; each connection is a callback |
+//! | `reactor` ([`reactor`], pollers and loop in [`event`]) | nginx, Twisted, Tornado: select/poll/epoll + callbacks | one thread waits in the poller; each connection is a callback |
 //! | `green` ([`green`]) | Stackless, gevent: "custom thread libraries: I/O-based schedulers" | a coroutine parks on the reactor's loop; the thread waits in the poller |
 //!
 //! The blocking models share one connection driver (`blocking.rs`) written as straight-line
@@ -32,11 +32,11 @@ mod acceptor;
 pub mod async_tokio;
 mod blocking;
 mod common;
+pub mod event;
 pub mod green;
 pub mod pool;
 pub mod prefork;
 pub mod reactor;
-pub mod reactor_model;
 mod shutdown;
 mod sys;
 mod thread_wait;
@@ -126,7 +126,7 @@ pub struct ModelOptions {
     /// One global lock around all application handling (`threads`, `pool`).
     pub giant_lock: bool,
     /// The OS poller of the event loop (`reactor`, `green`).
-    pub poller: reactor::PollerKind,
+    pub poller: event::PollerKind,
     /// Callbacks (or coroutine resumes) that hold the event loop longer than this are
     /// logged and counted (`reactor`, `green`); `None` turns the watchdog off.
     pub watchdog: Option<std::time::Duration>,
@@ -172,7 +172,7 @@ pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
             options.giant_lock,
         ))),
         "prefork" => Some(Box::new(prefork::PreforkModel::new())),
-        "reactor" => Some(Box::new(reactor_model::ReactorModel::new(options.poller, options.watchdog))),
+        "reactor" => Some(Box::new(reactor::ReactorModel::new(options.poller, options.watchdog))),
         "green" => Some(Box::new(green::GreenModel::new(options.poller, options.watchdog, options.stack_size))),
         _ => None,
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use c10k_core::chat::{App, Config};
 use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use c10k_models::green::GreenModel;
-use c10k_models::reactor::PollerKind;
+use c10k_models::event::PollerKind;
 use c10k_models::{Context, DbMode, Model, Shutdown};
 use c10k_store::{OffloadPool, SqliteStore};
 

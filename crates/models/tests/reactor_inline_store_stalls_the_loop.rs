@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use c10k_models::reactor::PollerKind;
+use c10k_models::event::PollerKind;
 use c10k_models::DbMode;
 use support::{connect, get_request, metric, post_request, read_response, send, Gate, HookedStore, InProcess};
 

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
-use c10k_models::reactor::{Interest, Poller, PollerKind, Select, Token};
+use c10k_models::event::{Interest, Poller, PollerKind, Select, Token};
 use support::{connect, get_request, read_response, send, InProcess};
 
 /// The tests below change the whole process's descriptor table: one at a time.

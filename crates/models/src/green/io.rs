@@ -23,7 +23,7 @@ use c10k_store::{CooperativePostgres, Parker};
 
 use super::scheduler::{Fiber, Park, Resumed};
 use crate::blocking::{self, Conn, NativeRun, Wait, Woke};
-use crate::reactor::Interest;
+use crate::event::Interest;
 
 /// A socket whose blocking operations park the calling coroutine instead of the thread.
 /// The socket itself is always in `O_NONBLOCK` mode.

@@ -7,7 +7,7 @@
 //! The pieces: `coroutine.rs` switches stacks (corosensei) and nothing else; `scheduler.rs`
 //! parks and resumes coroutines from the event loop's callbacks; `io.rs` is the stream and
 //! the sleep the blocking driver runs on. This file accepts connections and starts a
-//! coroutine for each, as `reactor_model.rs` does a state machine.
+//! coroutine for each, as `reactor.rs` does a state machine.
 #![forbid(unsafe_code)]
 
 mod coroutine;
@@ -33,8 +33,8 @@ use self::scheduler::{Park, Resumed, Scheduler};
 use crate::acceptor::refuse;
 use crate::blocking::{serve_connection, Giant};
 use crate::common::ConnectionSlot;
-use crate::reactor::event_loop::{Handler, Loop, Watchdog};
-use crate::reactor::{self, Interest, PollerKind, Token};
+use crate::event::event_loop::{Handler, Loop, Watchdog};
+use crate::event::{self, Interest, PollerKind, Token};
 use crate::{Context, Model};
 
 /// The listening socket's token (readable: accept; timer: resume accepting after EMFILE).
@@ -136,7 +136,7 @@ struct Server {
 impl Handler for Server {
     type Message = ();
 
-    fn on_ready(&mut self, lp: &mut Loop<()>, event: reactor::Event) {
+    fn on_ready(&mut self, lp: &mut Loop<()>, event: event::Event) {
         match event.token {
             LISTENER => self.on_acceptable(lp),
             _ => self.scheduler.on_ready(lp, event),

@@ -31,8 +31,8 @@ use std::time::Instant;
 use tracing::{debug, error, warn};
 
 use super::coroutine::{Coroutine, Stacks, Step, Suspend};
-use crate::reactor::event_loop::{Loop, TimerKey};
-use crate::reactor::{Event, Interest, Token};
+use crate::event::event_loop::{Loop, TimerKey};
+use crate::event::{Event, Interest, Token};
 
 /// What a parked coroutine waits for; the first of them to happen resumes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use super::coroutine::Stacks;
 use super::io::{GreenStream, GreenWait};
 use super::scheduler::{Fiber, Park, Resumed, Scheduler};
 use crate::blocking::{Conn, Wait, Woke};
-use crate::reactor::event_loop::{Handler, Loop, SlowCallback, Watchdog};
-use crate::reactor::{Event, PollerKind, Token};
+use crate::event::event_loop::{Handler, Loop, SlowCallback, Watchdog};
+use crate::event::{Event, PollerKind, Token};
 
 /// Runs the scheduler's coroutines on a loop until all of them have ended.
 struct Harness {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use c10k_core::chat::{App, Config};
 use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
-use c10k_models::reactor::PollerKind;
-use c10k_models::reactor_model::ReactorModel;
+use c10k_models::event::PollerKind;
+use c10k_models::reactor::ReactorModel;
 use c10k_models::{Context, DbMode, Model, Shutdown};
 use c10k_store::{OffloadPool, SqliteStore};
 

@@ -1,4 +1,4 @@
-//! The poller contract of `reactor/mod.rs`, checked on each poller: one function per
+//! The poller contract of `event/mod.rs`, checked on each poller: one function per
 //! promise, run once per poller by `poller_contract!` (as ripgrep's `rgtest!` runs a test
 //! once per regex engine). Sockets are Unix socket pairs: no network at all.
 //!
@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use c10k_models::reactor::{Epoll, Event, Interest, PollPoller, Poller, Select, Token};
+use c10k_models::event::{Epoll, Event, Interest, PollPoller, Poller, Select, Token};
 
 /// Long enough that only a broken poller reaches it.
 const BOUND: Duration = Duration::from_secs(10);

@@ -24,8 +24,8 @@ use tungstenite::Message as WsMessage;
 
 use crate::acceptor::refuse;
 use crate::common::{date, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
-use crate::reactor::event_loop::{Handler, Loop, TimerKey, Watchdog};
-use crate::reactor::{self, Interest, PollerKind, Token};
+use crate::event::event_loop::{Handler, Loop, TimerKey, Watchdog};
+use crate::event::{self, Interest, PollerKind, Token};
 use crate::{Context, DbMode, Model};
 
 /// The listening socket's token (readable: accept; timer: resume accepting after EMFILE).
@@ -140,7 +140,7 @@ struct Cx<'a> {
 impl Handler for Server {
     type Message = StoreDone;
 
-    fn on_ready(&mut self, lp: &mut Loop<StoreDone>, event: reactor::Event) {
+    fn on_ready(&mut self, lp: &mut Loop<StoreDone>, event: event::Event) {
         match event.token {
             LISTENER => self.on_acceptable(lp),
             token => self.with_conn(lp, token, |conn, cx| conn.on_ready(cx, event)),
@@ -356,7 +356,7 @@ impl Conn {
 
     // ---- The callbacks the server dispatches to -------------------------------------------
 
-    fn on_ready(&mut self, cx: &mut Cx<'_>, event: reactor::Event) {
+    fn on_ready(&mut self, cx: &mut Cx<'_>, event: event::Event) {
         if let State::WebSocket { readable, .. } = &mut self.state {
             // One pump for both directions.
             *readable |= event.readable;

@@ -1,5 +1,6 @@
-//! The reactor: one thread, one OS poller, callbacks. Three pollers behind one contract,
-//! and the event loop that drives them (`event_loop.rs`).
+//! The event machinery of the models that wait in one OS poller (`reactor`, `green`),
+//! named for what it is, as nginx's `src/event/`: three pollers behind one contract, and
+//! the event loop that drives them (`event_loop.rs`).
 //!
 //! The pollers are the ones the talk names: `select(2)` ([`Select`], `select.rs`),
 //! `poll(2)` ([`PollPoller`], `poll.rs`) and `epoll(7)` ([`Epoll`], `epoll.rs`). Each is one

@@ -389,7 +389,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::reactor::PollerKind;
+    use crate::event::PollerKind;
 
     /// Records every callback; stops when told to.
     #[derive(Default)]
