@@ -10,30 +10,23 @@ use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use c10k_core::chat::{EventStream, LongPoll, Outcome, StoreCall, StoreDone, StreamStatus, WsAction, WsSession};
 use c10k_core::http::{Encoding, Event, ProtocolError, Request, RequestDecoder, Response, StatusCode};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
 
-use crate::acceptor::refuse;
 use crate::common::{date, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
-use crate::event::event_loop::{Handler, Loop, TimerKey, Watchdog};
+use crate::event::event_loop::{Loop, TimerKey};
+use crate::event::shell::{self, Connections, Refused, FIRST_CONNECTION};
 use crate::event::{self, Interest, PollerKind, Token};
 use crate::{Context, DbMode, Model};
 
-/// The listening socket's token (readable: accept; timer: resume accepting after EMFILE).
-const LISTENER: Token = Token(0);
-/// The shutdown signal's waker.
-const SHUTDOWN: Token = Token(1);
-/// Connections are numbered from here, and numbers are never reused.
-const FIRST_CONNECTION: usize = 2;
 
 /// One read buffer for the whole loop: only one callback runs at a time.
 const READ_BUFFER: usize = 64 * 1024;
@@ -76,57 +69,33 @@ impl Model for ReactorModel {
     }
 
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
-        listener.set_nonblocking(true)?;
-        crate::acceptor::keep_reserve_descriptor();
-        let poller = self
-            .poller
-            .open()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open the {} poller: {e}", self.poller)))?;
-        let app = Arc::clone(&context.app);
-        let watchdog = Watchdog::new(self.watchdog, move |_| {
-            app.metrics().slow_callbacks.inc();
-        });
-        let mut lp: Loop<StoreDone> = Loop::new(poller, watchdog);
-        lp.register(listener.as_raw_fd(), LISTENER, Interest::READABLE)?;
-        let shutdown_waker = lp.waker(SHUTDOWN);
-        if context.shutdown.poll(&shutdown_waker).is_ready() {
-            return Ok(());
-        }
-        let caps = lp.capabilities();
-        info!(
-            poller = caps.name,
-            max_fd = ?caps.max_fd,
-            db_mode = ?context.db_mode,
-            watchdog_ms = self.watchdog.map(|w| w.as_millis() as u64),
-            "reactor model: one thread, callbacks on readiness"
-        );
-        let mut server = Server {
-            context,
-            listener,
-            conns: HashMap::new(),
-            next_token: FIRST_CONNECTION,
-            open: Arc::new(AtomicUsize::new(0)),
-            buf: vec![0; READ_BUFFER].into_boxed_slice(),
-            shutdown_waker,
-            poller_refusals: 0,
-        };
-        lp.run(&mut server)?;
-        info!(open = server.conns.len(), "reactor model: stopped; closing the open connections");
-        Ok(())
+        let (app, shutdown) = (Arc::clone(&context.app), context.shutdown.clone());
+        let watchdog = self.watchdog;
+        shell::serve("reactor", self.poller, watchdog, listener, app, shutdown, |lp| {
+            let caps = lp.capabilities();
+            info!(
+                poller = caps.name,
+                max_fd = ?caps.max_fd,
+                db_mode = ?context.db_mode,
+                watchdog_ms = watchdog.map(|w| w.as_millis() as u64),
+                "reactor model: one thread, callbacks on readiness"
+            );
+            Ok(Server {
+                context,
+                conns: HashMap::new(),
+                next_token: FIRST_CONNECTION,
+                buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            })
+        })
     }
 }
 
-/// Everything the loop serves: the listener and the connections, by token.
+/// The connections the loop serves, by token.
 struct Server {
     context: Context,
-    listener: TcpListener,
     conns: HashMap<Token, Conn>,
     next_token: usize,
-    open: Arc<AtomicUsize>,
     buf: Box<[u8]>,
-    shutdown_waker: Waker,
-    /// Connections the poller could not watch (select past FD_SETSIZE), for the log.
-    poller_refusals: u64,
 }
 
 /// What a connection's callbacks get besides the connection: the loop, the application,
@@ -137,38 +106,45 @@ struct Cx<'a> {
     buf: &'a mut [u8],
 }
 
-impl Handler for Server {
+impl Connections for Server {
     type Message = StoreDone;
 
-    fn on_ready(&mut self, lp: &mut Loop<StoreDone>, event: event::Event) {
-        match event.token {
-            LISTENER => self.on_acceptable(lp),
-            token => self.with_conn(lp, token, |conn, cx| conn.on_ready(cx, event)),
+    fn start(&mut self, lp: &mut Loop<StoreDone>, stream: TcpStream, slot: ConnectionSlot) -> Result<(), Refused> {
+        let fd = stream.as_raw_fd();
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(error) = lp.register(fd, token, Interest::READABLE) {
+            // select(2) past FD_SETSIZE: never write past the fd_set; answer and close.
+            return Err(Refused { stream, error, why: "this server cannot watch more connections; try again shortly" });
         }
+        self.conns.insert(token, Conn::new(token, stream, fd, slot, &self.context));
+        // Only arm the idle timer: the request is read in a callback of its own when the
+        // poller reports it, so that the watchdog times (and names) each connection's
+        // work apart from the accept loop's.
+        self.with_conn(lp, token, |conn, cx| conn.parse(cx));
+        Ok(())
+    }
+
+    fn on_ready(&mut self, lp: &mut Loop<StoreDone>, event: event::Event) {
+        self.with_conn(lp, event.token, |conn, cx| conn.on_ready(cx, event));
     }
 
     fn on_timer(&mut self, lp: &mut Loop<StoreDone>, token: Token) {
-        match token {
-            LISTENER => self.resume_accepting(lp),
-            token => self.with_conn(lp, token, |conn, cx| conn.on_timer(cx)),
-        }
+        self.with_conn(lp, token, |conn, cx| conn.on_timer(cx));
     }
 
     fn on_woken(&mut self, lp: &mut Loop<StoreDone>, token: Token) {
-        match token {
-            SHUTDOWN => {
-                if self.context.shutdown.poll(&self.shutdown_waker).is_ready() {
-                    lp.stop();
-                }
-            }
-            token => self.with_conn(lp, token, |conn, cx| conn.on_woken(cx)),
-        }
+        self.with_conn(lp, token, |conn, cx| conn.on_woken(cx));
     }
 
     fn on_message(&mut self, lp: &mut Loop<StoreDone>, token: Token, done: StoreDone) {
         // A connection that closed meanwhile is simply gone: its message is stored and
         // published all the same (inside `StoreCall::run`).
         self.with_conn(lp, token, |conn, cx| conn.on_store_done(cx, done));
+    }
+
+    fn open(&self) -> usize {
+        self.conns.len()
     }
 }
 
@@ -186,54 +162,6 @@ impl Server {
                 conn.close(lp);
             }
         }
-    }
-
-    fn on_acceptable(&mut self, lp: &mut Loop<StoreDone>) {
-        for stream in lp.accept_batch(&self.listener, LISTENER, &self.context.app) {
-            self.on_accepted(lp, stream);
-        }
-    }
-
-    fn resume_accepting(&mut self, lp: &mut Loop<StoreDone>) {
-        if let Err(e) = lp.reregister(self.listener.as_raw_fd(), LISTENER, Interest::READABLE) {
-            warn!("cannot resume accepting: {e}");
-        }
-        self.on_acceptable(lp);
-    }
-
-    fn on_accepted(&mut self, lp: &mut Loop<StoreDone>, stream: TcpStream) {
-        if let Err(e) = stream.set_nonblocking(true) {
-            debug!("cannot make an accepted socket non-blocking: {e}");
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let Some(slot) = ConnectionSlot::take(&self.open, &self.context.app) else {
-            refuse(stream, &self.context.app.busy("too many connections; try again shortly"));
-            return;
-        };
-        let fd = stream.as_raw_fd();
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        if let Err(e) = lp.register(fd, token, Interest::READABLE) {
-            // select(2) past FD_SETSIZE: never write past the fd_set; answer and close.
-            self.poller_refusals += 1;
-            // The first, then every 1024th: a flood of connections must not flood the log.
-            if self.poller_refusals == 1 || self.poller_refusals.trailing_zeros() >= 10 {
-                error!(
-                    poller = lp.capabilities().name,
-                    fd,
-                    refused_so_far = self.poller_refusals,
-                    "cannot watch a new connection: {e}; answered it 503 and closed it"
-                );
-            }
-            refuse(stream, &self.context.app.busy("this server cannot watch more connections; try again shortly"));
-            return;
-        }
-        self.conns.insert(token, Conn::new(token, stream, fd, slot, &self.context));
-        // Only arm the idle timer: the request is read in a callback of its own when the
-        // poller reports it, so that the watchdog times (and names) each connection's
-        // work apart from the accept loop's.
-        self.with_conn(lp, token, |conn, cx| conn.parse(cx));
     }
 }
 

@@ -66,6 +66,7 @@
 
 mod epoll;
 pub(crate) mod event_loop;
+pub(crate) mod shell;
 mod poll;
 mod select;
 

@@ -16,33 +16,23 @@ mod scheduler;
 
 use std::io as stdio;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use c10k_store::CooperativePostgres;
-
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info};
 
 use self::coroutine::Stacks;
 use self::io::{GreenStream, GreenWait};
 use self::scheduler::{Park, Resumed, Scheduler};
-use crate::acceptor::refuse;
 use crate::blocking::{serve_connection, Giant};
 use crate::common::ConnectionSlot;
-use crate::event::event_loop::{Handler, Loop, Watchdog};
+use crate::event::event_loop::Loop;
+use crate::event::shell::{self, Connections, Refused, FIRST_CONNECTION};
 use crate::event::{self, Interest, PollerKind, Token};
 use crate::{Context, Model};
 
-/// The listening socket's token (readable: accept; timer: resume accepting after EMFILE).
-const LISTENER: Token = Token(0);
-/// The shutdown signal's waker.
-const SHUTDOWN: Token = Token(1);
-/// Coroutines are numbered from here, and numbers are never reused.
-const FIRST_COROUTINE: usize = 2;
 /// Stacks of finished coroutines kept for the next connections.
 const SPARE_STACKS: usize = 64;
 
@@ -76,120 +66,45 @@ impl Model for GreenModel {
     }
 
     fn serve(&self, listener: TcpListener, context: Context) -> stdio::Result<()> {
-        listener.set_nonblocking(true)?;
-        crate::acceptor::keep_reserve_descriptor();
-        let poller = self
-            .poller
-            .open()
-            .map_err(|e| stdio::Error::new(e.kind(), format!("cannot open the {} poller: {e}", self.poller)))?;
-        let app = Arc::clone(&context.app);
-        let watchdog = Watchdog::new(self.watchdog, move |_| {
-            app.metrics().slow_callbacks.inc();
-        });
-        let mut lp: Loop<()> = Loop::new(poller, watchdog);
-        lp.register(listener.as_raw_fd(), LISTENER, Interest::READABLE)?;
-        let shutdown_waker = lp.waker(SHUTDOWN);
-        if context.shutdown.poll(&shutdown_waker).is_ready() {
-            return Ok(());
-        }
-        info!(
-            poller = lp.capabilities().name,
-            stack_size = self.stack_size,
-            db_mode = ?context.db_mode,
-            watchdog_ms = self.watchdog.map(|w| w.as_millis() as u64),
-            "green model: one thread, a coroutine per connection"
-        );
-        let native = match (&context.db_mode, &context.native) {
-            (crate::DbMode::Native, Some(crate::NativeDriver::Cooperative { url, options })) => Some(Rc::new(
-                CooperativePostgres::new(url, options).map_err(|e| stdio::Error::other(e.to_string()))?,
-            )),
-            _ => None,
-        };
-        let mut server = Server {
-            native,
-            context: Rc::new(context),
-            listener,
-            scheduler: Scheduler::new(FIRST_COROUTINE, Stacks::new(self.stack_size, SPARE_STACKS)),
-            open: Arc::new(AtomicUsize::new(0)),
-            shutdown_waker,
-            refusals: 0,
-        };
-        lp.run(&mut server)?;
-        info!(open = server.scheduler.len(), "green model: stopped; unwinding the open connections");
-        Ok(())
+        let (app, shutdown) = (Arc::clone(&context.app), context.shutdown.clone());
+        let (watchdog, stack_size) = (self.watchdog, self.stack_size);
+        shell::serve("green", self.poller, watchdog, listener, app, shutdown, |lp| {
+            info!(
+                poller = lp.capabilities().name,
+                stack_size,
+                db_mode = ?context.db_mode,
+                watchdog_ms = watchdog.map(|w| w.as_millis() as u64),
+                "green model: one thread, a coroutine per connection"
+            );
+            let native = match (&context.db_mode, &context.native) {
+                (crate::DbMode::Native, Some(crate::NativeDriver::Cooperative { url, options })) => Some(Rc::new(
+                    CooperativePostgres::new(url, options).map_err(|e| stdio::Error::other(e.to_string()))?,
+                )),
+                _ => None,
+            };
+            Ok(Server {
+                native,
+                context: Rc::new(context),
+                scheduler: Scheduler::new(FIRST_CONNECTION, Stacks::new(stack_size, SPARE_STACKS)),
+            })
+        })
     }
 }
 
-/// The listener and the coroutines of one loop.
+/// The coroutines of one loop.
 struct Server {
     /// This loop's database driver for `--db-mode native`.
     native: Option<Rc<CooperativePostgres>>,
     context: Rc<Context>,
-    listener: TcpListener,
     scheduler: Scheduler,
-    open: Arc<AtomicUsize>,
-    shutdown_waker: Waker,
-    /// Connections that got no coroutine (no stack, or the poller refused), for the log.
-    refusals: u64,
 }
 
-impl Handler for Server {
+impl Connections for Server {
     type Message = ();
 
-    fn on_ready(&mut self, lp: &mut Loop<()>, event: event::Event) {
-        match event.token {
-            LISTENER => self.on_acceptable(lp),
-            _ => self.scheduler.on_ready(lp, event),
-        }
-    }
-
-    fn on_timer(&mut self, lp: &mut Loop<()>, token: Token) {
-        match token {
-            LISTENER => {
-                if let Err(e) = lp.reregister(self.listener.as_raw_fd(), LISTENER, Interest::READABLE) {
-                    warn!("cannot resume accepting: {e}");
-                }
-                self.on_acceptable(lp);
-            }
-            _ => self.scheduler.on_timer(lp, token),
-        }
-    }
-
-    fn on_woken(&mut self, lp: &mut Loop<()>, token: Token) {
-        match token {
-            SHUTDOWN => {
-                if self.context.shutdown.poll(&self.shutdown_waker).is_ready() {
-                    lp.stop();
-                }
-            }
-            _ => self.scheduler.on_woken(lp, token),
-        }
-    }
-
-    fn on_message(&mut self, _: &mut Loop<()>, _: Token, (): ()) {
-        // Nothing is posted: store results come back through the coroutine's waker.
-    }
-}
-
-impl Server {
-    fn on_acceptable(&mut self, lp: &mut Loop<()>) {
-        for stream in lp.accept_batch(&self.listener, LISTENER, &self.context.app) {
-            self.on_accepted(lp, stream);
-        }
-    }
-
     /// Starts a coroutine for `stream`, parked until its first bytes arrive or it has been
-    /// idle too long; answers 503 at the connection cap or when it cannot have one.
-    fn on_accepted(&mut self, lp: &mut Loop<()>, stream: TcpStream) {
-        if let Err(e) = stream.set_nonblocking(true) {
-            debug!("cannot make an accepted socket non-blocking: {e}");
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let Some(slot) = ConnectionSlot::take(&self.open, &self.context.app) else {
-            refuse(stream, &self.context.app.busy("too many connections; try again shortly"));
-            return;
-        };
+    /// idle too long.
+    fn start(&mut self, lp: &mut Loop<()>, stream: TcpStream, slot: ConnectionSlot) -> Result<(), Refused> {
         let socket = Rc::new(stream);
         let first = Park {
             socket: Interest::READABLE,
@@ -211,21 +126,34 @@ impl Server {
                 debug!("connection ended: {e}");
             }
         });
-        if let Err(e) = spawned {
-            // The body was dropped unrun, so this is the only handle left.
-            self.refusals += 1;
-            if self.refusals == 1 || self.refusals.trailing_zeros() >= 10 {
-                error!(
-                    poller = lp.capabilities().name,
-                    stack_size = self.scheduler.stack_size(),
-                    refused_so_far = self.refusals,
-                    "cannot start a coroutine for a new connection: {e}; answered it 503 and closed it"
-                );
-            }
-            if let Ok(stream) = Rc::try_unwrap(socket) {
-                refuse(stream, &self.context.app.busy("this server cannot take more connections; try again shortly"));
-            }
-        }
+        let Err(error) = spawned else { return Ok(()) };
+        // The body was dropped unrun, so this is the only handle left.
+        let stream = Rc::try_unwrap(socket).map_err(|_| ()).expect("the unrun coroutine held no other handle");
+        let error = stdio::Error::new(
+            error.kind(),
+            format!("no coroutine (stack of {} bytes): {error}", self.scheduler.stack_size()),
+        );
+        Err(Refused { stream, error, why: "this server cannot take more connections; try again shortly" })
+    }
+
+    fn on_ready(&mut self, lp: &mut Loop<()>, event: event::Event) {
+        self.scheduler.on_ready(lp, event);
+    }
+
+    fn on_timer(&mut self, lp: &mut Loop<()>, token: Token) {
+        self.scheduler.on_timer(lp, token);
+    }
+
+    fn on_woken(&mut self, lp: &mut Loop<()>, token: Token) {
+        self.scheduler.on_woken(lp, token);
+    }
+
+    fn on_message(&mut self, _: &mut Loop<()>, _: Token, (): ()) {
+        // Nothing is posted: store results come back through the coroutine's waker.
+    }
+
+    fn open(&self) -> usize {
+        self.scheduler.len()
     }
 }
 
