@@ -88,6 +88,10 @@ impl Model for AsyncModel {
         "async"
     }
 
+    fn flags(&self) -> &'static [crate::Flag] {
+        &[crate::Flag::Threads]
+    }
+
     /// `mysql_async` / `tokio-postgres`, awaited by the connection's task.
     fn native_db(&self) -> Result<crate::NativeDb, String> {
         Ok(crate::NativeDb::Async)

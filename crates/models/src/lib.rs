@@ -112,24 +112,101 @@ pub struct Context {
     pub shutdown: Shutdown,
 }
 
-/// Options every model understands; each takes what applies to it.
-#[derive(Debug, Clone)]
+/// The model flags as given on the command line: `None` (or `false`) where a flag was not
+/// given and the model's default applies. Each model says which it takes
+/// ([`Model::flags`]); [`by_name`] refuses the others, naming the models that take them.
+#[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
-    /// Serving threads, for the models that have a fixed number (`async`: tokio workers,
-    /// `pool`: workers). 0 picks the model's default.
-    pub threads: usize,
-    /// Stack size in bytes of each connection's thread or coroutine (`threads`, `pool`,
-    /// `green`).
-    pub stack_size: usize,
-    /// Accepted connections that may wait for a `pool` worker before 503.
-    pub queue: usize,
-    /// One global lock around all application handling (`threads`, `pool`).
+    /// `--threads`: serving threads, for the models that have a fixed number (`async`:
+    /// tokio workers, default one per core; `pool`: workers, default 64).
+    pub threads: Option<usize>,
+    /// `--stack-size`: bytes of stack of each connection's thread or coroutine (`threads`,
+    /// `pool`, `green`; default [`DEFAULT_STACK_SIZE`]).
+    pub stack_size: Option<usize>,
+    /// `--queue`: accepted connections that may wait for a `pool` worker before 503
+    /// (default [`DEFAULT_QUEUE`]).
+    pub queue: Option<usize>,
+    /// `--giant-lock`: one global lock around all application handling (`threads`, `pool`).
     pub giant_lock: bool,
-    /// The OS poller of the event loop (`reactor`, `green`).
-    pub poller: event::PollerKind,
-    /// Callbacks (or coroutine resumes) that hold the event loop longer than this are
-    /// logged and counted (`reactor`, `green`); `None` turns the watchdog off.
-    pub watchdog: Option<std::time::Duration>,
+    /// `--poller`: the OS poller of the event loop (`reactor`, `green`; default epoll).
+    pub poller: Option<event::PollerKind>,
+    /// `--watchdog-ms`: callbacks (or coroutine resumes) that hold the event loop longer
+    /// are logged and counted (`reactor`, `green`; default [`DEFAULT_WATCHDOG_MS`]; 0: off).
+    pub watchdog_ms: Option<u64>,
+}
+
+/// A model flag of [`ModelOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    /// `--threads`.
+    Threads,
+    /// `--stack-size`.
+    StackSize,
+    /// `--queue`.
+    Queue,
+    /// `--giant-lock`.
+    GiantLock,
+    /// `--poller`.
+    Poller,
+    /// `--watchdog-ms`.
+    WatchdogMs,
+}
+
+impl Flag {
+    /// As written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::Threads => "--threads",
+            Flag::StackSize => "--stack-size",
+            Flag::Queue => "--queue",
+            Flag::GiantLock => "--giant-lock",
+            Flag::Poller => "--poller",
+            Flag::WatchdogMs => "--watchdog-ms",
+        }
+    }
+}
+
+/// The stack of a connection's thread or coroutine when `--stack-size` is not given.
+pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+/// How many connections may wait for a `pool` worker when `--queue` is not given.
+pub const DEFAULT_QUEUE: usize = 1024;
+/// The event loop's watchdog threshold when `--watchdog-ms` is not given.
+pub const DEFAULT_WATCHDOG_MS: u64 = 100;
+
+impl ModelOptions {
+    /// The flags that were given.
+    fn given(&self) -> Vec<Flag> {
+        let mut given = Vec::new();
+        let pairs = [
+            (self.threads.is_some(), Flag::Threads),
+            (self.stack_size.is_some(), Flag::StackSize),
+            (self.queue.is_some(), Flag::Queue),
+            (self.giant_lock, Flag::GiantLock),
+            (self.poller.is_some(), Flag::Poller),
+            (self.watchdog_ms.is_some(), Flag::WatchdogMs),
+        ];
+        for (is_given, flag) in pairs {
+            if is_given {
+                given.push(flag);
+            }
+        }
+        given
+    }
+
+    fn stack_size(&self) -> usize {
+        self.stack_size.unwrap_or(DEFAULT_STACK_SIZE)
+    }
+
+    fn poller(&self) -> event::PollerKind {
+        self.poller.unwrap_or(event::PollerKind::Epoll)
+    }
+
+    fn watchdog(&self) -> Option<std::time::Duration> {
+        match self.watchdog_ms.unwrap_or(DEFAULT_WATCHDOG_MS) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
 }
 
 /// A concurrency model: serves the application on a listener until shutdown.
@@ -150,6 +227,11 @@ pub trait Model {
         ))
     }
 
+    /// The model flags this model takes ([`ModelOptions`]); [`by_name`] refuses the rest.
+    fn flags(&self) -> &'static [Flag] {
+        &[]
+    }
+
     /// Whether the model only makes sense as worker processes under the prefork master
     /// (`prefork`: one connection per process), even with `--workers 1`.
     fn forks(&self) -> bool {
@@ -160,20 +242,103 @@ pub trait Model {
 /// The names `--model` accepts, for `--help` and error messages.
 pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork", "reactor", "green"];
 
-/// The model called `name`, or `None` if there is no such model.
-pub fn by_name(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
-    match name {
-        "async" => Some(Box::new(async_tokio::AsyncModel::new(options.threads))),
-        "threads" => Some(Box::new(threads::ThreadsModel::new(options.stack_size, options.giant_lock))),
-        "pool" => Some(Box::new(pool::PoolModel::new(
-            options.threads,
-            options.queue,
-            options.stack_size,
+/// The model called `name`, built from `options`: refused, saying what to do, when there
+/// is no such model, when a flag was given that it does not take (naming the models that
+/// take it), or when a value is out of range.
+pub fn by_name(name: &str, options: &ModelOptions) -> Result<Box<dyn Model>, String> {
+    let model = build(name, options)
+        .ok_or_else(|| format!("unknown model {name:?}; choose one of: {}", MODEL_NAMES.join(", ")))?;
+    for flag in options.given() {
+        if !model.flags().contains(&flag) {
+            let defaults = ModelOptions::default();
+            let takers: Vec<&str> = MODEL_NAMES
+                .iter()
+                .copied()
+                .filter(|other| build(other, &defaults).is_some_and(|m| m.flags().contains(&flag)))
+                .collect();
+            return Err(format!(
+                "{} applies to the {} model{}, not {name:?}",
+                flag.name(),
+                join_and(&takers),
+                if takers.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    if options.threads == Some(0) {
+        return Err("--threads must be at least 1 (leave it out for the model's default)".into());
+    }
+    if options.queue == Some(0) {
+        return Err("--queue must be at least 1".into());
+    }
+    Ok(model)
+}
+
+/// "a", "a and b", "a, b and c".
+fn join_and(names: &[&str]) -> String {
+    match names {
+        [] => "no".to_string(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+fn build(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
+    let threads = options.threads.unwrap_or(0);
+    let stack_size = options.stack_size();
+    Some(match name {
+        "async" => Box::new(async_tokio::AsyncModel::new(threads)),
+        "threads" => Box::new(threads::ThreadsModel::new(stack_size, options.giant_lock)),
+        "pool" => Box::new(pool::PoolModel::new(
+            threads,
+            options.queue.unwrap_or(DEFAULT_QUEUE),
+            stack_size,
             options.giant_lock,
-        ))),
-        "prefork" => Some(Box::new(prefork::PreforkModel::new())),
-        "reactor" => Some(Box::new(reactor::ReactorModel::new(options.poller, options.watchdog))),
-        "green" => Some(Box::new(green::GreenModel::new(options.poller, options.watchdog, options.stack_size))),
-        _ => None,
+        )),
+        "prefork" => Box::new(prefork::PreforkModel::new()),
+        "reactor" => Box::new(reactor::ReactorModel::new(options.poller(), options.watchdog())),
+        "green" => Box::new(green::GreenModel::new(options.poller(), options.watchdog(), stack_size)),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_the_model_does_not_take_is_refused_naming_the_models_that_do() {
+        let giant = ModelOptions { giant_lock: true, ..ModelOptions::default() };
+        let err = by_name("reactor", &giant).err().expect("refused");
+        assert_eq!(err, "--giant-lock applies to the threads and pool models, not \"reactor\"");
+        let poller = ModelOptions { poller: Some(event::PollerKind::Poll), ..ModelOptions::default() };
+        let err = by_name("async", &poller).err().expect("refused");
+        assert_eq!(err, "--poller applies to the reactor and green models, not \"async\"");
+        let queue = ModelOptions { queue: Some(8), ..ModelOptions::default() };
+        assert_eq!(by_name("threads", &queue).err().unwrap(), "--queue applies to the pool model, not \"threads\"");
+    }
+
+    #[test]
+    fn every_model_takes_its_own_flags_and_builds_with_none() {
+        for name in MODEL_NAMES {
+            let model = by_name(name, &ModelOptions::default()).expect("builds with defaults");
+            assert_eq!(model.name(), *name);
+        }
+        let all = ModelOptions {
+            threads: Some(2),
+            stack_size: Some(128 * 1024),
+            queue: Some(4),
+            giant_lock: true,
+            ..ModelOptions::default()
+        };
+        assert!(by_name("pool", &all).is_ok());
+        let event = ModelOptions { poller: Some(event::PollerKind::Select), watchdog_ms: Some(0), stack_size: Some(65536), ..ModelOptions::default() };
+        assert!(by_name("green", &event).is_ok());
+    }
+
+    #[test]
+    fn unknown_models_and_zero_counts_say_what_to_do() {
+        assert!(by_name("nosuch", &ModelOptions::default()).err().unwrap().contains("choose one of: async"));
+        let zero = ModelOptions { threads: Some(0), ..ModelOptions::default() };
+        assert!(by_name("async", &zero).err().unwrap().contains("at least 1"));
     }
 }

@@ -46,6 +46,10 @@ impl Model for PoolModel {
         "pool"
     }
 
+    fn flags(&self) -> &'static [crate::Flag] {
+        &[crate::Flag::Threads, crate::Flag::Queue, crate::Flag::StackSize, crate::Flag::GiantLock]
+    }
+
     /// A connection's own thread blocks in the driver, as it blocks in `read`.
     fn native_db(&self) -> Result<crate::NativeDb, String> {
         Ok(crate::NativeDb::OwnThread)

@@ -62,6 +62,10 @@ impl Model for ReactorModel {
         "reactor"
     }
 
+    fn flags(&self) -> &'static [crate::Flag] {
+        &[crate::Flag::Poller, crate::Flag::WatchdogMs]
+    }
+
     fn native_db(&self) -> Result<crate::NativeDb, String> {
         Err("the reactor has no database driver written as callbacks on its loop (Twisted's answer was \
              the same: put the blocking driver on threads); use --db-mode offload, or inline to see the stall"

@@ -39,6 +39,10 @@ impl Model for ThreadsModel {
         "threads"
     }
 
+    fn flags(&self) -> &'static [crate::Flag] {
+        &[crate::Flag::StackSize, crate::Flag::GiantLock]
+    }
+
     /// A connection's own thread blocks in the driver, as it blocks in `read`.
     fn native_db(&self) -> Result<crate::NativeDb, String> {
         Ok(crate::NativeDb::OwnThread)

@@ -58,6 +58,10 @@ impl Model for GreenModel {
         "green"
     }
 
+    fn flags(&self) -> &'static [crate::Flag] {
+        &[crate::Flag::Poller, crate::Flag::WatchdogMs, crate::Flag::StackSize]
+    }
+
     /// gevent's monkey patching for the database: each coroutine drives a PostgreSQL
     /// connection over a non-blocking socket and parks on it (`c10k_store::CooperativePostgres`;
     /// MySQL has no driver that can be given its socket, so it is refused at start).
