@@ -264,7 +264,7 @@ fn reserved_descriptors(limit: u64) -> u64 {
 /// allows. Raises this process's soft open-files limit to the hard one (as Go's runtime
 /// and nginx's `worker_rlimit_nofile` do), so the cap, not EMFILE, decides who gets 503.
 fn connection_cap(asked: Option<usize>) -> usize {
-    let limit = c10k_load::raise_open_files_limit();
+    let limit = c10k_sys::raise_open_files_limit();
     let allowed = limit.map(|limit| limit.saturating_sub(reserved_descriptors(limit)).max(1));
     match (asked, allowed) {
         (Some(asked), Some(allowed)) if asked as u64 > allowed => {

@@ -51,7 +51,6 @@ pub use error::LoadError;
 pub use report::Report;
 pub use scenarios::Scenario;
 /// Shared with the server binary (`c10k serve` raises its limit the same way).
-pub use sys::raise_open_files_limit;
 
 /// Everything one run needs: where, what, and its bounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,7 +112,7 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         )));
     }
     config.scenario.validate()?;
-    sys::raise_open_files_limit();
+    c10k_sys::raise_open_files_limit();
     let runtime = build_runtime(config.client_threads)?;
     runtime.block_on(scenarios::run(config))
 }

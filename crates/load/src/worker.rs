@@ -89,7 +89,7 @@ pub fn main() -> ExitCode {
     if let Err(e) = crate::target::check_loopback(job.target.ip()) {
         return fail(e.to_string());
     }
-    crate::sys::raise_open_files_limit();
+    c10k_sys::raise_open_files_limit();
     let runtime = match crate::build_runtime(job.client_threads) {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),

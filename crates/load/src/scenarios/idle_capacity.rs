@@ -39,7 +39,7 @@ pub(crate) async fn run(ctx: &Ctx, config: &IdleConfig) -> Result<Findings, Load
     let after = broadcast::last_id(ctx, &room).await?;
     // Before the subscribers: a server at its connection cap must still take the post.
     let poster = broadcast::open_poster(ctx).await?;
-    let files = crate::sys::raise_open_files_limit().unwrap_or(1024);
+    let files = c10k_sys::raise_open_files_limit().unwrap_or(1024);
     let per_process = config.per_process.unwrap_or(files.saturating_sub(FD_RESERVE).max(1) as usize);
     let source_count = config.source_addrs.unwrap_or(config.connections.div_ceil(PER_SOURCE)).max(1);
     let sources: Vec<IpAddr> = if source_count > 1 {
