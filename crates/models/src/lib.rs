@@ -35,6 +35,7 @@ mod common;
 pub mod green;
 pub mod pool;
 pub mod prefork;
+pub mod process;
 pub mod reactor;
 pub mod reactor_model;
 mod shutdown;

@@ -28,7 +28,7 @@ use crate::hub::{Cursor, Hub};
 use crate::ledger::routes::LedgerCall;
 use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics, ProcessSampler, ServerInfo};
 use crate::store::{AsyncStore, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
@@ -52,13 +52,25 @@ pub struct Config {
     pub seed: [u8; 32],
     /// The bank of `/api/bank` and its `--locking` strategy (see [`Ledger::new`]).
     pub ledger: Arc<Ledger>,
+    /// What the info metric `c10k_server_info` names (model, poller, store).
+    pub server: ServerInfo,
+    /// Reads the process's CPU, memory and descriptors for `/metrics` (the binary's; the
+    /// core does no I/O). `None`: no `process_*` metrics.
+    pub process: Option<Arc<dyn ProcessSampler>>,
 }
 
 impl Config {
     /// The documented defaults, with the given entropy (and an in-memory ledger with a lock
     /// per account).
     pub fn with_seed(seed: [u8; 32]) -> Config {
-        Config { limits: Limits::default(), history: 200, seed, ledger: Arc::new(Ledger::in_memory(Locking::Fine)) }
+        Config {
+            limits: Limits::default(),
+            history: 200,
+            seed,
+            ledger: Arc::new(Ledger::in_memory(Locking::Fine)),
+            server: ServerInfo::default(),
+            process: None,
+        }
     }
 }
 
@@ -145,7 +157,10 @@ impl StoreCall {
     pub fn run(self, store: &dyn Store) -> StoreDone {
         match self.0 {
             Job::Append(append) => append.run(store),
-            Job::Ledger(call) => StoreDone(Done::Ledger(call.run(store))),
+            Job::Ledger(call) => {
+                let route = call.route();
+                StoreDone(Done::Ledger(call.run(store).timed(route)))
+            }
         }
     }
 
@@ -297,7 +312,7 @@ impl App {
         App {
             hub: Arc::new(Hub::new(config.history)),
             xsrf: xsrf::Xsrf::new(config.seed),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(config.server.clone(), config.process.clone()),
             config,
             on_stored: OnceLock::new(),
         }
@@ -363,20 +378,15 @@ impl App {
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
             ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
             ["metrics"] if get => {
-                let body = self.metrics.render(self.hub.waiting());
+                let format = Format::negotiate(request.headers.get("accept"));
+                let body = self.metrics.render(self.hub.waiting(), format);
                 self.reply(
                     "metrics",
-                    Response::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+                    Response::with_body(StatusCode::OK, format.content_type(), body).header("Vary", "Accept"),
                 )
             }
-            ["a", "message", "new"] if post => {
-                self.metrics.request("tornado_new");
-                self.tornado_new(&request, now)
-            }
-            ["a", "message", "updates"] if post => {
-                self.metrics.request("tornado_updates");
-                self.tornado_updates(&request, now)
-            }
+            ["a", "message", "new"] if post => self.routed("tornado_new", self.tornado_new(&request, now)),
+            ["a", "message", "updates"] if post => self.routed("tornado_updates", self.tornado_updates(&request, now)),
             ["api", "rooms"] if get => {
                 let rooms: Vec<_> =
                     self.hub.rooms().into_iter().map(|(r, last)| json!({"room": r, "last_id": last})).collect();
@@ -388,14 +398,8 @@ impl App {
                     Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &e.to_string())),
                 };
                 match (*rest, get, post) {
-                    ("messages", true, _) => {
-                        self.metrics.request("api_poll");
-                        self.native_poll(&request, room, now)
-                    }
-                    ("messages", _, true) => {
-                        self.metrics.request("api_post");
-                        self.native_post(&request, room, now)
-                    }
+                    ("messages", true, _) => self.routed("api_poll", self.native_poll(&request, room, now)),
+                    ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, now)),
                     ("events", true, _) => {
                         self.metrics.request("api_events");
                         self.events(&request, room)
@@ -446,10 +450,12 @@ impl App {
         };
         match then {
             AfterStore::TornadoNew { redirect: Some(next) } => {
-                Response::new(StatusCode::FOUND).header("Location", next)
+                Response::new(StatusCode::FOUND).header("Location", next).timed("tornado_new")
             }
-            AfterStore::TornadoNew { redirect: None } => json_response(StatusCode::OK, posted.tornado_json.clone()),
-            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()),
+            AfterStore::TornadoNew { redirect: None } => {
+                json_response(StatusCode::OK, posted.tornado_json.clone()).timed("tornado_new")
+            }
+            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()).timed("api_post"),
             AfterStore::WebSocketAck { .. } => {
                 api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
             }
@@ -458,7 +464,17 @@ impl App {
 
     fn reply(&self, route: &'static str, response: Response) -> Outcome {
         self.metrics.request(route);
-        Outcome::Reply(response)
+        Outcome::Reply(response.timed(route))
+    }
+
+    /// Counts a request to `route`; an immediate answer is timed under its name (a store
+    /// call's or a long-poll's answer is named where it is made).
+    fn routed(&self, route: &'static str, outcome: Outcome) -> Outcome {
+        self.metrics.request(route);
+        match outcome {
+            Outcome::Reply(response) => Outcome::Reply(response.timed(route)),
+            other => other,
+        }
     }
 
     /// Validates a post's fields into a message to store.

@@ -43,6 +43,16 @@ pub(crate) enum PollStyle {
     Native,
 }
 
+impl PollStyle {
+    /// The route's name in the metrics.
+    fn route(self) -> &'static str {
+        match self {
+            PollStyle::Tornado => "tornado_updates",
+            PollStyle::Native => "api_poll",
+        }
+    }
+}
+
 /// A long-poll: answers as soon as there is something to send, or at its deadline.
 ///
 /// Order: [`LongPoll::poll`] with your waker until it is `Ready`; if your timer reaches
@@ -68,12 +78,16 @@ impl LongPoll {
 
     /// The response, once there is something to send.
     pub fn poll(&mut self, waker: &Waker) -> Poll<Response> {
-        self.subscription.poll_next(waker).map(|batch| batch_response(self.style, self.subscription.room(), &batch))
+        let route = self.style.route();
+        self.subscription
+            .poll_next(waker)
+            .map(|batch| batch_response(self.style, self.subscription.room(), &batch).timed(route))
     }
 
     /// The response when the deadline passed with nothing to send.
     pub fn timeout(self) -> Response {
-        match self.style {
+        let route = self.style.route();
+        let response = match self.style {
             // Tornado's chat.js throws on an empty list and backs off: send no list.
             PollStyle::Tornado => json_response(StatusCode::OK, "{}".to_string()),
             PollStyle::Native => {
@@ -84,7 +98,8 @@ impl LongPoll {
                     &Batch { messages: Vec::new(), reset: false, last_id },
                 )
             }
-        }
+        };
+        response.timed(route)
     }
 }
 
