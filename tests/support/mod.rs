@@ -26,3 +26,9 @@ pub use serde_json::{json, Value};
 /// How a model is chosen on the command line, e.g. `&["--model", "async"]`, plus any
 /// extra arguments that model takes (`&["--model", "reactor", "--poller", "epoll"]`).
 pub type Model = &'static [&'static str];
+
+/// Whether the model runs as several processes (`--workers N`, `prefork`), each with its
+/// own memory: what is kept per process (idempotency keys) does not hold across them.
+pub fn several_processes(model: Model) -> bool {
+    model.iter().any(|a| *a == "--workers" || *a == "prefork")
+}

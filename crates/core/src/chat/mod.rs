@@ -10,6 +10,7 @@
 //! application and the concurrency models.
 
 pub mod form;
+mod idempotency;
 mod page;
 pub mod render;
 mod stream;
@@ -33,7 +34,9 @@ use crate::store::{AsyncStore, LocalStore, Message, MessageId, NewMessage, RoomI
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
+use idempotency::{Begin, Claim, Replays};
 use stream::{batch_response, PollStyle};
+pub use idempotency::{MAX_KEYS as MAX_IDEMPOTENCY_KEYS, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN};
 pub use stream::{EventStream, LongPoll, StreamStatus, WsAction, WsSession};
 
 /// The longest message body accepted, in characters.
@@ -140,13 +143,21 @@ struct Append {
     posted: Counter,
     on_stored: Option<OnStored>,
     then: AfterStore,
+    /// The post's idempotency key, claimed: told the outcome once the append has run.
+    claim: Option<Claim>,
 }
 
 impl StoreCall {
-    pub(crate) fn append(app: &App, room: RoomId, message: NewMessage, then: AfterStore) -> StoreCall {
+    pub(crate) fn append(
+        app: &App,
+        room: RoomId,
+        message: NewMessage,
+        then: AfterStore,
+        claim: Option<Claim>,
+    ) -> StoreCall {
         let posted = app.metrics.messages_posted.clone();
         let on_stored = app.on_stored.get().cloned();
-        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then }))
+        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then, claim }))
     }
 
     /// Runs the call. Blocks for as long as the store (or a ledger lock) does.
@@ -222,6 +233,12 @@ impl Append {
     }
 
     fn stored(self, result: Result<Arc<Rendered>, StoreError>) -> Stored {
+        // Recorded as soon as it is durable and published here, before the poster is
+        // answered: a retry that overtakes the answer finds it. On an error the claim is
+        // dropped, which releases the key for a retry.
+        if let (Some(claim), Ok(rendered)) = (self.claim, &result) {
+            claim.stored(rendered);
+        }
         Stored { result, posted: self.posted, on_stored: self.on_stored, then: self.then }
     }
 }
@@ -297,6 +314,32 @@ pub struct App {
     metrics: Metrics,
     config: Config,
     on_stored: OnceLock<OnStored>,
+    replays: Arc<Replays>,
+}
+
+/// Why a keyed post is answered without a store call.
+#[derive(Debug)]
+pub(crate) enum NotStored {
+    /// The key is not 1 to 128 visible ASCII characters.
+    BadKey,
+    /// A post with this key is being stored right now.
+    InFlight,
+    /// The key was used for another message.
+    Mismatch,
+    /// Stored before as this message (a replay).
+    Replay(Arc<Rendered>),
+}
+
+impl NotStored {
+    /// What the client is told (for the error cases).
+    pub(crate) fn why(&self) -> &'static str {
+        match self {
+            NotStored::BadKey => "the idempotency key must be 1 to 128 visible ASCII characters (a UUID, say)",
+            NotStored::InFlight => "a post with this idempotency key is being stored right now; retry in a moment",
+            NotStored::Mismatch => "this idempotency key was used for another message; use a new key for a new message",
+            NotStored::Replay(_) => "already stored",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -315,6 +358,7 @@ impl App {
             metrics: Metrics::new(config.server.clone(), config.process.clone()),
             config,
             on_stored: OnceLock::new(),
+            replays: Arc::default(),
         }
     }
 
@@ -477,6 +521,29 @@ impl App {
         }
     }
 
+    /// Claims a post's idempotency key (if it has one): `Ok` means store it (with the
+    /// claim), `Err` answer without storing.
+    pub(crate) fn claim_key(
+        &self,
+        room: &RoomId,
+        key: Option<&str>,
+        message: &NewMessage,
+    ) -> Result<Option<Claim>, NotStored> {
+        let Some(key) = key else { return Ok(None) };
+        if !idempotency::valid_key(key) {
+            return Err(NotStored::BadKey);
+        }
+        match self.replays.begin(room, key, message) {
+            Begin::New(claim) => Ok(Some(claim)),
+            Begin::InFlight => Err(NotStored::InFlight),
+            Begin::Mismatch => Err(NotStored::Mismatch),
+            Begin::Stored(rendered) => {
+                self.metrics.posts_replayed.inc();
+                Err(NotStored::Replay(rendered))
+            }
+        }
+    }
+
     /// Validates a post's fields into a message to store.
     pub(crate) fn validate_post(&self, body: String, from: String, now_ms: u64) -> Result<NewMessage, &'static str> {
         if body.trim().is_empty() {
@@ -540,7 +607,7 @@ impl App {
             }
         };
         let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms };
-        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }))
+        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }, None))
     }
 
     fn tornado_updates(&self, request: &Request, now: Now) -> Outcome {
@@ -605,9 +672,22 @@ impl App {
             Some(serde_json::Value::String(s)) => s,
             Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
         };
-        match self.validate_post(body, from, now.unix_ms) {
-            Ok(message) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost)),
-            Err(why) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
+        let message = match self.validate_post(body, from, now.unix_ms) {
+            Ok(message) => message,
+            Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
+        };
+        match self.claim_key(&room, request.headers.get("idempotency-key"), &message) {
+            Ok(claim) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost, claim)),
+            Err(NotStored::Replay(stored)) => Outcome::Reply(
+                json_response(StatusCode::CREATED, stored.json.clone()).header("Idempotent-Replayed", "true"),
+            ),
+            Err(refused @ NotStored::BadKey) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, refused.why())),
+            Err(refused @ NotStored::InFlight) => {
+                Outcome::Reply(api_error(StatusCode::CONFLICT, refused.why()).header("Retry-After", "1"))
+            }
+            Err(refused @ NotStored::Mismatch) => {
+                Outcome::Reply(api_error(StatusCode::UNPROCESSABLE_ENTITY, refused.why()))
+            }
         }
     }
 
