@@ -328,6 +328,13 @@ impl WsSession {
                 claim,
             )),
             Err(super::NotStored::Replay(stored)) => WsAction::Reply(ack_frame(&reference, &stored)),
+            Err(refused @ super::NotStored::InFlight) => {
+                let mut frame = json!({ "type": "error", "error": refused.why(), "retry": true });
+                if let Some(r) = reference {
+                    frame["ref"] = r;
+                }
+                WsAction::Reply(to_json(&frame))
+            }
             Err(refused) => WsAction::Reply(error_frame(refused.why(), reference)),
         }
     }
