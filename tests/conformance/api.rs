@@ -316,10 +316,7 @@ pub fn get_after_an_id_no_longer_held_never_skips_silently(model: Model) {
 /// `Idempotent-Replayed: true`, and stored once; the same key for another body is 422, a
 /// malformed key 400; keys are per room.
 pub fn a_post_retried_with_its_idempotency_key_is_stored_once(model: Model) {
-    if several_processes(model) {
-        // A shortcut of the server, documented in docs/protocol.md: the key table is per
-        // process, and a retry may reach another worker.
-        eprintln!("skipped: idempotency keys are remembered per process, and {model:?} runs several");
+    if skipped_with_several_processes(model, "the idempotency key table") {
         return;
     }
     let server = Server::start(model);

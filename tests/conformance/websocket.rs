@@ -236,10 +236,7 @@ pub fn after_an_id_no_longer_held_never_skips_silently(model: Model) {
 /// A post frame sent again with the same `key` (on a new socket, as after a reconnect) is
 /// acked with the message stored the first time, and not stored or broadcast again.
 pub fn a_post_resent_with_its_key_is_stored_once(model: Model) {
-    if several_processes(model) {
-        // A shortcut of the server, documented in docs/protocol.md: the key table is per
-        // process, and a retry may reach another worker.
-        eprintln!("skipped: idempotency keys are remembered per process, and {model:?} runs several");
+    if skipped_with_several_processes(model, "the idempotency key table") {
         return;
     }
     let server = Server::start(model);
