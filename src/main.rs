@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::info;
 
 use c10k_core::chat::{App, Config};
+use c10k_core::metrics::ServerInfo;
 use c10k_core::ledger::{Ledger, Locking};
 use c10k_core::limits::Limits;
 use c10k_bus::{Bus, LocalRelay};
@@ -420,11 +421,30 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
     }
     let ledger = Arc::new(ledger);
     info!(locking = %ledger.locking(), balances = ledger.describe(), "ledger");
-    let config = Config { limits: limits.clone(), history: args.history.max(1), seed: seed()?, ledger };
+    let config = Config {
+        limits: limits.clone(),
+        history: args.history.max(1),
+        seed: seed()?,
+        ledger,
+        server: server_info(args),
+        process: Some(Arc::new(c10k_models::process::ProcSelf::new())),
+    };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
     let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
     Ok((store, app, offload, native))
+}
+
+/// What the info metric names: the model, its poller (the event-loop models' only), the
+/// store's kind.
+fn server_info(args: &ServeArgs) -> ServerInfo {
+    let poller = match (args.model.as_str(), args.poller) {
+        ("reactor" | "green", Some(PollerArg::Select)) => "select",
+        ("reactor" | "green", Some(PollerArg::Poll)) => "poll",
+        ("reactor" | "green", _) => "epoll",
+        _ => "none",
+    };
+    ServerInfo { model: args.model.clone(), poller: poller.into(), store: c10k_store::kind_of(&args.db).into() }
 }
 
 /// The one line on standard output: tests and scripts read the port from it.

@@ -6,8 +6,12 @@
 //! (typing, pressing Send) and markup in a message stays text; rooms keep their messages
 //! apart; the status line names the transport, also when the page falls back to SSE or to
 //! long-polling; after a server restart on the same port the page resumes with every
-//! message shown exactly once; and Tornado's own chat demo client (its `chat.js` and
-//! jQuery, loaded unchanged) posts and long-polls against this server.
+//! message shown exactly once; a message sent while the server is down is sent by itself,
+//! once, when it is back, and a post whose answer was lost is resent with its idempotency
+//! key and not doubled; right-to-left text, the "new messages below" hint, no false "No
+//! messages yet" while connecting; without JavaScript, sender, time and the newest message
+//! in view; and Tornado's own chat demo client (its `chat.js` and jQuery, loaded
+//! unchanged) posts and long-polls against this server.
 //!
 //! Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian's `chromium` and
 //! `chromium-driver`); the Tornado test also needs the files named by `C10K_TORNADO_CHAT_JS`
@@ -564,6 +568,241 @@ fn tornados_chat_client_works_unchanged() {
     }
 }
 
+/// A message typed and sent while the server is down waits in the page, with a message a
+/// person understands (not the browser's "Failed to fetch"), and is sent by itself once
+/// the server is back on the same port: it appears once, stored once, without a click.
+#[test]
+fn a_message_sent_while_the_server_is_down_is_sent_once_when_it_is_back() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let mut server = Server::start(MODEL);
+    let port = server.port();
+    let url = page_url(&server);
+    let ann = browsers.open("ann");
+    ann.goto(&url);
+    ann.set_nickname("ann");
+    ann.wait_live("WebSocket");
+    ann.send_with_button("before the outage");
+    ann.wait_for_message("before the outage");
+    ann.wait_no_pending();
+
+    assert_eq!(server.stop().code(), Some(0));
+    // After the socket drops, the page tries every transport; the long-poll's fetch is the
+    // last to fail, with the browser's "Failed to fetch".
+    let offline = ann.wait_until("the status line to say the server cannot be reached", |tab| {
+        let (state, text) = tab.status();
+        if state == "retrying" && text.contains("the server cannot be reached") {
+            Ok(text)
+        } else {
+            Err(format!("[{state}] {text}"))
+        }
+    });
+    eprintln!("while the server was down the page said: {offline}");
+
+    ann.send_with_button("typed while the server was down");
+    let waiting = ann.wait_until("the post to wait for the connection", |tab| {
+        let text = tab.js(
+            "const li = document.querySelector('#pending li.queued'); return li ? li.textContent : null",
+            json!([]),
+        );
+        text.as_str().map(str::to_string).ok_or_else(|| tab.text("#pending"))
+    });
+    assert!(waiting.contains("it will be sent when the connection is back"), "{waiting}");
+    let page_text = ann.js("return document.body.innerText", json!([]));
+    assert!(!page_text.as_str().unwrap().contains("Failed to fetch"), "raw browser error shown: {page_text}");
+
+    server.restart_on_port(port);
+    ann.wait_until_for("the queued post, after the restart", Duration::from_secs(40), |tab| {
+        let shown = bodies(&tab.messages());
+        if shown.iter().any(|b| b == "typed while the server was down") {
+            Ok(())
+        } else {
+            Err(format!("status {:?}, messages {shown:?}, pending {}", tab.status(), tab.text("#pending")))
+        }
+    });
+    ann.wait_no_pending();
+    assert_eq!(bodies(&ann.messages()), ["before the outage", "typed while the server was down"]);
+    let stored = api_messages(port, "main", "");
+    assert_eq!(api_ids(&stored["messages"]), [1, 2], "stored once: {stored}");
+}
+
+/// A post that reached the server but whose answer was lost (the socket closed right
+/// after sending it) is sent again on reconnect with the same idempotency key, and the
+/// server answers with the message it stored: shown once, stored once.
+#[test]
+fn a_post_whose_answer_was_lost_is_resent_with_its_key_and_not_doubled() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start(MODEL);
+    let port = server.port();
+    const CUT_AFTER_FIRST_POST: &str = "(() => { const Real = window.WebSocket; window.__keys = []; \
+        let cut = false; window.WebSocket = class extends Real { send(data) { super.send(data); \
+          const f = JSON.parse(data); if (f.type === 'post') { window.__keys.push(f.key); \
+            if (!cut) { cut = true; this.close(); } } } }; })();";
+    let ann = browsers.open("ann");
+    ann.before_each_page(CUT_AFTER_FIRST_POST);
+    ann.goto(&page_url(&server));
+    ann.set_nickname("ann");
+    ann.wait_live("WebSocket");
+    ann.send_with_button("answer lost");
+    ann.wait_until_for("the post to be confirmed after the reconnect", Duration::from_secs(20), |tab| {
+        let keys = tab.js("return window.__keys", json!([]));
+        let pending = tab.text("#pending");
+        if keys.as_array().is_some_and(|k| k.len() == 2) && pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("keys sent {keys}, pending {pending:?}, status {:?}", tab.status()))
+        }
+    });
+    let keys = ann.js("return window.__keys", json!([]));
+    assert_eq!(keys[0], keys[1], "sent again with the same key: {keys}");
+    assert_eq!(bodies(&ann.messages()), ["answer lost"]);
+    assert_eq!(api_ids(&api_messages(port, "main", "")["messages"]), [1], "stored once");
+}
+
+/// Reading: right-to-left text gets `dir="auto"` (and is laid out right to left); a tab
+/// scrolled up is told "New messages below" when one arrives, and the hint takes it down
+/// and goes away; while connecting the page does not claim the room is empty, and once
+/// live in an empty room it says so.
+#[test]
+fn rtl_text_new_messages_below_and_no_false_empty_room() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start(MODEL);
+    let port = server.port();
+    let url = page_url(&server);
+
+    // A WebSocket that never opens: the page stays "Connecting" (20 s before falling back).
+    const NEVER_OPENS: &str = "window.WebSocket = class { constructor() { this.readyState = 0; } \
+        send() {} close() {} };";
+    let stuck = browsers.open("stuck");
+    stuck.before_each_page(NEVER_OPENS);
+    stuck.goto(&format!("{url}#quiet"));
+    let empty_text = |tab: &Tab| {
+        tab.js("return getComputedStyle(document.getElementById('inbox'), '::before').content", json!([]))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (state, text) = stuck.status();
+    assert_eq!(state, "connecting", "{text}");
+    assert!(!empty_text(&stuck).contains("No messages yet"), "said while connecting: {}", empty_text(&stuck));
+
+    let ann = browsers.open("ann");
+    ann.goto(&format!("{url}#quiet"));
+    ann.wait_live("WebSocket");
+    ann.wait_until("an empty room to say so once live", |tab| {
+        let shown = empty_text(tab);
+        if shown.contains("No messages yet") {
+            Ok(())
+        } else {
+            Err(shown)
+        }
+    });
+
+    let arabic = "مرحبا بالعالم";
+    ann.send_with_button(arabic);
+    ann.wait_for_message(arabic);
+    let layout = ann.js(
+        "const b = [...document.querySelectorAll('#inbox .message .body')].pop(); \
+         return [b.getAttribute('dir'), getComputedStyle(b).direction];",
+        json!([]),
+    );
+    assert_eq!(layout, json!(["auto", "rtl"]));
+    assert_eq!(
+        ann.js("return document.getElementById('message-input').getAttribute('dir')", json!([])),
+        "auto"
+    );
+
+    for i in 0..40 {
+        api_post(port, "quiet", &format!("filler {i}"));
+    }
+    ann.wait_for_message("filler 39");
+    ann.js("document.getElementById('inbox').scrollTop = 0", json!([]));
+    let hint_hidden = |tab: &Tab| tab.js("return document.getElementById('new-below').hidden", json!([]));
+    assert_eq!(hint_hidden(&ann), true, "no hint before anything new arrives");
+    api_post(port, "quiet", "arrived while scrolled up");
+    ann.wait_for_message("arrived while scrolled up");
+    ann.wait_until("the new-messages hint", |tab| match hint_hidden(tab) {
+        v if v == false => Ok(()),
+        v => Err(v.to_string()),
+    });
+    assert_eq!(ann.text("#new-below"), "New messages below ↓");
+    ann.click("#new-below");
+    ann.wait_until("the hint to take the view to the newest message", |tab| {
+        let v = tab.js(
+            "const i = document.getElementById('inbox'); \
+             return [document.getElementById('new-below').hidden, i.scrollHeight - i.scrollTop - i.clientHeight];",
+            json!([]),
+        );
+        if v[0] == true && v[1].as_f64().is_some_and(|gap| gap < 2.0) {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+}
+
+/// Without JavaScript, the page shows each message with its sender and time, opens with
+/// the newest one in view (so one's own post, after the form's redirect, is seen), and
+/// says that reloading shows new messages.
+#[test]
+fn without_javascript_the_page_shows_sender_time_and_the_newest_message() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start(MODEL);
+    let port = server.port();
+    for i in 0..40 {
+        api_post(port, "main", &format!("older {i}"));
+    }
+    let tab = browsers.open_without_javascript("nojs");
+    tab.goto(&page_url(&server));
+    assert_eq!(
+        tab.js("return document.documentElement.className", json!([])),
+        "no-js",
+        "the page's script did not run"
+    );
+    tab.type_into("#message-input", "posted without JavaScript");
+    tab.click("#composer button[type=submit]");
+    let shown = tab.wait_until("the page after the form's redirect", |tab| {
+        let shown = tab.messages();
+        if shown.last().is_some_and(|m| m.body == "posted without JavaScript") {
+            Ok(shown)
+        } else {
+            Err(format!("{:?}", shown.last()))
+        }
+    });
+    assert_eq!(shown.len(), 41);
+    assert_eq!(shown[0].from.as_deref(), Some("test"));
+    assert_eq!(shown[40].from.as_deref(), Some("anonymous"));
+    let times = tab.js(
+        "return [...document.querySelectorAll('#inbox .message time')].map(t => [t.dateTime, t.textContent])",
+        json!([]),
+    );
+    let times = times.as_array().unwrap();
+    assert_eq!(times.len(), 41, "every message has its time");
+    assert!(times[40][1].as_str().unwrap().ends_with(" UTC"), "{:?}", times[40]);
+    // The newest message is inside the visible part of the list, the oldest is not.
+    let visible = tab.js(
+        "const box = document.getElementById('inbox').getBoundingClientRect(); \
+         const inView = e => { const r = e.getBoundingClientRect(); \
+           return r.top >= box.top - 1 && r.bottom <= box.bottom + 1; }; \
+         const all = document.querySelectorAll('#inbox .message'); \
+         return [inView(all[0]), inView(all[all.length - 1])];",
+        json!([]),
+    );
+    assert_eq!(visible, json!([false, true]), "[oldest in view, newest in view]");
+    let note = tab.text(".reload-note");
+    assert!(note.contains("reload"), "{note}");
+    if let Some(dir) = screenshot_dir() {
+        tab.screenshot(&dir.join("no-javascript.png"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // What a test needs: skip checks, ChromeDriver, browser sessions
 // ---------------------------------------------------------------------------------------
@@ -640,6 +879,16 @@ impl Browsers {
     /// A new browser session: its own Chromium with its own empty profile (cookies,
     /// localStorage), like a person in another browser.
     fn open(&self, name: &'static str) -> Tab<'_> {
+        self.open_with(name, json!({}))
+    }
+
+    /// [`Browsers::open`], with the page's own scripts turned off (as a person who
+    /// disabled JavaScript); WebDriver's scripts still run.
+    fn open_without_javascript(&self, name: &'static str) -> Tab<'_> {
+        self.open_with(name, json!({"profile.managed_default_content_settings.javascript": 2}))
+    }
+
+    fn open_with(&self, name: &'static str, prefs: Value) -> Tab<'_> {
         let n = NEXT_PROFILE.fetch_add(1, Ordering::Relaxed);
         let profile = self.driver.dir.join(format!("profile-{n}-{name}"));
         std::fs::create_dir_all(&profile).unwrap();
@@ -662,7 +911,7 @@ impl Browsers {
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
-                    "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+                    "goog:chromeOptions": {"binary": CHROMIUM, "args": args, "prefs": prefs},
                 }
             }
         });

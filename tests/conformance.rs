@@ -80,6 +80,7 @@ macro_rules! conformance {
                 get_with_wait_answers_an_empty_list_when_nothing_is_posted,
                 get_after_an_id_beyond_the_newest_answers_a_reset,
                 get_after_an_id_no_longer_held_never_skips_silently,
+                a_post_retried_with_its_idempotency_key_is_stored_once,
             }
             events {
                 resume_with_last_event_id_gives_the_missed_messages_once_then_live_ones,
@@ -98,6 +99,7 @@ macro_rules! conformance {
                 after_an_id_no_longer_held_never_skips_silently,
                 answers_pings,
                 a_frame_larger_than_one_read_arrives_whole,
+                a_post_resent_with_its_key_is_stored_once,
             }
             http {
                 every_response_has_date_and_content_length,
@@ -120,6 +122,7 @@ macro_rules! conformance {
             service {
                 healthz_is_ok,
                 metrics_are_in_the_prometheus_text_format,
+                metrics_are_read_correctly_by_prometheus_clients_parsers,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
             }

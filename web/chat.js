@@ -37,6 +37,23 @@ const Chat = (() => {
 
   const isMessage = m => !!m && Number.isSafeInteger(m.id) && m.id > 0 && typeof m.body === 'string';
 
+  // What to tell a person when a request failed without an answer: fetch rejects with a
+  // TypeError ("Failed to fetch", "NetworkError when attempting...", "Load failed").
+  function humanError(e) {
+    if (e instanceof TypeError || /fetch|network|load failed/i.test(String(e && e.message))) {
+      return 'the server cannot be reached';
+    }
+    return (e && e.message) || 'unknown error';
+  }
+
+  // A new idempotency key: 128 random bits as hex (crypto.randomUUID needs a secure context).
+  function newKey(crypto = globalThis.crypto) {
+    const bytes = new Uint8Array(16);
+    if (crypto && crypto.getRandomValues) crypto.getRandomValues(bytes);
+    else for (let i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+    return [...bytes].map(b => b.toString(16).padStart(2, '0')).join('');
+  }
+
   // A room's view: messages sorted by id, each once, and lastId, the resume point: the
   // newest id seen on the live stream. Acks and 201s are shown at once but do not move
   // lastId, or a message still in flight on the stream could be skipped on resume.
@@ -91,7 +108,7 @@ const Chat = (() => {
   // when all fail, or one that was open drops, it waits (backoff) and starts over from
   // WebSocket, resuming after cb.after().
   // env: {WebSocket, EventSource, fetch, AbortController, setTimeout, clearTimeout, now, wsOrigin}
-  // cb: {after() -> id or 0, messages(list), reset(lastId), ack(ref, msg), error(ref, text),
+  // cb: {after() -> id or 0, messages(list), reset(lastId), ack(ref, msg), error(ref, text, retry),
   //      status({transport, state: 'connecting'|'live'|'retrying', delay, why}), dropped(transport)}
   function live(room, env, cb) {
     const path = `/api/rooms/${encodeURIComponent(room)}`;
@@ -157,7 +174,7 @@ const Chat = (() => {
         if (f.type === 'message') cb.messages([f.message]);
         else if (f.type === 'reset') cb.reset(f.last_id);
         else if (f.type === 'ack') cb.ack(f.ref, f.message);
-        else if (f.type === 'error') cb.error(f.ref, f.error);
+        else if (f.type === 'error') cb.error(f.ref, f.error, f.retry === true);
       };
     }
 
@@ -189,7 +206,7 @@ const Chat = (() => {
           j = await r.json().catch(() => null);
           if (!r.ok || !j || !Array.isArray(j.messages)) throw new Error((j && j.error) || `HTTP ${r.status}`);
         } catch (e) {
-          fail(g, open, c.signal.aborted ? 'timed out' : e.message);
+          fail(g, open, c.signal.aborted ? 'timed out' : humanError(e));
           return;
         } finally {
           env.clearTimeout(timer);
@@ -215,7 +232,10 @@ const Chat = (() => {
     };
   }
 
-  return { MAX_BODY, TRANSPORTS, validRoom, roomFromHash, backoff, bodyError, isMessage, emptyFeed, merge, linkify, live };
+  return {
+    MAX_BODY, TRANSPORTS, validRoom, roomFromHash, backoff, bodyError, isMessage, humanError, newKey,
+    emptyFeed, merge, linkify, live,
+  };
 })();
 
 if (typeof module === 'object' && module.exports) module.exports = Chat;
@@ -243,6 +263,7 @@ function startPage() {
   const composer = $('composer'), input = $('message-input'), nickInput = $('nick');
   const roomList = $('rooms'), roomForm = $('room-form'), roomInput = $('room-name'), roomError = $('room-error');
   const statusEl = $('status'), statusText = $('status-text'), retryBtn = $('retry-now'), roomTitle = $('room-title');
+  const newBelow = $('new-below');
 
   const env = {
     WebSocket: window.WebSocket, EventSource: window.EventSource, AbortController: window.AbortController,
@@ -252,8 +273,11 @@ function startPage() {
     wsOrigin: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host,
   };
 
-  let room = null, feed = C.emptyFeed(), conn = null, tookOver = false, refSeq = 0;
-  const pending = [];   // your posts until confirmed: {ref, room, body, from, afterId, via, state, why, timer}
+  let room = null, feed = C.emptyFeed(), conn = null, tookOver = false, refSeq = 0, isLive = false;
+  // Your posts until confirmed: {ref, key, room, body, from, afterId, via, state, why, timer}.
+  // Each has an idempotency key, so sending it again cannot store it twice (the server
+  // answers a repeated key with the message it stored: docs/protocol.md).
+  const pending = [];
   let rooms = [].concat(store.get('rooms', [])).filter(C.validRoom);
   if (!rooms.includes('main')) rooms.unshift('main');
 
@@ -273,7 +297,9 @@ function startPage() {
     const div = el('div', 'message'), meta = el('div', 'meta'), body = el('p', 'body');
     div.id = 'm' + m.id;
     if (m.from && m.from === nick()) div.classList.add('mine');
-    meta.append(el('span', 'from', m.from || 'anonymous'));
+    const from = el('span', 'from', m.from || 'anonymous');
+    from.dir = 'auto';
+    meta.append(from);
     const d = new Date(m.time);
     if (Number.isFinite(m.time) && !isNaN(d)) {
       const t = el('time', null, fmtTime(d));
@@ -289,6 +315,7 @@ function startPage() {
       a.target = '_blank';
       body.append(a);
     }
+    body.dir = 'auto';   // right-to-left text is laid out right to left
     div.append(meta, body);
     return div;
   }
@@ -312,7 +339,15 @@ function startPage() {
       for (let i = 0; i < res.dropped.length; i++) inbox.firstElementChild?.remove();
     }
     if (stick) inbox.scrollTop = inbox.scrollHeight;
+    else if (res.added.length) newBelow.hidden = false;
   }
+
+  function toBottom() {
+    inbox.scrollTop = inbox.scrollHeight;
+    newBelow.hidden = true;
+  }
+  newBelow.addEventListener('click', () => { toBottom(); inbox.focus(); });
+  inbox.addEventListener('scroll', () => { if (nearBottom()) newBelow.hidden = true; });
 
   // ---- your posts: sending, failed, unconfirmed ----
   const byRef = ref => pending.find(p => p.ref === ref);
@@ -332,21 +367,36 @@ function startPage() {
     if (p.room === room && C.isMessage(m)) show(C.merge(feed, [m], false), true);
   }
 
-  // Without a confirmation we cannot know whether the server stored a post (the protocol
-  // has no idempotency key). If the stream later shows a message with the same sender
-  // and body, newer than when it was sent, take that as the confirmation.
+  // A post that may or may not have been stored waits for the connection and is sent
+  // again with its key. If the stream shows a message with the same sender and body,
+  // newer than when it was sent, that is its confirmation too.
   function confirmFromStream(r, added) {
     for (const m of added) {
-      const p = pending.find(q => q.room === r && q.state === 'unconfirmed' && q.body === m.body &&
+      const p = pending.find(q => q.room === r && (q.state === 'unconfirmed' || q.state === 'queued') &&
+        q.body === m.body &&
         q.from === (m.from || '') && m.id > q.afterId);
       if (p) delivered(p, null);
     }
   }
 
+  // Not known to be stored: send it again (same key) once the room is live, or, if it is
+  // live now (only the post's own request failed), after a moment.
+  function queue(p, why) {
+    settle(p, 'queued', why);
+    if (p.room === room && isLive) p.timer = setTimeout(() => { if (p.state === 'queued') send(p); }, 2000);
+  }
+
+  function resendQueued() {
+    for (const p of pending) {
+      if (p.room === room && (p.state === 'queued' || p.state === 'unconfirmed')) send(p);
+    }
+  }
+
   function send(p) {
+    clearTimeout(p.timer);
     p.state = 'sending';
     p.why = '';
-    const frame = { type: 'post', body: p.body, ref: p.ref };
+    const frame = { type: 'post', body: p.body, ref: p.ref, key: p.key };
     if (p.from) frame.from = p.from;
     if (p.room === room && conn && conn.send(frame)) {
       p.via = 'ws';
@@ -366,22 +416,25 @@ function startPage() {
     try {
       r = await fetch(`/api/rooms/${encodeURIComponent(p.room)}/messages`, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
+        headers: { 'Content-Type': 'application/json', 'Idempotency-Key': p.key },
         body: JSON.stringify(p.from ? { body: p.body, from: p.from } : { body: p.body }),
       });
     } catch {
-      settle(p, 'unconfirmed', 'Network error: it may not have been sent.');
+      queue(p, 'The server cannot be reached; it will be sent when the connection is back.');
       return;
     }
     const j = await r.json().catch(() => null);
-    if (!r.ok) settle(p, 'failed', (j && j.error) || `The server answered ${r.status}.`);
+    if (r.status === 409) {   // the same key is being stored right now: ask again shortly
+      settle(p, 'sending', '');
+      p.timer = setTimeout(() => send(p), 1000);
+    } else if (!r.ok) settle(p, 'failed', (j && j.error) || `The server answered ${r.status}.`);
     else delivered(p, j);
   }
 
   function unconfirmWsPosts(r) {
     for (const p of pending) {
       if (p.room === r && p.via === 'ws' && p.state === 'sending') {
-        settle(p, 'unconfirmed', 'The connection closed before the server confirmed it.');
+        settle(p, 'queued', 'The connection closed before the server confirmed it; it will be sent again when it is back.');
       }
     }
   }
@@ -392,7 +445,8 @@ function startPage() {
     meta.append(el('span', null, {
       sending: 'Sending…',
       failed: 'Not sent: ' + p.why,
-      unconfirmed: p.why + ' If it does not appear above, retry.',
+      queued: p.why,
+      unconfirmed: p.why + ' It will be sent again when the connection is back.',
     }[p.state]));
     li.append(meta, el('p', 'body', p.body));
     if (p.state !== 'sending') {
@@ -430,11 +484,11 @@ function startPage() {
     const body = input.value, why = C.bodyError(body);
     say(why || '');
     if (why) { input.focus(); return; }
-    const p = { ref: ++refSeq, room, body, from: nick(), afterId: feed.lastId };
+    const p = { ref: ++refSeq, key: C.newKey(), room, body, from: nick(), afterId: feed.lastId };
     pending.push(p);
     input.value = '';
     send(p);
-    inbox.scrollTop = inbox.scrollHeight;
+    toBottom();
   });
   input.addEventListener('input', () => { if (notice.textContent) say(''); });
 
@@ -511,12 +565,22 @@ function startPage() {
         if (p) delivered(p, m);
         else if (C.isMessage(m)) show(C.merge(feed, [m], false));
       },
-      error: (ref, why) => {
+      error: (ref, why, retry) => {
         const p = byRef(ref);
-        if (p) settle(p, 'failed', why || 'the server refused it');
+        // retry: the same key is being stored right now (a resend overtook the first try).
+        if (p && retry) { clearTimeout(p.timer); p.timer = setTimeout(() => send(p), 1000); }
+        else if (p) settle(p, 'failed', why || 'the server refused it');
         else say(why || 'The server reported an error.');
       },
-      status: showStatus,
+      status: s => {
+        showStatus(s);
+        isLive = s.state === 'live';
+        if (isLive) {
+          // Whatever it held is shown now: an empty box means an empty room.
+          inbox.dataset.loaded = '';
+          resendQueued();
+        }
+      },
       dropped: () => unconfirmWsPosts(r),
     });
   }
@@ -532,6 +596,8 @@ function startPage() {
     const first = room === null;
     if (conn) { unconfirmWsPosts(room); conn.stop(); }
     room = r;
+    isLive = false;
+    delete inbox.dataset.loaded;
     if (!rooms.includes(r)) { rooms.push(r); store.set('rooms', rooms); }
     feed = C.emptyFeed();
     // Room main's server-rendered messages stay until the live view has something to show.
@@ -546,5 +612,5 @@ function startPage() {
 
   window.addEventListener('hashchange', switchRoom);
   switchRoom();
-  inbox.scrollTop = inbox.scrollHeight;
+  toBottom();
 }

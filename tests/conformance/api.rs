@@ -310,3 +310,36 @@ pub fn get_after_an_id_no_longer_held_never_skips_silently(model: Model) {
     assert_eq!(answer["reset"], false, "{answer}");
     assert_eq!(api_ids(&answer["messages"]), [3, 4, 5], "{answer}");
 }
+
+/// A post sent again with the same `Idempotency-Key` (a client that lost the first
+/// answer) is answered 201 with the message stored the first time, marked
+/// `Idempotent-Replayed: true`, and stored once; the same key for another body is 422, a
+/// malformed key 400; keys are per room.
+pub fn a_post_retried_with_its_idempotency_key_is_stored_once(model: Model) {
+    if skipped_with_several_processes(model, "the idempotency key table") {
+        return;
+    }
+    let server = Server::start(model);
+    let port = server.port();
+    let post = |room: &str, key: &str, body: &str| {
+        Request::post(&format!("/api/rooms/{room}/messages"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"body": body, "from": "ann"}))
+            .send(port)
+    };
+    let first = post("main", "k-1", "once");
+    first.assert_status(201);
+    assert_eq!(first.header("idempotent-replayed"), None, "{first}");
+    let again = post("main", "k-1", "once");
+    again.assert_status(201);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"), "{again}");
+    assert_eq!(again.json(), first.json(), "the same message, id and time included");
+    assert_eq!(api_ids(&api_messages(port, "main", "")["messages"]), [1], "stored once");
+
+    post("main", "k-1", "another body").assert_status(422);
+    post("main", "has space", "x").assert_status(400);
+    post("other", "k-1", "once").assert_status(201);
+    let next = post("main", "k-2", "once");
+    next.assert_status(201);
+    assert_eq!(next.json()["id"], 2, "a new key is a new message");
+}

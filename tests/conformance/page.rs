@@ -70,28 +70,56 @@ pub fn keeps_the_xsrf_cookie_a_browser_already_has(model: Model) {
     );
 }
 
-/// Messages posted before the page is loaded are on it, each as its `html`, oldest first;
-/// a message posted through the native API to room `main` is among them.
+/// Messages posted before the page is loaded are on it, oldest first, each with its id
+/// (`m17`, as Tornado's client looks for), its sender (`anonymous` when none), its time
+/// (UTC, and machine-readable in `datetime`) and its body, escaped and linkified; a
+/// message posted through the native API to room `main` is among them.
 pub fn shows_the_messages_posted_before_it_was_loaded(model: Model) {
     let server = Server::start(model);
     let port = server.port();
     let xsrf = Xsrf::fetch(port);
-    let first = tornado_post(port, &xsrf, "first <b>message</b>");
-    api_post(port, "main", "second, through the API");
+    tornado_post(port, &xsrf, "first <b>message</b>");
+    let second = Request::post("/api/rooms/main/messages")
+        .json(&json!({"body": "second, see http://a.example", "from": "ann"}))
+        .send(port)
+        .json();
 
     let page = Request::get("/").cookie(&xsrf.cookie_header()).send(port);
     page.assert_status(200);
     let html = page.text();
-    let first_html = first["html"].as_str().unwrap();
-    let second_html = r#"<div class="message" id="m2">second, through the API</div>"#;
-    let first_at = html.find(first_html).unwrap_or_else(|| {
-        panic!("the page must contain the message's html {first_html:?}:\n{page}")
-    });
-    let second_at = html
-        .find(second_html)
-        .unwrap_or_else(|| panic!("the page must contain {second_html:?}:\n{page}"));
-    assert!(
-        first_at < second_at,
-        "messages must be oldest first:\n{page}"
+    let first_html = r#"<div class="message" id="m1"><div class="meta"><span class="from" dir="auto">anonymous</span> "#;
+    let first_at = html
+        .find(first_html)
+        .unwrap_or_else(|| panic!("the page must contain {first_html:?}:\n{page}"));
+    assert!(html[first_at..].contains(r#"<p class="body" dir="auto">first &lt;b&gt;message&lt;/b&gt;</p>"#), "{page}");
+    let time = second["time"].as_u64().unwrap() / 1000;
+    let second_html = format!(
+        r#"<div class="message" id="m2"><div class="meta"><span class="from" dir="auto">ann</span> <time datetime="{}"#,
+        utc_date(time)
     );
+    let second_at = html
+        .find(&second_html)
+        .unwrap_or_else(|| panic!("the page must contain {second_html:?}:\n{page}"));
+    assert!(html[second_at..].contains(r#"second, see <a href="http://a.example">http://a.example</a></p>"#), "{page}");
+    assert!(first_at < second_at, "messages must be oldest first:\n{page}");
+}
+
+/// `YYYY-MM-DD` (UTC) of seconds since the epoch, counted the slow, obvious way.
+fn utc_date(secs: u64) -> String {
+    let mut days = secs / 86_400;
+    let mut year = 1970;
+    // `%`, not is_multiple_of: the README promises Rust 1.80, which has no is_multiple_of.
+    #[allow(clippy::manual_is_multiple_of)]
+    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    while days >= if leap(year) { 366 } else { 365 } {
+        days -= if leap(year) { 366 } else { 365 };
+        year += 1;
+    }
+    let lengths = [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let mut month = 0;
+    while days >= lengths[month] {
+        days -= lengths[month];
+        month += 1;
+    }
+    format!("{year:04}-{:02}-{:02}", month + 1, days + 1)
 }

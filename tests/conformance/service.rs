@@ -110,3 +110,140 @@ pub fn sigterm_stops_the_server_with_exit_status_0(model: Model) {
         "SIGTERM must stop the server with status 0, got {status}"
     );
 }
+
+/// Python's `prometheus_client` parsers, the reference readers of both formats, read
+/// `/metrics` as what it is: without `Accept`, the 0.0.4 text format
+/// (`text/plain; version=0.0.4`), and with `Accept: application/openmetrics-text`,
+/// OpenMetrics 1.0 (its own content type, ending in `# EOF`). In both, every counter is a
+/// counter (not an empty counter beside an unknown `..._total` family, as a 0.0.4 parser
+/// read the OpenMetrics body once served as 0.0.4), and there are the latency histogram of
+/// the route just used, the info metric naming model, poller and store, and the process
+/// metrics. Skipped (said so) without python3 and prometheus_client, unless
+/// `C10K_E2E_REQUIRED=1`.
+pub fn metrics_are_read_correctly_by_prometheus_clients_parsers(model: Model) {
+    if !python_prometheus_client_available() {
+        return;
+    }
+    let server = Server::start(model);
+    api_post(server.port(), "main", "counted");
+    // A second scrape, so that /metrics itself has been answered (and timed) once.
+    get(server.port(), "/metrics");
+
+    let cases = [
+        (None, "text/plain; version=0.0.4; charset=utf-8", "parser", ("c10k_server_info", "gauge")),
+        (
+            Some("application/openmetrics-text; version=1.0.0"),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "openmetrics.parser",
+            ("c10k_server", "info"),
+        ),
+    ];
+    for (accept, content_type, parser, (info_name, info_type)) in cases {
+        let mut request = Request::get("/metrics");
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        let reply = request.send(server.port());
+        reply.assert_status(200);
+        assert_eq!(reply.header("content-type"), Some(content_type), "Accept: {accept:?}\n{reply}");
+        let families = parse_with_prometheus_client(parser, &reply.text());
+        let family = |name: &str| {
+            families.get(name).unwrap_or_else(|| panic!("{parser}: no family {name} in {families:#}"))
+        };
+        for (name, kind) in families.as_object().unwrap() {
+            assert!(
+                !["unknown", "untyped"].contains(&kind["type"].as_str().unwrap_or("")),
+                "{parser}: family {name} has no type: {kind}"
+            );
+        }
+        let requests = family("c10k_http_requests");
+        assert_eq!(requests["type"], "counter", "{parser}: {requests}");
+        let posted = requests["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["labels"]["route"] == "api_post")
+            .unwrap_or_else(|| panic!("{parser}: no api_post sample in {requests}"));
+        assert_eq!(posted["name"], "c10k_http_requests_total");
+        assert_eq!(posted["value"], 1.0);
+        assert_eq!(family("c10k_messages_posted")["type"], "counter");
+
+        let latency = family("c10k_http_request_duration_seconds");
+        assert_eq!(latency["type"], "histogram", "{parser}: {latency}");
+        for route in ["api_post", "metrics"] {
+            let count = latency["samples"].as_array().unwrap().iter().find(|s| {
+                s["name"] == "c10k_http_request_duration_seconds_count" && s["labels"]["route"] == route
+            });
+            assert!(
+                count.is_some_and(|c| c["value"].as_f64() >= Some(1.0)),
+                "{parser}: no latency observed for {route}: {latency}"
+            );
+        }
+
+        let info = family(info_name);
+        assert_eq!(info["type"], info_type, "{parser}: {info}");
+        let labels = &info["samples"][0]["labels"];
+        let model_name = model[model.iter().position(|a| *a == "--model").unwrap() + 1];
+        assert_eq!(labels["model"], model_name, "{parser}: {info}");
+        let store = ["mysql", "postgres"].into_iter().find(|db| model.contains(db)).unwrap_or("sqlite");
+        assert_eq!(labels["store"], store, "{parser}: {info}");
+        let event_loop = matches!(model_name, "reactor" | "green");
+        assert_eq!(labels["poller"] != "none", event_loop, "{parser}: {info}");
+
+        assert_eq!(family("process_cpu_seconds")["type"], "counter");
+        for gauge in ["process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_start_time_seconds"] {
+            let g = family(gauge);
+            assert_eq!(g["type"], "gauge", "{parser}: {g}");
+            assert!(g["samples"][0]["value"].as_f64().is_some_and(|v| v > 0.0), "{parser}: {g}");
+        }
+    }
+}
+
+/// Whether `python3 -c "import prometheus_client"` works; if not, says `skipped: ...`
+/// (or fails, with `C10K_E2E_REQUIRED=1`).
+fn python_prometheus_client_available() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client.parser, prometheus_client.openmetrics.parser"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let what = "python3 with prometheus_client (pip install prometheus_client)";
+        if std::env::var("C10K_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+            panic!("{what} not found, and C10K_E2E_REQUIRED=1");
+        }
+        eprintln!("skipped: the metrics parser test: {what} not found");
+    }
+    ok
+}
+
+/// The families `prometheus_client.<parser>` reads from `text`, as JSON:
+/// `{name: {"type": ..., "samples": [{"name", "labels", "value"}]}}`. A parse error fails.
+fn parse_with_prometheus_client(parser: &str, text: &str) -> Value {
+    use std::io::Write;
+    let script = format!(
+        "import json, sys\n\
+         from prometheus_client.{parser} import text_string_to_metric_families\n\
+         out = {{}}\n\
+         for f in text_string_to_metric_families(sys.stdin.read()):\n\
+         \x20   assert f.name not in out, 'family twice: ' + f.name\n\
+         \x20   out[f.name] = {{'type': f.type, 'samples': [{{'name': s.name, 'labels': s.labels, 'value': s.value}} for s in f.samples]}}\n\
+         print(json.dumps(out))\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "prometheus_client.{parser} refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script's JSON")
+}

@@ -232,3 +232,33 @@ pub fn after_an_id_no_longer_held_never_skips_silently(model: Model) {
     api_post(port, "main", "live");
     assert_eq!(ws.next_ids(1), [6]);
 }
+
+/// A post frame sent again with the same `key` (on a new socket, as after a reconnect) is
+/// acked with the message stored the first time, and not stored or broadcast again.
+pub fn a_post_resent_with_its_key_is_stored_once(model: Model) {
+    if skipped_with_several_processes(model, "the idempotency key table") {
+        return;
+    }
+    let server = Server::start(model);
+    let port = server.port();
+    let frame = json!({"type": "post", "body": "once", "from": "ann", "ref": 1, "key": "ws-k"});
+    let mut first = Ws::connect(port, WS);
+    first.send_json(&frame);
+    let ack = loop {
+        let f = first.next_frame();
+        if f["type"] == "ack" {
+            break f;
+        }
+    };
+    drop(first);
+    let mut second = Ws::connect(port, WS);
+    assert_eq!(second.next_message()["id"], 1, "the history");
+    second.send_json(&json!({"type": "post", "body": "once", "from": "ann", "ref": 2, "key": "ws-k"}));
+    let replay = second.next_frame();
+    assert_eq!(replay["type"], "ack", "{replay}");
+    assert_eq!(replay["ref"], 2);
+    assert_eq!(replay["message"], ack["message"], "the message stored the first time");
+    let marker = api_post(port, "main", "next");
+    assert_eq!(marker["id"], 2, "nothing was stored in between");
+    assert_eq!(second.next_message(), marker, "and nothing broadcast in between");
+}

@@ -26,3 +26,14 @@ pub use serde_json::{json, Value};
 /// How a model is chosen on the command line, e.g. `&["--model", "async"]`, plus any
 /// extra arguments that model takes (`&["--model", "reactor", "--poller", "epoll"]`).
 pub type Model = &'static [&'static str];
+
+/// Whether the model runs as several processes (`--workers N`, `prefork`), each with its
+/// own memory, where what is kept per process (idempotency keys, a shortcut documented
+/// in docs/protocol.md) does not hold; if so, says the test is skipped.
+pub fn skipped_with_several_processes(model: Model, what: &str) -> bool {
+    let several = model.iter().any(|a| *a == "--workers" || *a == "prefork");
+    if several {
+        eprintln!("skipped: {what} is kept per process, and {model:?} runs several");
+    }
+    several
+}

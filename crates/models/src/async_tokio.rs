@@ -195,8 +195,8 @@ impl Connection {
             match self.decoder.next_event() {
                 Ok(Event::Request(request)) => {
                     head_deadline = None;
-                    let shape = ReplyShape::of(&request);
-                    let outcome = self.context.app.handle_request(request, now());
+                    let (shape, now) = ReplyShape::of(&request);
+                    let outcome = self.context.app.handle_request(request, now);
                     let next = match outcome {
                         // Most requests: answered at once, no future at all.
                         Outcome::Reply(response) => self.queue(&response, shape),
@@ -273,6 +273,7 @@ impl Connection {
     }
 
     fn queue(&mut self, response: &Response, shape: ReplyShape) -> Next {
+        shape.observe(&self.context.app, response);
         if self.out.capacity() == 0 {
             self.out.reserve(OUT_CHUNK);
         }

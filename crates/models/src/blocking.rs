@@ -164,10 +164,10 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
                 Ok(Event::Request(request)) => {
                     head_deadline = None;
                     self.wait.doing(format_args!("{} {}", request.method.as_str(), request.path()));
-                    let shape = ReplyShape::of(&request);
+                    let (shape, now) = ReplyShape::of(&request);
                     let outcome = {
                         let _giant = self.giant.hold();
-                        self.context.app.handle_request(request, now())
+                        self.context.app.handle_request(request, now)
                     };
                     match self.drive(outcome, shape)? {
                         Next::KeepGoing => {}
@@ -224,6 +224,7 @@ impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
     }
 
     fn queue(&mut self, response: &Response, shape: ReplyShape) -> Next {
+        shape.observe(&self.context.app, response);
         if tagged(response).encode(&shape.encoding(&date()), &mut self.out) {
             Next::KeepGoing
         } else {

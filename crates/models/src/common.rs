@@ -36,18 +36,32 @@ pub(crate) fn date() -> Rc<str> {
     })
 }
 
-/// How a request wants its response framed, kept before the request is handed over.
+/// How a request wants its response framed, kept before the request is handed over, and
+/// when it was parsed (for the latency histogram).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReplyShape {
     keep_alive: bool,
     head_only: bool,
     http10: bool,
+    parsed: Instant,
 }
 
 impl ReplyShape {
-    pub(crate) fn of(request: &Request) -> ReplyShape {
+    /// The request's shape, and the clocks read for it (the same `Now` goes to the app).
+    pub(crate) fn of(request: &Request) -> (ReplyShape, Now) {
         let probe = Encoding::for_request(request, "");
-        ReplyShape { keep_alive: probe.keep_alive, head_only: probe.head_only, http10: probe.http10 }
+        let now = now();
+        let shape =
+            ReplyShape { keep_alive: probe.keep_alive, head_only: probe.head_only, http10: probe.http10, parsed: now.instant };
+        (shape, now)
+    }
+
+    /// Records the time from the request parsed to its response ready to write, under
+    /// the route the application named (every model calls this where it encodes a reply).
+    pub(crate) fn observe(&self, app: &App, response: &Response) {
+        if let Some(route) = response.route {
+            app.metrics().observe_latency(route, self.parsed.elapsed());
+        }
     }
 
     /// The encoding options with today's date.

@@ -36,6 +36,7 @@ pub mod event;
 pub mod green;
 pub mod pool;
 pub mod prefork;
+pub mod process;
 pub mod reactor;
 mod shutdown;
 mod sys;

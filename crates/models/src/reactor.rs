@@ -435,10 +435,10 @@ impl Conn {
     }
 
     fn on_request(&mut self, cx: &mut Cx<'_>, request: Request) {
-        let shape = ReplyShape::of(&request);
+        let (shape, now) = ReplyShape::of(&request);
         cx.lp.doing(format!("{} {}", request.method.as_str(), request.path()));
         self.clear_timer(cx);
-        match cx.context.app.handle_request(request, now()) {
+        match cx.context.app.handle_request(request, now) {
             Outcome::Reply(response) => self.reply(cx, &response, shape),
             Outcome::Store(call) => {
                 let then: Continuation = Box::new(move |conn, cx, done| {
@@ -506,6 +506,7 @@ impl Conn {
     }
 
     fn reply(&mut self, cx: &mut Cx<'_>, response: &Response, shape: ReplyShape) {
+        shape.observe(&cx.context.app, response);
         if !tagged(response).encode(&shape.encoding(&date()), &mut self.out) {
             self.close_after_flush(cx);
         }

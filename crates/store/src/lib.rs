@@ -88,6 +88,20 @@ enum Server {
     Postgres,
 }
 
+/// The kind of store a `--db` value names, as the info metric shows it: `mysql`,
+/// `postgres` or `sqlite` (a `slow:MILLIS:` prefix names the store behind it).
+pub fn kind_of(url_or_path: &str) -> &'static str {
+    let target = url_or_path.trim();
+    if let Some((_, inner)) = target.strip_prefix("slow:").and_then(|rest| rest.split_once(':')) {
+        return kind_of(inner);
+    }
+    match server_of(target) {
+        Some(Server::MySql) => "mysql",
+        Some(Server::Postgres) => "postgres",
+        None => "sqlite",
+    }
+}
+
 fn server_of(target: &str) -> Option<Server> {
     let lower = target.to_ascii_lowercase();
     if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {

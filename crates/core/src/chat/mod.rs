@@ -10,6 +10,7 @@
 //! application and the concurrency models.
 
 pub mod form;
+mod idempotency;
 mod page;
 pub mod render;
 mod stream;
@@ -28,12 +29,14 @@ use crate::hub::{Cursor, Hub};
 use crate::ledger::routes::LedgerCall;
 use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics, ProcessSampler, ServerInfo};
 use crate::store::{AsyncStore, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
+use idempotency::{Begin, Claim, Replays};
 use stream::{batch_response, PollStyle};
+pub use idempotency::{MAX_KEYS as MAX_IDEMPOTENCY_KEYS, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN};
 pub use stream::{EventStream, LongPoll, StreamStatus, WsAction, WsSession};
 
 /// The longest message body accepted, in characters.
@@ -52,13 +55,25 @@ pub struct Config {
     pub seed: [u8; 32],
     /// The bank of `/api/bank` and its `--locking` strategy (see [`Ledger::new`]).
     pub ledger: Arc<Ledger>,
+    /// What the info metric `c10k_server_info` names (model, poller, store).
+    pub server: ServerInfo,
+    /// Reads the process's CPU, memory and descriptors for `/metrics` (the binary's; the
+    /// core does no I/O). `None`: no `process_*` metrics.
+    pub process: Option<Arc<dyn ProcessSampler>>,
 }
 
 impl Config {
     /// The documented defaults, with the given entropy (and an in-memory ledger with a lock
     /// per account).
     pub fn with_seed(seed: [u8; 32]) -> Config {
-        Config { limits: Limits::default(), history: 200, seed, ledger: Arc::new(Ledger::in_memory(Locking::Fine)) }
+        Config {
+            limits: Limits::default(),
+            history: 200,
+            seed,
+            ledger: Arc::new(Ledger::in_memory(Locking::Fine)),
+            server: ServerInfo::default(),
+            process: None,
+        }
     }
 }
 
@@ -128,13 +143,21 @@ struct Append {
     posted: Counter,
     on_stored: Option<OnStored>,
     then: AfterStore,
+    /// The post's idempotency key, claimed: told the outcome once the append has run.
+    claim: Option<Claim>,
 }
 
 impl StoreCall {
-    pub(crate) fn append(app: &App, room: RoomId, message: NewMessage, then: AfterStore) -> StoreCall {
+    pub(crate) fn append(
+        app: &App,
+        room: RoomId,
+        message: NewMessage,
+        then: AfterStore,
+        claim: Option<Claim>,
+    ) -> StoreCall {
         let posted = app.metrics.messages_posted.clone();
         let on_stored = app.on_stored.get().cloned();
-        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then }))
+        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then, claim }))
     }
 
     /// Runs the call. Blocks for as long as the store (or a ledger lock) does.
@@ -145,7 +168,10 @@ impl StoreCall {
     pub fn run(self, store: &dyn Store) -> StoreDone {
         match self.0 {
             Job::Append(append) => append.run(store),
-            Job::Ledger(call) => StoreDone(Done::Ledger(call.run(store))),
+            Job::Ledger(call) => {
+                let route = call.route();
+                StoreDone(Done::Ledger(call.run(store).timed(route)))
+            }
         }
     }
 
@@ -207,6 +233,12 @@ impl Append {
     }
 
     fn stored(self, result: Result<Arc<Rendered>, StoreError>) -> Stored {
+        // Recorded as soon as it is durable and published here, before the poster is
+        // answered: a retry that overtakes the answer finds it. On an error the claim is
+        // dropped, which releases the key for a retry.
+        if let (Some(claim), Ok(rendered)) = (self.claim, &result) {
+            claim.stored(rendered);
+        }
         Stored { result, posted: self.posted, on_stored: self.on_stored, then: self.then }
     }
 }
@@ -282,6 +314,32 @@ pub struct App {
     metrics: Metrics,
     config: Config,
     on_stored: OnceLock<OnStored>,
+    replays: Arc<Replays>,
+}
+
+/// Why a keyed post is answered without a store call.
+#[derive(Debug)]
+pub(crate) enum NotStored {
+    /// The key is not 1 to 128 visible ASCII characters.
+    BadKey,
+    /// A post with this key is being stored right now.
+    InFlight,
+    /// The key was used for another message.
+    Mismatch,
+    /// Stored before as this message (a replay).
+    Replay(Arc<Rendered>),
+}
+
+impl NotStored {
+    /// What the client is told (for the error cases).
+    pub(crate) fn why(&self) -> &'static str {
+        match self {
+            NotStored::BadKey => "the idempotency key must be 1 to 128 visible ASCII characters (a UUID, say)",
+            NotStored::InFlight => "a post with this idempotency key is being stored right now; retry in a moment",
+            NotStored::Mismatch => "this idempotency key was used for another message; use a new key for a new message",
+            NotStored::Replay(_) => "already stored",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -297,9 +355,10 @@ impl App {
         App {
             hub: Arc::new(Hub::new(config.history)),
             xsrf: xsrf::Xsrf::new(config.seed),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(config.server.clone(), config.process.clone()),
             config,
             on_stored: OnceLock::new(),
+            replays: Arc::default(),
         }
     }
 
@@ -363,20 +422,15 @@ impl App {
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
             ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
             ["metrics"] if get => {
-                let body = self.metrics.render(self.hub.waiting());
+                let format = Format::negotiate(request.headers.get("accept"));
+                let body = self.metrics.render(self.hub.waiting(), format);
                 self.reply(
                     "metrics",
-                    Response::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+                    Response::with_body(StatusCode::OK, format.content_type(), body).header("Vary", "Accept"),
                 )
             }
-            ["a", "message", "new"] if post => {
-                self.metrics.request("tornado_new");
-                self.tornado_new(&request, now)
-            }
-            ["a", "message", "updates"] if post => {
-                self.metrics.request("tornado_updates");
-                self.tornado_updates(&request, now)
-            }
+            ["a", "message", "new"] if post => self.routed("tornado_new", self.tornado_new(&request, now)),
+            ["a", "message", "updates"] if post => self.routed("tornado_updates", self.tornado_updates(&request, now)),
             ["api", "rooms"] if get => {
                 let rooms: Vec<_> =
                     self.hub.rooms().into_iter().map(|(r, last)| json!({"room": r, "last_id": last})).collect();
@@ -388,14 +442,8 @@ impl App {
                     Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &e.to_string())),
                 };
                 match (*rest, get, post) {
-                    ("messages", true, _) => {
-                        self.metrics.request("api_poll");
-                        self.native_poll(&request, room, now)
-                    }
-                    ("messages", _, true) => {
-                        self.metrics.request("api_post");
-                        self.native_post(&request, room, now)
-                    }
+                    ("messages", true, _) => self.routed("api_poll", self.native_poll(&request, room, now)),
+                    ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, now)),
                     ("events", true, _) => {
                         self.metrics.request("api_events");
                         self.events(&request, room)
@@ -446,10 +494,12 @@ impl App {
         };
         match then {
             AfterStore::TornadoNew { redirect: Some(next) } => {
-                Response::new(StatusCode::FOUND).header("Location", next)
+                Response::new(StatusCode::FOUND).header("Location", next).timed("tornado_new")
             }
-            AfterStore::TornadoNew { redirect: None } => json_response(StatusCode::OK, posted.tornado_json.clone()),
-            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()),
+            AfterStore::TornadoNew { redirect: None } => {
+                json_response(StatusCode::OK, posted.tornado_json.clone()).timed("tornado_new")
+            }
+            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()).timed("api_post"),
             AfterStore::WebSocketAck { .. } => {
                 api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
             }
@@ -458,7 +508,40 @@ impl App {
 
     fn reply(&self, route: &'static str, response: Response) -> Outcome {
         self.metrics.request(route);
-        Outcome::Reply(response)
+        Outcome::Reply(response.timed(route))
+    }
+
+    /// Counts a request to `route`; an immediate answer is timed under its name (a store
+    /// call's or a long-poll's answer is named where it is made).
+    fn routed(&self, route: &'static str, outcome: Outcome) -> Outcome {
+        self.metrics.request(route);
+        match outcome {
+            Outcome::Reply(response) => Outcome::Reply(response.timed(route)),
+            other => other,
+        }
+    }
+
+    /// Claims a post's idempotency key (if it has one): `Ok` means store it (with the
+    /// claim), `Err` answer without storing.
+    pub(crate) fn claim_key(
+        &self,
+        room: &RoomId,
+        key: Option<&str>,
+        message: &NewMessage,
+    ) -> Result<Option<Claim>, NotStored> {
+        let Some(key) = key else { return Ok(None) };
+        if !idempotency::valid_key(key) {
+            return Err(NotStored::BadKey);
+        }
+        match self.replays.begin(room, key, message) {
+            Begin::New(claim) => Ok(Some(claim)),
+            Begin::InFlight => Err(NotStored::InFlight),
+            Begin::Mismatch => Err(NotStored::Mismatch),
+            Begin::Stored(rendered) => {
+                self.metrics.posts_replayed.inc();
+                Err(NotStored::Replay(rendered))
+            }
+        }
     }
 
     /// Validates a post's fields into a message to store.
@@ -524,7 +607,7 @@ impl App {
             }
         };
         let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms };
-        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }))
+        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }, None))
     }
 
     fn tornado_updates(&self, request: &Request, now: Now) -> Outcome {
@@ -589,9 +672,22 @@ impl App {
             Some(serde_json::Value::String(s)) => s,
             Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
         };
-        match self.validate_post(body, from, now.unix_ms) {
-            Ok(message) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost)),
-            Err(why) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
+        let message = match self.validate_post(body, from, now.unix_ms) {
+            Ok(message) => message,
+            Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
+        };
+        match self.claim_key(&room, request.headers.get("idempotency-key"), &message) {
+            Ok(claim) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost, claim)),
+            Err(NotStored::Replay(stored)) => Outcome::Reply(
+                json_response(StatusCode::CREATED, stored.json.clone()).header("Idempotent-Replayed", "true"),
+            ),
+            Err(refused @ NotStored::BadKey) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, refused.why())),
+            Err(refused @ NotStored::InFlight) => {
+                Outcome::Reply(api_error(StatusCode::CONFLICT, refused.why()).header("Retry-After", "1"))
+            }
+            Err(refused @ NotStored::Mismatch) => {
+                Outcome::Reply(api_error(StatusCode::UNPROCESSABLE_ENTITY, refused.why()))
+            }
         }
     }
 

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use super::render::{escape_html, Rendered};
+use super::render::{escape_html, linkify, Rendered};
+use crate::store::Message;
 use crate::http::{Response, StatusCode};
 
 const INDEX_HTML: &str = include_str!("../../../../web/index.html");
@@ -16,7 +17,17 @@ pub(crate) const CHAT_CSS: (&str, &str) = (include_str!("../../../../web/chat.cs
 
 /// Renders the page with a masked XSRF token and the cached messages.
 pub(crate) fn render(masked_token: &str, messages: &[Arc<Rendered>]) -> Response {
-    let html: String = messages.iter().map(|m| m.html.as_str()).collect();
+    // One wrapper around them, so that without JavaScript the style sheet can open the
+    // list scrolled to its end (a reversed flex column of one child); none when empty, so
+    // that the box is `:empty` and says so.
+    let mut html = String::new();
+    if !messages.is_empty() {
+        html.push_str("<div class=\"history\">\n");
+        for m in messages {
+            html.push_str(&message_html(&m.message));
+        }
+        html.push_str("</div>");
+    }
     let page = INDEX_HTML.replacen("{{XSRF}}", &escape_html(masked_token), 1).replacen("{{MESSAGES}}", &html, 1);
     Response::with_body(StatusCode::OK, "text/html; charset=UTF-8", page).header("Cache-Control", "no-store")
 }
@@ -24,4 +35,70 @@ pub(crate) fn render(masked_token: &str, messages: &[Arc<Rendered>]) -> Response
 /// A static asset: (content, content type).
 pub(crate) fn asset((content, content_type): (&'static str, &'static str)) -> Response {
     Response::with_body(StatusCode::OK, content_type, content.as_bytes().to_vec()).header("Cache-Control", "no-cache")
+}
+
+/// A message as the page shows it before any script runs: sender, time (UTC) and body,
+/// in the shape chat.js renders (`.message` > `.meta` > `.from`, `time`; `.body`), with the
+/// id Tornado's client looks for (`m17`). Body and sender get `dir="auto"`, so that
+/// right-to-left text is laid out as such.
+fn message_html(m: &Message) -> String {
+    let from = if m.from.is_empty() { "anonymous" } else { m.from.as_str() };
+    let (date, time, seconds) = utc(m.time_ms);
+    format!(
+        "<div class=\"message\" id=\"m{id}\"><div class=\"meta\"><span class=\"from\" dir=\"auto\">{from}</span> \
+         <time datetime=\"{date}T{time}:{seconds:02}Z\">{date} {time} UTC</time></div>\
+         <p class=\"body\" dir=\"auto\">{body}</p></div>\n",
+        id = m.id,
+        from = escape_html(from),
+        body = linkify(&m.body),
+    )
+}
+
+/// `(YYYY-MM-DD, HH:MM, seconds)` of a time in milliseconds since the Unix epoch, in UTC
+/// (the proleptic Gregorian calendar; Howard Hinnant's `civil_from_days`).
+fn utc(time_ms: u64) -> (String, String, u64) {
+    let secs = time_ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (format!("{year:04}-{month:02}-{day:02}"), format!("{:02}:{:02}", rest / 3600, rest % 3600 / 60), rest % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MessageId, RoomId};
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), ("1970-01-01".into(), "00:00".into(), 0));
+        assert_eq!(utc(951_782_400_000), ("2000-02-29".into(), "00:00".into(), 0));
+        assert_eq!(utc(1_764_140_000_000), ("2025-11-26".into(), "06:53".into(), 20));
+    }
+
+    #[test]
+    fn a_message_shows_its_sender_time_and_escaped_body() {
+        let m = Message {
+            id: MessageId(3),
+            room: RoomId::main(),
+            body: "<b>hi</b> http://a.example".into(),
+            from: "ann & bob".into(),
+            time_ms: 1_764_140_000_000,
+        };
+        assert_eq!(
+            message_html(&m),
+            "<div class=\"message\" id=\"m3\"><div class=\"meta\"><span class=\"from\" dir=\"auto\">ann &amp; bob</span> \
+             <time datetime=\"2025-11-26T06:53:20Z\">2025-11-26 06:53 UTC</time></div><p class=\"body\" dir=\"auto\">\
+             &lt;b&gt;hi&lt;/b&gt; <a href=\"http://a.example\">http://a.example</a></p></div>\n"
+        );
+        let anonymous = Message { from: String::new(), ..m };
+        assert!(message_html(&anonymous).contains("<span class=\"from\" dir=\"auto\">anonymous</span>"));
+    }
 }

@@ -43,6 +43,16 @@ pub(crate) enum PollStyle {
     Native,
 }
 
+impl PollStyle {
+    /// The route's name in the metrics.
+    fn route(self) -> &'static str {
+        match self {
+            PollStyle::Tornado => "tornado_updates",
+            PollStyle::Native => "api_poll",
+        }
+    }
+}
+
 /// A long-poll: answers as soon as there is something to send, or at its deadline.
 ///
 /// Order: [`LongPoll::poll`] with your waker until it is `Ready`; if your timer reaches
@@ -68,12 +78,16 @@ impl LongPoll {
 
     /// The response, once there is something to send.
     pub fn poll(&mut self, waker: &Waker) -> Poll<Response> {
-        self.subscription.poll_next(waker).map(|batch| batch_response(self.style, self.subscription.room(), &batch))
+        let route = self.style.route();
+        self.subscription
+            .poll_next(waker)
+            .map(|batch| batch_response(self.style, self.subscription.room(), &batch).timed(route))
     }
 
     /// The response when the deadline passed with nothing to send.
     pub fn timeout(self) -> Response {
-        match self.style {
+        let route = self.style.route();
+        let response = match self.style {
             // Tornado's chat.js throws on an empty list and backs off: send no list.
             PollStyle::Tornado => json_response(StatusCode::OK, "{}".to_string()),
             PollStyle::Native => {
@@ -84,7 +98,8 @@ impl LongPoll {
                     &Batch { messages: Vec::new(), reset: false, last_id },
                 )
             }
-        }
+        };
+        response.timed(route)
     }
 }
 
@@ -229,7 +244,8 @@ impl EventStream {
 /// What to do with a frame a WebSocket client sent.
 #[derive(Debug)]
 pub enum WsAction {
-    /// Send this text frame back (an error report); the socket stays open.
+    /// Send this text frame back (an error report, or the ack of a post already stored
+    /// under the frame's idempotency key); the socket stays open.
     Reply(String),
     /// Run this store call (as for any post), then send [`WsSession::finish_post`]'s frame.
     Store(StoreCall),
@@ -294,14 +310,32 @@ impl WsSession {
             (Ok(body), Ok(from)) => (body, from),
             (Err(why), _) | (_, Err(why)) => return WsAction::Reply(error_frame(&why, reference)),
         };
-        match app.validate_post(body, from, now_ms) {
-            Ok(message) => WsAction::Store(StoreCall::append(
+        let key = match frame.get("key") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(key)) => Some(key.as_str()),
+            Some(_) => return WsAction::Reply(error_frame("'key' must be a string", reference)),
+        };
+        let message = match app.validate_post(body, from, now_ms) {
+            Ok(message) => message,
+            Err(why) => return WsAction::Reply(error_frame(why, reference)),
+        };
+        match app.claim_key(&self.room, key, &message) {
+            Ok(claim) => WsAction::Store(StoreCall::append(
                 app,
                 self.room.clone(),
                 message,
                 super::AfterStore::WebSocketAck { reference },
+                claim,
             )),
-            Err(why) => WsAction::Reply(error_frame(why, reference)),
+            Err(super::NotStored::Replay(stored)) => WsAction::Reply(ack_frame(&reference, &stored)),
+            Err(refused @ super::NotStored::InFlight) => {
+                let mut frame = json!({ "type": "error", "error": refused.why(), "retry": true });
+                if let Some(r) = reference {
+                    frame["ref"] = r;
+                }
+                WsAction::Reply(to_json(&frame))
+            }
+            Err(refused) => WsAction::Reply(error_frame(refused.why(), reference)),
         }
     }
 
@@ -316,17 +350,19 @@ impl WsSession {
             _ => None,
         };
         match result {
-            Ok(posted) => {
-                let mut frame = String::from("{\"type\":\"ack\",\"ref\":");
-                frame.push_str(&to_json(&reference));
-                frame.push_str(",\"message\":");
-                frame.push_str(&posted.json);
-                frame.push('}');
-                frame
-            }
+            Ok(posted) => ack_frame(&reference, &posted),
             Err(e) => error_frame(&format!("not stored: {e}; try again"), reference),
         }
     }
+}
+
+fn ack_frame(reference: &Option<serde_json::Value>, posted: &Rendered) -> String {
+    let mut frame = String::from("{\"type\":\"ack\",\"ref\":");
+    frame.push_str(&to_json(reference));
+    frame.push_str(",\"message\":");
+    frame.push_str(&posted.json);
+    frame.push('}');
+    frame
 }
 
 fn message_frame(m: &Rendered) -> String {

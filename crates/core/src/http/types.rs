@@ -298,12 +298,16 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Close the connection after this response, whatever the request asked.
     pub close: bool,
+    /// The route that produced it, for the latency histogram (`/metrics`); not sent.
+    /// The application sets it ([`Response::timed`]); the model, once the response is
+    /// ready to write, reports the time since the request was parsed under this name.
+    pub route: Option<&'static str>,
 }
 
 impl Response {
     /// An empty response with this status.
     pub fn new(status: StatusCode) -> Self {
-        Response { status, headers: Vec::new(), body: Vec::new(), close: false }
+        Response { status, headers: Vec::new(), body: Vec::new(), close: false, route: None }
     }
 
     /// A response with a body of the given content type.
@@ -331,6 +335,12 @@ impl Response {
     /// Marks the connection to be closed after this response.
     pub fn close(mut self) -> Self {
         self.close = true;
+        self
+    }
+
+    /// Names the route that produced it, for the latency histogram.
+    pub fn timed(mut self, route: &'static str) -> Self {
+        self.route = Some(route);
         self
     }
 }

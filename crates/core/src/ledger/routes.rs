@@ -54,6 +54,11 @@ impl LedgerCall {
         LedgerCall { ledger, operation }
     }
 
+    /// The route's name, for the metrics.
+    pub(crate) fn route(&self) -> &'static str {
+        self.operation.route()
+    }
+
     /// Runs the operation and renders its answer.
     pub(crate) fn run(self, store: &dyn Store) -> Response {
         let ledger = &self.ledger;
