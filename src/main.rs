@@ -42,6 +42,11 @@ enum Command {
     /// Fire concurrent withdrawals and transfers at a server's /api/bank and check that no
     /// money was lost or created (exit 1 and print each violation if some was).
     LedgerCheck(c10k_load::ledger::CheckArgs),
+    /// Check that rooms shared by several nodes lose, double and reorder nothing: publishers
+    /// and subscribers (long-poll, SSE, WebSocket, with random disconnects) spread over the
+    /// nodes, every subscriber's sequence compared with the store's order (exit 1 and list
+    /// each fault if one is found).
+    QueueCheck(c10k_load::queue::QueueCheckArgs),
     /// Run the benchmark matrix (models, pollers, scenarios, sizes, peers) and write
     /// bench/RESULTS.md, plots and results.json.
     Bench(c10k_bench::cli::BenchArgs),
@@ -230,6 +235,7 @@ fn main() -> ExitCode {
         Command::Load(args) => c10k_load::cli::run(args),
         Command::Bench(args) => c10k_bench::cli::run(args),
         Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
+        Command::QueueCheck(args) => c10k_load::queue::run_cli(args),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {

@@ -350,6 +350,10 @@ pub fn attach_with(
     drop_every: Option<u64>,
 ) -> Result<(), BusError> {
     let metrics = app.metrics().bus.clone();
+    if bus.name() != "local" {
+        // Across nodes a resuming client may be a few messages ahead of the node it lands on.
+        app.hub().wait_for_ahead_cursors();
+    }
     let node = AppNode {
         app: Arc::clone(app),
         store: Arc::clone(store),
