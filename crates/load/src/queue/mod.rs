@@ -53,6 +53,10 @@ pub struct QueueCheckArgs {
     /// (or this machine's own network namespaces' addresses) only.
     #[arg(long = "target", required = true, value_name = "ADDR")]
     pub targets: Vec<String>,
+    /// Publishers post only through these nodes (repeatable; default: every `--target`),
+    /// e.g. to make the others depend on the bus alone.
+    #[arg(long = "publish-via", value_name = "ADDR")]
+    pub publish_via: Vec<String>,
     /// The store the nodes share (the same `--db` they were given): the stored order is
     /// read from it.
     #[arg(long, value_name = "URL")]
@@ -181,6 +185,8 @@ pub fn render(report: &QueueReport) -> String {
 /// Runs one check (see the module docs). Blocks; builds its own runtime.
 pub fn run(args: &QueueCheckArgs) -> Result<QueueReport, LoadError> {
     let targets = args.targets.iter().map(|t| parse_target(t)).collect::<Result<Vec<_>, _>>()?;
+    let via = args.publish_via.iter().map(|t| parse_target(t)).collect::<Result<Vec<_>, _>>()?;
+    let publish_via = if via.is_empty() { targets.clone() } else { via };
     if args.publishers == 0 || args.messages == 0 || args.subscribers == 0 || args.rooms == 0 {
         return Err(LoadError::Config("--publishers, --messages, --subscribers and --rooms must be at least 1".into()));
     }
@@ -190,7 +196,7 @@ pub fn run(args: &QueueCheckArgs) -> Result<QueueReport, LoadError> {
     let store = c10k_store::open_with(&args.db, &c10k_store::StoreOptions::default())
         .map_err(|e| LoadError::Setup(format!("--db {}: {e}", args.db)))?;
     let runtime = crate::build_runtime(0)?;
-    runtime.block_on(check(targets, store, args.clone()))
+    runtime.block_on(check(targets, publish_via, store, args.clone()))
 }
 
 /// What the subscribers are waiting for: each room's newest stored id, once the posts are done.
@@ -198,6 +204,7 @@ type Goal = Option<BTreeMap<String, u64>>;
 
 async fn check(
     targets: Vec<SocketAddr>,
+    publish_via: Vec<SocketAddr>,
     store: Arc<dyn c10k_core::store::Store>,
     args: QueueCheckArgs,
 ) -> Result<QueueReport, LoadError> {
@@ -233,7 +240,7 @@ async fn check(
     let posting_deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let mut publishers = Vec::new();
     for p in 0..args.publishers {
-        let (targets, rooms) = (targets.clone(), rooms.clone());
+        let (targets, rooms) = (publish_via.clone(), rooms.clone());
         let (messages, pause) = (args.messages, Duration::from_secs_f64(1.0 / args.rate));
         let random = Random(seed.wrapping_add(0x51ED) ^ (p as u64) << 20);
         publishers.push(tokio::spawn(publish(p, targets, rooms, messages, pause, random, posting_deadline)));
@@ -418,6 +425,9 @@ async fn subscribe(
     let mut resumes = 0;
     let mut until_drop = next_drop(&mut random, disconnect_every);
     let mut drain_deadline: Option<Instant> = None;
+    // Whether the next resume goes to a random node (after a deliberate disconnect or a
+    // failure) or back to the same one (after a read the checker itself interrupted).
+    let mut move_node = false;
     loop {
         let target = goal.borrow().as_ref().map(|g| g.get(&spec.room).copied().unwrap_or(0));
         if let Some(target) = target {
@@ -432,7 +442,9 @@ async fn subscribe(
         }
         let Some(current) = feed.as_mut() else {
             spec.after = newest;
-            spec.addr = targets[random.below(targets.len() as u64) as usize];
+            if move_node {
+                spec.addr = targets[random.below(targets.len() as u64) as usize];
+            }
             resumes += 1;
             feed = open_until(&spec, &targets, &mut random, Instant::now() + Duration::from_secs(5)).await.ok();
             continue;
@@ -450,16 +462,16 @@ async fn subscribe(
                         until_drop = until_drop.saturating_sub(1);
                     }
                     if disconnect_every > 0 && until_drop == 0 {
-                        feed = None; // a deliberate disconnect: resume from `newest`
+                        (feed, move_node) = (None, true); // a deliberate disconnect: resume from `newest`
                         until_drop = next_drop(&mut random, disconnect_every);
                     }
                 }
-                Err(_) => feed = None,
+                Err(_) => (feed, move_node) = (None, true),
             },
             // The goal became known, or the drain ran out: a dropped long-poll read leaves
-            // its feed unusable, so resume afresh.
-            _ = goal.changed() => feed = None,
-            _ = tokio::time::sleep(wait) => feed = None,
+            // its feed unusable, so resume afresh, on the same node.
+            _ = goal.changed() => (feed, move_node) = (None, false),
+            _ = tokio::time::sleep(wait) => (feed, move_node) = (None, false),
         }
     }
     let subscriber = Subscriber { name, room: spec.room.clone(), after: 0, seen };
