@@ -20,7 +20,7 @@ use c10k_core::chat::{App, Config};
 use c10k_core::metrics::ServerInfo;
 use c10k_core::ledger::{Ledger, Locking};
 use c10k_core::limits::Limits;
-use c10k_bus::{Bus, LocalRelay};
+use c10k_bus::{Both, Bus, LocalRelay};
 use c10k_core::store::Store;
 use c10k_models::event::PollerKind;
 use c10k_models::{by_name, prefork, Context, DbMode, Model, ModelOptions, NativeDb, NativeDriver, Shutdown};
@@ -43,6 +43,11 @@ enum Command {
     /// Fire concurrent withdrawals and transfers at a server's /api/bank and check that no
     /// money was lost or created (exit 1 and print each violation if some was).
     LedgerCheck(c10k_load::ledger::CheckArgs),
+    /// Check that rooms shared by several nodes lose, double and reorder nothing: publishers
+    /// and subscribers (long-poll, SSE, WebSocket, with random disconnects) spread over the
+    /// nodes, every subscriber's sequence compared with the store's order (exit 1 and list
+    /// each fault if one is found).
+    QueueCheck(c10k_load::queue::QueueCheckArgs),
     /// Run the benchmark matrix (models, pollers, scenarios, sizes, peers) and write
     /// bench/RESULTS.md, plots and results.json.
     Bench(c10k_bench::cli::BenchArgs),
@@ -183,6 +188,23 @@ struct ServeArgs {
     #[arg(long, default_value_t = 200, value_name = "MICROS")]
     ledger_think_us: u64,
 
+    /// Share rooms with other c10k nodes (each its own `c10k serve`, on the same MySQL or
+    /// PostgreSQL database) through `redis://HOST:PORT[/CHANNEL]` (Redis pub/sub) or
+    /// `nats://HOST:PORT[/SUBJECT]` (core NATS); the channel or subject defaults to `c10k`.
+    /// A bus unreachable at start is retried in the background; the node serves meanwhile.
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+
+    /// Seconds between two catch-ups from the store while the bus is connected (it also
+    /// catches up after every reconnection); 0: only after reconnections.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    bus_resync: f64,
+
+    /// Test-only fault: drop every Nth message received from the bus and never fill a gap
+    /// from the store, so that `c10k queue-check` can be shown to catch a lossy bus.
+    #[arg(long, value_name = "N", hide = true)]
+    bus_drop_every: Option<u64>,
+
     /// Listen backlog: connections the kernel queues before they are accepted.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     backlog: i32,
@@ -208,13 +230,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // async-nats logs every reconnection attempt at info: the bus logs an outage once.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .init();
     match cli.command {
         Command::Load(args) => c10k_load::cli::run(args),
         Command::Bench(args) => c10k_bench::cli::run(args),
         Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
+        Command::QueueCheck(args) => c10k_load::queue::run_cli(args),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -338,6 +362,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
     let (store, app, offload, native) = start_app(&args, &limits, workers, native_driver)?;
+    if let Some(bus) = network_bus(&args, &app)? {
+        c10k_bus::attach_with(&app, &store, bus, args.bus_drop_every).map_err(|e| e.to_string())?;
+    }
 
     let listener = bind(args.listen, args.backlog, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -374,7 +401,11 @@ fn serve_workers(
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
         let (store, app, offload, native) = start_app(args, limits, workers, native_driver)?;
         let relay = Arc::new(relay);
-        c10k_bus::attach(&app, &store, Arc::clone(&relay) as Arc<dyn Bus>).map_err(|e| e.to_string())?;
+        let bus: Arc<dyn Bus> = match network_bus(args, &app)? {
+            Some(network) => Arc::new(Both(Arc::clone(&relay) as Arc<dyn Bus>, network)),
+            None => Arc::clone(&relay) as Arc<dyn Bus>,
+        };
+        c10k_bus::attach_with(&app, &store, bus, args.bus_drop_every).map_err(|e| e.to_string())?;
         relay.announce_ready().map_err(|e| format!("cannot reach the master: {e}"))?;
         let context = Context { app, store, offload, db_mode: db_mode(args), native, shutdown };
         model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))
@@ -383,6 +414,19 @@ fn serve_workers(
         .map_err(|e| format!("the master failed: {e}"))?;
     info!("stopped");
     Ok(())
+}
+
+/// The `--bus` of this process, if any; it connects in the background.
+fn network_bus(args: &ServeArgs, app: &App) -> Result<Option<Arc<dyn Bus>>, String> {
+    let Some(url) = &args.bus else { return Ok(None) };
+    let resync = seconds("bus-resync", args.bus_resync)?;
+    let options = c10k_bus::Options {
+        resync_every: if resync.is_zero() { None } else { Some(resync) },
+        drop_every: args.bus_drop_every,
+    };
+    let bus = c10k_bus::connect(url, app.metrics().bus.clone(), &options).map_err(|e| e.to_string())?;
+    info!(bus = bus.name(), %url, "sharing rooms with other nodes");
+    Ok(Some(bus))
 }
 
 /// What a serving process runs on: the store, the application, the offload pool, and

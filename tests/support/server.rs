@@ -165,6 +165,24 @@ impl Server {
         server
     }
 
+    /// Starts `model` (its `--db KIND` ignored) on a database another server already
+    /// uses, e.g. a second node on the first node's [`Server::db_arg`].
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub fn start_sharing(model: Model, extra_args: &[&str], db_url: &str) -> Server {
+        let mut server = Server {
+            model,
+            longpoll_wait_secs: LONGPOLL_WAIT_SECS,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            file_limit: None,
+            database: None,
+            db_url: Some(db_url.into()),
+            dir: fresh_dir(),
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
     /// The port of the running process (it changes on [`Server::restart`]).
     pub fn port(&self) -> u16 {
         self.running().port

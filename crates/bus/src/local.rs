@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use c10k_core::store::Message;
 use tracing::{debug, warn};
 
-use crate::{wire, Bus, BusError, Deliver};
+use crate::{wire, Bus, BusError, Node};
 
 /// How long a publish may wait for the master to make room for its line. The master
 /// reads all the time, so this only bites when it is wedged.
@@ -105,9 +105,9 @@ impl Bus for LocalRelay {
         Ok(())
     }
 
-    /// Starts the relay thread: it publishes each forwarded message through `deliver`,
+    /// Starts the relay thread: it publishes each forwarded message through `node`,
     /// then acknowledges it, and wakes the publishes whose message every worker has.
-    fn subscribe(&self, deliver: Deliver) -> Result<(), BusError> {
+    fn subscribe(&self, node: Arc<dyn Node>) -> Result<(), BusError> {
         let reader = lock(&self.reader).take().ok_or(BusError::AlreadySubscribed)?;
         let (writer, pending) = (Arc::clone(&self.writer), Arc::clone(&self.pending));
         std::thread::Builder::new().name("c10k-relay".into()).spawn(move || {
@@ -130,7 +130,7 @@ impl Bus for LocalRelay {
                     continue;
                 }
                 match wire::decode(&line) {
-                    Ok(message) => deliver(message),
+                    Ok(message) => node.deliver(message),
                     Err(e) => warn!("{e}"),
                 }
                 // Acknowledged even when malformed: the master counts one ack per line.

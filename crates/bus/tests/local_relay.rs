@@ -23,7 +23,7 @@ fn worker(board: &mut Switchboard, key: u32) -> (LocalRelay, mpsc::Receiver<Mess
     board.add(key, master_end).unwrap();
     let relay = LocalRelay::new(worker_end).unwrap();
     let (tx, rx) = mpsc::channel();
-    relay.subscribe(Box::new(move |m| {
+    relay.subscribe(Arc::new(move |m| {
         let _ = tx.send(m);
     }))
     .unwrap();

@@ -18,6 +18,7 @@
 //! deadlocks, and no model's code runs inside the critical section.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -29,6 +30,8 @@ use crate::store::{Message, MessageId, RoomId};
 pub struct Hub {
     state: Mutex<State>,
     history: usize,
+    /// A cursor beyond the newest id waits instead of resetting ([`Hub::wait_for_ahead_cursors`]).
+    ahead_waits: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -94,7 +97,20 @@ pub enum Published {
 impl Hub {
     /// An empty hub keeping the last `history` messages of each room (at least 1).
     pub fn new(history: usize) -> Hub {
-        Hub { state: Mutex::new(State::default()), history: history.max(1) }
+        Hub { state: Mutex::new(State::default()), history: history.max(1), ahead_waits: AtomicBool::new(false) }
+    }
+
+    /// From now on, a reader whose cursor lies beyond a room's newest id waits for the room
+    /// to reach it instead of being told `reset`. For nodes sharing rooms over a network
+    /// bus: a client that moves from a node to another that has not heard of its newest
+    /// message yet must not be sent the history again. (A cursor beyond the store's newest
+    /// id then waits until such a message exists.)
+    pub fn wait_for_ahead_cursors(&self) {
+        self.ahead_waits.store(true, Ordering::Relaxed);
+    }
+
+    fn ahead_waits(&self) -> bool {
+        self.ahead_waits.load(Ordering::Relaxed)
     }
 
     /// How many messages each room keeps.
@@ -162,10 +178,10 @@ impl Hub {
     pub fn read(&self, room: &RoomId, cursor: &Cursor) -> Batch {
         let state = self.lock();
         match state.rooms.get(room) {
-            Some(r) => r.read(cursor),
+            Some(r) => r.read(cursor, self.ahead_waits()),
             None => Batch {
                 messages: Vec::new(),
-                reset: matches!(cursor, Cursor::After(id) if id.0 > 0),
+                reset: matches!(cursor, Cursor::After(id) if id.0 > 0) && !self.ahead_waits(),
                 last_id: MessageId(0),
             },
         }
@@ -204,13 +220,15 @@ impl Room {
         }
     }
 
-    fn read(&self, cursor: &Cursor) -> Batch {
+    fn read(&self, cursor: &Cursor, ahead_waits: bool) -> Batch {
         let all = || self.history.iter().cloned().collect::<Vec<_>>();
         let (messages, reset) = match cursor {
             Cursor::Start => (all(), false),
             Cursor::After(after) => {
                 let oldest = self.history.front().map_or(self.last_id.next(), |m| m.message.id);
-                if *after > self.last_id || after.next() < oldest {
+                if *after > self.last_id && ahead_waits {
+                    (Vec::new(), false)
+                } else if *after > self.last_id || after.next() < oldest {
                     (all(), true)
                 } else {
                     // Ids are contiguous: the message after `after` sits at a known offset.
@@ -264,11 +282,12 @@ impl Subscription {
         let mut state = self.hub.lock();
         let first_poll = !self.started;
         self.started = true;
+        let ahead_waits = self.hub.ahead_waits();
         let batch = match state.rooms.get(&self.room) {
-            Some(room) => room.read(&self.cursor),
+            Some(room) => room.read(&self.cursor, ahead_waits),
             None => Batch {
                 messages: Vec::new(),
-                reset: matches!(self.cursor, Cursor::After(id) if id.0 > 0),
+                reset: matches!(self.cursor, Cursor::After(id) if id.0 > 0) && !ahead_waits,
                 last_id: MessageId(0),
             },
         };

@@ -164,8 +164,33 @@ pub struct Metrics {
     pub slow_callbacks: Counter,
     /// Long-polls, event streams and WebSockets open now, by kind.
     pub subscribers: Family<Labels, Gauge>,
+    /// What the bus between processes and nodes did (all zero without one).
+    pub bus: BusMetrics,
     /// Readers registered with the hub, set when scraped.
     waiting: Gauge,
+}
+
+/// The bus's counters: what a node told the others and heard from them, and how often it
+/// had to fall back on the store. Clones share the same counters.
+#[derive(Debug, Clone, Default)]
+pub struct BusMetrics {
+    /// Messages this process handed to the bus and the bus accepted.
+    pub published: Counter,
+    /// Messages that arrived from the bus (this process's own echoes included).
+    pub received: Counter,
+    /// Messages read from the store because the bus had not brought them: gaps revealed
+    /// by a later message, and catch-ups after a (re)connection or on the periodic sweep.
+    pub gaps_filled: Counter,
+    /// Catch-ups that brought more messages than a room's history keeps: a subscriber
+    /// that was behind gets the explicit `reset`, not a silent skip.
+    pub resets: Counter,
+    /// Messages the bus delivered that the store could not yet place (held until a later
+    /// catch-up fills what precedes them).
+    pub held: Counter,
+    /// Connections to the bus made again after one was lost (or never made at start).
+    pub reconnects: Counter,
+    /// 1 while the bus is connected, 0 while it is not (always 1 for the local relay).
+    pub connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -190,6 +215,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             slow_callbacks: Counter::default(),
             subscribers: Family::default(),
+            bus: BusMetrics::default(),
             waiting: Gauge::default(),
             registry: Registry::default(),
         };
@@ -235,6 +261,22 @@ impl Metrics {
             "Long-polls, event streams and WebSockets open now, by kind",
             m.subscribers.clone(),
         );
+        let bus = &m.bus;
+        registry.register("bus_published", "Messages handed to the bus and accepted by it", bus.published.clone());
+        registry.register("bus_received", "Messages received from the bus", bus.received.clone());
+        registry.register(
+            "bus_gaps_filled",
+            "Messages read from the store because the bus had not brought them",
+            bus.gaps_filled.clone(),
+        );
+        registry.register(
+            "bus_resets",
+            "Catch-ups longer than a room's history (behind subscribers got a reset)",
+            bus.resets.clone(),
+        );
+        registry.register("bus_held", "Bus messages held because the store could not fill the gap before them", bus.held.clone());
+        registry.register("bus_reconnects", "Connections to the bus made again after an outage", bus.reconnects.clone());
+        registry.register("bus_connected", "1 while the bus is connected", bus.connected.clone());
         registry.register("hub_waiters", "Readers waiting in the hub for a message", m.waiting.clone());
         if let Some(sampler) = process {
             root.register_collector(Box::new(ProcessCollector(sampler)));

@@ -195,3 +195,29 @@ fn preload_sets_the_newest_id() {
     assert_eq!(ids(&hub.read(&room("r"), &Cursor::Start)), [3, 4]);
     assert_eq!(hub.publish(msg("r", 5)), Published::Released);
 }
+
+/// Nodes sharing rooms over a network bus: a client that resumes on a node that has not
+/// heard of its newest message yet waits for it there, instead of being sent the history
+/// again with a reset.
+#[test]
+fn with_ahead_cursors_waiting_a_cursor_beyond_the_newest_id_waits_for_it() {
+    let hub = Arc::new(Hub::new(10));
+    hub.publish(msg("main", 1));
+    assert!(hub.read(&room("main"), &Cursor::After(MessageId(3))).reset, "by default: a reset");
+    hub.wait_for_ahead_cursors();
+    let ahead = hub.read(&room("main"), &Cursor::After(MessageId(3)));
+    assert!(ahead.messages.is_empty() && !ahead.reset);
+    assert!(!hub.read(&room("elsewhere"), &Cursor::After(MessageId(3))).reset, "an unknown room too");
+
+    let mut subscription = hub.subscribe(room("main"), Cursor::After(MessageId(3)));
+    let (woken, waker) = waker();
+    assert!(subscription.poll_next(&waker).is_pending());
+    for id in 2..=4 {
+        hub.publish(msg("main", id));
+    }
+    assert!(woken.0.load(Ordering::SeqCst) > 0);
+    match subscription.poll_next(&waker) {
+        Poll::Ready(batch) => assert_eq!((ids(&batch), batch.reset), (vec![4], false)),
+        Poll::Pending => panic!("message 4 follows the cursor"),
+    }
+}

@@ -35,6 +35,7 @@ mod client;
 mod error;
 pub mod ledger;
 mod progress;
+pub mod queue;
 pub mod report;
 pub mod scenarios;
 mod sys;

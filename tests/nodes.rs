@@ -1,0 +1,305 @@
+//! Several independent nodes (`c10k serve` processes, each with its own port) on one
+//! MariaDB or PostgreSQL store, sharing rooms through Redis or NATS, under `c10k
+//! queue-check`: every subscriber sees its room's stored order once, through the faults a
+//! deployment meets: a node killed with `kill -9` under load and started again, Redis
+//! paused (SIGSTOP) for 5 s then killed and restarted, NATS restarted, the bus unreachable
+//! when the nodes start. And the checker is shown to catch a node that drops bus messages
+//! on purpose (`--bus-drop-every`).
+//!
+//! Each test starts its own redis-server or nats-server on a free loopback port (never the
+//! machine's shared instances, which other tests use), so that it can kill or stop it.
+//! Without the binaries, or without the database servers, a test says `skipped` and
+//! passes, except under `C10K_E2E_REQUIRED=1`.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// How long a bus server may take to accept connections after it is started.
+const BUS_START: Duration = Duration::from_secs(10);
+
+/// A redis-server or nats-server of the test's own, on a port that survives restarts.
+struct BusServer {
+    kind: BusKind,
+    port: u16,
+    child: Option<Child>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BusKind {
+    Redis,
+    Nats,
+}
+
+impl BusKind {
+    fn binary(self) -> &'static str {
+        match self {
+            BusKind::Redis => "redis-server",
+            BusKind::Nats => "nats-server",
+        }
+    }
+}
+
+/// A port nobody listens on now (the kernel's pick, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// True (after saying so) when this test cannot run here; under `C10K_E2E_REQUIRED=1`
+/// what is missing fails the test instead.
+fn skipped(model: Model, bus: BusKind) -> bool {
+    if support::server::skipped_without_database(model) {
+        return true;
+    }
+    let found = Command::new(bus.binary()).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if found.is_ok_and(|s| s.success()) {
+        return false;
+    }
+    if c10k_store::testing::required() {
+        panic!("{} is not on PATH, and C10K_E2E_REQUIRED=1; install it (apt-get install {})", bus.binary(), match bus {
+            BusKind::Redis => "redis-server",
+            BusKind::Nats => "nats-server",
+        });
+    }
+    eprintln!("skipped: needs {} on PATH", bus.binary());
+    true
+}
+
+impl BusServer {
+    /// Reserves a port; the server is not started yet.
+    fn reserve(kind: BusKind) -> BusServer {
+        BusServer { kind, port: free_port(), child: None }
+    }
+
+    fn started(kind: BusKind) -> BusServer {
+        let mut server = BusServer::reserve(kind);
+        server.start();
+        server
+    }
+
+    fn url(&self) -> String {
+        match self.kind {
+            BusKind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            BusKind::Nats => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Starts it on its port and returns once it accepts connections.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let port = self.port.to_string();
+        let mut command = Command::new(self.kind.binary());
+        match self.kind {
+            BusKind::Redis => command.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+            BusKind::Nats => command.args(["-a", "127.0.0.1", "-p", &port]),
+        };
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the bus server");
+        self.child = Some(child);
+        let deadline = Instant::now() + BUS_START;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not listen on {} within {BUS_START:?}", self.kind.binary(), self.port);
+            thread::sleep(Duration::from_millis(20)); // poll until it listens
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// `kill -9`, and reaped.
+    fn kill_9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.take().expect("running").wait();
+    }
+}
+
+impl Drop for BusServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Two nodes of `model` on one scratch database, both on `bus`, plus `extra` for the second.
+fn two_nodes(model: Model, bus: &str, extra: &[&str]) -> (Server, Server) {
+    let args = ["--bus", bus, "--history", "5000"];
+    let a = Server::start_with_args(model, &args);
+    let db = a.db_arg().into_string().unwrap();
+    let mut b_args = args.to_vec();
+    b_args.extend_from_slice(extra);
+    let b = Server::start_sharing(model, &b_args, &db);
+    (a, b)
+}
+
+/// `c10k queue-check` against the nodes, on a thread; its output when it ends.
+fn queue_check(nodes: &[&Server], db: &str, flags: &[&str]) -> thread::JoinHandle<Output> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_c10k"));
+    command.arg("queue-check").args(["--db", db, "--seed", "7"]);
+    for node in nodes {
+        command.args(["--target", &node.addr().to_string()]);
+    }
+    command.args(flags);
+    thread::spawn(move || command.output().expect("run c10k queue-check"))
+}
+
+/// The checker's report, printed for the test log; whether it passed.
+fn verdict(output: Output) -> (bool, String) {
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert_ne!(output.status.code(), Some(2), "the checker could not run: {}", String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), report)
+}
+
+/// A metric of a node's /metrics (0 when absent).
+fn metric(node: &Server, name: &str) -> u64 {
+    let text = get(node.port(), "/metrics").text();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// Waits (bounded) until `node` has stored at least `n` posts: the load is under way.
+fn until_posted(node: &Server, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(node, "c10k_messages_posted_total") < n {
+        assert!(Instant::now() < deadline, "node on {} stored fewer than {n} posts in 30 s", node.port());
+        thread::sleep(Duration::from_millis(50)); // poll the metric
+    }
+}
+
+/// Load long enough for a fault in its middle: 4 publishers × 300 posts at 30/s (~10 s).
+const UNDER_LOAD: &[&str] = &["--publishers", "4", "--messages", "300", "--rate", "30", "--subscribers", "6", "--drain", "30"];
+
+fn passes_with_zero_lost_and_zero_doubled(model: Model, bus: BusKind) {
+    let bus = BusServer::started(bus);
+    let (a, b) = two_nodes(model, &bus.url(), &[]);
+    let db = a.db_arg().into_string().unwrap();
+    let (passed, report) = verdict(queue_check(&[&a, &b], &db, &["--messages", "60"]).join().unwrap());
+    assert!(passed, "{report}");
+    assert!(report.contains("lost 0, doubled 0, reordered 0"), "{report}");
+    assert!(metric(&b, "c10k_bus_received_total") > 0, "node B heard the bus");
+}
+
+fn fails_against_a_node_that_drops_bus_messages(model: Model, bus: BusKind) {
+    let bus = BusServer::started(bus);
+    let (a, b) = two_nodes(model, &bus.url(), &["--bus-drop-every", "5"]);
+    let db = a.db_arg().into_string().unwrap();
+    // Posts only through A, no disconnects: B's subscribers depend on B's bus alone.
+    let a_addr = a.addr().to_string();
+    let flags = ["--messages", "60", "--disconnect-every", "0", "--drain", "3", "--publish-via", &a_addr];
+    let (passed, report) = verdict(queue_check(&[&a, &b], &db, &flags).join().unwrap());
+    assert!(!passed, "the checker must catch a node that drops every 5th bus message:\n{report}");
+    assert!(report.contains("lost") && !report.contains("lost 0,"), "{report}");
+}
+
+fn survives_a_node_killed_and_restarted_under_load(model: Model, bus: BusKind) {
+    let bus = BusServer::started(bus);
+    let (a, mut b) = two_nodes(model, &bus.url(), &[]);
+    let db = a.db_arg().into_string().unwrap();
+    let check = queue_check(&[&a, &b], &db, UNDER_LOAD);
+    until_posted(&b, 40);
+    let port = b.port();
+    b.kill_9();
+    until_posted(&a, metric(&a, "c10k_messages_posted_total") + 40); // the load goes on without B
+    b.restart_on_port(port);
+    let (passed, report) = verdict(check.join().unwrap());
+    assert!(passed, "{report}");
+}
+
+fn survives_the_bus_restarted_under_load(model: Model, kind: BusKind, pause_first: bool) {
+    let mut bus = BusServer::started(kind);
+    let (a, b) = two_nodes(model, &bus.url(), &[]);
+    let db = a.db_arg().into_string().unwrap();
+    let check = queue_check(&[&a, &b], &db, UNDER_LOAD);
+    until_posted(&a, 30);
+    if pause_first {
+        bus.signal(libc::SIGSTOP);
+        thread::sleep(Duration::from_secs(5)); // the length of the pause is the fault itself
+    }
+    bus.kill_9();
+    let during = metric(&a, "c10k_messages_posted_total");
+    until_posted(&a, during + 30); // nodes keep serving with the bus down
+    bus.start();
+    let (passed, report) = verdict(check.join().unwrap());
+    assert!(passed, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&b, "c10k_bus_reconnects_total") == 0 {
+        assert!(Instant::now() < deadline, "node B never counted its reconnection");
+        thread::sleep(Duration::from_millis(50)); // poll the metric
+    }
+    for (name, node) in [("A", &a), ("B", &b)] {
+        let figures: Vec<String> = ["published", "received", "gaps_filled", "resets", "reconnects"]
+            .iter()
+            .map(|m| format!("{m} {}", metric(node, &format!("c10k_bus_{m}_total"))))
+            .collect();
+        eprintln!("node {name}: {}", figures.join(", "));
+    }
+}
+
+fn serves_with_the_bus_unreachable_at_start_and_catches_up(model: Model, kind: BusKind) {
+    let mut bus = BusServer::reserve(kind);
+    let (a, b) = two_nodes(model, &bus.url(), &[]);
+    let db = a.db_arg().into_string().unwrap();
+    assert_eq!(metric(&a, "c10k_bus_connected"), 0, "nothing listens on the bus's port yet");
+    let check = queue_check(&[&a, &b], &db, UNDER_LOAD);
+    until_posted(&a, 30);
+    bus.start();
+    let (passed, report) = verdict(check.join().unwrap());
+    assert!(passed, "{report}");
+    assert_eq!(metric(&a, "c10k_bus_connected"), 1);
+}
+
+macro_rules! nodes {
+    ($($name:ident: $model:expr, $bus:expr;)*) => {
+        $(
+            mod $name {
+                use super::*;
+                const MODEL: Model = $model;
+
+                #[test]
+                fn the_checker_passes_with_zero_lost_and_zero_doubled() {
+                    if !skipped(MODEL, $bus) { passes_with_zero_lost_and_zero_doubled(MODEL, $bus) }
+                }
+
+                #[test]
+                fn the_checker_fails_against_a_node_that_drops_bus_messages() {
+                    if !skipped(MODEL, $bus) { fails_against_a_node_that_drops_bus_messages(MODEL, $bus) }
+                }
+
+                #[test]
+                fn a_node_killed_with_kill_9_under_load_and_restarted_loses_nothing() {
+                    if !skipped(MODEL, $bus) { survives_a_node_killed_and_restarted_under_load(MODEL, $bus) }
+                }
+
+                #[test]
+                fn the_bus_killed_and_restarted_under_load_loses_nothing() {
+                    if !skipped(MODEL, $bus) { survives_the_bus_restarted_under_load(MODEL, $bus, false) }
+                }
+
+                #[test]
+                fn the_bus_paused_5_s_then_killed_and_restarted_loses_nothing() {
+                    if !skipped(MODEL, $bus) { survives_the_bus_restarted_under_load(MODEL, $bus, true) }
+                }
+
+                #[test]
+                fn a_bus_unreachable_at_start_is_caught_up_with_once_it_comes() {
+                    if !skipped(MODEL, $bus) { serves_with_the_bus_unreachable_at_start_and_catches_up(MODEL, $bus) }
+                }
+            }
+        )*
+    };
+}
+
+nodes! {
+    mariadb_redis: &["--model", "async", "--db", "mysql"], BusKind::Redis;
+    postgres_nats: &["--model", "async", "--db", "postgres"], BusKind::Nats;
+}
