@@ -252,6 +252,21 @@ fn dbstall_models() -> [(&'static str, &'static str, &'static [&'static str]); 4
     ]
 }
 
+/// A dbstall cell's server (`model` with `extra` flags and `--db-mode mode`, its store
+/// still to be chosen) and load: the probes, and (posters, posts per second).
+fn dbstall_load(scale: Scale, model: &str, extra: &[&str], mode: &str, (posters, post_rate): (usize, f64)) -> (Subject, Scenario) {
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["--db-mode", mode]);
+    let scenario = Scenario::DbStall(DbStallConfig {
+        connections: scale.pick(8, 2),
+        probe_rate: scale.pick(500.0, 100.0),
+        posters,
+        post_rate,
+        room: None,
+    });
+    (Subject::model(model, &args), scenario)
+}
+
 /// Posting connections of the database cells: more than the 16 connections to the
 /// database a server keeps (`--db-connections`), so that native and threads can use them all.
 pub const DB_POSTERS: usize = 32;
@@ -382,19 +397,10 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
     let slow = 20;
     for (series, model, extra) in dbstall_models() {
         for mode in ["offload", "inline"] {
-            let mut args: Vec<&str> = extra.to_vec();
-            args.extend(["--db-mode", mode]);
-            let mut subject = Subject::model(model, &args);
+            let (mut subject, scenario) = dbstall_load(scale, model, extra, mode, scale.pick((4, 20.0), (1, 10.0)));
             if let Subject::Model { db_slow_ms, .. } = &mut subject {
                 *db_slow_ms = Some(slow);
             }
-            let scenario = Scenario::DbStall(DbStallConfig {
-                connections: scale.pick(8, 2),
-                probe_rate: scale.pick(500.0, 100.0),
-                posters: scale.pick(4, 1),
-                post_rate: scale.pick(20.0, 10.0),
-                room: None,
-            });
             cells.push(cell(
                 "dbstall",
                 format!("{series}/{mode}"),
@@ -412,19 +418,11 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
     for database in Database::ALL {
         for (series, model, extra) in dbstall_models() {
             for mode in DB_MODES {
-                let mut args: Vec<&str> = extra.to_vec();
-                args.extend(["--db-mode", mode]);
-                let mut subject = Subject::model(model, &args);
+                let posts = scale.pick((DB_POSTERS, DB_POST_RATE), (2, 20.0));
+                let (mut subject, scenario) = dbstall_load(scale, model, extra, mode, posts);
                 if let Subject::Model { db_server, .. } = &mut subject {
                     *db_server = Some(DbServer { database, sleep_ms: DB_SLEEP_MS });
                 }
-                let scenario = Scenario::DbStall(DbStallConfig {
-                    connections: scale.pick(8, 2),
-                    probe_rate: scale.pick(500.0, 100.0),
-                    posters: scale.pick(DB_POSTERS, 2),
-                    post_rate: scale.pick(DB_POST_RATE, 20.0),
-                    room: None,
-                });
                 let id = format!("{}/{series}/{mode}", database.id());
                 cells.push(cell("dbstall", id.clone(), &id, None, subject, load(scenario, d)));
             }
