@@ -82,6 +82,17 @@ pub struct BenchArgs {
     /// cells (they are raised only as root, and restored afterwards).
     #[arg(long)]
     pub no_sysctl: bool,
+
+    /// The MySQL or MariaDB server of the dbstall suite's database cells; each cell makes
+    /// a scratch database there (CREATE DATABASE) and drops it after. Unreachable: those
+    /// cells are recorded as not measured, with the reason.
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306/test", value_name = "URL")]
+    pub mysql: String,
+
+    /// The PostgreSQL server of the dbstall suite's database cells; each cell makes a
+    /// scratch schema there (CREATE SCHEMA) and drops it after.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
+    pub postgres: String,
 }
 
 impl BenchArgs {
@@ -187,6 +198,8 @@ fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
             install_peers: !args.no_install,
             perf: args.perf,
             sysctl: !args.no_sysctl && is_root(),
+            mysql: args.mysql.clone(),
+            postgres: args.postgres.clone(),
         };
         let ports = runner::PortRange::widen(options.sysctl);
         let command = command_line();
@@ -265,6 +278,7 @@ fn skipped(cell: &Cell, reason: String) -> CellResult {
         loadavg: procfs::loadavg(),
         started_unix_ms: 0,
         wrk: None,
+        database: None,
     }
 }
 

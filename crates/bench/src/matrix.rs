@@ -12,7 +12,7 @@
 //! | `c100k` | 100,000 idle subscribers on several worker processes | 100k goal |
 //! | `c1m` | how far past 100,000 the async model gets, bounded by free memory | toward 1,000,000 |
 //! | `wakeup` | one connection's latency with K idle ones, per poller | select/poll vs epoll |
-//! | `dbstall` | unrelated requests' p99 with a slow store, inline vs offload | "block on the database" |
+//! | `dbstall` | unrelated requests' p99 and posts stored per second with a slow store: SQLite sleeping in c10k, and MariaDB/MySQL and PostgreSQL whose every store call waits on a 50 ms query; inline vs offload vs native | "block on the database" |
 //! | `cpu` | CPU-bound requests beside plaintext: giant lock, wedging, cores | GIL, wedging, green threads |
 
 use std::time::Duration;
@@ -33,6 +33,10 @@ pub enum Subject {
         args: Vec<String>,
         /// A slow store, `--db slow:MILLIS:PATH` (db-stall).
         db_slow_ms: Option<u64>,
+        /// A database server's store on a scratch database of the cell's own, slowed down
+        /// on the server (db-stall); its URL comes from `c10k bench --mysql/--postgres`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        db_server: Option<DbServer>,
     },
     /// `bench/baselines/run.sh NAME 0 [WORKERS]`.
     Peer {
@@ -49,6 +53,7 @@ impl Subject {
             model: model.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
             db_slow_ms: None,
+            db_server: None,
         }
     }
 
@@ -72,6 +77,55 @@ impl Subject {
         matches!(self, Subject::Peer { .. })
     }
 }
+
+/// A database server a cell's store lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Database {
+    /// MySQL or MariaDB (`c10k bench --mysql`).
+    Mysql,
+    /// PostgreSQL (`c10k bench --postgres`).
+    Postgres,
+}
+
+impl Database {
+    /// Both, in the order the suite runs them.
+    pub const ALL: [Database; 2] = [Database::Mysql, Database::Postgres];
+
+    /// The name in cell ids: `mysql`, `postgres`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Database::Mysql => "mysql",
+            Database::Postgres => "postgres",
+        }
+    }
+
+    /// What to call it before its version is known: `MySQL/MariaDB`, `PostgreSQL`.
+    pub fn title(self) -> &'static str {
+        match self {
+            Database::Mysql => "MySQL/MariaDB",
+            Database::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+/// A store on a database server, made slow on the server: before each store read and
+/// append, `c10k serve --db-sleep-ms MS` runs a query that takes MS there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbServer {
+    /// Which server.
+    pub database: Database,
+    /// `--db-sleep-ms`.
+    pub sleep_ms: u64,
+}
+
+/// How long the database cells' query takes on the server (`--db-sleep-ms`): slow enough
+/// that one serving thread can store at most 20 posts a second inline.
+pub const DB_SLEEP_MS: u64 = 50;
+
+/// The `--db-mode`s of the database cells. Every model gets all three: those without a
+/// native driver refuse it at start, and their native cells record the server's reason.
+const DB_MODES: [&str; 3] = ["offload", "inline", "native"];
 
 /// What a cell does to its server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +240,39 @@ fn plaintext_models() -> Vec<(&'static str, Subject)> {
         ("green", Subject::model("green", &["--poller", "epoll"])),
     ]
 }
+
+/// The models of the dbstall suite: the three with one serving thread (async on one
+/// worker), and threads, whose connections each have their own.
+fn dbstall_models() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
+    [
+        ("async", "async", &["--threads", "1"]),
+        ("threads", "threads", &[]),
+        ("reactor", "reactor", &[]),
+        ("green", "green", &[]),
+    ]
+}
+
+/// A dbstall cell's server (`model` with `extra` flags and `--db-mode mode`, its store
+/// still to be chosen) and load: the probes, and (posters, posts per second).
+fn dbstall_load(scale: Scale, model: &str, extra: &[&str], mode: &str, (posters, post_rate): (usize, f64)) -> (Subject, Scenario) {
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["--db-mode", mode]);
+    let scenario = Scenario::DbStall(DbStallConfig {
+        connections: scale.pick(8, 2),
+        probe_rate: scale.pick(500.0, 100.0),
+        posters,
+        post_rate,
+        room: None,
+    });
+    (Subject::model(model, &args), scenario)
+}
+
+/// Posting connections of the database cells: more than the 16 connections to the
+/// database a server keeps (`--db-connections`), so that native and threads can use them all.
+pub const DB_POSTERS: usize = 32;
+/// Posts offered per second, in all, by the database cells: more than 16 connections can
+/// store with a 50 ms query each (320/s).
+pub const DB_POST_RATE: f64 = 400.0;
 
 /// The peers of the plaintext suite, each on one worker (one core) where it has a choice.
 fn plaintext_peers() -> Vec<(&'static str, Subject)> {
@@ -308,26 +395,12 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
 
     // dbstall: a slow store, inline against offload.
     let slow = 20;
-    for (series, model, extra) in [
-        ("async", "async", vec!["--threads", "1"]),
-        ("threads", "threads", vec![]),
-        ("reactor", "reactor", vec![]),
-        ("green", "green", vec![]),
-    ] {
+    for (series, model, extra) in dbstall_models() {
         for mode in ["offload", "inline"] {
-            let mut args: Vec<&str> = extra.clone();
-            args.extend(["--db-mode", mode]);
-            let mut subject = Subject::model(model, &args);
+            let (mut subject, scenario) = dbstall_load(scale, model, extra, mode, scale.pick((4, 20.0), (1, 10.0)));
             if let Subject::Model { db_slow_ms, .. } = &mut subject {
                 *db_slow_ms = Some(slow);
             }
-            let scenario = Scenario::DbStall(DbStallConfig {
-                connections: scale.pick(8, 2),
-                probe_rate: scale.pick(500.0, 100.0),
-                posters: scale.pick(4, 1),
-                post_rate: scale.pick(20.0, 10.0),
-                room: None,
-            });
             cells.push(cell(
                 "dbstall",
                 format!("{series}/{mode}"),
@@ -336,6 +409,23 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
                 subject,
                 load(scenario, d),
             ));
+        }
+    }
+    // The same on the database servers, each store call waiting on a 50 ms query there,
+    // and with native drivers too. Posters outnumber the 16 connections a server process
+    // keeps, and offer more than 16 of them can store (16 / 50 ms = 320/s), so the rate
+    // stored is the server's: inline on one thread ~20/s, offload's 4 threads ~80/s.
+    for database in Database::ALL {
+        for (series, model, extra) in dbstall_models() {
+            for mode in DB_MODES {
+                let posts = scale.pick((DB_POSTERS, DB_POST_RATE), (2, 20.0));
+                let (mut subject, scenario) = dbstall_load(scale, model, extra, mode, posts);
+                if let Subject::Model { db_server, .. } = &mut subject {
+                    *db_server = Some(DbServer { database, sleep_ms: DB_SLEEP_MS });
+                }
+                let id = format!("{}/{series}/{mode}", database.id());
+                cells.push(cell("dbstall", id.clone(), &id, None, subject, load(scenario, d)));
+            }
         }
     }
 

@@ -459,26 +459,26 @@ fn wakeup(r: &Results, path: &Path) -> Result<bool, String> {
 }
 
 fn db_stall(r: &Results, path: &Path) -> Result<bool, String> {
+    let modes = ["offload", "inline", "native"];
     let rows: Vec<(String, f64, usize)> = r
         .cells("dbstall")
         .iter()
         .filter_map(|c| {
-            Some((
-                c.cell.series.clone(),
-                c.median("p99_us")?,
-                usize::from(c.cell.series.ends_with("/inline")),
-            ))
+            let mode = c.cell.series.rsplit('/').next()?;
+            Some((c.cell.series.clone(), c.median("p99_us")?, modes.iter().position(|m| *m == mode)?))
         })
         .collect();
     draw_bars(
         path,
         &Bars {
-            title: "db-stall: p99 of unrelated GET /healthz while posts hit a slow store".into(),
-            x_desc: "healthz p99 (log scale)".into(),
+            title: "db-stall: p99 of unrelated GET /healthz while posts wait on a slow store".into(),
+            x_desc: "healthz p99 (log scale); SQLite sleeping in c10k, or mysql/postgres with a 50 ms query per store call"
+                .into(),
             rows,
             groups: vec![
                 "offload (store calls on a pool)".into(),
                 "inline (on the serving thread)".into(),
+                "native (a driver the model awaits, or the connection's own thread)".into(),
             ],
             log: true,
             fmt: us_label,

@@ -144,6 +144,7 @@ pub fn one_line(c: &CellResult) -> String {
         ("rps", "req/s", thousands as fn(f64) -> String),
         ("cpu_rps", "cpu req/s", thousands),
         ("deliveries_per_s", "deliveries/s", thousands),
+        ("post_rps", "posts/s", |v| format!("{v:.1}")),
         ("held", "held", thousands),
         ("p50_us", "p50", us),
         ("p99_us", "p99", us),
@@ -381,7 +382,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
              measures the client as much as the server; pipelined, the server's own cost per request sets the rate. \
              wrk does not run on them (it cannot pipeline without a Lua script).",
         "wakeup" => "The reactor on each poller with K idle keep-alive connections (each served one request, then left idle) while one more connection runs plaintext back to back: what each wake-up costs as idle connections grow. `select` cannot watch descriptors past 1024 (FD_SETSIZE): the server refuses those connections.",
-        "dbstall" => "Posts (store calls, made slow where the build has a slow store) at a fixed rate beside `GET /healthz` probes at a fixed rate; the probes' latency is measured from when each was due (no coordinated omission). `inline` runs the store call on the serving thread, `offload` on the pool.",
+        "dbstall" => "Posts (store calls, made slow) at a fixed rate beside `GET /healthz` probes at a fixed rate; the probes touch no store, and their latency is measured from when each was due (no coordinated omission). `inline` runs the store call on the serving thread, `offload` on the store's pool of 4 threads, `native` on a driver that cooperates with the model (async: mysql_async or tokio-postgres awaited by its tasks; threads: the blocking driver on the connection's own thread; reactor and green have none and refuse it). First the SQLite store sleeping in c10k; then one table per database server, every store call first waiting on a query that takes 50 ms there (`--db-sleep-ms 50`), each cell on a scratch database of its own, dropped after. On the servers the posters (32) outnumber the 16 connections a server keeps to the database and offer more than those can store, so posts stored per second is the server's ceiling: about 20/s for one thread blocking inline, 80/s for offload's 4 threads, up to 320/s for 16 connections.",
         "cpu" => "`GET /cpu?cost=N` (CPU-bound, about 4 ms each at full size) on 4 connections beside `GET /plaintext` on one other (its latency is what the other clients see); server and client unpinned (the server may use both cores: the giant-lock and green-threads claims are about using several).",
         "fanout" => "Long-poll subscribers in one room while a poster posts back to back (and a paced run at the top size); every delivery is checked exactly-once and in order. Latency is from the post being sent to each subscriber receiving it.",
         "ws" => "WebSocket subscribers in one room while a poster posts back to back.",
@@ -482,33 +483,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
             }
             t.render(out);
         }
-        "dbstall" => {
-            let mut t = Table::new(&[
-                "model / store calls",
-                "healthz p50",
-                "p99",
-                "spread (p99)",
-                "p99.9",
-                "max",
-                "posts/s",
-                "post p99",
-                "problems",
-            ]);
-            for c in &cells {
-                t.row(vec![
-                    label(c),
-                    med(c, "p50_us", us),
-                    med(c, "p99_us", us),
-                    spread(c, "p99_us"),
-                    med(c, "p999_us", us),
-                    med(c, "max_us", us),
-                    med(c, "post_rps", |v| format!("{v:.1}")),
-                    med(c, "post_p99_us", us),
-                    problems(c),
-                ]);
-            }
-            t.render(out);
-        }
+        "dbstall" => dbstall_tables(out, &cells),
         "cpu" => {
             let mut t = Table::new(&[
                 "server",
@@ -647,6 +622,106 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
         }
     }
     let _ = writeln!(out, "\n</details>\n");
+}
+
+/// The dbstall tables: the SQLite store sleeping in c10k, then one per database server.
+fn dbstall_tables(out: &mut String, cells: &[&CellResult]) {
+    let on_server = |c: &CellResult| match &c.cell.subject {
+        crate::matrix::Subject::Model { db_server, .. } => *db_server,
+        _ => None,
+    };
+    let sqlite: Vec<&CellResult> = cells.iter().copied().filter(|c| on_server(c).is_none()).collect();
+    if !sqlite.is_empty() {
+        let _ = writeln!(out, "**SQLite, sleeping in c10k** (`--db slow:MILLIS:PATH`):\n");
+        let mut t = Table::new(&[
+            "model / store calls",
+            "healthz p50",
+            "p99",
+            "spread (p99)",
+            "p99.9",
+            "max",
+            "posts/s",
+            "post p99",
+            "problems",
+        ]);
+        for c in &sqlite {
+            t.row(vec![
+                label(c),
+                med(c, "p50_us", us),
+                med(c, "p99_us", us),
+                spread(c, "p99_us"),
+                med(c, "p999_us", us),
+                med(c, "max_us", us),
+                med(c, "post_rps", |v| format!("{v:.1}")),
+                med(c, "post_p99_us", us),
+                problems(c),
+            ]);
+        }
+        t.render(out);
+    }
+    for database in crate::matrix::Database::ALL {
+        let ran: Vec<&CellResult> =
+            cells.iter().copied().filter(|c| on_server(c).is_some_and(|d| d.database == database)).collect();
+        let Some(server) = ran.first().and_then(|c| on_server(c)) else { continue };
+        let name = ran.iter().find_map(|c| c.database.clone()).unwrap_or_else(|| database.title().to_string());
+        let _ = writeln!(
+            out,
+            "**{name}**, every store call waiting on a {} ms query there (`--db {}://... --db-sleep-ms {}`):\n",
+            server.sleep_ms,
+            database.id(),
+            server.sleep_ms
+        );
+        let mut t = Table::new(&[
+            "model",
+            "--db-mode",
+            "healthz p50",
+            "healthz p99",
+            "spread (p99)",
+            "posts/s offered",
+            "posts/s stored",
+            "post p99",
+            "errors (healthz / post)",
+            "problems",
+        ]);
+        for c in &ran {
+            // `mysql/async/inline`: the model, with its flags but the mode, and the mode.
+            let mode = c.cell.id.rsplit('/').next().unwrap_or("").to_string();
+            let model = match &c.cell.subject {
+                crate::matrix::Subject::Model { model, args, .. } => {
+                    let flags: Vec<&str> = args.iter().map(String::as_str).take_while(|a| *a != "--db-mode").collect();
+                    if flags.is_empty() { model.clone() } else { format!("{model} <sub>{}</sub>", flags.join(" ")) }
+                }
+                _ => c.cell.series.clone(),
+            };
+            let offered = match &c.cell.action {
+                crate::matrix::Action::Load { scenario: c10k_load::Scenario::DbStall(s), .. } => {
+                    format!("{:.0} ({} posters)", s.post_rate, s.posters)
+                }
+                _ => "–".into(),
+            };
+            let why = match &c.skipped {
+                Some(s) => s.lines().next().unwrap_or("").replace('|', "\\|"),
+                None => problems(c),
+            };
+            t.row(vec![
+                model,
+                mode,
+                med(c, "p50_us", us),
+                med(c, "p99_us", us),
+                if c.ran() { spread(c, "p99_us") } else { "–".into() },
+                offered,
+                med(c, "post_rps", |v| format!("{v:.1}")),
+                med(c, "post_p99_us", us),
+                if c.ran() {
+                    format!("{} / {}", med(c, "errors", thousands), med(c, "post_errors", thousands))
+                } else {
+                    "–".into()
+                },
+                why,
+            ]);
+        }
+        t.render(out);
+    }
 }
 
 /// The plaintext suite's pipelined cells, with ratios to the pipelined baseline and raw

@@ -68,6 +68,10 @@ pub struct CellResult {
     /// wrk's run against the same server, for cells that cross-check with it (plaintext).
     #[serde(default)]
     pub wrk: Option<WrkRun>,
+    /// The database server a cell's store was on, as it names itself (`MariaDB
+    /// 10.11.19`, `PostgreSQL 15.20`), for the cells on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// One run of wrk against a cell's server, after c10k load's repeats (see [`crate::wrk`]).

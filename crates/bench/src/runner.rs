@@ -12,7 +12,9 @@ use c10k_load::scenarios::{IdleConfig, PlaintextConfig};
 use c10k_load::{LoadConfig, Report, Scenario};
 
 use crate::holder::Holder;
-use crate::matrix::{Action, Cell, Subject};
+use c10k_store::testing::{ScratchDatabase, ServerKind};
+
+use crate::matrix::{Action, Cell, Database, DbServer, Subject};
 use crate::procfs::{self, Peaks, Sampler};
 use crate::results::{CellResult, Sample, WrkRun};
 use crate::server::{self, Programs, Server};
@@ -30,6 +32,64 @@ pub struct RunOptions {
     pub perf: bool,
     /// Raise kernel.pid_max and vm.max_map_count for cells that need them (root only).
     pub sysctl: bool,
+    /// The MySQL/MariaDB server of the database cells (`--mysql`).
+    pub mysql: String,
+    /// The PostgreSQL server of the database cells (`--postgres`).
+    pub postgres: String,
+}
+
+impl RunOptions {
+    /// The URL of `database`'s server, as given on the command line.
+    pub fn server_url(&self, database: Database) -> &str {
+        match database {
+            Database::Mysql => &self.mysql,
+            Database::Postgres => &self.postgres,
+        }
+    }
+}
+
+/// The prefix of a skip that is the server refusing the cell's `--db-mode native`, with
+/// its reason after it: the report shows these as refused, not as failures.
+pub const REFUSED: &str = "refused: ";
+
+/// A scratch database for a cell on a database server, and the server's name and version
+/// (`MariaDB 10.11.19`); or why the cell cannot be measured.
+fn scratch_for(cell: &Cell, server: DbServer, options: &RunOptions) -> Result<(ScratchDatabase, String), String> {
+    let url = options.server_url(server.database);
+    let kind = match server.database {
+        Database::Mysql => ServerKind::MySql,
+        Database::Postgres => ServerKind::Postgres,
+    };
+    let not_measured = |e: String| {
+        format!(
+            "not measured: no scratch database on the {} server ({e}); give its URL with --{}",
+            server.database.title(),
+            server.database.id()
+        )
+    };
+    let scratch = ScratchDatabase::on(kind, url, &format!("bench_{}", cell.id)).map_err(not_measured)?;
+    let version = scratch.server_version().map_err(not_measured)?;
+    Ok((scratch, product_version(server.database, &version)))
+}
+
+/// `MariaDB 10.11.19` from `10.11.19-MariaDB-0+deb12u1`, `MySQL 8.0.36` from `8.0.36`,
+/// `PostgreSQL 15.20` from `PostgreSQL 15.20 (Debian ...) on x86_64-pc-linux-gnu, ...`.
+pub fn product_version(database: Database, version: &str) -> String {
+    let number = |s: &str| s.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap_or("").to_string();
+    match database {
+        Database::Mysql if version.contains("MariaDB") => format!("MariaDB {}", number(version)),
+        Database::Mysql => format!("MySQL {}", number(version)),
+        Database::Postgres => {
+            format!("PostgreSQL {}", number(version.trim_start_matches("PostgreSQL").trim_start()))
+        }
+    }
+}
+
+/// The server's own reason for refusing `--db-mode native`, from its log, if that is why
+/// it did not start.
+fn refusal(error: &str) -> Option<String> {
+    let at = error.rfind("--db-mode native: ")? + "--db-mode native: ".len();
+    Some(error[at..].lines().next().unwrap_or("").trim().to_string())
 }
 
 /// Kernel limits raised for thread- and process-count cells, restored on drop.
@@ -153,6 +213,7 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
         loadavg: procfs::loadavg(),
         started_unix_ms: now_ms(),
         wrk: None,
+        database: None,
     };
     if let Subject::Peer { name, .. } = &cell.subject {
         if !options.install_peers && !server::peer_installed(name, programs) {
@@ -169,10 +230,28 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
     } else {
         None
     };
-    let mut server = match Server::start(&cell.subject, server_cpus.as_deref(), programs) {
+    // A database cell's scratch database outlives its server (declared first, dropped last).
+    let scratch = match &cell.subject {
+        Subject::Model { db_server: Some(d), .. } => match scratch_for(cell, *d, options) {
+            Ok((scratch, name)) => {
+                result.database = Some(name);
+                Some(scratch)
+            }
+            Err(why) => {
+                result.skipped = Some(why);
+                return result;
+            }
+        },
+        _ => None,
+    };
+    let mut server = match Server::start(&cell.subject, server_cpus.as_deref(), programs, scratch.as_ref()) {
         Ok(s) => s,
         Err(e) => {
-            result.skipped = Some(format!("the server did not start: {e}"));
+            let e = e.to_string();
+            result.skipped = Some(match refusal(&e) {
+                Some(why) => format!("{REFUSED}{why}"),
+                None => format!("the server did not start: {e}"),
+            });
             return result;
         }
     };

@@ -1,5 +1,7 @@
 //! Server lifecycle: one fresh server per cell. A c10k model is started as `c10k serve
-//! --listen 127.0.0.1:0` with a fresh database in its own temporary directory; a peer
+//! --listen 127.0.0.1:0` with a fresh database: a SQLite file in its own temporary
+//! directory, or the scratch database on a MySQL or PostgreSQL server that the runner
+//! made for the cell (`--db URL --db-sleep-ms MS`); a peer
 //! through `bench/baselines/run.sh NAME 0 [WORKERS]`. Either way the bench reads the one
 //! URL line from standard output, keeps the server's log in the temporary directory (its
 //! tail goes into the error when the server will not start), and stops it with SIGTERM,
@@ -17,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use c10k_store::testing::ScratchDatabase;
 
 use crate::matrix::Subject;
 use crate::BenchError;
@@ -99,18 +103,27 @@ fn temp_dir() -> Result<PathBuf, BenchError> {
 }
 
 impl Server {
-    /// Starts `subject` pinned to `cpus` (when given and taskset exists) and waits for its URL.
-    pub fn start(subject: &Subject, cpus: Option<&str>, programs: &Programs) -> Result<Server, BenchError> {
+    /// Starts `subject` pinned to `cpus` (when given and taskset exists) and waits for its
+    /// URL. A subject on a database server is given `scratch`, its database for the cell.
+    pub fn start(
+        subject: &Subject,
+        cpus: Option<&str>,
+        programs: &Programs,
+        scratch: Option<&ScratchDatabase>,
+    ) -> Result<Server, BenchError> {
+        if scratch.is_some() {
+            return Server::start_once(subject, cpus, programs, None, scratch);
+        }
         match subject {
             Subject::Model {
                 db_slow_ms: Some(ms), ..
             } => {
                 // A slow store is asked for as slow:MILLIS:PATH; a build without it refuses
                 // the form, and the cell then measures the plain SQLite store (said so).
-                match Server::start_once(subject, cpus, programs, Some(*ms)) {
+                match Server::start_once(subject, cpus, programs, Some(*ms), None) {
                     Ok(s) => Ok(s),
                     Err(BenchError::Server(e)) if e.contains("slow") || e.contains("scheme") => {
-                        let mut s = Server::start_once(subject, cpus, programs, None)?;
+                        let mut s = Server::start_once(subject, cpus, programs, None, None)?;
                         s.note = Some(format!(
                             "this build has no slow store (--db slow:{ms}:PATH was refused), so posts cost only \
                              SQLite's own commit"
@@ -120,7 +133,7 @@ impl Server {
                     Err(e) => Err(e),
                 }
             }
-            _ => Server::start_once(subject, cpus, programs, None),
+            _ => Server::start_once(subject, cpus, programs, None, None),
         }
     }
 
@@ -129,6 +142,7 @@ impl Server {
         cpus: Option<&str>,
         programs: &Programs,
         slow: Option<u64>,
+        scratch: Option<&ScratchDatabase>,
     ) -> Result<Server, BenchError> {
         let dir = temp_dir()?;
         let mut argv: Vec<String> = Vec::new();
@@ -138,11 +152,12 @@ impl Server {
             shown.extend(["taskset".into(), "-c".into(), cpus.to_string()]);
         }
         let expect_prefix = match subject {
-            Subject::Model { model, args, .. } => {
+            Subject::Model { model, args, db_server, .. } => {
                 let db = dir.join("c10k.sqlite3").display().to_string();
-                let db = match slow {
-                    Some(ms) => format!("slow:{ms}:{db}"),
-                    None => db,
+                let db = match (slow, scratch) {
+                    (_, Some(s)) => s.url().to_string(),
+                    (Some(ms), None) => format!("slow:{ms}:{db}"),
+                    (None, None) => db,
                 };
                 let mut rest: Vec<String> = vec![
                     "serve".into(),
@@ -154,11 +169,16 @@ impl Server {
                     model.clone(),
                 ];
                 rest.extend(args.iter().cloned());
+                if let Some(d) = db_server {
+                    rest.extend(["--db-sleep-ms".into(), d.sleep_ms.to_string()]);
+                }
                 argv.push(programs.c10k.display().to_string());
                 shown.push("c10k".into());
                 for a in &rest {
                     argv.push(a.clone());
-                    shown.push(a.replace(&dir.display().to_string(), "$TMP"));
+                    let a = a.replace(&dir.display().to_string(), "$TMP");
+                    // The scratch database's name changes every run: shown as `$SCRATCH`.
+                    shown.push(scratch.map_or(a.clone(), |s| a.replace(s.name(), "$SCRATCH")));
                 }
                 "c10k listening on ".to_string()
             }

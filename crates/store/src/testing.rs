@@ -1,4 +1,5 @@
-//! Scratch databases on the MySQL/MariaDB and PostgreSQL servers that tests are given.
+//! Scratch databases on the MySQL/MariaDB and PostgreSQL servers that tests (and `c10k
+//! bench`'s database cells) are given.
 //!
 //! A test that needs a server asks [`ScratchDatabase::create`]; it gets a database of its
 //! own (MySQL: a new database; PostgreSQL: a new schema, selected through the URL's
@@ -71,6 +72,13 @@ impl ScratchDatabase {
             eprintln!("skipped: {label} needs a database server; set {var}, e.g. {var}={}", kind.example_url());
             return None;
         };
+        Some(ScratchDatabase::on(kind, &server, label).unwrap_or_else(|e| panic!("{label}: {e}")))
+    }
+
+    /// A fresh database on the `kind` server at `server` (a URL as `--db` takes it), named
+    /// after `label`; an unreachable server or a refused `CREATE` is an error that says
+    /// which. For callers that must go on without the server (`c10k bench`).
+    pub fn on(kind: ServerKind, server: &str, label: &str) -> Result<ScratchDatabase, String> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let clean: String =
             label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -78,17 +86,38 @@ impl ScratchDatabase {
         name.truncate(63); // both servers' longest identifier
         let url = match kind {
             ServerKind::MySql => {
-                admin_mysql(&server, &format!("CREATE DATABASE `{name}`"));
-                replace_path(&server, &name)
+                try_admin_mysql(server, &format!("CREATE DATABASE `{name}`"))?;
+                replace_path(server, &name)
             }
             ServerKind::Postgres => {
-                admin_postgres(&server, &format!("CREATE SCHEMA \"{name}\""));
+                try_admin_postgres(server, &format!("CREATE SCHEMA \"{name}\""))?;
                 // The application name lets kill_connections find this test's sessions.
                 let joiner = if server.contains('?') { '&' } else { '?' };
                 format!("{server}{joiner}options=-csearch_path%3D{name}&application_name={name}")
             }
         };
-        Some(ScratchDatabase { kind, server, name, url })
+        Ok(ScratchDatabase { kind, server: server.to_string(), name, url })
+    }
+
+    /// The database's name (a database on MySQL, a schema on PostgreSQL).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's product and version as it reports it: `10.11.19-MariaDB-0+deb12u1`
+    /// (`SELECT VERSION()`), `PostgreSQL 15.20 (Debian ...) on x86_64...` (`SELECT version()`).
+    pub fn server_version(&self) -> Result<String, String> {
+        match self.kind {
+            ServerKind::MySql => {
+                let mut conn = try_mysql_admin_conn(&self.server)?;
+                let v: Option<String> = conn.query_first("SELECT VERSION()").map_err(|e| format!("SELECT VERSION(): {e}"))?;
+                v.ok_or_else(|| "SELECT VERSION() returned no row".into())
+            }
+            ServerKind::Postgres => try_postgres_rows(&self.server, "SELECT version()")?
+                .into_iter()
+                .next()
+                .ok_or_else(|| "SELECT version() returned no row".into()),
+        }
     }
 
     /// The URL to give `--db`.
@@ -281,39 +310,65 @@ fn replace_path(url: &str, name: &str) -> String {
 }
 
 fn mysql_admin_conn(url: &str) -> mysql::Conn {
-    let opts = mysql::Opts::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    try_mysql_admin_conn(url).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_mysql_admin_conn(url: &str) -> Result<mysql::Conn, String> {
+    let opts = mysql::Opts::from_url(url).map_err(|e| format!("{url}: {e}"))?;
     let opts = mysql::OptsBuilder::from_opts(opts)
         .prefer_socket(false)
         .tcp_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    mysql::Conn::new(opts).unwrap_or_else(|e| panic!("cannot reach the test MySQL at {url}: {e}"))
+    mysql::Conn::new(opts).map_err(|e| format!("cannot reach the MySQL server at {url}: {e}"))
 }
 
 fn admin_mysql(url: &str, sql: &str) {
-    mysql_admin_conn(url).query_drop(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    try_admin_mysql(url, sql).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn try_admin_mysql(url: &str, sql: &str) -> Result<(), String> {
+    try_mysql_admin_conn(url)?.query_drop(sql).map_err(|e| format!("{sql}: {e}"))
 }
 
 fn admin_postgres(url: &str, sql: &str) {
     admin_postgres_count(url, sql);
 }
 
-/// Runs `sql` and counts the rows it returned. On a thread of its own, so that a test
-/// inside a tokio runtime may call it too.
+fn try_admin_postgres(url: &str, sql: &str) -> Result<(), String> {
+    try_postgres_rows(url, sql).map(drop)
+}
+
 fn admin_postgres_count(url: &str, sql: &str) -> usize {
+    try_postgres_rows(url, sql).unwrap_or_else(|e| panic!("{e}")).len()
+}
+
+/// Runs `sql` and returns the first column of the rows it returned. On a thread of its
+/// own, so that a test inside a tokio runtime may call it too.
+fn try_postgres_rows(url: &str, sql: &str) -> Result<Vec<String>, String> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime: {e}"))?;
                 runtime.block_on(async {
-                    let config: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+                    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
+                    config.connect_timeout(std::time::Duration::from_secs(10));
                     let (client, connection) = config
                         .connect(tokio_postgres::NoTls)
                         .await
-                        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {url}: {e}"));
+                        .map_err(|e| format!("cannot reach the PostgreSQL server at {url}: {e}"))?;
                     let driver = tokio::spawn(connection);
-                    let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                    let rows = client.simple_query(sql).await.map_err(|e| format!("{sql}: {e}"));
                     drop(client);
                     let _ = driver.await;
-                    rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count()
+                    Ok(rows?
+                        .iter()
+                        .filter_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_string()),
+                            _ => None,
+                        })
+                        .collect())
                 })
             })
             .join()

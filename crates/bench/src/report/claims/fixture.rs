@@ -15,6 +15,7 @@ pub(super) struct Run {
     errors: BTreeMap<String, u64>,
     skipped: Option<String>,
     wrk: Option<WrkRun>,
+    database: Option<String>,
 }
 
 /// The cell `id` with one repeat of these metrics.
@@ -25,6 +26,7 @@ pub(super) fn run(id: &str, metrics: &[(&str, f64)]) -> Run {
         errors: BTreeMap::new(),
         skipped: None,
         wrk: None,
+        database: None,
     }
 }
 
@@ -45,6 +47,12 @@ impl Run {
     /// `n` errors of class `kind` in its repeat.
     pub(super) fn errors(mut self, kind: &str, n: u64) -> Run {
         self.errors.insert(kind.into(), n);
+        self
+    }
+
+    /// Its store was on this database server (`MariaDB 10.11.19`).
+    pub(super) fn on(mut self, database: &str) -> Run {
+        self.database = Some(database.into());
         self
     }
 
@@ -92,6 +100,7 @@ pub(super) fn add(r: &mut Results, suite: &str, runs: Vec<Run>) {
                 loadavg: None,
                 started_unix_ms: 0,
                 wrk: run.wrk,
+                database: run.database,
             }
         })
         .collect();

@@ -1,6 +1,9 @@
 //! The talk's claims, in its order, each judged on the cells that test it: one function
 //! per claim, its thresholds named beside it.
 
+mod database;
+
+use database::database;
 use super::limits::machine_cpus;
 use super::{m, most_held, Claim, Outcome, Verdict};
 use crate::report::{bytes, thousands, us};
@@ -155,65 +158,6 @@ fn giant_lock(r: &Results) -> Claim {
             .and_because("the CPU-bound requests did not get more than one core even without the lock")
     };
     Claim { claim, measured, verdicts: vec![verdict], remarks: Vec::new(), reproduce }
-}
-
-/// An inline store call stalls the other requests when the probes' p99 with it is more
-/// than this many times their p99 with the call offloaded...
-const STALL_RATIO: f64 = 5.0;
-/// ...and more than this (µs): below it, a ratio is noise over a fast server.
-const STALL_MIN_US: f64 = 2_000.0;
-
-fn database(r: &Results) -> Claim {
-    let claim = "\"If you block while talking to a database, you block all the requests\"".to_string();
-    let reproduce = "`c10k bench --only dbstall`".to_string();
-    let mut measured = Vec::new();
-    let mut stalls = Vec::new();
-    let mut fine = Vec::new();
-    for model in ["reactor", "green", "async", "threads"] {
-        let off = m(r, "dbstall", &format!("{model}/offload"), "p99_us");
-        let inl = m(r, "dbstall", &format!("{model}/inline"), "p99_us");
-        if let (Some(o), Some(i)) = (off, inl) {
-            measured.push(format!("{model}: healthz p99 {} inline vs {} offload", us(i), us(o)));
-            if i > STALL_RATIO * o && i > STALL_MIN_US {
-                stalls.push(model);
-            } else {
-                fine.push(model);
-            }
-        }
-    }
-    if measured.is_empty() {
-        return Claim::not_measured(claim, "the dbstall suite", reproduce);
-    }
-    let slow = r
-        .cells("dbstall")
-        .iter()
-        .find_map(|c| c.notes.iter().find(|n| n.contains("slow store")).cloned())
-        .map(|n| format!(" (note: {n})"))
-        .unwrap_or_default();
-    let (verdicts, remarks) = if stalls.is_empty() {
-        let v = Verdict::because(
-            Outcome::NotSeen,
-            format!(
-                "inline store calls did not stall unrelated requests here (no inline p99 over {STALL_RATIO}× its \
-                 offload's and {}){slow}",
-                us(STALL_MIN_US)
-            ),
-        );
-        (vec![v], Vec::new())
-    } else {
-        let mut v = vec![Verdict::scoped(
-            Outcome::Confirmed,
-            format!("for {} (one serving thread: an inline store call stalls every connection)", stalls.join(", ")),
-        )];
-        if !fine.is_empty() {
-            v.push(Verdict::scoped(
-                Outcome::NotSeen,
-                format!("for {} (a thread per connection blocks only its own)", fine.join(", ")),
-            ));
-        }
-        (v, vec![format!("offload fixes it{slow}")])
-    };
-    Claim { claim, measured: measured.join("; "), verdicts, remarks, reproduce }
 }
 
 fn nginx_apache(r: &Results) -> Claim {

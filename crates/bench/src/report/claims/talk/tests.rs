@@ -109,34 +109,6 @@ fn green_threads_on_one_core_are_confirmed_when_both_ways_out_scale_past_the_rat
     assert_eq!(verdict(&green_cores(&cpu(&[("async", 200.0, 1.0)]))), "not measured");
 }
 
-/// The dbstall suite: (model, healthz p99 inline, p99 offload), in µs.
-fn dbstall(ran: &[(&str, f64, f64)]) -> Results {
-    let cells = ran
-        .iter()
-        .flat_map(|&(model, inline, offload)| {
-            [run(&format!("{model}/inline"), &[("p99_us", inline)]), run(&format!("{model}/offload"), &[("p99_us", offload)])]
-        })
-        .collect();
-    results("dbstall", cells)
-}
-
-#[test]
-fn a_blocking_store_call_stalls_a_loop_only_past_both_thresholds() {
-    let c = database(&dbstall(&[("reactor", 20_800.0, 621.0), ("threads", 592.0, 585.0)]));
-    assert_eq!(
-        verdict(&c),
-        "**Confirmed** for reactor (one serving thread: an inline store call stalls every connection); **Not seen** \
-         for threads (a thread per connection blocks only its own); offload fixes it"
-    );
-    // At the ratio, or past it under the floor: no stall.
-    for (inline, offload) in [(STALL_RATIO * 1_000.0, 1_000.0), (STALL_MIN_US, 100.0)] {
-        let c = database(&dbstall(&[("reactor", inline, offload)]));
-        assert_eq!(outcomes(&c), [Outcome::NotSeen], "{inline} vs {offload}");
-        assert!(verdict(&c).contains("(no inline p99 over 5× its offload's and 2.0 ms)"), "{}", verdict(&c));
-    }
-    assert_eq!(verdict(&database(&Results::default())), "not measured");
-}
-
 #[test]
 fn nginx_against_apache_judges_throughput_and_idle_connections_apart() {
     let mut r = results(
