@@ -125,9 +125,13 @@ pub fn metrics_are_read_correctly_by_prometheus_clients_parsers(model: Model) {
         return;
     }
     let server = Server::start(model);
-    api_post(server.port(), "main", "counted");
+    // One keep-alive connection for the post and every scrape: with several worker
+    // processes (each with its own metrics) a connection stays with one of them.
+    let mut conn = Conn::open(server.port());
+    conn.request(&Request::post("/api/rooms/main/messages").json(&json!({"body": "counted", "from": "test"})))
+        .assert_status(201);
     // A second scrape, so that /metrics itself has been answered (and timed) once.
-    get(server.port(), "/metrics");
+    conn.request(&Request::get("/metrics")).assert_status(200);
 
     let cases = [
         (None, "text/plain; version=0.0.4; charset=utf-8", "parser", ("c10k_server_info", "gauge")),
@@ -143,7 +147,7 @@ pub fn metrics_are_read_correctly_by_prometheus_clients_parsers(model: Model) {
         if let Some(accept) = accept {
             request = request.header("Accept", accept);
         }
-        let reply = request.send(server.port());
+        let reply = conn.request(&request);
         reply.assert_status(200);
         assert_eq!(reply.header("content-type"), Some(content_type), "Accept: {accept:?}\n{reply}");
         let families = parse_with_prometheus_client(parser, &reply.text());
