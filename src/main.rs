@@ -119,8 +119,9 @@ struct ServeArgs {
     /// (the blocking driver on a thread pool; the server keeps serving meanwhile),
     /// `inline` (the blocking driver on the serving thread, which stalls while the
     /// database works), or `native` (a driver that cooperates with the model: mysql_async
-    /// or tokio-postgres awaited by async's tasks; the blocking driver on the connection's
-    /// own thread for threads, pool and prefork; refused where a model has none).
+    /// or tokio-postgres awaited by async's tasks; on green, each coroutine driving its own
+    /// PostgreSQL connection over a green socket (MySQL: refused); the blocking driver on
+    /// the connection's own thread for threads, pool and prefork; refused on reactor).
     #[arg(long, value_enum, default_value_t = DbModeArg::Offload)]
     db_mode: DbModeArg,
 
