@@ -137,10 +137,7 @@ pub struct MySqlStore {
 /// The driver's options for a `mysql://` URL (a `mariadb://` one is read the same), with
 /// the store's timeouts, and a description for messages that never shows the password.
 pub(crate) fn parse_url(url: &str, options: &StoreOptions) -> Result<(Opts, String), StoreError> {
-    let url = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
-        _ => url.to_string(),
-    };
+    let url = as_mysql_url(url);
     let opts = Opts::from_url(&url).map_err(|e| {
         StoreError(format!(
             "cannot read the MySQL URL: {e}; write mysql://USER[:PASSWORD]@HOST:PORT/DATABASE, for \
@@ -163,6 +160,14 @@ pub(crate) fn parse_url(url: &str, options: &StoreOptions) -> Result<(Opts, Stri
         .write_timeout(Some(options.timeout))
         .into();
     Ok((opts, what))
+}
+
+/// The URL with a `mariadb://` scheme read as `mysql://`, which both drivers understand.
+pub(crate) fn as_mysql_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
+        _ => url.to_string(),
+    }
 }
 
 impl MySqlStore {

@@ -41,11 +41,7 @@ impl MySqlNativeStore {
         // The blocking driver's parser reads the URL and says what is wrong with it; the
         // async driver then gets the same URL, with the same overrides.
         let (_, what) = crate::mysql::parse_url(url, options)?;
-        let url = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
-            _ => url.to_string(),
-        };
-        let opts = Opts::from_url(&url).map_err(|e| StoreError(format!("cannot read the MySQL URL: {e}")))?;
+        let opts = Opts::from_url(&crate::mysql::as_mysql_url(url)).map_err(|e| StoreError(format!("cannot read the MySQL URL: {e}")))?;
         let constraints = PoolConstraints::new(0, options.connections.max(1)).unwrap_or_default();
         let opts = OptsBuilder::from_opts(opts)
             .prefer_socket(false)

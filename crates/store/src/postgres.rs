@@ -335,12 +335,7 @@ impl BlockingConn {
             // Runs whenever this connection's runtime is inside block_on, i.e. during a call.
             tokio::spawn(connection);
         };
-        let connecting = || runtime.block_on(connect(config, what, timeout, spawn, migrate_first));
-        let live = match tokio::runtime::Handle::try_current() {
-            // On a thread of another runtime: connect from a thread of its own (see `call`).
-            Ok(_) => std::thread::scope(|scope| scope.spawn(connecting).join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-            Err(_) => connecting(),
-        };
+        let live = off_any_runtime(|| runtime.block_on(connect(config, what, timeout, spawn, migrate_first)));
         match live {
             Ok(live) => Ok(BlockingConn { runtime: Some(runtime), live }),
             Err(e) => {
@@ -359,15 +354,7 @@ impl BlockingConn {
     /// inline`), where tokio forbids starting another, the call runs on a short-lived
     /// thread while the caller waits for it: the caller still blocks, as inline means.
     pub(crate) fn call<T: Send>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure> + Send) -> Result<T, Failure> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return std::thread::scope(|scope| {
-                scope
-                    .spawn(|| self.call_here(call))
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            });
-        }
-        self.call_here(call)
+        off_any_runtime(|| self.call_here(call))
     }
 
     fn call_here<T>(&self, call: impl AsyncFnOnce(&Live) -> Result<T, Failure>) -> Result<T, Failure> {
@@ -385,6 +372,16 @@ impl BlockingConn {
             call(&self.live).await
         })
     }
+}
+
+/// Runs `work`, which blocks on a private runtime, here; or, when this thread runs a tokio
+/// runtime already (where tokio forbids starting another), on a short-lived thread while
+/// this one waits for it.
+fn off_any_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work();
+    }
+    std::thread::scope(|scope| scope.spawn(work).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
 /// Messages in a PostgreSQL database, through blocking calls; see the module docs.
