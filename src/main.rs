@@ -55,8 +55,10 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on. Port 0 picks a free port (the URL printed says which).
-    #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR")]
+    /// Address to listen on: IP:PORT (`127.0.0.1:8888`, `[::1]:8888`, `0.0.0.0:8888` for
+    /// every interface), HOST:PORT (`localhost:8888`), or just the port (`8888`, `:8888`),
+    /// which means loopback. Port 0 picks a free port (the URL printed says which).
+    #[arg(long, default_value = "127.0.0.1:8888", value_name = "ADDR", value_parser = parse_listen)]
     listen: SocketAddr,
 
     /// Where messages are stored: a SQLite file path (created if missing), a MySQL or
@@ -128,7 +130,7 @@ struct ServeArgs {
     /// Seconds any one wait on a database server may take (connecting, a query's round
     /// trip, a free connection). Past it the request gets 503, and while the database is
     /// unreachable requests that need it get 503 at once; it is tried again every second.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     db_timeout: f64,
 
     /// Connections to a database server each process keeps at most.
@@ -154,15 +156,15 @@ struct ServeArgs {
     history: usize,
 
     /// Seconds a long-poll waits with nothing to send before answering (`{}` on Tornado's route).
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 30.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     longpoll_wait: f64,
 
     /// Seconds an idle keep-alive connection is kept open.
-    #[arg(long, default_value_t = 75.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 75.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     idle_timeout: f64,
 
     /// Seconds a request head may take to arrive in full (then 408).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     head_timeout: f64,
 
     /// Largest request body in bytes (then 413).
@@ -174,7 +176,7 @@ struct ServeArgs {
     /// it) minus a twentieth of it (32 to 1,000) kept for the store, the listener and the
     /// workers' pipes: 19,000 under a 20,000 limit. Past the limit, a new connection is
     /// answered 503 from a descriptor kept in reserve; the server warns if you ask for more.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     max_connections: Option<usize>,
 
     /// How the bank of /api/bank keeps concurrent operations apart: `none` (read, yield,
@@ -198,7 +200,7 @@ struct ServeArgs {
 
     /// Seconds between two catch-ups from the store while the bus is connected (it also
     /// catches up after every reconnection); 0: only after reconnections.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 30.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     bus_resync: f64,
 
     /// Test-only fault: drop every Nth message received from the bus and never fill a gap
@@ -248,6 +250,51 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// Parses `--listen`: an IP:PORT, a HOST:PORT resolved now (its first IPv4 address, if
+/// it has one: `localhost` is 127.0.0.1 even where it also names ::1), or a bare port
+/// (`8888`, `:8888`) on loopback, the safe default a bare port in nginx's `listen` is not.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let text = text.trim();
+    let expected = "write IP:PORT (127.0.0.1:8888, [::1]:8888, 0.0.0.0:8888), HOST:PORT (localhost:8888) or a port";
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port = port_only.parse::<u16>().map_err(|_| format!("{text:?}: a port is 0 to 65535"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {expected}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{text:?} is not an address to listen on; {expected}"));
+    }
+    let found: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?} ({e}); {expected}"))?
+        .collect();
+    found
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} has no address; {expected}"))
+}
+
+/// Parses `--max-connections`: a count of at least 1 (0 would refuse everyone; leaving
+/// the flag out is how to ask for the default).
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("0 would refuse every connection; give at least 1, or leave the flag out for the \
+                      open-files default"
+            .into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a count of connections")),
     }
 }
 
@@ -301,9 +348,9 @@ fn connection_cap(asked: Option<usize>) -> usize {
                  lower --max-connections",
                 reserved_descriptors(limit.unwrap_or(0))
             );
-            asked.max(1)
+            asked
         }
-        (Some(asked), _) => asked.max(1),
+        (Some(asked), _) => asked,
         (None, Some(allowed)) => allowed as usize,
         (None, None) => Limits::default().max_connections,
     }

@@ -360,3 +360,39 @@ fn a_server_that_is_not_there_is_a_plain_error() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot reach a server"), "{stderr}");
 }
+
+#[test]
+fn durations_are_written_as_wrk_writes_them() {
+    let server = Server::start();
+    let report = load(&server, &["plaintext", "--connections", "2", "--duration", "300ms"]);
+    assert_sound(&report);
+    assert!(
+        (0.25..5.0).contains(&report.measured_secs),
+        "--duration 300ms measured {} s:\n{}",
+        report.measured_secs,
+        report.to_text()
+    );
+    for bad in ["3x", "-1s", "soon"] {
+        let output = Command::new(C10K)
+            .args(["load", "plaintext", "--target", &server.addr.to_string(), &format!("--duration={bad}")])
+            .output()
+            .expect("c10k load runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--duration {bad}: {stderr}");
+        assert!(stderr.contains("e.g. 3s, 500ms, 2m"), "--duration {bad} says how to write one: {stderr}");
+    }
+}
+
+#[test]
+fn the_text_report_says_where_its_messages_stay() {
+    let server = Server::start();
+    let output = Command::new(C10K)
+        .args(["load", "ws-broadcast", "--subscribers", "2", "--messages", "3", "--quiet"])
+        .args(["--target", &server.addr.to_string(), "--timeout", "30"])
+        .output()
+        .expect("c10k load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout.lines().find(|l| l.trim_start().starts_with("room ")).unwrap_or_else(|| panic!("no room line:\n{stdout}"));
+    assert!(line.contains("load-") && line.contains("3 messages stay in the server's history"), "{line}");
+}

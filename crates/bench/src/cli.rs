@@ -42,11 +42,11 @@ pub struct BenchArgs {
     pub repeats: Option<usize>,
 
     /// Seconds of each measured repeat (default 5; --quick: 0.5).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     pub duration: Option<f64>,
 
     /// Seconds of warm-up before a load cell's repeats (default 1; --quick: 0.2).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     pub warmup: Option<f64>,
 
     /// Where RESULTS.md, results.json and plots/ go.
@@ -106,6 +106,12 @@ impl BenchArgs {
 
     /// The cells these flags select, in running order.
     pub fn cells(&self) -> Result<Vec<Cell>, BenchError> {
+        if self.repeats == Some(0) {
+            return Err(BenchError::Usage("--repeats 0 would measure nothing; give at least 1".into()));
+        }
+        if self.duration == Some(0.0) {
+            return Err(BenchError::Usage("--duration 0 would measure nothing; give e.g. 5s".into()));
+        }
         for s in &self.only {
             if !SUITE_NAMES.contains(&s.as_str()) {
                 return Err(BenchError::Usage(format!(
@@ -123,6 +129,20 @@ impl BenchArgs {
             }
         }
         let all = matrix::suites(self.scale());
+        let peers: Vec<&str> = {
+            let mut names: Vec<&str> = all.iter().filter(|c| c.subject.is_peer()).map(|c| c.subject.name()).collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        };
+        for p in &self.peers {
+            if p != "none" && !peers.contains(&p.as_str()) {
+                return Err(BenchError::Usage(format!(
+                    "unknown peer {p:?}; choose from: {}, or none",
+                    peers.join(", ")
+                )));
+            }
+        }
         let mut out = Vec::new();
         for suite in SUITE_NAMES {
             if !self.only.is_empty() && !self.only.iter().any(|s| s == suite) {
@@ -164,9 +184,16 @@ fn try_run(args: &BenchArgs) -> Result<(), BenchError> {
     let json_path = args.out.join("results.json");
     if args.list {
         for c in &cells {
-            println!("{:<10} {:<28} {:?}", c.suite, c.id, c.subject);
+            println!("{:<10} {:<28} {}", c.suite, c.id, c.subject.describe());
         }
         return Ok(());
+    }
+    if args.report_only && !json_path.exists() {
+        return Err(BenchError::Usage(format!(
+            "--report-only writes the report from {}, which does not exist; run c10k bench without \
+             --report-only first (or give --out the directory that holds it)",
+            json_path.display()
+        )));
     }
     std::fs::create_dir_all(&args.out)
         .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", args.out.display())))?;

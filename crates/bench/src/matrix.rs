@@ -72,6 +72,35 @@ impl Subject {
         }
     }
 
+    /// What serves the cell, as a person reads it (`c10k bench --list`):
+    /// `c10k serve --model async --threads 1`, `c10k serve --model green --db slow:50ms`,
+    /// `peer nginx, 1 worker`.
+    pub fn describe(&self) -> String {
+        match self {
+            Subject::Model { model, args, db_slow_ms, db_server } => {
+                let mut line = format!("c10k serve --model {model}");
+                for arg in args {
+                    line += " ";
+                    line += arg;
+                }
+                if let Some(ms) = db_slow_ms {
+                    line += &format!(" --db slow:{ms}:<scratch file>");
+                }
+                if let Some(server) = db_server {
+                    line += &format!(
+                        " --db <scratch {} database> --db-sleep-ms {}",
+                        server.database.title(),
+                        server.sleep_ms
+                    );
+                }
+                line
+            }
+            Subject::Peer { name, workers: None } => format!("peer {name}"),
+            Subject::Peer { name, workers: Some(1) } => format!("peer {name}, 1 worker"),
+            Subject::Peer { name, workers: Some(n) } => format!("peer {name}, {n} workers"),
+        }
+    }
+
     /// Whether this is a peer.
     pub fn is_peer(&self) -> bool {
         matches!(self, Subject::Peer { .. })

@@ -40,12 +40,12 @@ pub struct CommonArgs {
     pub target: String,
 
     /// Seconds of load (request loops stop then; posters stop posting then).
-    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "DURATION", value_parser = parse_seconds)]
     pub duration: f64,
 
     /// Hard limit on the whole run in seconds, setup and draining included
     /// (default: duration + 60).
-    #[arg(long, global = true, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_seconds)]
     pub timeout: Option<f64>,
 
     /// Client runtime threads (0: one per core; 1: a single-threaded runtime).
@@ -110,11 +110,12 @@ pub struct BroadcastArgs {
     /// Posts per second (0: each as soon as the previous one is acknowledged).
     #[arg(long, default_value_t = 0.0, value_name = "PER_SEC")]
     pub rate: f64,
-    /// Room to use (default: a fresh one per run).
+    /// Room to use (default: a fresh one per run, `load-PID-MILLIS`; what is posted stays in
+    /// the server's history, like any room's).
     #[arg(long, value_name = "ROOM")]
     pub room: Option<String>,
     /// Seconds subscribers wait for missing messages after the last post.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = parse_seconds)]
     pub drain: f64,
 }
 
@@ -137,14 +138,15 @@ pub struct IdleArgs {
     /// Spread connections over 127.0.0.1..=127.0.0.N (default: one per 20,000).
     #[arg(long, value_name = "N")]
     pub source_addrs: Option<usize>,
-    /// Room to use (default: a fresh one per run).
+    /// Room to use (default: a fresh one per run, `load-PID-MILLIS`; what is posted stays in
+    /// the server's history, like any room's).
     #[arg(long, value_name = "ROOM")]
     pub room: Option<String>,
     /// Connections being opened at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub open_concurrency: usize,
     /// Seconds to wait for the broadcast to reach everyone.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = parse_seconds)]
     pub drain: f64,
 }
 
@@ -163,7 +165,8 @@ pub struct DbStallArgs {
     /// Posts per second, in all.
     #[arg(long, default_value_t = 50.0, value_name = "PER_SEC")]
     pub post_rate: f64,
-    /// Room to post to (default: a fresh one per run).
+    /// Room to post to (default: a fresh one per run, `load-PID-MILLIS`; what is posted
+    /// stays in the server's history, like any room's).
     #[arg(long, value_name = "ROOM")]
     pub room: Option<String>,
 }
@@ -230,6 +233,31 @@ impl ScenarioArgs {
     }
 }
 
+/// Parses a span of time as wrk and nginx write it, for clap's `value_parser`: `3s`,
+/// `500ms`, `2m`, `1h`, or a plain number of seconds (`10`, `2.5`). Returns seconds.
+/// Shared by every subcommand's time flags (serve, load, bench, the checkers).
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" => 1e-6,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; write e.g. 3s, 500ms, 2m, 1h or plain seconds")),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 3s, 500ms, 2m, 1h or plain seconds"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{text:?}: a duration must be 0 or more (e.g. 3s, 500ms, 2m)"));
+    }
+    Ok(value * scale)
+}
+
 impl LoadArgs {
     /// The run these flags describe.
     pub fn to_config(self) -> Result<LoadConfig, String> {
@@ -244,7 +272,7 @@ impl LoadArgs {
             if v.is_finite() && v > 0.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(format!("--{name} must be a number of seconds above 0, not {v}"))
+                Err(format!("--{name} must be more than 0 (e.g. 3s, 500ms, 2m), not {v}"))
             }
         };
         let duration = secs("duration", c.duration)?;
@@ -296,5 +324,21 @@ pub fn run(args: LoadArgs) -> ExitCode {
             eprintln!("c10k load: {problem}");
         }
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_seconds;
+
+    #[test]
+    fn durations_take_wrk_units_and_plain_seconds() {
+        for (text, secs) in [("3", 3.0), ("2.5", 2.5), ("3s", 3.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), (" 10S ", 10.0), ("0", 0.0)] {
+            assert_eq!(parse_seconds(text), Ok(secs), "{text:?}");
+        }
+        for text in ["", "s", "3x", "-1", "-2s", "inf", "NaN", "1.5.2s", "ms500"] {
+            let err = parse_seconds(text).expect_err(text);
+            assert!(err.contains("3s, 500ms, 2m") || err.contains("0 or more"), "{text:?}: {err}");
+        }
     }
 }

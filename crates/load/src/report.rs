@@ -293,6 +293,16 @@ impl Report {
                 d.misses, d.duplicates, d.out_of_order, d.resets, d.post_failures, d.subscriber_errors
             );
             let _ = writeln!(out, "  {:<10} {}", "", latency_line(&d.latency));
+            if d.messages > 0 {
+                // The server keeps what was posted, as it keeps every room: say where it went
+                // rather than delete it behind the operator's back.
+                let _ = writeln!(
+                    out,
+                    "  room       {}: its {} messages stay in the server's history (--room NAME posts to one room every run)",
+                    d.room,
+                    thousands(d.messages)
+                );
+            }
         }
         if !self.errors.is_empty() {
             let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();

@@ -56,7 +56,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 2500, value_name = "CENTS")]
     pub balance: i64,
     /// Seconds the whole run may take; unanswered requests then count as unknown.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 60.0, value_name = "DURATION", value_parser = crate::cli::parse_seconds)]
     pub timeout: f64,
     /// Seed of the random operations (default: from the clock).
     #[arg(long, value_name = "N")]

@@ -81,10 +81,10 @@ pub struct QueueCheckArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub disconnect_every: u64,
     /// Seconds the subscribers are given, after the last post, to reach each room's newest id.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 30.0, value_name = "DURATION", value_parser = crate::cli::parse_seconds)]
     pub drain: f64,
     /// Seconds the posting phase may take at most.
-    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 120.0, value_name = "DURATION", value_parser = crate::cli::parse_seconds)]
     pub timeout: f64,
     /// Seed of the random choices (default: from the clock).
     #[arg(long, value_name = "N")]

@@ -1,0 +1,119 @@
+//! The command line as a new user meets it: the address forms `--listen` takes, and the
+//! flags that must be refused with a message saying what to write instead of being taken
+//! silently (`--max-connections 0`, `c10k bench --peers nosuch`, `--repeats 0`,
+//! `--report-only` with nothing to report). `c10k load`'s durations are tested beside its
+//! scenarios (tests/load_scenarios.rs).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const C10K: &str = env!("CARGO_BIN_EXE_c10k");
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("c10k-cli-{}-{}", std::process::id(), NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    dir
+}
+
+/// Starts `c10k serve --listen LISTEN`, waits for the address it prints, checks /healthz
+/// answers 200 there, stops it; returns the printed URL.
+fn serve_and_probe(listen: &str) -> String {
+    let dir = fresh_dir();
+    let mut child = Command::new(C10K)
+        .args(["serve", "--listen", listen, "--db"])
+        .arg(dir.join("chat.sqlite3"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("c10k serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let url = line.as_deref().unwrap_or("").trim().strip_prefix("c10k listening on ").map(str::to_string);
+    let answer = url.as_deref().and_then(|url| {
+        let host = url.strip_prefix("http://")?.trim_end_matches('/');
+        let mut conn = TcpStream::connect(host).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        Some(text)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = url.unwrap_or_else(|| panic!("--listen {listen}: no address printed ({line:?})"));
+    let answer = answer.unwrap_or_else(|| panic!("--listen {listen}: nothing answered at {url}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "--listen {listen}: /healthz at {url} answered {answer:?}");
+    url
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(C10K).args(args).output().expect("c10k runs")
+}
+
+/// The command exits 2 and its standard error says `hint`.
+fn refused(args: &[&str], hint: &str) -> String {
+    let output = run(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "c10k {args:?} should be refused; it said: {stderr}");
+    assert!(stderr.contains(hint), "c10k {args:?} should say {hint:?}; it said: {stderr}");
+    stderr
+}
+
+#[test]
+fn listen_takes_a_host_name_or_a_bare_port() {
+    for listen in ["localhost:0", ":0", "0", "127.0.0.1:0", "[::1]:0"] {
+        let url = serve_and_probe(listen);
+        let expected = if listen.starts_with('[') { "http://[::1]:" } else { "http://127.0.0.1:" };
+        assert!(url.starts_with(expected), "--listen {listen} listens on {url}");
+    }
+}
+
+#[test]
+fn a_listen_address_that_cannot_be_used_says_what_to_write() {
+    refused(&["serve", "--listen", "99999"], "a port is 0 to 65535");
+    refused(&["serve", "--listen", "127.0.0.1"], "write IP:PORT");
+    refused(&["serve", "--listen", "localhost:http-ish"], "write IP:PORT");
+}
+
+#[test]
+fn zero_connections_is_refused_not_taken_as_the_default() {
+    refused(&["serve", "--listen", "127.0.0.1:0", "--max-connections", "0"], "leave the flag out");
+}
+
+#[test]
+fn bench_list_names_each_cells_server_as_a_command() {
+    let output = run(&["bench", "--list", "--only", "plaintext,dbstall"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!stdout.contains("Model {") && !stdout.contains("Peer {"), "debug structs in --list:\n{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("c10k serve --model async --threads 1")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("peer nginx, 1 worker")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("--db-mode inline")), "{stdout}");
+}
+
+#[test]
+fn bench_flags_that_would_measure_nothing_are_refused() {
+    refused(&["bench", "--list", "--peers", "nosuch"], "unknown peer \"nosuch\"; choose from: apache-event");
+    refused(&["bench", "--list", "--repeats", "0"], "--repeats 0 would measure nothing");
+    refused(&["bench", "--list", "--duration", "0"], "--duration 0 would measure nothing");
+    let out = fresh_dir().join("nothing-here");
+    let out_arg = out.to_string_lossy().into_owned();
+    refused(&["bench", "--report-only", "--out", &out_arg], "run c10k bench without --report-only first");
+    assert!(!out.join("RESULTS.md").exists(), "no empty RESULTS.md is written");
+}
