@@ -91,7 +91,8 @@ struct ServeArgs {
 
     /// Worker processes, each running the model on the shared listening socket, under a
     /// master that restarts them and relays messages between them. Default 1 (this
-    /// process serves alone); prefork's default is 8, one per client served at once.
+    /// process serves alone); prefork's default is 32, one per client served at once (a
+    /// browser tab holds up to three connections; the master warns when all are busy).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
 
@@ -159,9 +160,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = 30.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     longpoll_wait: f64,
 
-    /// Seconds an idle keep-alive connection is kept open.
-    #[arg(long, default_value_t = 75.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
-    idle_timeout: f64,
+    /// Seconds an idle keep-alive connection is kept open. Default 75 (nginx's
+    /// keepalive_timeout); prefork's is 5, Apache's KeepAliveTimeout, because there an idle
+    /// connection holds a whole worker process.
+    #[arg(long, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
+    idle_timeout: Option<f64>,
 
     /// Seconds a request head may take to arrive in full (then 408).
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
@@ -372,7 +375,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let model = by_name(&args.model, &options)?;
     let limits = Limits {
         longpoll_wait: seconds("longpoll-wait", args.longpoll_wait)?,
-        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        idle_timeout: match args.idle_timeout {
+            Some(asked) => seconds("idle-timeout", asked)?,
+            None if model.forks() => prefork::IDLE_TIMEOUT,
+            None => Limits::default().idle_timeout,
+        },
         head_timeout: seconds("head-timeout", args.head_timeout)?,
         max_body_bytes: args.max_body,
         max_connections: connection_cap(args.max_connections),

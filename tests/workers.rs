@@ -401,6 +401,81 @@ fn workers_exit_when_the_master_is_killed(model: Model) {
 }
 
 // ---------------------------------------------------------------------------------------
+// prefork as a user meets it: enough workers for a few browser tabs, a short keep-alive,
+// and a word in the log when every worker is busy
+
+/// What a browser tab holds on the page: a stream, the page's keep-alive connection, and
+/// the connection its last post went out on.
+struct Tab {
+    _stream: EventStream,
+    _page: Conn,
+    _post: Conn,
+}
+
+fn open_tab(port: u16, room: &str) -> Tab {
+    let stream = EventStream::open(port, &format!("/api/rooms/{room}/events"), None);
+    let mut page = Conn::open(port);
+    page.request(&Request::get("/")).assert_status(200);
+    let mut post = Conn::open(port);
+    post.request(
+        &Request::post(&format!("/api/rooms/{room}/messages"))
+            .body("application/json", json!({"body": "hello", "from": "tab"}).to_string()),
+    )
+    .assert_status(201);
+    Tab { _stream: stream, _page: page, _post: post }
+}
+
+#[test]
+fn prefork_with_its_defaults_serves_several_tabs_at_once() {
+    let server = Server::start(&["--model", "prefork"]);
+    let master = master_of(&server);
+    wait_until("prefork's default of 32 workers are all started", || children_of(master).len() == 32);
+    // Four tabs hold twelve connections, as a browser does; the fifth tab still loads.
+    let tabs: Vec<Tab> = (0..4).map(|_| open_tab(server.port(), "tabs")).collect();
+    let mut fifth = Conn::open(server.port());
+    fifth.request(&Request::get("/")).assert_status(200);
+    drop(tabs);
+}
+
+#[test]
+fn prefork_lets_an_idle_keep_alive_connection_go_after_five_seconds() {
+    let server = Server::start(&["--model", "prefork", "--workers", "2"]);
+    let mut idle = Conn::open(server.port());
+    idle.request(&Request::get("/healthz")).assert_status(200);
+    let started = Instant::now();
+    idle.expect_closed("an idle keep-alive of prefork's default 5 s");
+    let held = started.elapsed();
+    // Not a speed goal: closed well before nginx's 75 s, and not at once.
+    assert!(held >= Duration::from_secs(4), "closed after {held:?}: sooner than the keep-alive timeout");
+}
+
+#[test]
+fn prefork_says_when_every_worker_is_busy_and_when_one_is_free_again() {
+    let server = Server::start(PREFORK_2);
+    let first = EventStream::open(server.port(), "/api/rooms/busy/events", None);
+    let _second = EventStream::open(server.port(), "/api/rooms/busy/events", None);
+    let mut waiting = Conn::open(server.port());
+    waiting.send_request(&Request::get("/healthz"));
+    wait_until("the master logs that every worker is busy", || {
+        server.stderr().contains("all 2 workers are busy and 1 connection is waiting")
+    });
+    drop(first);
+    waiting.read_response().assert_status(200);
+    wait_until("the master logs that a worker is free again", || server.stderr().contains("a worker is free again"));
+}
+
+#[test]
+fn each_prefork_worker_logs_a_slot_of_its_own() {
+    let server = Server::start(PREFORK_4);
+    let master = master_of(&server);
+    wait_until("4 workers", || children_of(master).len() == 4);
+    let log = server.stderr();
+    for slot in 0..4 {
+        assert!(log.lines().any(|l| l.contains("worker started") && l.contains(&format!("slot={slot} "))), "no slot={slot}:\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The table: behaviour x model
 
 macro_rules! workers_test {

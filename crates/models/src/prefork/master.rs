@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use c10k_bus::{LocalRelay, Notice, Switchboard};
 use tracing::{error, info, warn};
 
+use super::backlog::BacklogWatch;
 use super::worker::{self, empty_sigset};
 use crate::sys::{poll_timeout_ms, syscall};
 
@@ -80,6 +81,7 @@ pub fn run_master(
         failures: 0,
         restart_at: Instant::now(),
         failed: None,
+        backlog: BacklogWatch::new(Instant::now()),
         announce,
         worker_main,
     };
@@ -103,7 +105,8 @@ enum Phase {
 #[derive(Debug)]
 struct Child {
     pid: libc::pid_t,
-    /// Which of the master's listeners it accepts on (always 0 with one shared listener).
+    /// Its place among the workers, 0 to `workers - 1` (a replacement takes the dead
+    /// one's); with one listener per worker, the listener it accepts on.
     slot: usize,
     /// Bumped by every SIGHUP; older generations are stopped once the new one is ready.
     generation: u64,
@@ -129,6 +132,9 @@ struct Master<'a, 'w> {
     failures: u32,
     restart_at: Instant,
     failed: Option<String>,
+    /// Says when connections wait for a worker (prefork's one shared listener only: the
+    /// other models' workers each take many connections and have a listener of their own).
+    backlog: BacklogWatch,
     announce: &'a mut dyn FnMut(),
     worker_main: &'a mut WorkerMain<'w>,
 }
@@ -143,6 +149,11 @@ impl Master<'_, '_> {
                 Phase::Stopping { .. } => None,
                 _ if self.may_start_more() => Some(self.restart_at),
                 _ => None,
+            };
+            let deadline = match (deadline, self.watches_backlog()) {
+                (Some(d), true) => Some(d.min(self.backlog.deadline())),
+                (None, true) => Some(self.backlog.deadline()),
+                (d, false) => d,
             };
             // 2. Wait.
             let (signalled, relay) = self.wait(deadline)?;
@@ -315,6 +326,14 @@ impl Master<'_, '_> {
             _ if now >= self.restart_at => self.start_missing(),
             _ => {}
         }
+        if self.watches_backlog() {
+            self.backlog.on_timer(now, &self.listeners[0], self.workers);
+        }
+    }
+
+    /// Whether the accept queue is watched: while serving, on one shared listener.
+    fn watches_backlog(&self) -> bool {
+        self.phase == Phase::Serving && self.listeners.len() == 1
     }
 
     fn current_workers(&self) -> usize {
@@ -351,10 +370,11 @@ impl Master<'_, '_> {
         }
     }
 
-    /// The listener slot a new worker of the current generation takes: one no other worker
-    /// of this generation holds (a dead worker's replacement takes over its slot).
+    /// The slot a new worker of the current generation takes, 0 to `workers - 1`: one no
+    /// other worker of this generation holds (a dead worker's replacement takes over its
+    /// slot). With one listener per slot it is also the listener's index.
     fn free_slot(&self) -> usize {
-        (0..self.listeners.len())
+        (0..self.workers)
             .find(|slot| !self.children.iter().any(|c| c.generation == self.generation && c.slot == *slot))
             .unwrap_or(0)
     }
@@ -392,7 +412,8 @@ impl Master<'_, '_> {
     /// The rest of a child's life. Returns its exit status.
     fn be_worker(&mut self, master: libc::pid_t, relay: UnixStream, slot: usize) -> i32 {
         // Keep only this worker's listener: the others' copies would only cost descriptors.
-        let listener = std::mem::take(&mut self.listeners).swap_remove(slot);
+        let mut listeners = std::mem::take(&mut self.listeners);
+        let listener = listeners.swap_remove(if listeners.len() == 1 { 0 } else { slot });
         let result = worker::after_fork(master)
             .and_then(|()| Ok((listener, LocalRelay::new(relay)?)))
             .map_err(|e| format!("cannot start the worker: {e}"))

@@ -56,18 +56,28 @@
 //! read it back from any of them.
 //! Responses carry `X-C10k-Worker: PID` so that clients and tests can tell who served them.
 
+mod backlog;
 mod master;
 mod worker;
 
 use std::io;
 use std::net::TcpListener;
+use std::time::Duration;
 
 pub use master::{run_master, WorkerMain};
 
 use crate::{Context, Model};
 
-/// Workers `prefork` starts when `--workers` is not given.
-pub const DEFAULT_WORKERS: usize = 8;
+/// Workers `prefork` starts when `--workers` is not given. Apache's prefork forks up to
+/// 256 (`MaxRequestWorkers`) as load demands; these are forked at start and stay, so fewer:
+/// about ten browser tabs at once (each holds a stream, and briefly a page and a post
+/// connection), a few MiB of private memory each.
+pub const DEFAULT_WORKERS: usize = 32;
+
+/// How long `prefork` keeps an idle keep-alive connection when `--idle-timeout` is not
+/// given: Apache's `KeepAliveTimeout` (5 s), not nginx's 75 s, because here an idle
+/// connection holds a whole worker process that no other client can use meanwhile.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `prefork` model: what each worker process runs.
 #[derive(Debug, Default)]
