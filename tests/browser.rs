@@ -149,6 +149,40 @@ fn two_tabs_chat_through_the_page() {
     bob.assert_no_element("#inbox img, .message img");
 }
 
+/// prefork with its defaults serves the page to more tabs than it did with 8 workers and
+/// a 75 s keep-alive (then the third tab sat at "Connecting"; this test fails so with
+/// `--workers 8 --idle-timeout 75`): four tabs go live and chat.
+#[test]
+fn four_tabs_chat_on_prefork_with_its_defaults() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start(&["--model", "prefork"]);
+    let url = page_url(&server);
+    let names = ["ann", "bob", "cy", "dee"];
+    let tabs: Vec<Tab> = names
+        .iter()
+        .map(|name| {
+            let tab = browsers.open(name);
+            tab.goto(&url);
+            tab.set_nickname(name);
+            tab.wait_live("WebSocket");
+            tab
+        })
+        .collect();
+    for (tab, name) in tabs.iter().zip(names) {
+        tab.send_with_button(&format!("hello from {name}"));
+        for other in &tabs {
+            other.wait_for_message(&format!("hello from {name}"));
+        }
+    }
+    let expected: Vec<String> = names.iter().map(|n| format!("hello from {n}")).collect();
+    for tab in &tabs {
+        tab.wait_no_pending();
+        assert_eq!(bodies(&tab.messages()), expected, "{}: each message once, in order", tab.name);
+    }
+}
+
 /// Two tabs served by different worker processes (`--workers 2`) chat with each other:
 /// the local relay carries each message to the other worker. Which worker accepts a
 /// WebSocket is the kernel's choice, so the second tab reloads (a bounded number of
