@@ -675,13 +675,17 @@ impl Connection {
         let Connection { state, out, sent, app, waker, action, now, eof, .. } = self;
         let State::WebSocket(ws) = state else { return };
         let mut frames = Vec::new();
-        let end = loop {
-            if let Poll::Ready(status) = ws.session.poll_outgoing(waker, &mut frames) {
+        let end = 'pump: loop {
+            // Until `Pending`, which is what leaves the waker with the hub.
+            while let Poll::Ready(status) = ws.session.poll_outgoing(waker, &mut frames) {
                 for frame in frames.drain(..) {
                     let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
                 }
                 if let StreamStatus::Close(why) = status {
-                    break End::Close(why);
+                    break 'pump End::Close(why);
+                }
+                if out.len() - *sent > cap {
+                    break 'pump End::Close(OUTGOING_FULL);
                 }
             }
             if out.len() - *sent > cap {

@@ -346,6 +346,30 @@ fn a_websocket_post_is_stored_acked_and_broadcast_and_a_binary_frame_gets_an_err
 }
 
 #[test]
+fn a_websocket_subscriber_gets_the_history_and_is_woken_for_each_later_post() {
+    let world = World::new();
+    let (mut poster, _) = world.connect();
+    poster.handle_bytes(post("r", "before").as_bytes(), world.at(0.0));
+    world.settle(&mut poster, world.at(0.0));
+    drain(&mut poster);
+    let (mut c, woken) = world.connect();
+    c.handle_bytes(UPGRADE, world.at(0.0));
+    let mut client = Client(WebSocketContext::new(Role::Client, None));
+    let bytes = drain_bytes(&mut c);
+    let history = client.messages(&bytes[bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]);
+    assert!(matches!(&history[..], [WsMessage::Text(t)] if t.contains("before")), "{history:?}");
+    for body in ["after-1", "after-2"] {
+        poster.handle_bytes(post("r", body).as_bytes(), world.at(1.0));
+        world.settle(&mut poster, world.at(1.0));
+        drain(&mut poster);
+        c.handle_wake(world.at(1.0));
+        let live = client.messages(&drain_bytes(&mut c));
+        assert!(matches!(&live[..], [WsMessage::Text(t)] if t.contains(body)), "{live:?}");
+    }
+    assert_eq!(woken.0.load(Ordering::SeqCst), 2, "one wake-up per post");
+}
+
+#[test]
 fn a_websocket_subscriber_that_leaves_the_cap_unread_is_closed_with_a_reason() {
     let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
     let (mut c, mut client) = upgraded(&world);
@@ -415,4 +439,5 @@ fn a_client_that_never_hangs_up_after_the_answer_is_closed_after_the_grace() {
     assert_eq!(world.settle(&mut c, world.at(5.0)), ["close"]);
     assert!(c.is_closed());
 }
+
 

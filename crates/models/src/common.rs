@@ -113,6 +113,17 @@ pub(crate) fn set_worker_tag(pid: u32) {
     let _ = WORKER_TAG.set(pid.to_string());
 }
 
+/// This process's worker tag, if it is one worker of several (see [`tagged`]).
+pub(crate) fn worker_tag() -> Option<&'static str> {
+    WORKER_TAG.get().map(String::as_str)
+}
+
+/// The connection machine for a connection accepted now, woken through `waker`, tagging
+/// its responses as [`tagged`] does.
+pub(crate) fn connection(app: &Arc<App>, waker: std::task::Waker) -> c10k_core::conn::Connection {
+    c10k_core::conn::Connection::new(Arc::clone(app), waker, now()).tagged(worker_tag())
+}
+
 /// The response as this process sends it: in a worker process, with `X-C10k-Worker: PID`,
 /// so that a client (and the tests) can tell which worker served it. Every model encodes
 /// through this; a single process sends the response untouched, without copying it.
