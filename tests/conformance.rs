@@ -100,6 +100,7 @@ macro_rules! conformance {
                 answers_pings,
                 a_frame_larger_than_one_read_arrives_whole,
                 a_post_resent_with_its_key_is_stored_once,
+                a_subscriber_that_never_reads_is_closed_once_the_cap_is_exceeded,
             }
             http {
                 every_response_has_date_and_content_length,
@@ -118,6 +119,7 @@ macro_rules! conformance {
                 a_client_sending_garbage_does_not_stop_the_others,
                 a_connection_over_the_cap_gets_503_and_is_closed,
                 out_of_file_descriptors_a_new_connection_gets_503_not_silence,
+                a_bad_request_followed_by_more_bytes_gets_the_400_then_a_clean_close,
             }
             service {
                 healthz_is_ok,

@@ -447,3 +447,25 @@ pub fn out_of_file_descriptors_a_new_connection_gets_503_not_silence(model: Mode
         assert!(std::time::Instant::now() < deadline, "no connection served 10 s after the others closed");
     }
 }
+
+/// The close sequence, the same on every model: a client that sends a bad request and then
+/// goes on sending gets the 400 and a clean end of stream (our FIN after the answer, its
+/// bytes drained meanwhile), not a reset that would destroy the answer before it is read.
+pub fn a_bad_request_followed_by_more_bytes_gets_the_400_then_a_clean_close(model: Model) {
+    use std::io::Read;
+    let server = Server::start(model);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    stream.set_read_timeout(Some(crate::support::http::READ_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(crate::support::http::READ_TIMEOUT)).unwrap();
+    stream.write_all(b"BROKEN\r\n\r\n").unwrap();
+    let more = vec![b'x'; 64 * 1024];
+    for n in 0..8 {
+        stream.write_all(&more).unwrap_or_else(|e| panic!("chunk {n} after the bad request: {e} (the server reset the connection)"));
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let end = stream.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(end.is_ok(), "the stream must end cleanly, not with {end:?}; got {text:?}");
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+}

@@ -262,3 +262,34 @@ pub fn a_post_resent_with_its_key_is_stored_once(model: Model) {
     assert_eq!(marker["id"], 2, "nothing was stored in between");
     assert_eq!(second.next_message(), marker, "and nothing broadcast in between");
 }
+
+/// The output cap, the same on every model: a subscriber that never reads is disconnected
+/// once more than the cap (1 MiB) waits unread for it, so that it cannot make the server
+/// buffer without bound (its subscription is gone: `c10k_subscribers_open{kind="ws"}` drops).
+pub fn a_subscriber_that_never_reads_is_closed_once_the_cap_is_exceeded(model: Model) {
+    if crate::support::skipped_with_several_processes(model, "the subscriber gauge") {
+        return;
+    }
+    let server = Server::start(model);
+    let port = server.port();
+    let _silent = Ws::connect(port, WS);
+    let ws_open = |port| {
+        let text = get(port, "/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("c10k_subscribers_open{kind=\"ws\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(ws_open(port), 1.0);
+    // Posts of 4 KiB each until the server gives up on the subscriber: 1 MiB of cap plus
+    // what the two sockets' buffers hold, bounded well above both.
+    let body = "x".repeat(4000);
+    let mut posts = 0;
+    while ws_open(port) > 0.0 {
+        assert!(posts < 5000, "still subscribed after {posts} posts of 4 KB never read");
+        for _ in 0..50 {
+            api_post(port, "main", &body);
+        }
+        posts += 50;
+    }
+}

@@ -11,17 +11,20 @@
 //! - [`hub`]: rooms, bounded history, per-room ids, cursors, and the one wake-up
 //!   mechanism (a [`std::task::Waker`]) through which every model waits;
 //! - [`chat`]: the routes (Tornado-compatible and native), XSRF, JSON shapes, the page;
+//! - [`conn`]: one connection around the application, as a state machine (deadlines,
+//!   keep-alive, long-poll waits, SSE, WebSocket framing, output caps, the close sequence);
 //! - [`ledger`]: the bank of `/api/bank` and its `--locking` strategies (the talk's
 //!   "canonical race condition");
 //! - [`gaps`]: publishing a message that arrived before its predecessors (from a bus);
 //! - [`limits`], [`metrics`], [`store`]: the shared vocabulary.
 //!
-//! Each concurrency model (in `c10k-models`) owns the sockets and turns an [`chat::Outcome`]
-//! into writes, store calls and waits; none of them holds application logic.
+//! Each concurrency model (in `c10k-models`) owns the sockets and moves bytes, time and
+//! wake-ups between them and a [`conn::Connection`]; none of them holds protocol logic.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod chat;
+pub mod conn;
 pub mod gaps;
 pub mod http;
 pub mod hub;

@@ -4,70 +4,43 @@
 //! runs another. This is the talk's generator coroutines, scheduled the way Erlang maps
 //! green threads onto OS threads: M tasks on N threads, so it uses every core.
 //! Where it blocks: nowhere, unless a task calls blocking code (`--db-mode inline` does
-//! exactly that on purpose). Cost: the task (~1.7 KiB), the decoder and the socket per idle
-//! connection: no buffer is held while a connection sleeps (one 8 KiB read buffer per worker
-//! thread, output buffers freed after each flush), ~3.5-4.5 KiB in all measured.
+//! exactly that on purpose). Cost: the task, the core's connection machine and the socket
+//! per idle connection: the machine holds no buffer while a connection sleeps, and reads go
+//! through one 8 KiB buffer per worker thread.
 //! Hazard: a task that computes or blocks without awaiting holds its worker thread; with
 //! few workers that stalls every connection queued behind it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::net::TcpListener as StdListener;
+use std::net::{Shutdown, TcpListener as StdListener};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
 
-use c10k_core::chat::{Outcome, StoreCall, StoreDone, StreamStatus, WebSocketAccept, WsAction, WsSession};
-use c10k_core::http::{Event, ProtocolError, RequestDecoder, Response, StatusCode};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use c10k_core::chat::{StoreCall, StoreDone};
+use c10k_core::conn::Action;
+use c10k_core::http::Response;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{sleep_until, timeout_at};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
+use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::acceptor::{keep_reserve_descriptor, refuse_with_reserve, Reserve};
-use crate::common::{date, is_fd_exhaustion, now, tagged, websocket_config, ConnectionSlot, ReplyShape};
+use crate::common::{connection, date, is_fd_exhaustion, now, tagged, ConnectionSlot};
 use crate::{Context, DbMode, Model};
 
 /// Bytes read from a socket at a time, into the worker thread's scratch buffer (see
 /// [`read_into`]). Sized for a typical request head.
 const READ_CHUNK: usize = 8 * 1024;
-/// Room made in a connection's output buffer when it has none (it is freed while the
-/// connection sleeps).
-const OUT_CHUNK: usize = 1024;
 
 thread_local! {
     /// One read buffer per worker thread, not per connection: a read copies what arrived
     /// into the connection's decoder at once, so no connection keeps 8 KiB while it waits
     /// (with 100,000 idle connections that was most of the model's memory).
     static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; READ_CHUNK].into());
-}
-
-/// Waits until `stream` is readable, reads what is there into this thread's scratch
-/// buffer and hands it to `decoder` (or drops it, with `None`). Returns the bytes read;
-/// 0 is the peer's end of stream. Cancel-safe: nothing is lost if the future is dropped
-/// while it waits, since nothing is read before the synchronous `try_read`.
-async fn read_into(stream: &TcpStream, mut decoder: Option<&mut RequestDecoder>) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        let read = SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let n = stream.try_read(&mut scratch)?;
-            if let Some(decoder) = decoder.as_deref_mut() {
-                decoder.receive(&scratch[..n]);
-            }
-            Ok::<usize, io::Error>(n)
-        });
-        match read {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return result,
-        }
-    }
 }
 
 /// The `async` model.
@@ -162,262 +135,121 @@ async fn refuse(mut stream: TcpStream, response: Response) {
     let _ = stream.shutdown().await;
 }
 
-/// One client connection: HTTP requests until it closes or switches protocol.
+/// One client connection: the core's machine, its socket, its timer and its store call,
+/// polled as one future (the task's). Each poll gives the machine what came (the hub's
+/// news, a store result, bytes, the deadline) and does what it asks, until nothing moves.
 struct Connection {
     stream: TcpStream,
     context: Context,
-    decoder: RequestDecoder,
-    /// Responses encoded and not yet written; freed (capacity 0) while the connection
-    /// sleeps, so an idle connection holds no buffer at all.
-    out: Vec<u8>,
-}
-
-/// How a request ended for the connection.
-enum Next {
-    /// Read the next request.
-    KeepGoing,
-    /// Close the connection.
-    Close,
-    /// Switch the connection to WebSocket.
-    WebSocket(WebSocketAccept),
+    machine: c10k_core::conn::Connection,
+    /// The machine's deadline as a tokio timer; dropped while there is none.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A store call in flight: its answer goes back to the machine.
+    store: Option<Pin<Box<dyn Future<Output = Option<StoreDone>> + Send>>>,
 }
 
 impl Connection {
     fn new(stream: TcpStream, context: Context) -> Connection {
-        let decoder = RequestDecoder::new(context.app.limits());
-        Connection { stream, context, decoder, out: Vec::new() }
+        // The task's waker replaces this one at the first poll, before anything waits.
+        let machine = connection(&context.app, Waker::noop().clone());
+        Connection { stream, context, machine, sleep: None, store: None }
     }
 
     async fn run(mut self) -> io::Result<()> {
-        let limits = self.context.app.limits().clone();
-        let mut head_deadline: Option<Instant> = None;
+        poll_fn(|cx| self.poll(cx)).await
+    }
+
+    fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.machine.set_waker(cx.waker());
+        // The hub may be what woke the task; for a connection that waits on nothing this
+        // costs nothing.
+        self.machine.handle_wake(now());
         loop {
-            match self.decoder.next_event() {
-                Ok(Event::Request(request)) => {
-                    head_deadline = None;
-                    let (shape, now) = ReplyShape::of(&request);
-                    let outcome = self.context.app.handle_request(request, now);
-                    let next = match outcome {
-                        // Most requests: answered at once, no future at all.
-                        Outcome::Reply(response) => self.queue(&response, shape),
-                        // The rest wait (a store call, a long-poll, a stream): boxed, so
-                        // their large futures do not make every connection's task as big
-                        // (it was 3.3 KiB per idle connection in place, 1 KiB boxed).
-                        outcome => Box::pin(self.drive(outcome, shape)).await?,
-                    };
-                    match next {
-                        Next::KeepGoing => {}
-                        Next::Close => {
-                            self.flush().await?;
-                            return Ok(());
+            while let Some(action) = self.machine.poll_action() {
+                match action {
+                    Action::Store(call) => self.store = Some(Box::pin(run_store(self.context.clone(), call))),
+                    Action::ShutdownWrite => {
+                        let _ = socket2::SockRef::from(&self.stream).shutdown(Shutdown::Write);
+                    }
+                    Action::Close => return Poll::Ready(Ok(())),
+                }
+            }
+            let mut progressed = false;
+            if let Some(Poll::Ready(done)) = self.store.as_mut().map(|store| store.as_mut().poll(cx)) {
+                self.store = None;
+                match done {
+                    Some(done) => self.machine.handle_store_done(done, now()),
+                    None => self.machine.handle_store_busy(now()),
+                }
+                progressed = true;
+            }
+            while !self.machine.transmit().is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, self.machine.transmit()) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.machine.consume(n);
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if self.machine.interest().read {
+                match self.stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        progressed = true;
+                        match read_into(&self.stream, &mut self.machine) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Poll::Ready(Err(e)),
                         }
-                        // Boxed, like `drive`: only a WebSocket connection pays for its future.
-                        Next::WebSocket(accept) => return Box::pin(self.websocket(accept)).await,
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            match self.machine.poll_timeout() {
+                Some(at) => {
+                    let at = tokio::time::Instant::from_std(at);
+                    let sleep = self.sleep.get_or_insert_with(|| Box::pin(sleep_until(at)));
+                    if sleep.deadline() != at {
+                        sleep.as_mut().reset(at);
+                    }
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        self.machine.handle_timeout(now());
+                        if self.machine.poll_timeout() == Some(at.into_std()) {
+                            // Woken a hair early for the machine's clock: wait a little more.
+                            sleep.as_mut().reset(at + Duration::from_millis(1));
+                        }
+                        progressed = true;
                     }
                 }
-                Ok(Event::Continue) => self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                Ok(Event::NeedData) => {
-                    // Everything decodable is answered: send the (pipelined) responses.
-                    self.flush().await?;
-                    let deadline = if self.decoder.is_idle() {
-                        head_deadline = None;
-                        Instant::now() + limits.idle_timeout
-                    } else {
-                        *head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout)
-                    };
-                    if self.decoder.is_idle() {
-                        // Between requests, perhaps for long: hold no buffers meanwhile.
-                        self.decoder.release_idle_buffer();
-                        self.out = Vec::new();
-                    }
-                    let read = timeout_at(deadline.into(), read_into(&self.stream, Some(&mut self.decoder))).await;
-                    match read {
-                        Err(_elapsed) if self.decoder.is_idle() => return Ok(()),
-                        Err(_elapsed) => {
-                            let error = ProtocolError::new(StatusCode::REQUEST_TIMEOUT, "request head not received in time");
-                            return Box::pin(self.refuse(&error)).await;
-                        }
-                        Ok(Ok(0)) => {
-                            if let Err(error) = self.decoder.receive_eof() {
-                                debug!("peer closed mid-request: {error}");
-                            }
-                            return Ok(());
-                        }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e),
-                    }
-                }
-                Err(error) => return Box::pin(self.refuse(&error)).await,
+                None => self.sleep = None,
+            }
+            if !progressed {
+                return Poll::Pending;
             }
         }
     }
+}
 
-    /// Answers a request that broke the protocol, then closes.
-    async fn refuse(&mut self, error: &ProtocolError) -> io::Result<()> {
-        let response = self.context.app.refuse(error);
-        {
-            // In a block: the date is a thread's shared string, not to be held across an await.
-            let how = c10k_core::http::Encoding { keep_alive: false, head_only: false, http10: false, date: &date() };
-            tagged(&response).encode(&how, &mut self.out);
-        }
-        self.flush().await?;
-        self.stream.shutdown().await
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
+/// Reads what `stream` has into this thread's scratch buffer and gives it to `machine`
+/// (0 bytes: the client's end of stream). `WouldBlock` clears tokio's readiness, so the next
+/// `poll_read_ready` waits again.
+fn read_into(stream: &TcpStream, machine: &mut c10k_core::conn::Connection) -> io::Result<()> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        match stream.try_read(&mut scratch)? {
+            0 => machine.handle_eof(now()),
+            n => machine.handle_bytes(&scratch[..n], now()),
         }
         Ok(())
-    }
-
-    fn queue(&mut self, response: &Response, shape: ReplyShape) -> Next {
-        shape.observe(&self.context.app, response);
-        if self.out.capacity() == 0 {
-            self.out.reserve(OUT_CHUNK);
-        }
-        if tagged(response).encode(&shape.encoding(&date()), &mut self.out) {
-            Next::KeepGoing
-        } else {
-            Next::Close
-        }
-    }
-
-    async fn drive(&mut self, outcome: Outcome, shape: ReplyShape) -> io::Result<Next> {
-        match outcome {
-            Outcome::Reply(response) => Ok(self.queue(&response, shape)),
-            Outcome::Store(call) => {
-                let response = match run_store(&self.context, call).await {
-                    Some(done) => self.context.app.finish_store(done),
-                    None => self.context.app.busy("the store is busy; try again shortly"),
-                };
-                Ok(self.queue(&response, shape))
-            }
-            Outcome::LongPoll(poll) => self.long_poll(poll, shape).await,
-            Outcome::Events(events) => self.event_stream(events).await,
-            Outcome::WebSocket(accept) => Ok(Next::WebSocket(accept)),
-        }
-    }
-
-    /// Holds a long-poll until a message, its deadline or the client's hang-up.
-    async fn long_poll(&mut self, mut poll: c10k_core::chat::LongPoll, shape: ReplyShape) -> io::Result<Next> {
-        self.flush().await?;
-        // The wait may last minutes: hold no buffers meanwhile.
-        self.out = Vec::new();
-        self.decoder.release_idle_buffer();
-        let response = loop {
-            let deadline = poll.deadline();
-            tokio::select! {
-                response = poll_fn(|cx| poll.poll(cx.waker())) => break response,
-                _ = sleep_until(deadline.into()) => break poll.timeout(),
-                read = read_into(&self.stream, Some(&mut self.decoder)) => match read {
-                    // The client left: drop the poll, which forgets its waker.
-                    Ok(0) | Err(_) => return Ok(Next::Close),
-                    Ok(_) => {
-                        if self.decoder.buffered().len() > self.context.app.limits().max_head_bytes {
-                            return Ok(Next::Close);
-                        }
-                    }
-                },
-            }
-        };
-        Ok(self.queue(&response, shape))
-    }
-
-    /// Streams Server-Sent Events until the client leaves or the stream must close.
-    async fn event_stream(&mut self, mut events: c10k_core::chat::EventStream) -> io::Result<Next> {
-        self.flush().await?;
-        tagged(events.head()).encode_head(&date(), &mut self.out);
-        self.flush().await?;
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + c10k_core::chat::EventStream::HEARTBEAT_INTERVAL,
-            c10k_core::chat::EventStream::HEARTBEAT_INTERVAL,
-        );
-        loop {
-            tokio::select! {
-                status = poll_fn(|cx| events.poll_events(cx.waker(), &mut self.out)) => {
-                    self.flush().await?;
-                    // Idle until the next event: hold no buffer meanwhile.
-                    self.out = Vec::new();
-                    if let StreamStatus::Close(why) = status {
-                        debug!("event stream closed: {why}");
-                        return Ok(Next::Close);
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    self.stream.write_all(c10k_core::chat::EventStream::HEARTBEAT).await?;
-                }
-                read = read_into(&self.stream, None) => match read {
-                    Ok(0) | Err(_) => return Ok(Next::Close),
-                    Ok(_) => {} // Nothing is expected from an event-stream client.
-                },
-            }
-        }
-    }
-
-    async fn websocket(mut self, accept: WebSocketAccept) -> io::Result<()> {
-        let WebSocketAccept { response, mut session } = accept;
-        self.flush().await?;
-        tagged(&response).encode_head(&date(), &mut self.out);
-        self.flush().await?;
-        let early = self.decoder.take_buffered();
-        let stream = self.stream;
-        let config = websocket_config();
-        let mut ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
-        let mut frames: Vec<String> = Vec::new();
-        loop {
-            tokio::select! {
-                status = poll_fn(|cx| session.poll_outgoing(cx.waker(), &mut frames)) => {
-                    for frame in frames.drain(..) {
-                        ws.feed(WsMessage::text(frame)).await.map_err(ws_io)?;
-                    }
-                    ws.flush().await.map_err(ws_io)?;
-                    if let StreamStatus::Close(why) = status {
-                        let frame = CloseFrame { code: CloseCode::Policy, reason: why.into() };
-                        let _ = ws.close(Some(frame)).await;
-                        return Ok(());
-                    }
-                }
-                incoming = ws.next() => match incoming {
-                    None => return Ok(()),
-                    Some(Err(e)) => {
-                        debug!("websocket: {e}");
-                        return Ok(());
-                    }
-                    Some(Ok(WsMessage::Text(text))) => {
-                        let reply = match session.handle_text(&self.context.app, text.as_str(), now().unix_ms) {
-                            WsAction::Reply(frame) => frame,
-                            WsAction::Store(call) => match run_store(&self.context, call).await {
-                                Some(done) => WsSession::finish_post(done),
-                                None => busy_frame(),
-                            },
-                        };
-                        ws.send(WsMessage::text(reply)).await.map_err(ws_io)?;
-                    }
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        let reply = r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#;
-                        ws.send(WsMessage::text(reply)).await.map_err(ws_io)?;
-                    }
-                    // Pings are answered by tungstenite; a close is echoed, then `next` ends.
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    }
-}
-
-fn busy_frame() -> String {
-    r#"{"type":"error","error":"the store is busy; try again shortly"}"#.to_string()
-}
-
-fn ws_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::other(e)
+    })
 }
 
 /// Runs a store call where `--db-mode` says. `None` when the offload queue is full (or,
 /// never in practice, native mode without its driver).
-async fn run_store(context: &Context, call: StoreCall) -> Option<StoreDone> {
+async fn run_store(context: Context, call: StoreCall) -> Option<StoreDone> {
     match context.db_mode {
         DbMode::Inline => Some(call.run(&*context.store)),
         DbMode::Native => {

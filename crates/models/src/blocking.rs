@@ -2,10 +2,12 @@
 //! per connection: `threads`, `pool`, `prefork` (an OS thread or process blocks) and
 //! `green` (a coroutine "blocks" by yielding to its scheduler).
 //!
-//! The code reads like a thread-per-connection server of the 1990s: read, parse, answer,
-//! wait. What differs between the models is hidden behind two small traits:
-//! - [`Conn`]: the byte stream (a `TcpStream`, or a green stream that yields on
-//!   `WouldBlock`), with deadlines and a non-blocking mode for WebSocket;
+//! The connection itself is the core's machine (`c10k_core::conn`); this is its driver for
+//! a handler that owns a stack: write what the machine has, read what the socket has, and
+//! sleep until one of them or the hub or a deadline can move it. What differs between the
+//! models is hidden behind two small traits:
+//! - [`Conn`]: the byte stream (a `TcpStream`, or a green stream over the same
+//!   non-blocking socket), used in non-blocking mode;
 //! - [`Wait`]: how the handler sleeps until the hub wakes it, its socket becomes ready,
 //!   or a deadline passes (a `ppoll(2)` on the socket, woken by a signal, for OS threads; a
 //!   yield for green threads).
@@ -16,17 +18,13 @@
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::Waker;
 use std::time::Instant;
 
-use c10k_core::chat::{EventStream, Outcome, StoreCall, StoreDone, StreamStatus, WebSocketAccept, WsAction, WsSession};
-use c10k_core::http::{Encoding, Event, ProtocolError, RequestDecoder, Response, StatusCode};
-use tracing::debug;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role};
-use tungstenite::{Message as WsMessage, WebSocket};
+use c10k_core::chat::{StoreCall, StoreDone};
+use c10k_core::conn::Action;
 
-use crate::common::{date, now, tagged, websocket_config, ReplyShape};
+use crate::common::{connection, now};
 use crate::{Context, DbMode};
 
 const READ_CHUNK: usize = 8 * 1024;
@@ -35,10 +33,10 @@ const READ_CHUNK: usize = 8 * 1024;
 pub(crate) trait Conn: Read + Write {
     /// The socket, for readiness waits.
     fn fd(&self) -> RawFd;
-    /// Reads after `deadline` fail with `TimedOut` or `WouldBlock` (`None`: no deadline).
-    fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()>;
     /// In non-blocking mode, reads and writes that cannot proceed return `WouldBlock`.
     fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()>;
+    /// Shuts down the sending side (a FIN after what was written).
+    fn shutdown_write(&self) -> io::Result<()>;
 }
 
 /// Which readiness of a socket to wait for.
@@ -46,6 +44,8 @@ pub(crate) trait Conn: Read + Write {
 pub(crate) enum Interest {
     /// Readable, or hung up.
     Read,
+    /// Writable, or hung up.
+    Write,
     /// Readable, writable, or hung up.
     ReadWrite,
 }
@@ -99,16 +99,12 @@ impl Conn for std::net::TcpStream {
         std::os::fd::AsRawFd::as_raw_fd(self)
     }
 
-    fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let timeout = deadline.map(|d| {
-            // A zero timeout means "none" to the socket API: use the smallest real one.
-            d.saturating_duration_since(Instant::now()).max(std::time::Duration::from_millis(1))
-        });
-        self.set_read_timeout(timeout)
-    }
-
     fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()> {
         std::net::TcpStream::set_nonblocking(self, nonblocking)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -129,331 +125,82 @@ impl Giant {
 }
 
 /// Serves one connection until it closes. Never panics on peer input.
-pub(crate) fn serve_connection<C: Conn, W: Wait>(conn: C, wait: &W, context: &Context, giant: &Giant) -> io::Result<()> {
-    let decoder = RequestDecoder::new(context.app.limits());
-    let mut driver = Driver { conn, wait, context, giant, decoder, out: Vec::with_capacity(1024), buf: vec![0; READ_CHUNK] };
-    driver.run()
-}
-
-struct Driver<'a, C: Conn, W: Wait> {
-    conn: C,
-    wait: &'a W,
-    context: &'a Context,
-    giant: &'a Giant,
-    decoder: RequestDecoder,
-    out: Vec<u8>,
-    buf: Vec<u8>,
-}
-
-enum Next {
-    KeepGoing,
-    Close,
-    WebSocket(WebSocketAccept),
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-impl<'a, C: Conn, W: Wait> Driver<'a, C, W> {
-    fn run(&mut self) -> io::Result<()> {
-        let limits = self.context.app.limits().clone();
-        let mut head_deadline: Option<Instant> = None;
-        loop {
-            match self.decoder.next_event() {
-                Ok(Event::Request(request)) => {
-                    head_deadline = None;
-                    self.wait.doing(format_args!("{} {}", request.method.as_str(), request.path()));
-                    let (shape, now) = ReplyShape::of(&request);
-                    let outcome = {
-                        let _giant = self.giant.hold();
-                        self.context.app.handle_request(request, now)
-                    };
-                    match self.drive(outcome, shape)? {
-                        Next::KeepGoing => {}
-                        Next::Close => return self.flush(),
-                        Next::WebSocket(accept) => return self.websocket(accept),
-                    }
-                }
-                Ok(Event::Continue) => self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                Ok(Event::NeedData) => {
-                    self.flush()?;
-                    let deadline = if self.decoder.is_idle() {
-                        head_deadline = None;
-                        Instant::now() + limits.idle_timeout
-                    } else {
-                        *head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout)
-                    };
-                    self.conn.set_read_deadline(Some(deadline))?;
-                    match self.conn.read(&mut self.buf) {
-                        Ok(0) => {
-                            if let Err(e) = self.decoder.receive_eof() {
-                                debug!("peer closed mid-request: {e}");
-                            }
-                            return Ok(());
-                        }
-                        Ok(n) => self.decoder.receive(&self.buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) if is_timeout(&e) && self.decoder.is_idle() => return Ok(()),
-                        Err(e) if is_timeout(&e) => {
-                            let error = ProtocolError::new(StatusCode::REQUEST_TIMEOUT, "request head not received in time");
-                            return self.refuse(&error);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(error) => return self.refuse(&error),
-            }
-        }
-    }
-
-    fn refuse(&mut self, error: &ProtocolError) -> io::Result<()> {
-        let response = self.context.app.refuse(error);
-        tagged(&response).encode(&Encoding { keep_alive: false, head_only: false, http10: false, date: &date() }, &mut self.out);
-        self.flush()?;
-        let _ = self.conn.flush();
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.conn.write_all(&self.out)?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    fn queue(&mut self, response: &Response, shape: ReplyShape) -> Next {
-        shape.observe(&self.context.app, response);
-        if tagged(response).encode(&shape.encoding(&date()), &mut self.out) {
-            Next::KeepGoing
-        } else {
-            Next::Close
-        }
-    }
-
-    fn drive(&mut self, outcome: Outcome, shape: ReplyShape) -> io::Result<Next> {
-        match outcome {
-            Outcome::Reply(response) => Ok(self.queue(&response, shape)),
-            Outcome::Store(call) => {
-                let response = match self.run_store(call)? {
-                    Some(done) => {
-                        let _giant = self.giant.hold();
-                        self.context.app.finish_store(done)
-                    }
-                    None => self.context.app.busy("the store is busy; try again shortly"),
-                };
-                Ok(self.queue(&response, shape))
-            }
-            Outcome::LongPoll(mut poll) => {
-                self.flush()?;
-                let waker = self.wait.waker();
-                let response = loop {
-                    let ready = {
-                        let _giant = self.giant.hold();
-                        poll.poll(&waker)
-                    };
-                    if let Poll::Ready(response) = ready {
-                        break response;
-                    }
-                    match self.wait.wait(Some((self.conn.fd(), Interest::Read)), Some(poll.deadline()))? {
-                        Woke::Deadline if Instant::now() >= poll.deadline() => break poll.timeout(),
-                        Woke::Ready => {
-                            if !self.read_while_waiting()? {
-                                // The client left: dropping the poll forgets its waker.
-                                return Ok(Next::Close);
-                            }
-                        }
-                        _ => {}
-                    }
-                };
-                Ok(self.queue(&response, shape))
-            }
-            Outcome::Events(events) => {
-                self.event_stream(events)?;
-                Ok(Next::Close)
-            }
-            Outcome::WebSocket(accept) => Ok(Next::WebSocket(accept)),
-        }
-    }
-
-    /// Reads what a client sent while it should be waiting (a pipelined request, or the
-    /// end of the connection). Returns false when the client has gone.
-    fn read_while_waiting(&mut self) -> io::Result<bool> {
-        self.conn.set_nonblocking(true)?;
-        let read = self.conn.read(&mut self.buf);
-        self.conn.set_nonblocking(false)?;
-        match read {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.decoder.receive(&self.buf[..n]);
-                Ok(self.decoder.buffered().len() <= self.context.app.limits().max_head_bytes)
-            }
-            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(_) => Ok(false),
-        }
-    }
-
-    fn event_stream(&mut self, mut events: EventStream) -> io::Result<()> {
-        self.flush()?;
-        tagged(events.head()).encode_head(&date(), &mut self.out);
-        self.flush()?;
-        let waker = self.wait.waker();
-        let mut next_heartbeat = Instant::now() + EventStream::HEARTBEAT_INTERVAL;
-        loop {
-            let status = {
-                let _giant = self.giant.hold();
-                events.poll_events(&waker, &mut self.out)
-            };
-            if let Poll::Ready(status) = status {
-                self.flush()?;
-                next_heartbeat = Instant::now() + EventStream::HEARTBEAT_INTERVAL;
-                if let StreamStatus::Close(why) = status {
-                    debug!("event stream closed: {why}");
-                    return Ok(());
-                }
-                continue;
-            }
-            match self.wait.wait(Some((self.conn.fd(), Interest::Read)), Some(next_heartbeat))? {
-                Woke::Deadline if Instant::now() >= next_heartbeat => {
-                    self.conn.write_all(EventStream::HEARTBEAT)?;
-                    next_heartbeat = Instant::now() + EventStream::HEARTBEAT_INTERVAL;
-                }
-                Woke::Ready => {
-                    // Nothing is expected from an event-stream client but its leaving.
-                    if !self.read_while_waiting()? {
-                        return Ok(());
-                    }
-                    self.decoder.take_buffered();
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Runs a store call where `--db-mode` says. `None` when the offload queue is full.
-    fn run_store(&mut self, call: StoreCall) -> io::Result<Option<StoreDone>> {
-        run_store(call, self.wait, self.context)
-    }
-
-    fn websocket(&mut self, accept: WebSocketAccept) -> io::Result<()> {
-        let WebSocketAccept { response, session } = accept;
-        self.flush()?;
-        tagged(&response).encode_head(&date(), &mut self.out);
-        self.flush()?;
-        let early = self.decoder.take_buffered();
-        self.conn.set_read_deadline(None)?;
-        self.conn.set_nonblocking(true)?;
-        let mut config = websocket_config();
-        config.max_write_buffer_size = self.context.app.limits().max_outgoing_bytes;
-        let fd = self.conn.fd();
-        let mut ws = WebSocket::from_partially_read(&mut self.conn, early, Role::Server, Some(config));
-        let result = ws_loop(&mut ws, fd, session, self.wait, self.context, self.giant);
-        let _ = ws.flush();
-        result
-    }
-}
-
-/// The WebSocket phase over a non-blocking stream: send what the room has, read what the
-/// client sends, and sleep when neither can proceed.
-fn ws_loop<W: Wait, S: Read + Write>(
-    ws: &mut WebSocket<S>,
-    fd: RawFd,
-    mut session: WsSession,
-    wait: &W,
-    context: &Context,
-    giant: &Giant,
-) -> io::Result<()> {
-    let waker = wait.waker();
-    let mut frames = Vec::new();
-    let mut unflushed = false;
-    // Whether a read may find something: false once one met `WouldBlock` (tungstenite
-    // holds no whole frame and the socket is empty), true again when the wait says the
-    // socket is ready. A wake-up by the hub then costs one `send`, not two futile reads.
-    let mut readable = true;
+pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context: &Context, giant: &Giant) -> io::Result<()> {
+    conn.set_nonblocking(true)?;
+    let mut machine = connection(&context.app, wait.waker());
+    let mut buf = vec![0; READ_CHUNK];
     loop {
-        let mut progressed = false;
-        let outgoing = {
-            let _giant = giant.hold();
-            session.poll_outgoing(&waker, &mut frames)
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::Store(call) => {
+                    let done = run_store(call, wait, context)?;
+                    let _giant = giant.hold();
+                    match done {
+                        Some(done) => machine.handle_store_done(done, now()),
+                        None => machine.handle_store_busy(now()),
+                    }
+                }
+                Action::ShutdownWrite => {
+                    let _ = conn.shutdown_write();
+                }
+                Action::Close => return Ok(()),
+            }
+        }
+        let mut wrote = false;
+        while !machine.transmit().is_empty() {
+            match conn.write(machine.transmit()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _giant = giant.hold();
+                    machine.consume(n);
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if wrote {
+            continue; // a flush may finish a close sequence, or unblock a stalled stream
+        }
+        let interest = machine.interest();
+        if interest.read {
+            match conn.read(&mut buf) {
+                Ok(n) => {
+                    let _giant = giant.hold();
+                    if n == 0 {
+                        machine.handle_eof(now());
+                    } else {
+                        machine.handle_bytes(&buf[..n], now());
+                    }
+                    if !machine.serving().is_empty() {
+                        wait.doing(format_args!("{}", machine.serving()));
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let socket = match (interest.read, interest.write) {
+            (true, true) => Some(Interest::ReadWrite),
+            (true, false) => Some(Interest::Read),
+            (false, true) => Some(Interest::Write),
+            (false, false) => None,
         };
-        if let Poll::Ready(status) = outgoing {
-            progressed = true;
-            for frame in frames.drain(..) {
-                match ws.write(WsMessage::text(frame)) {
-                    Ok(()) => {}
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(tungstenite::Error::WriteBufferFull(_)) => {
-                        close_ws(ws, "subscriber too slow: its outgoing buffer is full");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(io::Error::other(e)),
-                }
+        match wait.wait(socket.map(|interest| (conn.fd(), interest)), machine.poll_timeout())? {
+            Woke::Waker => {
+                let _giant = giant.hold();
+                machine.handle_wake(now());
             }
-            unflushed = true;
-            if let StreamStatus::Close(why) = status {
-                close_ws(ws, why);
-                return Ok(());
+            Woke::Deadline => {
+                let _giant = giant.hold();
+                machine.handle_timeout(now());
             }
-        }
-        if unflushed {
-            match ws.flush() {
-                Ok(()) => unflushed = false,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(io::Error::other(e)),
-            }
-        }
-        if readable {
-            match ws.read() {
-                Ok(WsMessage::Text(text)) => {
-                    progressed = true;
-                    let action = {
-                        let _giant = giant.hold();
-                        session.handle_text(&context.app, text.as_str(), now().unix_ms)
-                    };
-                    let reply = match action {
-                        WsAction::Reply(frame) => frame,
-                        WsAction::Store(call) => match run_store(call, wait, context)? {
-                            Some(done) => WsSession::finish_post(done),
-                            None => r#"{"type":"error","error":"the store is busy; try again shortly"}"#.to_string(),
-                        },
-                    };
-                    match ws.write(WsMessage::text(reply)) {
-                        Ok(()) => unflushed = true,
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => unflushed = true,
-                        Err(e) => return Err(io::Error::other(e)),
-                    }
-                }
-                Ok(WsMessage::Binary(_)) => {
-                    progressed = true;
-                    let reply = r#"{"type":"error","error":"binary frames are not understood; send JSON text"}"#;
-                    let _ = ws.write(WsMessage::text(reply));
-                    unflushed = true;
-                }
-                Ok(WsMessage::Ping(_)) => {
-                    // tungstenite queued the pong; it goes out with the next flush.
-                    progressed = true;
-                    unflushed = true;
-                }
-                Ok(_) => progressed = true,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => readable = false,
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(()),
-                Err(e) => {
-                    debug!("websocket: {e}");
-                    return Ok(());
-                }
-            }
-        }
-        if !progressed {
-            let interest = if unflushed { Interest::ReadWrite } else { Interest::Read };
-            readable = wait.wait(Some((fd, interest)), None)? == Woke::Ready;
+            Woke::Ready => {}
         }
     }
-}
-
-fn close_ws<S: Read + Write>(ws: &mut WebSocket<S>, why: &'static str) {
-    let _ = ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: why.into() }));
-    let _ = ws.flush();
 }
 
 /// Runs a store call where `--db-mode` says: inline, natively ([`Wait::run_native`]), or

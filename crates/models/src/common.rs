@@ -1,5 +1,5 @@
 //! Small pieces every model shares: the clock reading, the Date header cache, the
-//! connection count, the worker tag, the WebSocket settings.
+//! connection count, the worker tag, the connection machine made with both.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -9,8 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use c10k_core::chat::{App, Now};
-use c10k_core::http::{http_date, Encoding, Request, Response};
-use tungstenite::protocol::WebSocketConfig;
+use c10k_core::http::{http_date, Response};
 
 /// Reads the clocks once, for one request.
 pub(crate) fn now() -> Now {
@@ -34,40 +33,6 @@ pub(crate) fn date() -> Rc<str> {
         }
         Rc::clone(&cache.1)
     })
-}
-
-/// How a request wants its response framed, kept before the request is handed over, and
-/// when it was parsed (for the latency histogram).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReplyShape {
-    keep_alive: bool,
-    head_only: bool,
-    http10: bool,
-    parsed: Instant,
-}
-
-impl ReplyShape {
-    /// The request's shape, and the clocks read for it (the same `Now` goes to the app).
-    pub(crate) fn of(request: &Request) -> (ReplyShape, Now) {
-        let probe = Encoding::for_request(request, "");
-        let now = now();
-        let shape =
-            ReplyShape { keep_alive: probe.keep_alive, head_only: probe.head_only, http10: probe.http10, parsed: now.instant };
-        (shape, now)
-    }
-
-    /// Records the time from the request parsed to its response ready to write, under
-    /// the route the application named (every model calls this where it encodes a reply).
-    pub(crate) fn observe(&self, app: &App, response: &Response) {
-        if let Some(route) = response.route {
-            app.metrics().observe_latency(route, self.parsed.elapsed());
-        }
-    }
-
-    /// The encoding options with today's date.
-    pub(crate) fn encoding<'a>(&self, date: &'a str) -> Encoding<'a> {
-        Encoding { keep_alive: self.keep_alive, head_only: self.head_only, http10: self.http10, date }
-    }
 }
 
 /// Counts open connections against the cap; dropping it closes the count.
@@ -113,6 +78,17 @@ pub(crate) fn set_worker_tag(pid: u32) {
     let _ = WORKER_TAG.set(pid.to_string());
 }
 
+/// This process's worker tag, if it is one worker of several (see [`tagged`]).
+pub(crate) fn worker_tag() -> Option<&'static str> {
+    WORKER_TAG.get().map(String::as_str)
+}
+
+/// The connection machine for a connection accepted now, woken through `waker`, tagging
+/// its responses as [`tagged`] does.
+pub(crate) fn connection(app: &Arc<App>, waker: std::task::Waker) -> c10k_core::conn::Connection {
+    c10k_core::conn::Connection::new(Arc::clone(app), waker, now()).tagged(worker_tag())
+}
+
 /// The response as this process sends it: in a worker process, with `X-C10k-Worker: PID`,
 /// so that a client (and the tests) can tell which worker served it. Every model encodes
 /// through this; a single process sends the response untouched, without copying it.
@@ -121,24 +97,4 @@ pub(crate) fn tagged(response: &Response) -> Cow<'_, Response> {
         Some(pid) => Cow::Owned(response.clone().header("X-C10k-Worker", pid.clone())),
         None => Cow::Borrowed(response),
     }
-}
-
-/// The largest WebSocket message (and frame) accepted from a client.
-const MAX_WS_MESSAGE: usize = 64 * 1024;
-
-/// What tungstenite reads from the socket at most per `read(2)`, and the read buffer it
-/// starts with. Clients send small JSON frames (a post is a few hundred bytes); a larger
-/// frame grows the buffer to fit it. Kept small because tungstenite zero-fills this much
-/// before every `read(2)` (`BytesMut::resize`), and a subscriber's socket is read every
-/// time it is woken: at its 128 KiB default, that memset was 37% of an async server's
-/// time in a WebSocket broadcast.
-const WS_READ_BUFFER: usize = 4 * 1024;
-
-/// The WebSocket settings every model starts from: the small read buffer and the message
-/// limits. Each model adds its own write-buffer settings.
-pub(crate) fn websocket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .max_message_size(Some(MAX_WS_MESSAGE))
-        .max_frame_size(Some(MAX_WS_MESSAGE))
 }

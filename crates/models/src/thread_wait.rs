@@ -160,6 +160,7 @@ impl Wait for ThreadWait {
             fds[0].fd = fd;
             fds[0].events = match interest {
                 Interest::Read => libc::POLLIN,
+                Interest::Write => libc::POLLOUT,
                 Interest::ReadWrite => libc::POLLIN | libc::POLLOUT,
             };
         }

@@ -38,6 +38,7 @@ use idempotency::{Begin, Claim, Replays};
 use stream::{batch_response, PollStyle};
 pub use idempotency::{MAX_KEYS as MAX_IDEMPOTENCY_KEYS, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN};
 pub use stream::{EventStream, LongPoll, StreamStatus, WsAction, WsSession};
+pub(crate) use stream::error_frame;
 
 /// The longest message body accepted, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 4096;

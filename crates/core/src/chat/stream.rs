@@ -373,7 +373,9 @@ fn message_frame(m: &Rendered) -> String {
     frame
 }
 
-fn error_frame(error: &str, reference: Option<serde_json::Value>) -> String {
+/// A `{"type": "error"}` frame, with the client's `ref` when it sent one: every error a WebSocket
+/// client is told is made here.
+pub(crate) fn error_frame(error: &str, reference: Option<serde_json::Value>) -> String {
     match reference {
         Some(r) => to_json(&json!({ "type": "error", "error": error, "ref": r })),
         None => to_json(&json!({ "type": "error", "error": error })),

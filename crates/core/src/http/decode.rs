@@ -219,6 +219,12 @@ impl RequestDecoder {
         }
     }
 
+    /// The bytes of memory the input buffer holds (its capacity, not what it holds
+    /// undecoded): 0 once [`release_idle_buffer`](Self::release_idle_buffer) freed it.
+    pub fn held_capacity(&self) -> usize {
+        self.input.buf.capacity()
+    }
+
     /// The bytes received and not yet decoded: after an upgrade request, the first bytes
     /// of the new protocol.
     pub fn buffered(&self) -> &[u8] {

@@ -30,7 +30,6 @@ use crate::event::Interest;
 pub(crate) struct GreenStream<'f, S> {
     socket: Rc<S>,
     fiber: &'f Fiber<'f>,
-    read_deadline: Option<Instant>,
     nonblocking: bool,
 }
 
@@ -42,7 +41,7 @@ where
     /// A stream over `socket` (already non-blocking) for the coroutine of `fiber`.
     pub(crate) fn new(socket: Rc<S>, fiber: &'f Fiber<'f>) -> GreenStream<'f, S> {
         debug_assert_eq!(socket.as_raw_fd(), fiber.fd(), "a coroutine parks on its own socket only");
-        GreenStream { socket, fiber, read_deadline: None, nonblocking: false }
+        GreenStream { socket, fiber, nonblocking: false }
     }
 
     /// Runs `op` until it does not return `WouldBlock` (or, in non-blocking mode, once),
@@ -82,8 +81,8 @@ where
     for<'s> &'s S: Read + Write,
 {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let deadline = self.read_deadline;
-        self.cooperate(Interest::READABLE, deadline, |mut socket| socket.read(buf))
+        // Deadlines are the driver's (it parks with the machine's), so none here.
+        self.cooperate(Interest::READABLE, None, |mut socket| socket.read(buf))
     }
 }
 
@@ -105,22 +104,21 @@ where
 
 impl<S> Conn for GreenStream<'_, S>
 where
-    S: AsRawFd,
+    S: AsRawFd + std::os::fd::AsFd,
     for<'s> &'s S: Read + Write,
 {
     fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
 
-    fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        self.read_deadline = deadline;
-        Ok(())
-    }
-
     fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()> {
         // The socket never leaves O_NONBLOCK; only what WouldBlock means to the caller changes.
         self.nonblocking = nonblocking;
         Ok(())
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -174,6 +172,7 @@ impl Wait for GreenWait<'_> {
                 ))
             }
             Some((_, blocking::Interest::Read)) => Interest::READABLE,
+            Some((_, blocking::Interest::Write)) => Interest::WRITABLE,
             Some((_, blocking::Interest::ReadWrite)) => Interest::BOTH,
         };
         Ok(match self.fiber.park(Park { socket: interest, other: None, deadline, wakeable: true }) {

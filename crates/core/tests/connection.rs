@@ -1,0 +1,443 @@
+//! The connection machine (`c10k_core::conn`), driven on byte buffers with a made-up clock:
+//! what every model's connection does, proved once, with no socket.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
+
+use c10k_core::chat::{App, Config, Now};
+use c10k_core::conn::{Action, Connection, Interest, CLOSE_GRACE};
+use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use tungstenite::protocol::{Role, WebSocketContext};
+use tungstenite::Message as WsMessage;
+
+/// Messages kept in memory, ids per room from 1.
+#[derive(Default)]
+struct MemoryStore(Mutex<Vec<Message>>);
+
+impl Store for MemoryStore {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+        let mut all = self.0.lock().unwrap();
+        let id = all.iter().filter(|m| &m.room == room).count() as u64 + 1;
+        let stored = Message {
+            id: MessageId(id),
+            room: room.clone(),
+            body: message.body.clone(),
+            from: message.from.clone(),
+            time_ms: message.time_ms,
+        };
+        all.push(stored.clone());
+        Ok(stored)
+    }
+
+    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let all = self.0.lock().unwrap();
+        Ok(all.iter().filter(|m| &m.room == room && m.id > after).take(limit).cloned().collect())
+    }
+
+    fn recent(&self, _: &RoomId, _: usize) -> Result<Vec<Message>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Counts its wake-ups.
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An application, a store, a clock that moves only when told.
+struct World {
+    app: Arc<App>,
+    store: MemoryStore,
+    start: Instant,
+}
+
+impl World {
+    fn new() -> World {
+        World::with(|_| {})
+    }
+
+    fn with(tune: impl FnOnce(&mut Config)) -> World {
+        let mut config = Config::with_seed([7; 32]);
+        tune(&mut config);
+        World { app: Arc::new(App::new(config)), store: MemoryStore::default(), start: Instant::now() }
+    }
+
+    fn at(&self, secs: f64) -> Now {
+        Now { instant: self.start + Duration::from_secs_f64(secs), unix_ms: 1_700_000_000_000 + (secs * 1000.0) as u64 }
+    }
+
+    /// A connection accepted at time 0, and the counter behind its waker.
+    fn connect(&self) -> (Connection, Arc<Counter>) {
+        let counter = Arc::new(Counter::default());
+        let connection = Connection::new(Arc::clone(&self.app), Waker::from(Arc::clone(&counter)), self.at(0.0));
+        (connection, counter)
+    }
+
+    /// Runs the actions a driver would (store calls inline), and says which ran.
+    fn settle(&self, connection: &mut Connection, now: Now) -> Vec<&'static str> {
+        let mut ran = Vec::new();
+        while let Some(action) = connection.poll_action() {
+            match action {
+                Action::Store(call) => {
+                    ran.push("store");
+                    connection.handle_store_done(call.run(&self.store), now);
+                }
+                Action::ShutdownWrite => ran.push("shutdown"),
+                Action::Close => {
+                    ran.push("close");
+                    break;
+                }
+            }
+        }
+        ran
+    }
+}
+
+/// Takes everything the connection has to send, as a socket that takes it all would.
+fn drain(connection: &mut Connection) -> String {
+    String::from_utf8_lossy(&drain_bytes(connection)).into_owned()
+}
+
+fn drain_bytes(connection: &mut Connection) -> Vec<u8> {
+    let bytes = connection.transmit().to_vec();
+    connection.consume(bytes.len());
+    bytes
+}
+
+fn post(room: &str, body: &str) -> String {
+    let json = format!(r#"{{"body":"{body}"}}"#);
+    format!(
+        "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+}
+
+#[test]
+fn keep_alive_answers_and_waits_for_the_next_request_with_the_idle_deadline() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    assert_eq!(c.poll_timeout(), Some(world.at(0.0).instant + Duration::from_secs(75)));
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    assert!(world.settle(&mut c, world.at(1.0)).is_empty());
+    assert_eq!(c.interest(), Interest { read: false, write: true }, "no reading while an answer is unwritten");
+    let reply = drain(&mut c);
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nok"), "{reply}");
+    assert!(!reply.contains("Connection: close"), "{reply}");
+    assert_eq!(c.interest(), Interest { read: true, write: false });
+    assert_eq!(c.poll_timeout(), Some(world.at(1.0).instant + Duration::from_secs(75)));
+
+    c.handle_timeout(world.at(75.0));
+    assert!(world.settle(&mut c, world.at(75.0)).is_empty(), "a timer before the deadline does nothing");
+    c.handle_timeout(world.at(76.0));
+    assert_eq!(drain(&mut c), "", "an idle connection is closed without a word");
+    assert_eq!(world.settle(&mut c, world.at(76.0)), ["shutdown"]);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_a_close_request_ends_the_connection() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+        world.at(0.5),
+    );
+    let replies = drain(&mut c);
+    let statuses: Vec<&str> = replies.match_indices("HTTP/1.1 ").map(|(at, _)| &replies[at + 9..at + 12]).collect();
+    assert_eq!(statuses, ["200", "404", "200"], "the request after the closing one is not answered: {replies}");
+    assert!(replies.ends_with("Hello, World!"), "{replies}");
+    assert_eq!(world.settle(&mut c, world.at(0.5)), ["shutdown"]);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_arrives() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    let body = r#"{"body":"hi"}"#;
+    let head = format!(
+        "POST /api/rooms/r/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.handle_bytes(head.as_bytes(), world.at(0.1));
+    assert_eq!(drain(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(c.poll_timeout(), Some(world.at(0.1).instant + Duration::from_secs(10)), "the head deadline runs meanwhile");
+    c.handle_bytes(body.as_bytes(), world.at(0.2));
+    assert_eq!(world.settle(&mut c, world.at(0.3)), ["store"]);
+    let reply = drain(&mut c);
+    assert!(reply.starts_with("HTTP/1.1 201 Created\r\n") && reply.contains(r#""body":"hi""#), "{reply}");
+}
+
+#[test]
+fn a_head_that_does_not_arrive_in_time_is_408() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\n", world.at(1.0));
+    assert_eq!(c.poll_timeout(), Some(world.at(11.0).instant));
+    c.handle_timeout(world.at(11.0));
+    assert!(drain(&mut c).starts_with("HTTP/1.1 408 "));
+    assert_eq!(world.settle(&mut c, world.at(11.0)), ["shutdown"]);
+}
+
+#[test]
+fn a_long_poll_waits_holding_no_buffer_and_answers_when_the_hub_wakes_it() {
+    let world = World::new();
+    let (mut poller, woken) = world.connect();
+    poller.handle_bytes(b"GET /api/rooms/r/messages?after=0&wait=20 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    assert_eq!(drain(&mut poller), "", "nothing to send yet: it waits");
+    assert_eq!(poller.poll_timeout(), Some(world.at(21.0).instant));
+    assert_eq!(poller.interest(), Interest { read: true, write: false }, "read, to see the client leave");
+    assert_eq!(poller.held_bytes(), 0, "a waiting long-poll holds no buffer");
+
+    let (mut poster, _) = world.connect();
+    poster.handle_bytes(post("r", "hello").as_bytes(), world.at(2.0));
+    assert_eq!(world.settle(&mut poster, world.at(2.0)), ["store"]);
+    assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the store's publish woke the waiting poller");
+
+    poller.handle_wake(world.at(2.1));
+    let reply = drain(&mut poller);
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains(r#""body":"hello""#), "{reply}");
+    assert_eq!(poller.poll_timeout(), Some(world.at(2.1).instant + Duration::from_secs(75)), "back to keep-alive");
+}
+
+#[test]
+fn a_long_poll_times_out_with_an_empty_answer_and_then_serves_the_request_pipelined_behind_it() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/messages?after=0&wait=5 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    c.handle_wake(world.at(2.0));
+    assert_eq!(drain(&mut c), "", "a spurious wake-up sends nothing");
+    c.handle_timeout(world.at(5.0));
+    let replies = drain(&mut c);
+    assert!(replies.contains(r#""messages":[]"#) && replies.ends_with("\r\n\r\nok"), "{replies}");
+}
+
+#[test]
+fn a_long_poll_client_that_leaves_is_forgotten() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/messages?after=0&wait=5 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
+    assert_eq!(world.app.hub().waiting(), 1);
+    c.handle_eof(world.at(1.0));
+    assert_eq!(world.app.hub().waiting(), 0, "its waker is unregistered at once");
+    assert_eq!(world.settle(&mut c, world.at(1.0)), ["shutdown", "close"]);
+}
+
+#[test]
+fn an_event_stream_sends_a_heartbeat_when_idle_and_events_when_woken() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
+    let head = drain(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("text/event-stream"), "{head}");
+    assert_eq!(c.poll_timeout(), Some(world.at(15.0).instant));
+    c.handle_timeout(world.at(15.0));
+    assert_eq!(drain(&mut c), ": heartbeat\n\n");
+    assert_eq!(c.poll_timeout(), Some(world.at(30.0).instant));
+
+    let (mut poster, _) = world.connect();
+    poster.handle_bytes(post("r", "event!").as_bytes(), world.at(16.0));
+    world.settle(&mut poster, world.at(16.0));
+    c.handle_wake(world.at(16.0));
+    let event = drain(&mut c);
+    assert!(event.starts_with("id: 1\nevent: message\ndata: {") && event.contains("event!"), "{event}");
+    assert_eq!(c.poll_timeout(), Some(world.at(31.0).instant), "an event puts the heartbeat off");
+}
+
+/// The client's half of a WebSocket, on buffers.
+struct Client(WebSocketContext);
+
+/// A stream over two buffers for the client's framing.
+struct Buffers<'a> {
+    input: &'a [u8],
+    output: &'a mut Vec<u8>,
+}
+
+impl std::io::Read for Buffers<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.input.read(buf)
+    }
+}
+
+impl std::io::Write for Buffers<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Client {
+    fn frame(&mut self, message: WsMessage) -> Vec<u8> {
+        let mut output = Vec::new();
+        let mut stream = Buffers { input: &[], output: &mut output };
+        self.0.write(&mut stream, message).unwrap();
+        self.0.flush(&mut stream).unwrap();
+        output
+    }
+
+    fn messages(&mut self, bytes: &[u8]) -> Vec<WsMessage> {
+        let mut output = Vec::new();
+        let mut stream = Buffers { input: bytes, output: &mut output };
+        let mut messages = Vec::new();
+        while let Ok(message) = self.0.read(&mut stream) {
+            messages.push(message);
+        }
+        messages
+    }
+}
+
+const UPGRADE: &[u8] = b"GET /api/rooms/r/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn upgraded(world: &World) -> (Connection, Client) {
+    let (mut c, _) = world.connect();
+    c.handle_bytes(UPGRADE, world.at(0.0));
+    let head = drain(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{head}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    (c, Client(WebSocketContext::new(Role::Client, None)))
+}
+
+#[test]
+fn a_websocket_post_is_stored_acked_and_broadcast_and_a_binary_frame_gets_an_error_frame() {
+    let world = World::new();
+    let (mut c, mut client) = upgraded(&world);
+    assert_eq!(c.poll_timeout(), None, "a WebSocket has no deadline of its own");
+
+    let post = client.frame(WsMessage::text(r#"{"type":"post","body":"hi","ref":3}"#));
+    let binary = client.frame(WsMessage::binary(vec![1, 2, 3]));
+    let ping = client.frame(WsMessage::Ping(vec![9].into()));
+    c.handle_bytes(&[post, binary, ping].concat(), world.at(1.0));
+    assert!(!c.interest().read, "reading stops while the post's store call is out");
+    assert_eq!(world.settle(&mut c, world.at(1.0)), ["store"]);
+    c.handle_wake(world.at(1.0));
+
+    let frames = client.messages(&drain_bytes(&mut c));
+    let texts: Vec<serde_json::Value> = frames
+        .iter()
+        .filter_map(|m| match m {
+            WsMessage::Text(text) => Some(serde_json::from_str(text.as_str()).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert!(texts.iter().any(|f| f["type"] == "ack" && f["ref"] == 3), "{texts:?}");
+    assert!(texts.iter().any(|f| f["type"] == "message" && f["message"]["body"] == "hi"), "{texts:?}");
+    assert!(
+        texts.iter().any(|f| f["type"] == "error" && f["error"] == "binary frames are not understood; send JSON text"),
+        "{texts:?}"
+    );
+    assert!(frames.iter().any(|m| matches!(m, WsMessage::Pong(p) if p.as_ref() == [9])), "{frames:?}");
+    assert!(c.interest().read, "the socket stays open");
+}
+
+#[test]
+fn a_websocket_subscriber_gets_the_history_and_is_woken_for_each_later_post() {
+    let world = World::new();
+    let (mut poster, _) = world.connect();
+    poster.handle_bytes(post("r", "before").as_bytes(), world.at(0.0));
+    world.settle(&mut poster, world.at(0.0));
+    drain(&mut poster);
+    let (mut c, woken) = world.connect();
+    c.handle_bytes(UPGRADE, world.at(0.0));
+    let mut client = Client(WebSocketContext::new(Role::Client, None));
+    let bytes = drain_bytes(&mut c);
+    let history = client.messages(&bytes[bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]);
+    assert!(matches!(&history[..], [WsMessage::Text(t)] if t.contains("before")), "{history:?}");
+    for body in ["after-1", "after-2"] {
+        poster.handle_bytes(post("r", body).as_bytes(), world.at(1.0));
+        world.settle(&mut poster, world.at(1.0));
+        drain(&mut poster);
+        c.handle_wake(world.at(1.0));
+        let live = client.messages(&drain_bytes(&mut c));
+        assert!(matches!(&live[..], [WsMessage::Text(t)] if t.contains(body)), "{live:?}");
+    }
+    assert_eq!(woken.0.load(Ordering::SeqCst), 2, "one wake-up per post");
+}
+
+#[test]
+fn a_websocket_subscriber_that_leaves_the_cap_unread_is_closed_with_a_reason() {
+    let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
+    let (mut c, mut client) = upgraded(&world);
+    let (mut poster, _) = world.connect();
+    let body = "x".repeat(1000);
+    let mut posts = 0;
+    while c.doing() == "WebSocket" && posts < 20 {
+        poster.handle_bytes(post("r", &body).as_bytes(), world.at(1.0));
+        world.settle(&mut poster, world.at(1.0));
+        drain(&mut poster);
+        c.handle_wake(world.at(1.0));
+        posts += 1;
+    }
+    assert!(posts < 20, "never closed: {c:?} {:?}", c.interest());
+    assert_eq!(c.doing(), "closing");
+    let frames = client.messages(c.transmit());
+    let close = frames.iter().find_map(|m| match m {
+        WsMessage::Close(Some(frame)) => Some(frame.reason.to_string()),
+        _ => None,
+    });
+    assert_eq!(close.as_deref(), Some("subscriber too slow: its outgoing buffer is full"), "{frames:?}");
+    assert_eq!(world.app.hub().waiting(), 0, "its subscription is gone");
+    c.handle_timeout(world.at(1.0 + CLOSE_GRACE.as_secs_f64()));
+    assert_eq!(world.settle(&mut c, world.at(7.0)), ["close"], "unread past the grace: closed");
+}
+
+#[test]
+fn an_idle_connection_gives_its_buffers_back() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    // A request split over two reads leaves the decoder's buffer in use meanwhile.
+    c.handle_bytes(b"GET /?x=", world.at(0.0));
+    assert!(c.held_bytes() > 0);
+    c.handle_bytes(b"1 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.1));
+    assert!(c.held_bytes() > 0, "the page is queued");
+    drain(&mut c);
+    assert_eq!(c.held_bytes(), 0, "answered and idle: nothing held");
+}
+
+#[test]
+fn a_bad_request_is_answered_then_the_write_side_shut_and_the_rest_drained_until_the_client_leaves() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"BROKEN\r\n\r\nmore bytes the client keeps sending", world.at(0.0));
+    assert_eq!(world.settle(&mut c, world.at(0.0)), Vec::<&str>::new(), "the answer is not written yet");
+    assert_eq!(c.interest(), Interest { read: true, write: true }, "what the client sends is drained meanwhile");
+    assert!(drain(&mut c).starts_with("HTTP/1.1 400 "));
+    assert_eq!(world.settle(&mut c, world.at(0.1)), ["shutdown"]);
+    c.handle_bytes(&[b'x'; 4096], world.at(0.2));
+    assert_eq!(drain(&mut c), "", "drained, not answered");
+    assert_eq!(c.interest(), Interest { read: true, write: false });
+    assert_eq!(c.poll_timeout(), Some(world.at(0.0).instant + CLOSE_GRACE), "from the last input before the shutdown");
+    c.handle_eof(world.at(0.3));
+    assert_eq!(world.settle(&mut c, world.at(0.3)), ["close"]);
+}
+
+#[test]
+fn a_client_that_never_hangs_up_after_the_answer_is_closed_after_the_grace() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /healthz HTTP/1.0\r\n\r\n", world.at(0.0));
+    assert!(drain(&mut c).starts_with("HTTP/1.1 200 "));
+    assert_eq!(world.settle(&mut c, world.at(0.0)), ["shutdown"]);
+    c.handle_timeout(world.at(4.9));
+    assert!(world.settle(&mut c, world.at(4.9)).is_empty());
+    c.handle_timeout(world.at(5.0));
+    assert_eq!(world.settle(&mut c, world.at(5.0)), ["close"]);
+    assert!(c.is_closed());
+}
+
+
