@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest request head (request line and headers) in bytes; beyond it: 431.
     pub max_head_bytes: usize,
+    /// Longest single header field line (name, colon, value) in bytes; beyond it: 431.
+    pub max_field_bytes: usize,
     /// Most header fields in one request; beyond it: 431.
     pub max_headers: usize,
     /// Longest request target in bytes; beyond it: 414.
@@ -31,7 +33,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_head_bytes: 16 * 1024,
+            // nginx's large_client_header_buffers (4 x 8k): a field up to 8 KiB, a head up to
+            // 32 KiB.
+            max_head_bytes: 32 * 1024,
+            max_field_bytes: 8 * 1024,
             max_headers: 100,
             max_target_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
