@@ -6,6 +6,7 @@
 //! Shared by several test crates, each of which uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod bus;
 pub mod chat;
 pub mod http;
 pub mod proxy;
