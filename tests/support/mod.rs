@@ -9,6 +9,7 @@
 pub mod bus;
 pub mod chat;
 pub mod http;
+pub mod nginx;
 pub mod proxy;
 pub mod server;
 pub mod sse;
