@@ -305,7 +305,8 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
         result.wrk = cross_check(cell, &ctx, &mut server, programs, client_cpus.as_deref());
     }
     if options.perf && cell.profile && server.alive() {
-        match profile(&cell.action, &ctx, &server) {
+        // One run past the measured ones (a ledger run's seed names its accounts).
+        match profile(&cell.action, &ctx, &server, cell.repeats.max(1)) {
             Ok(lines) => result.profile = lines,
             Err(e) => result.notes.push(format!("perf: {e}")),
         }
@@ -666,7 +667,7 @@ fn memory_metrics(p: &Peaks, held: f64, m: &mut BTreeMap<String, f64>) {
 
 /// One extra, unmeasured run of `action` with `perf record` on the server's processes;
 /// returns the hottest symbols.
-fn profile(action: &Action, ctx: &Ctx, server: &Server) -> Result<Vec<String>, String> {
+fn profile(action: &Action, ctx: &Ctx, server: &Server, repeat: usize) -> Result<Vec<String>, String> {
     let perf = ["/usr/bin/perf", "/usr/local/bin/perf"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -685,7 +686,7 @@ fn profile(action: &Action, ctx: &Ctx, server: &Server) -> Result<Vec<String>, S
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start perf record: {e}"))?;
-    let _ = run_action(action, ctx, 0);
+    let _ = run_action(action, ctx, repeat);
     let _ = rec.wait();
     let report = |sort: &str, limit: &str, take: usize| -> Result<Vec<String>, String> {
         let out = Command::new(perf)
