@@ -170,6 +170,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     head_timeout: f64,
 
+    /// A web origin, besides the server's own, whose pages may use the chat's WebSocket,
+    /// event stream, long-poll and POST routes (e.g. `https://app.example.org`); repeat it
+    /// for more. Requests from any other page's origin get 403. `*` allows every origin:
+    /// any site's page can then chat as its visitors.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
+
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_body: usize,
@@ -527,6 +534,7 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         ledger,
         server: server_info(args),
         process: Some(Arc::new(c10k_models::process::ProcSelf::new())),
+        allowed_origins: c10k_core::chat::origin::AllowedOrigins::parse(&args.allow_origins)?,
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;

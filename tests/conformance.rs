@@ -26,6 +26,8 @@ mod http;
 mod new_message;
 #[path = "conformance/page.rs"]
 mod page;
+#[path = "conformance/security.rs"]
+mod security;
 #[path = "conformance/service.rs"]
 mod service;
 #[path = "conformance/updates.rs"]
@@ -122,6 +124,12 @@ macro_rules! conformance {
                 a_connection_over_the_cap_gets_503_and_is_closed,
                 out_of_file_descriptors_a_new_connection_gets_503_not_silence,
                 a_bad_request_followed_by_more_bytes_gets_the_400_then_a_clean_close,
+            }
+            security {
+                a_foreign_origin_is_403_on_every_stream_and_post,
+                the_servers_own_origin_and_no_origin_pass,
+                an_origin_named_by_allow_origin_passes,
+                the_page_sends_a_strict_content_security_policy,
             }
             service {
                 healthz_is_ok,

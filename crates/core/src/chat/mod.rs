@@ -11,6 +11,7 @@
 
 pub mod form;
 mod idempotency;
+pub mod origin;
 mod page;
 pub mod render;
 mod stream;
@@ -61,6 +62,8 @@ pub struct Config {
     /// Reads the process's CPU, memory and descriptors for `/metrics` (the binary's; the
     /// core does no I/O). `None`: no `process_*` metrics.
     pub process: Option<Arc<dyn ProcessSampler>>,
+    /// Web origins allowed besides the request's own (`--allow-origin`; see [`origin`]).
+    pub allowed_origins: origin::AllowedOrigins,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             ledger: Arc::new(Ledger::in_memory(Locking::Fine)),
             server: ServerInfo::default(),
             process: None,
+            allowed_origins: origin::AllowedOrigins::default(),
         }
     }
 }
@@ -415,6 +419,15 @@ impl App {
         let get = matches!(request.method, Method::Get | Method::Head);
         let post = request.method == Method::Post;
         let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let open_to_all = matches!(segments.as_slice(), [""] | ["static", ..] | ["healthz" | "metrics" | "plaintext" | "cpu"]);
+        if !open_to_all && !self.config.allowed_origins.permits(request.headers.get("origin"), request.headers.get("host")) {
+            self.metrics.request("foreign_origin");
+            return Outcome::Reply(api_error(
+                StatusCode::FORBIDDEN,
+                "this request comes from a page on another site (its Origin is not this server's); \
+                 the server allows others with --allow-origin",
+            ));
+        }
         match segments.as_slice() {
             [""] if get => self.reply("page", self.page(&request, now)),
             ["static", "chat.js"] if get => self.reply("static", page::asset(page::CHAT_JS)),
@@ -746,7 +759,7 @@ fn parse_after(after: Option<&str>) -> Result<Cursor, Response> {
 
 /// A JSON response with Tornado's content type.
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
-    Response::with_body(status, "application/json; charset=UTF-8", body)
+    Response::with_body(status, "application/json; charset=UTF-8", body).header("X-Content-Type-Options", "nosniff")
 }
 
 fn api_error(status: StatusCode, error: &str) -> Response {
