@@ -135,6 +135,7 @@ macro_rules! conformance {
                 healthz_is_ok,
                 metrics_are_in_the_prometheus_text_format,
                 metrics_are_read_correctly_by_prometheus_clients_parsers,
+                a_cpu_heavy_request_is_timed_by_its_work,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
             }
