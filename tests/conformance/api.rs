@@ -343,3 +343,39 @@ pub fn a_post_retried_with_its_idempotency_key_is_stored_once(model: Model) {
     next.assert_status(201);
     assert_eq!(next.json()["id"], 2, "a new key is a new message");
 }
+
+/// `?before=ID&limit=N` pages back through history from the store, newest first, past
+/// what the server holds in memory (here `--history 3` after eight posts): each page
+/// names the `next_before` of the next older one, `null` on the last. Bad values are 400.
+pub fn get_messages_before_an_id_pages_back_past_the_cache_newest_first(model: Model) {
+    let server = Server::start_with_args(model, &["--history", "3"]);
+    let port = server.port();
+    for n in 1..=8 {
+        api_post(port, "main", &format!("message {n}"));
+    }
+    api_post(port, "other", "not in main");
+    let held = api_messages(port, "main", "");
+    assert_eq!(api_ids(&held["messages"]), [6, 7, 8], "the cache holds the newest three: {held}");
+
+    let page = api_messages(port, "main", "?before=6&limit=3");
+    assert_eq!(api_ids(&page["messages"]), [5, 4, 3], "{page}");
+    assert_eq!(page["room"], "main", "{page}");
+    assert_eq!(page["messages"][0]["body"], "message 5", "{page}");
+    assert_eq!(page["next_before"], 3, "{page}");
+    let last = api_messages(port, "main", "?before=3&limit=3");
+    assert_eq!(api_ids(&last["messages"]), [2, 1], "{last}");
+    assert_eq!(last["next_before"], Value::Null, "the oldest message is on this page: {last}");
+    let newest = api_messages(port, "main", "?limit=2");
+    assert_eq!(api_ids(&newest["messages"]), [8, 7], "no 'before': from the newest: {newest}");
+    let default_limit = api_messages(port, "main", "?before=9");
+    assert_eq!(api_ids(&default_limit["messages"]), (1..=8).rev().collect::<Vec<_>>(), "{default_limit}");
+    let empty = api_messages(port, "nobody-here", "?before=5");
+    assert_eq!(api_ids(&empty["messages"]), [0u64; 0], "{empty}");
+    assert_eq!(empty["next_before"], Value::Null, "{empty}");
+
+    for bad in ["?before=0", "?before=x", "?before=-1", "?limit=0", "?limit=201", "?before=4&limit=z", "?before=4&after=1", "?before=4&wait=1"] {
+        let reply = Request::get(&format!("{}{bad}", messages_path("main"))).send(port);
+        assert_api_error(&reply, 400, bad);
+    }
+    api_messages(port, "main", "?before=4&limit=200");
+}

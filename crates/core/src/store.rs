@@ -10,7 +10,7 @@
 //!   server), with its id;
 //! - ids are per room, start at 1 and increase by exactly 1 per message, so a gap in what a
 //!   node has seen always means a message it must still fetch;
-//! - `after` returns messages in id order.
+//! - `after` returns messages in id order, `before` newest first.
 //!
 //! [`AsyncStore`] is the same contract for drivers that cooperate with an async runtime
 //! instead of blocking (`--db-mode native`: `tokio-postgres`, `mysql_async`). The core
@@ -130,6 +130,11 @@ pub trait Store: Send + Sync {
 
     /// The last `limit` messages of `room`, in id order.
     fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// Up to `limit` messages of `room` with ids less than `before` (all of them when
+    /// `None`), **newest first**: one page of history, reaching back past what the
+    /// server keeps in memory.
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError>;
 
     /// Every room that has at least one message.
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError>;

@@ -51,6 +51,10 @@ impl Store for Fake {
         unreachable!()
     }
 
+    fn before(&self, _: &RoomId, _: Option<MessageId>, _: usize) -> Result<Vec<Message>, StoreError> {
+        unreachable!()
+    }
+
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         unreachable!()
     }

@@ -199,6 +199,10 @@ impl Store for HookedStore {
     fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
         self.inner.recent(room, limit)
     }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.inner.before(room, before, limit)
+    }
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         self.inner.rooms()
     }

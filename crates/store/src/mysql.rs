@@ -96,6 +96,9 @@ pub(crate) mod sql {
     /// The newest messages, newest first (reversed by the caller).
     pub const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
          WHERE room = ? ORDER BY id DESC LIMIT ?";
+    /// A page of history: the messages before an id, newest first.
+    pub const BEFORE: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+         WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?";
     /// Every room with a message (a counter row exists only once one was committed).
     pub const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
     /// `--db-sleep-ms`: a query that takes that long on the server.
@@ -291,6 +294,16 @@ impl Store for MySqlStore {
             let mut rows: Vec<(u64, String, String, u64)> =
                 conn.exec(sql::RECENT, (room.as_str(), sql_limit(limit))).map_err(classify)?;
             rows.reverse();
+            Ok(rows.into_iter().map(|row| sql::message(room, row)).collect())
+        })
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let before = before.map_or(u64::MAX, |id| id.0);
+        self.pool.run(|conn| {
+            self.sleep(conn)?;
+            let rows: Vec<(u64, String, String, u64)> =
+                conn.exec(sql::BEFORE, (room.as_str(), before, sql_limit(limit))).map_err(classify)?;
             Ok(rows.into_iter().map(|row| sql::message(room, row)).collect())
         })
     }

@@ -85,6 +85,8 @@ pub(crate) const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messa
      WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3";
 const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
      WHERE room = $1 ORDER BY id DESC LIMIT $2";
+const BEFORE: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+     WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
 const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
 pub(crate) const SLEEP: &str = "SELECT pg_sleep($1)";
 
@@ -94,6 +96,7 @@ pub(crate) struct Live {
     append: Statement,
     after: Statement,
     recent: Statement,
+    before: Statement,
     rooms: Statement,
     sleep: Statement,
     /// The ledger's statements (`postgres_ledger.rs`).
@@ -159,6 +162,7 @@ async fn connect(
         append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8]).await?,
         after: prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
         recent: prepare(RECENT, &[Type::TEXT, Type::INT8]).await?,
+        before: prepare(BEFORE, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
         rooms: prepare(ROOMS, &[]).await?,
         sleep: prepare(SLEEP, &[Type::FLOAT8]).await?,
         ledger: crate::postgres_ledger::Statements::prepare(&prepare).await?,
@@ -274,6 +278,21 @@ impl Live {
             .await
             .map_err(|e| classify(e, false))?;
         rows.iter().rev().map(|row| to_message(room, row)).collect()
+    }
+
+    async fn before(
+        &self,
+        room: &RoomId,
+        before: Option<MessageId>,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Message>, Failure> {
+        // No `before`: from the newest. An id past i64 is past every stored one too.
+        let before = before.map_or(i64::MAX, |id| i64::try_from(id.0).unwrap_or(i64::MAX));
+        let rows = within(timeout, self.client.query(&self.before, &[&room.as_str(), &before, &limit(count)]))
+            .await
+            .map_err(|e| classify(e, false))?;
+        rows.iter().map(|row| to_message(room, row)).collect()
     }
 
     async fn rooms(&self, timeout: Duration) -> Result<Vec<String>, Failure> {
@@ -437,6 +456,16 @@ impl Store for PostgresStore {
 
     fn recent(&self, room: &RoomId, count: usize) -> Result<Vec<Message>, StoreError> {
         self.pool.run(|conn| conn.call(async |live| live.recent(room, count, self.timeout).await))
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, count: usize) -> Result<Vec<Message>, StoreError> {
+        let (timeout, sleep) = (self.timeout, self.sleep);
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                live.sleep(sleep, timeout).await?;
+                live.before(room, before, count, timeout).await
+            })
+        })
     }
 
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {

@@ -42,6 +42,11 @@ impl Store for SlowStore {
         self.inner.recent(room, limit)
     }
 
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.wait();
+        self.inner.before(room, before, limit)
+    }
+
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         self.wait();
         self.inner.rooms()

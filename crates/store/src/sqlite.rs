@@ -442,6 +442,24 @@ impl Store for SqliteStore {
         rows.into_iter().map(|row| to_message(room, row)).collect()
     }
 
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let fail = |e| sql_error(&format!("cannot read room {room}"), e);
+        // No `before`: from the newest. An id past i64 is past every stored one too.
+        let before = before.map_or(i64::MAX, |id| i64::try_from(id.0).unwrap_or(i64::MAX));
+        let conn = self.checkout()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, body, sender, time_ms FROM messages
+                 WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![room.as_str(), before, sql_limit(limit)], read_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Row>>>())
+            .map_err(fail)?;
+        rows.into_iter().map(|row| to_message(room, row)).collect()
+    }
+
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         let fail = |e| sql_error("cannot list the rooms", e);
         let conn = self.checkout()?;

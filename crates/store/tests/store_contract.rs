@@ -172,6 +172,25 @@ store_test!(recent_returns_the_last_messages_oldest_first, |store| {
     assert_eq!(ids(&store.recent(&main, 0).unwrap()), [0u64; 0]);
 });
 
+store_test!(before_pages_back_newest_first_past_any_cache, |store| {
+    let (main, other) = (room("main"), room("other"));
+    for i in 1..=10 {
+        store.append(&main, &msg(&format!("m{i}"))).unwrap();
+    }
+    store.append(&other, &msg("elsewhere")).unwrap();
+    assert_eq!(ids(&store.before(&main, None, 3).unwrap()), [10, 9, 8]);
+    assert_eq!(ids(&store.before(&main, Some(MessageId(8)), 3).unwrap()), [7, 6, 5]);
+    assert_eq!(ids(&store.before(&main, Some(MessageId(3)), 100).unwrap()), [2, 1]);
+    assert_eq!(ids(&store.before(&main, Some(MessageId(1)), 100).unwrap()), [0u64; 0]);
+    assert_eq!(ids(&store.before(&main, Some(MessageId(999)), 2).unwrap()), [10, 9]);
+    assert_eq!(ids(&store.before(&main, Some(MessageId(u64::MAX)), 1).unwrap()), [10]);
+    assert_eq!(ids(&store.before(&main, None, 0).unwrap()), [0u64; 0]);
+    let page = store.before(&main, Some(MessageId(5)), 2).unwrap();
+    assert!(page.iter().all(|m| m.room == main), "{page:?}");
+    assert_eq!(page.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["m4", "m3"]);
+    assert!(store.before(&room("nobody-here"), None, 10).unwrap().is_empty());
+});
+
 store_test!(reads_see_only_their_own_room, |store| {
     let (a, b) = (room("a"), room("b"));
     store.append(&a, &msg("for a")).unwrap();

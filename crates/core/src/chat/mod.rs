@@ -43,6 +43,11 @@ pub use stream::{EventStream, LongPoll, StreamStatus, WsAction, WsSession};
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 /// The longest nickname accepted, in characters.
 pub const MAX_NICK_CHARS: usize = 64;
+/// The most messages one page of history (`GET .../messages?before=ID&limit=N`) holds:
+/// a bound, so that one request cannot make the store read a whole room.
+pub const MAX_PAGE: usize = 200;
+/// The messages a page of history holds when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 50;
 
 /// How the application is set up.
 #[derive(Debug, Clone)]
@@ -121,17 +126,58 @@ pub(crate) enum AfterStore {
     WebSocketAck { reference: Option<serde_json::Value> },
 }
 
-/// A blocking call for the store's side of the model: a message to store, or a ledger
-/// operation (which may wait on a lock, yield, or run a transaction). Running it is
-/// blocking and the model decides where: on the offload pool (default) or inline
-/// (`--db-mode inline`). The model never needs to know which kind it runs.
+/// A blocking call for the store's side of the model: a message to store, a page of
+/// history to read, or a ledger operation (which may wait on a lock, yield, or run a
+/// transaction). Running it is blocking and the model decides where: on the offload pool
+/// (default) or inline (`--db-mode inline`). The model never needs to know which kind it
+/// runs.
 #[derive(Debug)]
 pub struct StoreCall(Job);
 
 #[derive(Debug)]
 enum Job {
     Append(Append),
+    History(HistoryPage),
     Ledger(LedgerCall),
+}
+
+/// A page of a room's history, read from the store (the cache holds only the newest
+/// messages): `GET /api/rooms/{room}/messages?before=ID&limit=N`.
+#[derive(Debug)]
+struct HistoryPage {
+    room: RoomId,
+    /// Messages with smaller ids than this; `None`: from the newest.
+    before: Option<MessageId>,
+    /// At most this many, 1 to [`MAX_PAGE`].
+    limit: usize,
+}
+
+impl HistoryPage {
+    /// Reads one more than asked, to tell the client whether older messages remain.
+    fn run(self, store: &dyn Store) -> Response {
+        match store.before(&self.room, self.before, self.limit + 1) {
+            Ok(mut messages) => {
+                let more = messages.len() > self.limit;
+                messages.truncate(self.limit);
+                let next_before = if more { messages.last().map(|m| m.id) } else { None };
+                let mut body = String::with_capacity(64 + messages.len() * 128);
+                body.push_str("{\"room\":");
+                body.push_str(&to_json(self.room.as_str()));
+                body.push_str(",\"messages\":[");
+                for (i, message) in messages.into_iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&Rendered::new(message).json);
+                }
+                body.push_str(&format!("],\"next_before\":{}}}", to_json(&next_before)));
+                json_response(StatusCode::OK, body).timed("api_history")
+            }
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("history not read ({e}); try again"))
+                .header("Retry-After", "1")
+                .timed("api_history"),
+        }
+    }
 }
 
 /// A chat message to store, then publish.
@@ -168,6 +214,7 @@ impl StoreCall {
     pub fn run(self, store: &dyn Store) -> StoreDone {
         match self.0 {
             Job::Append(append) => append.run(store),
+            Job::History(page) => StoreDone(Done::Reply(page.run(store))),
             Job::Ledger(call) => {
                 let route = call.route();
                 StoreDone(Done::Ledger(call.run(store).timed(route)))
@@ -179,18 +226,19 @@ impl StoreCall {
     /// (`--db-mode native`): a chat append and any gap-filling reads are awaited, and what
     /// is left is [`Stored::announce`], which may block (briefly and boundedly: a bus
     /// telling the other processes), so the caller decides where to run it. A call with no
-    /// native form (a ledger operation: its locks and transactions are blocking) comes back
-    /// unrun, for [`StoreCall::run`] where blocking is allowed.
+    /// native form (a ledger operation: its locks and transactions are blocking; a page of
+    /// history, read rarely enough that the blocking driver serves it) comes back unrun,
+    /// for [`StoreCall::run`] where blocking is allowed.
     pub async fn run_native(self, store: &dyn AsyncStore) -> Result<Stored, StoreCall> {
         match self.0 {
             Job::Append(append) => Ok(append.run_native(store).await),
-            Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
+            other => Err(StoreCall(other)),
         }
     }
 
     /// [`StoreCall::run_native`] through a driver bound to the calling thread (a green
     /// coroutine's own database connection): it blocks the caller, i.e. parks the
-    /// coroutine. A ledger operation comes back unrun, as there.
+    /// coroutine. A ledger operation or a page of history comes back unrun, as there.
     // The error is the call itself, handed back unrun (and moved, never copied).
     #[allow(clippy::result_large_err)]
     pub fn run_local(self, store: &dyn LocalStore) -> Result<Stored, StoreCall> {
@@ -203,7 +251,7 @@ impl StoreCall {
                 });
                 Ok(append.stored(result))
             }
-            Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
+            other => Err(StoreCall(other)),
         }
     }
 }
@@ -292,6 +340,8 @@ pub(crate) enum Done {
     Append { result: Result<Arc<Rendered>, StoreError>, then: AfterStore },
     /// A ledger operation's answer, rendered.
     Ledger(Response),
+    /// Any other call's answer (a page of history), rendered.
+    Reply(Response),
 }
 
 impl StoreDone {
@@ -301,6 +351,10 @@ impl StoreDone {
         let error = StoreError(why.to_string());
         StoreDone(match call.0 {
             Job::Append(append) => Done::Append { result: Err(error), then: append.then },
+            Job::History(_) => Done::Reply(
+                api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("history not read ({why}); try again"))
+                    .header("Retry-After", "1"),
+            ),
             Job::Ledger(_) => Done::Ledger(ledger::routes::error_response(&LedgerError::Store(error))),
         })
     }
@@ -442,7 +496,14 @@ impl App {
                     Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &e.to_string())),
                 };
                 match (*rest, get, post) {
-                    ("messages", true, _) => self.routed("api_poll", self.native_poll(&request, room, now)),
+                    ("messages", true, _) => {
+                        let args = Args::query(&request);
+                        if args.get("before").is_some() || args.get("limit").is_some() {
+                            self.routed("api_history", self.history_page(&args, room))
+                        } else {
+                            self.routed("api_poll", self.native_poll(&request, room, now))
+                        }
+                    }
                     ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, now)),
                     ("events", true, _) => {
                         self.metrics.request("api_events");
@@ -484,7 +545,7 @@ impl App {
     pub fn finish_store(&self, done: StoreDone) -> Response {
         let (result, then) = match done.0 {
             Done::Append { result, then } => (result, then),
-            Done::Ledger(response) => return response,
+            Done::Ledger(response) | Done::Reply(response) => return response,
         };
         let posted = match result {
             Ok(posted) => posted,
@@ -650,6 +711,43 @@ impl App {
             now.instant + wait,
             PollStyle::Native,
         ))
+    }
+
+    /// `?before=ID&limit=N`: a page of history from the store, newest first. Paging and
+    /// polling do not mix: `after` or `wait` with it is refused.
+    fn history_page(&self, args: &Args, room: RoomId) -> Outcome {
+        if args.get("after").is_some() || args.get("wait").is_some() {
+            return Outcome::Reply(api_error(
+                StatusCode::BAD_REQUEST,
+                "'before' and 'limit' page back through history; 'after' and 'wait' poll for new messages: \
+                 use one or the other",
+            ));
+        }
+        let before = match args.get("before").map(str::trim) {
+            None | Some("") => None,
+            Some(s) => match s.parse::<u64>() {
+                Ok(id) if id >= 1 => Some(MessageId(id)),
+                _ => {
+                    return Outcome::Reply(api_error(
+                        StatusCode::BAD_REQUEST,
+                        "'before' must be a message id (a whole number of at least 1)",
+                    ))
+                }
+            },
+        };
+        let limit = match args.get("limit").map(str::trim) {
+            None | Some("") => DEFAULT_PAGE,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return Outcome::Reply(api_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("'limit' must be a whole number from 1 to {MAX_PAGE}"),
+                    ))
+                }
+            },
+        };
+        Outcome::Store(StoreCall(Job::History(HistoryPage { room, before, limit })))
     }
 
     fn native_post(&self, request: &Request, room: RoomId, now: Now) -> Outcome {

@@ -343,7 +343,9 @@ impl WsSession {
     pub fn finish_post(done: StoreDone) -> String {
         let (result, then) = match done.0 {
             super::Done::Append { result, then } => (result, then),
-            super::Done::Ledger(_) => return error_frame("a ledger answer was sent as a WebSocket ack", None),
+            super::Done::Ledger(_) | super::Done::Reply(_) => {
+                return error_frame("an HTTP answer was sent as a WebSocket ack", None)
+            }
         };
         let reference = match then {
             super::AfterStore::WebSocketAck { reference } => reference,

@@ -30,6 +30,9 @@ impl Store for Yielding {
     fn recent(&self, _: &RoomId, _: usize) -> Result<Vec<Message>, StoreError> {
         unreachable!("the ledger never reads messages")
     }
+    fn before(&self, _: &RoomId, _: Option<MessageId>, _: usize) -> Result<Vec<Message>, StoreError> {
+        unreachable!("the ledger never reads messages")
+    }
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
         unreachable!("the ledger never lists rooms")
     }
