@@ -10,7 +10,9 @@
 //!   server), with its id;
 //! - ids are per room, start at 1 and increase by exactly 1 per message, so a gap in what a
 //!   node has seen always means a message it must still fetch;
-//! - `after` returns messages in id order, `before` newest first.
+//! - `after` returns messages in id order, `before` newest first;
+//! - a message whose `deadline` has passed is not committed: the store checks it inside
+//!   the append's transaction, after its last wait and before its commit.
 //!
 //! [`AsyncStore`] is the same contract for drivers that cooperate with an async runtime
 //! instead of blocking (`--db-mode native`: `tokio-postgres`, `mysql_async`). The core
@@ -19,6 +21,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -97,6 +100,12 @@ pub struct NewMessage {
     pub from: String,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The latest moment the store may commit it (`--db-post-timeout` after the request
+    /// arrived): the whole of the post's wait, in the offload queue, for a connection and
+    /// for the database's write lock, must fit before it. Past it the store commits
+    /// nothing and `append` fails saying so, so a poster told 503 never finds its message
+    /// stored later. `None`: only the store's own bounds apply.
+    pub deadline: Option<Instant>,
 }
 
 /// A stored message.

@@ -36,8 +36,10 @@ use tokio_postgres::{Client, Config, Connection, NoTls, Statement};
 
 use crate::circuit::Circuit;
 use crate::pool::Failure;
-use crate::server::stored;
-use crate::postgres::{classify, parse_url, to_i64, to_message, limit, CallError, APPEND, AFTER, SLEEP};
+use crate::postgres::{
+    appended, classify, classify_append, limit, lock_budget, parse_url, to_i64, to_message, CallError, AFTER, APPEND,
+    SLEEP,
+};
 use crate::StoreOptions;
 
 /// How a driver running inside a coroutine waits: the caller's scheduler.
@@ -243,7 +245,7 @@ impl CooperativePostgres {
             drive(&mut connection, fd, &wants_write, parker, deadline, self.timeout, client.prepare_typed(sql, types))
                 .map_err(|e| refused(&e))
         };
-        let append = prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8])?;
+        let append = prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT])?;
         let after = prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8])?;
         let sleep = prepare(SLEEP, &[Type::FLOAT8])?;
         Ok(Conn { client, connection, fd, wants_write, append, after, sleep })
@@ -327,13 +329,14 @@ impl LocalStore for Calls<'_> {
         self.pg.run(self.parker, |conn, deadline| {
             self.sleep(conn, deadline)?;
             let time_ms = to_i64(message.time_ms, "time")?;
+            let budget = lock_budget(message, self.pg.timeout)?;
             let name = room.as_str();
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&name, &message.body, &message.from, &time_ms];
-            let call = conn.client.query_one(&conn.append, &params);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&name, &message.body, &message.from, &time_ms, &budget];
+            let call = conn.client.query_opt(&conn.append, &params);
             let row = drive(&mut conn.connection, conn.fd, &conn.wants_write, self.parker, deadline, self.pg.timeout, call)
-                .map_err(|e| classify(e, true))?;
-            Ok(stored(room, message, row.get::<_, i64>(0) as u64))
+                .map_err(classify_append)?;
+            appended(room, message, row)
         })
     }
 

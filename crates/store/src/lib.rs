@@ -60,6 +60,16 @@ pub use postgres::{PostgresNativeStore, PostgresStore};
 pub use slow::SlowStore;
 pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE};
 
+/// The error of an append whose message's deadline (`--db-post-timeout`) passed before it
+/// could commit, while it waited for `what`: nothing was stored, and trying again later is
+/// safe.
+pub(crate) fn past_deadline(what: &str) -> StoreError {
+    StoreError(format!(
+        "the post's wait reached its deadline (--db-post-timeout) while waiting for {what}; nothing \
+         was stored"
+    ))
+}
+
 /// How a store talks to a database server (MySQL, PostgreSQL); SQLite takes none of it.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {

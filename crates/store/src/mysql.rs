@@ -32,11 +32,13 @@ use mysql::{Conn, Opts, OptsBuilder};
 use crate::circuit::Circuit;
 use crate::pool::{Failure, Pool};
 use crate::server::{self, stored};
-use crate::StoreOptions;
+use crate::{past_deadline, StoreOptions};
 
 /// The SQL and the rules shared by the blocking and the native MySQL stores.
 pub(crate) mod sql {
-    use c10k_core::store::{Message, MessageId, RoomId, StoreError};
+    use std::time::{Duration, Instant};
+
+    use c10k_core::store::{Message, MessageId, NewMessage, RoomId, StoreError};
 
     /// How many times an append is tried when InnoDB rolls it back for a deadlock or a
     /// lock-wait timeout (nothing was stored; trying again is safe).
@@ -77,6 +79,9 @@ pub(crate) mod sql {
     pub const WRITE_VERSION: &str =
         "INSERT INTO c10k_schema (id, version) VALUES (1, ?) ON DUPLICATE KEY UPDATE version = VALUES(version)";
 
+    /// How long this connection's next lock waits may take, in whole seconds (InnoDB's
+    /// unit): set before each append to what is left of the post's deadline.
+    pub const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = ?";
     /// Opens an append's transaction.
     pub const BEGIN: &str = "START TRANSACTION";
     /// Ends it.
@@ -103,6 +108,24 @@ pub(crate) mod sql {
     pub const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
     /// `--db-sleep-ms`: a query that takes that long on the server.
     pub const SLEEP: &str = "SELECT SLEEP(?)";
+
+    /// [`LOCK_WAIT`]'s value for an append of `message`: what is left of its deadline,
+    /// rounded up to a second, and at most nine tenths of `--db-timeout` (so that InnoDB
+    /// gives up, storing nothing, before this side stops waiting for an answer); `None`
+    /// when the deadline has passed already.
+    pub fn lock_wait_secs(message: &NewMessage, timeout: Duration) -> Option<u64> {
+        let bound = timeout - timeout / 10;
+        let left = match message.deadline {
+            None => bound,
+            Some(deadline) => deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?.min(bound),
+        };
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Whether `message`'s deadline has passed.
+    pub fn late(message: &NewMessage) -> bool {
+        message.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+    }
 
     /// MySQL's error numbers for "rolled back, try again".
     pub fn is_retryable(code: u16) -> bool {
@@ -135,6 +158,7 @@ pub(crate) mod sql {
 pub struct MySqlStore {
     pub(crate) pool: Pool<Conn>,
     sleep: Option<Duration>,
+    timeout: Duration,
 }
 
 /// The driver's options for a `mysql://` URL (a `mariadb://` one is read the same), with
@@ -186,7 +210,7 @@ impl MySqlStore {
         migrate(&mut first, &what, options.timeout)?;
         let pool = Pool::new(Circuit::new(what), options.connections, options.timeout, connect);
         pool.seed(first);
-        Ok(MySqlStore { pool, sleep: options.server_sleep })
+        Ok(MySqlStore { pool, sleep: options.server_sleep, timeout: options.timeout })
     }
 
     /// `--db-sleep-ms`: a real query that keeps the server (and this connection) busy.
@@ -265,8 +289,14 @@ impl Store for MySqlStore {
             self.sleep(conn)?;
             let mut attempt = 1;
             loop {
+                let late = || Failure::Query(past_deadline("the room's row lock (another connection holds it)"));
+                let lock_wait = sql::lock_wait_secs(message, self.timeout).ok_or_else(late)?;
+                conn.exec_drop(sql::LOCK_WAIT, (lock_wait,)).map_err(classify)?;
                 match append_once(conn, room, message) {
                     Ok(id) => return Ok(stored(room, message, id)),
+                    Err(AppendFailed::Before(mysql::Error::MySqlError(e))) if sql::is_retryable(e.code) && sql::late(message) => {
+                        return Err(late())
+                    }
                     Err(AppendFailed::Before(mysql::Error::MySqlError(e)))
                         if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS =>
                     {
@@ -275,6 +305,7 @@ impl Store for MySqlStore {
                     Err(AppendFailed::Before(e)) => return Err(classify(e)),
                     Err(AppendFailed::AtCommit(e)) => return Err(ambiguous(classify(e))),
                     Err(AppendFailed::NoCounter) => return Err(Failure::Query(sql::no_counter(room))),
+                    Err(AppendFailed::Late) => return Err(late()),
                 }
             }
         })
@@ -330,6 +361,8 @@ enum AppendFailed {
     AtCommit(mysql::Error),
     /// The counter row just written was not there to read (never, on a sane database).
     NoCounter,
+    /// The message's deadline passed before `COMMIT`: rolled back, nothing is stored.
+    Late,
 }
 
 /// One try at the append transaction (see the module docs): the id it stored under.
@@ -350,6 +383,11 @@ fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u
         Ok(id)
     })();
     match statements {
+        Ok(Some(_)) if sql::late(message) => {
+            // The poster is told 503: nothing may stay.
+            let _ = conn.query_drop(sql::ROLLBACK);
+            Err(AppendFailed::Late)
+        }
         Ok(Some(id)) => {
             conn.query_drop(sql::COMMIT).map_err(AppendFailed::AtCommit)?;
             Ok(id)

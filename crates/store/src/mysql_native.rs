@@ -16,7 +16,7 @@ use crate::circuit::Circuit;
 use crate::mysql::{ambiguous, sql};
 use crate::server::stored;
 use crate::pool::Failure;
-use crate::StoreOptions;
+use crate::{past_deadline, StoreOptions};
 
 /// Messages in a MySQL or MariaDB database, awaited (`--db-mode native`). The schema must
 /// exist: open the blocking [`crate::MySqlStore`] first (the server does, to load the
@@ -93,9 +93,14 @@ fn classify(e: mysql_async::Error) -> Failure {
     }
 }
 
-/// One try at the append transaction (the rule is in `mysql.rs`): the stored id, or the
-/// error and whether it came at `COMMIT`.
-async fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u64, (bool, mysql_async::Error)> {
+/// One try at the append transaction (the rule is in `mysql.rs`): the stored id (`None`:
+/// the message's deadline passed before `COMMIT`, so it was rolled back), or the error
+/// and whether it came at `COMMIT`.
+async fn append_once(
+    conn: &mut Conn,
+    room: &RoomId,
+    message: &NewMessage,
+) -> Result<Option<u64>, (bool, mysql_async::Error)> {
     let before = |e| (false, e);
     let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(before)?;
     tx.exec_drop(sql::BUMP, (room.as_str(),)).await.map_err(before)?;
@@ -106,8 +111,13 @@ async fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Re
     tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))
         .await
         .map_err(before)?;
+    if sql::late(message) {
+        // The poster is told 503: nothing may stay.
+        let _ = tx.rollback().await;
+        return Ok(None);
+    }
     tx.commit().await.map_err(|e| (true, e))?;
-    Ok(id)
+    Ok(Some(id))
 }
 
 impl AsyncStore for MySqlNativeStore {
@@ -116,8 +126,15 @@ impl AsyncStore for MySqlNativeStore {
             self.sleep(conn).await?;
             let mut attempt = 1;
             loop {
+                let late = || Failure::Query(past_deadline("the room's row lock (another connection holds it)"));
+                let lock_wait = sql::lock_wait_secs(message, self.timeout).ok_or_else(late)?;
+                conn.exec_drop(sql::LOCK_WAIT, (lock_wait,)).await.map_err(classify)?;
                 match append_once(conn, room, message).await {
-                    Ok(id) => return Ok(stored(room, message, id)),
+                    Ok(Some(id)) => return Ok(stored(room, message, id)),
+                    Ok(None) => return Err(late()),
+                    Err((false, mysql_async::Error::Server(e))) if sql::is_retryable(e.code) && sql::late(message) => {
+                        return Err(late())
+                    }
                     Err((false, mysql_async::Error::Server(e))) if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS => {
                         attempt += 1
                     }

@@ -41,7 +41,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 use crate::circuit::Circuit;
 use crate::server::{check_version, room as checked_room, stored, VERSION};
 use crate::pool::{Failure, Pool};
-use crate::StoreOptions;
+use crate::{past_deadline, StoreOptions};
 
 /// The schema, version 1 (see `mysql.rs` for the same tables in MySQL's dialect).
 const SCHEMA_V1: &str = "
@@ -72,9 +72,14 @@ const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
 const WRITE_VERSION: &str =
     "INSERT INTO c10k_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version";
 
+/// The append (see the module docs). `$5` is how long it may wait for the room's row lock
+/// (`'850ms'`), set as this statement's own `lock_timeout` (`set_config(..., true)` lasts
+/// for the transaction, which is the statement) before the upsert takes the lock: an
+/// append that would wait longer fails with `lock_not_available` and stores nothing.
 pub(crate) const APPEND: &str = "
     WITH next AS (
-        INSERT INTO c10k_rooms AS r (room, last_id) VALUES ($1, 1)
+        INSERT INTO c10k_rooms AS r (room, last_id)
+        SELECT $1, 1 FROM (SELECT set_config('lock_timeout', $5, true)) AS budget
         ON CONFLICT (room) DO UPDATE SET last_id = r.last_id + 1
         RETURNING last_id
     )
@@ -159,7 +164,7 @@ async fn connect(
         }
     };
     Ok(Live {
-        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8]).await?,
+        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT]).await?,
         after: prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
         recent: prepare(RECENT, &[Type::TEXT, Type::INT8]).await?,
         before: prepare(BEFORE, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
@@ -220,6 +225,46 @@ pub(crate) fn classify(e: CallError, sent_append: bool) -> Failure {
     }
 }
 
+/// How long the server may wait for the room's row lock before the append gives up
+/// (`$5` of [`APPEND`], as a `lock_timeout`): what is left of the post's deadline, and
+/// never more than nine tenths of `--db-timeout`, so that the server gives up (and stores
+/// nothing, which it says) before this side stops waiting for its answer (which would
+/// leave the outcome unknown). A deadline already past stores nothing.
+pub(crate) fn lock_budget(message: &NewMessage, timeout: Duration) -> Result<String, Failure> {
+    let server_bound = timeout - timeout / 10;
+    let left = match message.deadline {
+        None => server_bound,
+        Some(deadline) => deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| Failure::Query(past_deadline("its turn on the offload pool")))?
+            .min(server_bound),
+    };
+    // 0 would mean "no limit": at least 1 ms.
+    Ok(format!("{}ms", left.as_millis().max(1)))
+}
+
+/// Sorts a failed append: its lock wait running out of budget stored nothing (the
+/// statement was its own transaction, and it was cancelled).
+pub(crate) fn classify_append(e: CallError) -> Failure {
+    match &e {
+        CallError::Driver(driver) if driver.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            Failure::Query(past_deadline("the room's row lock (another connection holds it)"))
+        }
+        _ => classify(e, true),
+    }
+}
+
+/// What [`APPEND`] returned: the stored id.
+pub(crate) fn appended(room: &RoomId, message: &NewMessage, row: Option<tokio_postgres::Row>) -> Result<Message, Failure> {
+    match row {
+        Some(row) => Ok(stored(room, message, row.get::<_, i64>(0) as u64)),
+        None => Err(Failure::Query(StoreError(format!(
+            "PostgreSQL stored no row for an append to room {room}; check the database"
+        )))),
+    }
+}
+
 pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, Failure> {
     i64::try_from(value).map_err(|_| Failure::Query(StoreError(format!("{what} {value} is too large to store"))))
 }
@@ -259,10 +304,11 @@ impl Live {
 
     async fn append(&self, room: &RoomId, message: &NewMessage, timeout: Duration) -> Result<Message, Failure> {
         let time_ms = to_i64(message.time_ms, "time")?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&room.as_str(), &message.body, &message.from, &time_ms];
-        let row = within(timeout, self.client.query_one(&self.append, &params)).await.map_err(|e| classify(e, true))?;
-        Ok(stored(room, message, row.get::<_, i64>(0) as u64))
+        let budget = lock_budget(message, timeout)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&room.as_str(), &message.body, &message.from, &time_ms, &budget];
+        let row = within(timeout, self.client.query_opt(&self.append, &params)).await.map_err(classify_append)?;
+        appended(room, message, row)
     }
 
     async fn after(&self, room: &RoomId, after: MessageId, count: usize, timeout: Duration) -> Result<Vec<Message>, Failure> {

@@ -15,10 +15,18 @@
 //!   would fail loudly instead of storing a duplicate. A rolled-back append leaves no hole,
 //!   because nothing is reserved before the insert.
 //! - **Several processes.** SQLite's own file locks serialise writers; `busy_timeout` makes
-//!   a writer wait for the lock (up to [`BUSY_TIMEOUT`]) instead of failing at once. Within
-//!   one process, appends also queue on a mutex first, so they wait in line on a futex
-//!   rather than in SQLite's sleep-and-retry busy handler; only other processes contend
-//!   there.
+//!   a writer wait for the lock instead of failing at once. Within one process, appends
+//!   also queue in a line of their own first, so they wait their turn on a condition
+//!   variable rather than in SQLite's sleep-and-retry busy handler; only other processes
+//!   contend there.
+//! - **One deadline for a post's whole wait.** Each wait of an append (its turn in the
+//!   line, a free connection, the write lock, whose busy timeout is set to what is left)
+//!   ends at the message's deadline (`--db-post-timeout` after the request arrived; without
+//!   one, [`BUSY_TIMEOUT`] after the append began), and the deadline is checked once more
+//!   inside the transaction, after the insert and before `COMMIT`: an append past it
+//!   rolls back and fails, so a post answered 503 is never stored afterwards. Without
+//!   this, posts queued behind a lock held elsewhere each waited their own busy timeout in
+//!   turn, one after the other, and a post could be stored long after its client gave up.
 //!
 //! Connections: a small checkout pool (at most [`POOL_SIZE`]), because a rusqlite
 //! `Connection` may move between threads but not be shared. With WAL, readers on their own
@@ -26,10 +34,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+
+use crate::past_deadline;
 
 mod ledger;
 
@@ -38,8 +48,9 @@ mod ledger;
 pub const POOL_SIZE: usize = 4;
 
 /// How long a writer waits for another connection's (or process's) write lock before
-/// `append` fails. Commits take microseconds to milliseconds, so reaching this means
-/// something is holding the lock far too long.
+/// `append` fails, at most (a message's deadline may cut it shorter). Commits take
+/// microseconds to milliseconds, so reaching this means something is holding the lock far
+/// too long.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
@@ -97,8 +108,40 @@ pub struct SqliteStore {
     pool: Mutex<PoolState>,
     returned: Condvar,
     max_connections: usize,
-    /// Held for the whole of an append; see the module docs.
-    writer: Mutex<()>,
+    /// Whose turn it is to append; see the module docs.
+    writer: WriterLine,
+}
+
+/// The line appends of one process wait in, each until its deadline at most: a flag and a
+/// condition variable, since a `Mutex` cannot be waited for with a timeout.
+#[derive(Default)]
+struct WriterLine {
+    busy: Mutex<bool>,
+    free: Condvar,
+}
+
+/// An append's turn; the next one's starts on drop.
+struct WriterTurn<'a>(&'a WriterLine);
+
+impl WriterLine {
+    /// Waits for the turn until `until`; `None` if it did not come by then.
+    fn enter(&self, until: Instant) -> Option<WriterTurn<'_>> {
+        // A flag set or cleared in one statement: a panic cannot leave it half-changed.
+        let mut busy = self.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *busy {
+            let left = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+            busy = self.free.wait_timeout(busy, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+        *busy = true;
+        Some(WriterTurn(self))
+    }
+}
+
+impl Drop for WriterTurn<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = false;
+        self.0.free.notify_one();
+    }
 }
 
 struct PoolState {
@@ -160,7 +203,7 @@ impl SqliteStore {
             }),
             returned: Condvar::new(),
             max_connections,
-            writer: Mutex::new(()),
+            writer: WriterLine::default(),
         }
     }
 
@@ -174,6 +217,11 @@ impl SqliteStore {
 
     /// Takes an idle connection, opens a new one if the pool is not full, or waits.
     fn checkout(&self) -> Result<Checkout<'_>, StoreError> {
+        self.checkout_until(None)
+    }
+
+    /// [`SqliteStore::checkout`], waiting no later than `until` (then it fails).
+    fn checkout_until(&self, until: Option<Instant>) -> Result<Checkout<'_>, StoreError> {
         let mut state = self.lock_pool();
         loop {
             if let Some(conn) = state.idle.pop() {
@@ -197,10 +245,16 @@ impl SqliteStore {
                     }
                 };
             }
-            state = self
-                .returned
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = match until {
+                None => self.returned.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(until) => {
+                    let left = until
+                        .checked_duration_since(Instant::now())
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| past_deadline("a free database connection"))?;
+                    self.returned.wait_timeout(state, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0
+                }
+            };
         }
     }
 
@@ -362,38 +416,71 @@ fn to_message(room: &RoomId, (id, body, from, time_ms): Row) -> Result<Message, 
     })
 }
 
+/// The append's transaction: the id it stored under, or nothing stored if `until` passed
+/// first (checked after the last statement, before `COMMIT`).
+fn append_before(
+    conn: &mut Connection,
+    room: &RoomId,
+    message: &NewMessage,
+    time_ms: i64,
+    until: Instant,
+) -> Result<i64, StoreError> {
+    let fail = |e: rusqlite::Error| {
+        let busy = matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked));
+        if busy && Instant::now() + Duration::from_millis(5) >= until {
+            past_deadline("the database's write lock (another connection or process holds it)")
+        } else {
+            sql_error(&format!("cannot append to room {room}"), e)
+        }
+    };
+    // IMMEDIATE: take the write lock before reading max(id); see the module docs.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let id: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM messages WHERE room = ?1")
+        .and_then(|mut stmt| stmt.query_row([room.as_str()], |row| row.get(0)))
+        .map_err(fail)?;
+    tx.prepare_cached(
+        "INSERT INTO messages (room, id, body, sender, time_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            room.as_str(),
+            id,
+            message.body,
+            message.from,
+            time_ms
+        ])
+    })
+    .map_err(fail)?;
+    if Instant::now() >= until {
+        // Dropping the transaction rolls it back: the poster is told 503, so nothing may stay.
+        return Err(past_deadline("the database"));
+    }
+    tx.commit().map_err(fail)?;
+    Ok(id)
+}
+
 impl Store for SqliteStore {
     fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
         let time_ms = to_sql_int(message.time_ms, "time")?;
-        let fail = |e| sql_error(&format!("cannot append to room {room}"), e);
-        // Nothing guarded by it can be left half-done, so a poisoned lock is fine to take.
-        let _writing = self
+        let until = message.deadline.unwrap_or_else(|| Instant::now() + BUSY_TIMEOUT);
+        let _turn = self
             .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut conn = self.checkout()?;
-        // IMMEDIATE: take the write lock before reading max(id); see the module docs.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        let id: i64 = tx
-            .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM messages WHERE room = ?1")
-            .and_then(|mut stmt| stmt.query_row([room.as_str()], |row| row.get(0)))
-            .map_err(fail)?;
-        tx.prepare_cached(
-            "INSERT INTO messages (room, id, body, sender, time_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                room.as_str(),
-                id,
-                message.body,
-                message.from,
-                time_ms
-            ])
-        })
-        .map_err(fail)?;
-        tx.commit().map_err(fail)?;
+            .enter(until)
+            .ok_or_else(|| past_deadline("the appends before it in this process"))?;
+        let mut conn = self.checkout_until(Some(until))?;
+        let left = until
+            .checked_duration_since(Instant::now())
+            .ok_or_else(|| past_deadline("a free database connection"))?;
+        // Wait for another process's write lock only as long as the deadline leaves.
+        conn.busy_timeout(left.min(BUSY_TIMEOUT))
+            .map_err(|e| sql_error("cannot set busy_timeout", e))?;
+        let result = append_before(&mut conn, room, message, time_ms, until);
+        // Back to the default for the readers that take this connection next.
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        let id = result?;
         Ok(Message {
             id: MessageId(from_sql_int(id, "message id")?),
             room: room.clone(),

@@ -81,6 +81,7 @@ store_test!(
             body: "<b>it's \"quoted\" & ünïcode 🎉</b>".to_string(),
             from: "bob".to_string(),
             time_ms: 1_234_567_890_123,
+            deadline: None,
         };
         let stored = store.append(&main, &new).unwrap();
         assert_eq!(stored.room, main);
@@ -103,6 +104,7 @@ store_test!(
             body: String::new(),
             from: String::new(),
             time_ms: 0,
+            deadline: None,
         };
         let stored = store.append(&main, &new).unwrap();
         assert_eq!(
@@ -215,7 +217,7 @@ store_test!(room_names_differ_by_case, |store| {
 store_test!(long_bodies_and_four_byte_characters_come_back_exactly, |store| {
     let main = room("main");
     let body = "🎉é<&>\"'\\".repeat(512); // 4,096 characters, 6,656 bytes
-    let new = NewMessage { body: body.clone(), from: "ünï 🎉".repeat(8), time_ms: u64::from(u32::MAX) * 1000 };
+    let new = NewMessage { body: body.clone(), from: "ünï 🎉".repeat(8), time_ms: u64::from(u32::MAX) * 1000, deadline: None };
     let stored = store.append(&main, &new).unwrap();
     let read = store.after(&main, MessageId(0), 1).unwrap();
     assert_eq!(read, vec![stored]);

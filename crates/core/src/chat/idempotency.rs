@@ -145,7 +145,7 @@ mod tests {
     use crate::store::{Message, MessageId};
 
     fn new(body: &str) -> NewMessage {
-        NewMessage { body: body.into(), from: "ann".into(), time_ms: 1 }
+        NewMessage { body: body.into(), from: "ann".into(), time_ms: 1, deadline: None }
     }
 
     fn rendered(id: u64, body: &str) -> Arc<Rendered> {

@@ -551,6 +551,7 @@ impl App {
             Ok(posted) => posted,
             Err(e) => {
                 return api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
+                    .header("Retry-After", "1")
             }
         };
         match then {
@@ -605,8 +606,15 @@ impl App {
         }
     }
 
-    /// Validates a post's fields into a message to store.
-    pub(crate) fn validate_post(&self, body: String, from: String, now_ms: u64) -> Result<NewMessage, &'static str> {
+    /// Validates a post's fields into a message to store. `arrived`: when the request
+    /// did, if the model said (the post's deadline counts from it).
+    pub(crate) fn validate_post(
+        &self,
+        body: String,
+        from: String,
+        now_ms: u64,
+        arrived: Option<Instant>,
+    ) -> Result<NewMessage, &'static str> {
         if body.trim().is_empty() {
             return Err("'body' must be a non-empty string");
         }
@@ -616,7 +624,8 @@ impl App {
         if from.chars().count() > MAX_NICK_CHARS {
             return Err("'from' is longer than 64 characters");
         }
-        Ok(NewMessage { body, from, time_ms: now_ms })
+        let deadline = arrived.map(|at| at + self.config.limits.post_timeout);
+        Ok(NewMessage { body, from, time_ms: now_ms, deadline })
     }
 
     fn page(&self, request: &Request, now: Now) -> Response {
@@ -667,7 +676,8 @@ impl App {
                 ))
             }
         };
-        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms };
+        let deadline = Some(now.instant + self.config.limits.post_timeout);
+        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms, deadline };
         Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }, None))
     }
 
@@ -770,7 +780,7 @@ impl App {
             Some(serde_json::Value::String(s)) => s,
             Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
         };
-        let message = match self.validate_post(body, from, now.unix_ms) {
+        let message = match self.validate_post(body, from, now.unix_ms, Some(now.instant)) {
             Ok(message) => message,
             Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
         };

@@ -315,7 +315,8 @@ impl WsSession {
             Some(serde_json::Value::String(key)) => Some(key.as_str()),
             Some(_) => return WsAction::Reply(error_frame("'key' must be a string", reference)),
         };
-        let message = match app.validate_post(body, from, now_ms) {
+        // A frame comes with no monotonic clock reading: the store bounds its wait itself.
+        let message = match app.validate_post(body, from, now_ms, None) {
             Ok(message) => message,
             Err(why) => return WsAction::Reply(error_frame(why, reference)),
         };

@@ -52,6 +52,7 @@ pub fn msg(body: &str) -> NewMessage {
         body: body.to_string(),
         from: "alice".to_string(),
         time_ms: 1_700_000_000_000,
+        deadline: None,
     }
 }
 
