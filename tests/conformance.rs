@@ -82,6 +82,7 @@ macro_rules! conformance {
                 get_after_an_id_no_longer_held_never_skips_silently,
                 a_post_retried_with_its_idempotency_key_is_stored_once,
                 get_messages_before_an_id_pages_back_past_the_cache_newest_first,
+                a_retry_after_a_restart_gets_the_stored_message,
             }
             events {
                 resume_with_last_event_id_gives_the_missed_messages_once_then_live_ones,

@@ -106,6 +106,28 @@ pub struct NewMessage {
     /// nothing and `append` fails saying so, so a poster told 503 never finds its message
     /// stored later. `None`: only the store's own bounds apply.
     pub deadline: Option<Instant>,
+    /// The poster's idempotency key (1 to 128 visible ASCII characters), stored with the
+    /// message: a second append with the same key in the same room stores nothing and
+    /// gives back the message stored the first time ([`Appended::replayed`]), across
+    /// restarts, processes and machines sharing the database.
+    pub key: Option<String>,
+}
+
+/// What [`Store::append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The message as stored, with its id.
+    pub message: Message,
+    /// True when the message's key was stored in the room before: nothing was stored now,
+    /// and `message` is the one stored then (whose body may differ: the caller compares).
+    pub replayed: bool,
+}
+
+impl Appended {
+    /// A message stored now.
+    pub fn new(message: Message) -> Appended {
+        Appended { message, replayed: false }
+    }
 }
 
 /// A stored message.
@@ -131,8 +153,10 @@ pub struct StoreError(pub String);
 
 /// Durable storage for messages. Blocking; see the module docs for the contract.
 pub trait Store: Send + Sync {
-    /// Stores a message in `room`, giving it the room's next id. Returns once durable.
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError>;
+    /// Stores a message in `room`, giving it the room's next id. Returns once durable. A
+    /// message whose key the room holds already is not stored again (see
+    /// [`NewMessage::key`]).
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError>;
 
     /// Up to `limit` messages of `room` with ids greater than `after`, in id order.
     fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;
@@ -171,7 +195,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// rooms) still goes through the blocking [`Store`] of the same database.
 pub trait AsyncStore: Send + Sync {
     /// [`Store::append`], awaited instead of blocking.
-    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message>;
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Appended>;
 
     /// [`Store::after`], awaited instead of blocking.
     fn after<'a>(&'a self, room: &'a RoomId, after: MessageId, limit: usize) -> StoreFuture<'a, Vec<Message>>;
@@ -183,7 +207,7 @@ pub trait AsyncStore: Send + Sync {
 /// it blocks its caller, which means: parks the coroutine.
 pub trait LocalStore {
     /// [`Store::append`], on this thread's driver.
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError>;
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError>;
 
     /// [`Store::after`], on this thread's driver.
     fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;

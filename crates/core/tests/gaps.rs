@@ -38,7 +38,7 @@ impl Fake {
 }
 
 impl Store for Fake {
-    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<c10k_core::store::Appended, StoreError> {
         unreachable!("filling gaps never writes")
     }
 

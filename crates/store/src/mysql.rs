@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use c10k_core::store::{Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
 
@@ -73,6 +73,15 @@ pub(crate) mod sql {
             balance BIGINT NOT NULL CHECK (balance >= 0)
         ) ENGINE=InnoDB",
     ];
+    /// Whether version 2's column exists (it may, if a migration stopped before recording
+    /// its version: MySQL commits each `ALTER TABLE` on its own).
+    pub const HAS_KEY_COLUMN: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'c10k_messages' AND COLUMN_NAME = 'idem_key'";
+    /// Version 2: each message may keep its poster's idempotency key, unique in its room
+    /// (a unique index holds any number of NULLs: messages without a key).
+    pub const SCHEMA_V2: &str = "ALTER TABLE c10k_messages
+         ADD COLUMN idem_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+         ADD UNIQUE KEY c10k_messages_idem_key (room, idem_key)";
     /// The version recorded; `None` before the first migration.
     pub const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
     /// Records the version.
@@ -94,7 +103,10 @@ pub(crate) mod sql {
     /// The counter just bumped, as this transaction sees it.
     pub const LAST_ID: &str = "SELECT last_id FROM c10k_rooms WHERE room = ?";
     /// The message, under the id just taken.
-    pub const INSERT: &str = "INSERT INTO c10k_messages (room, id, body, sender, time_ms) VALUES (?, ?, ?, ?, ?)";
+    pub const INSERT: &str =
+        "INSERT INTO c10k_messages (room, id, body, sender, time_ms, idem_key) VALUES (?, ?, ?, ?, ?, ?)";
+    /// The message stored under an idempotency key.
+    pub const BY_KEY: &str = "SELECT id, body, sender, time_ms FROM c10k_messages WHERE room = ? AND idem_key = ?";
     /// Messages after an id, oldest first.
     pub const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
          WHERE room = ? AND id > ? ORDER BY id ASC LIMIT ?";
@@ -131,6 +143,12 @@ pub(crate) mod sql {
     pub fn is_retryable(code: u16) -> bool {
         // 1213 ER_LOCK_DEADLOCK, 1205 ER_LOCK_WAIT_TIMEOUT.
         matches!(code, 1213 | 1205)
+    }
+
+    /// Whether an error is the insert of a key the room holds already (1062 ER_DUP_ENTRY
+    /// on the key's index): the statement did nothing, the message is stored already.
+    pub fn is_duplicate_key(code: u16, message: &str) -> bool {
+        code == 1062 && message.contains("c10k_messages_idem_key")
     }
 
     /// MySQL's error numbers that mean this connection is finished.
@@ -247,6 +265,12 @@ fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreEr
         }
         let found: Option<u32> = conn.query_first(sql::READ_VERSION).map_err(fail)?;
         server::check_version(found, what)?;
+        if found.unwrap_or(0) < 2 {
+            let has_column: Option<u64> = conn.query_first(sql::HAS_KEY_COLUMN).map_err(fail)?;
+            if has_column.unwrap_or(0) == 0 {
+                conn.query_drop(sql::SCHEMA_V2).map_err(fail)?;
+            }
+        }
         if found != Some(server::VERSION) {
             conn.exec_drop(sql::WRITE_VERSION, (server::VERSION,)).map_err(fail)?;
         }
@@ -284,7 +308,7 @@ fn query_error(e: mysql::Error) -> StoreError {
 }
 
 impl Store for MySqlStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         self.pool.run(|conn| {
             self.sleep(conn)?;
             let mut attempt = 1;
@@ -296,6 +320,14 @@ impl Store for MySqlStore {
                     Ok(id) => return Ok(stored(room, message, id)),
                     Err(AppendFailed::Before(mysql::Error::MySqlError(e))) if sql::is_retryable(e.code) && sql::late(message) => {
                         return Err(late())
+                    }
+                    Err(AppendFailed::Before(mysql::Error::MySqlError(e))) if sql::is_duplicate_key(e.code, &e.message) => {
+                        // Rolled back; the message stored with this key is the answer.
+                        let key = message.key.as_deref().unwrap_or_default();
+                        let row: Option<(u64, String, String, u64)> =
+                            conn.exec_first(sql::BY_KEY, (room.as_str(), key)).map_err(classify)?;
+                        let found = row.ok_or_else(|| Failure::Query(server::key_vanished(room)))?;
+                        return Ok(Appended { message: sql::message(room, found), replayed: true });
                     }
                     Err(AppendFailed::Before(mysql::Error::MySqlError(e)))
                         if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS =>
@@ -378,7 +410,7 @@ fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u
         conn.exec_drop(sql::BUMP, (room.as_str(),))?;
         let id: Option<u64> = conn.exec_first(sql::LAST_ID, (room.as_str(),))?;
         if let Some(id) = id {
-            conn.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))?;
+            conn.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms, &message.key))?;
         }
         Ok(id)
     })();

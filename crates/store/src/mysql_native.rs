@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use c10k_core::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, StoreError, StoreFuture};
+use c10k_core::store::{Appended, AsyncStore, Message, MessageId, NewMessage, RoomId, StoreError, StoreFuture};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts};
 
 use crate::circuit::Circuit;
 use crate::mysql::{ambiguous, sql};
-use crate::server::stored;
+use crate::server::{key_vanished, stored};
 use crate::pool::Failure;
 use crate::{past_deadline, StoreOptions};
 
@@ -108,7 +108,7 @@ async fn append_once(
     let Some(id) = id else {
         return Err((false, mysql_async::Error::Other(sql::no_counter(room).0.into())));
     };
-    tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))
+    tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms, &message.key))
         .await
         .map_err(before)?;
     if sql::late(message) {
@@ -121,7 +121,7 @@ async fn append_once(
 }
 
 impl AsyncStore for MySqlNativeStore {
-    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message> {
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Appended> {
         Box::pin(self.run(async |conn| {
             self.sleep(conn).await?;
             let mut attempt = 1;
@@ -134,6 +134,15 @@ impl AsyncStore for MySqlNativeStore {
                     Ok(None) => return Err(late()),
                     Err((false, mysql_async::Error::Server(e))) if sql::is_retryable(e.code) && sql::late(message) => {
                         return Err(late())
+                    }
+                    Err((false, mysql_async::Error::Server(e))) if sql::is_duplicate_key(e.code, &e.message) => {
+                        // Rolled back (the transaction was dropped); the message stored
+                        // with this key is the answer.
+                        let key = message.key.as_deref().unwrap_or_default();
+                        let row: Option<(u64, String, String, u64)> =
+                            conn.exec_first(sql::BY_KEY, (room.as_str(), key)).await.map_err(classify)?;
+                        let found = row.ok_or_else(|| Failure::Query(key_vanished(room)))?;
+                        return Ok(Appended { message: sql::message(room, found), replayed: true });
                     }
                     Err((false, mysql_async::Error::Server(e))) if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS => {
                         attempt += 1

@@ -32,14 +32,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c10k_core::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, Store, StoreError, StoreFuture};
+use c10k_core::store::{AsyncStore, Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError, StoreFuture};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::circuit::Circuit;
-use crate::server::{check_version, room as checked_room, stored, VERSION};
+use crate::server::{check_version, key_vanished, room as checked_room, stored, VERSION};
 use crate::pool::{Failure, Pool};
 use crate::{past_deadline, StoreOptions};
 
@@ -66,6 +66,14 @@ const SCHEMA_V1: &str = "
         balance BIGINT NOT NULL CHECK (balance >= 0)
     );
 ";
+/// Version 2: each message may keep its poster's idempotency key, unique in its room (a
+/// unique index holds any number of NULLs: messages without a key).
+const SCHEMA_V2: &str = "
+    ALTER TABLE c10k_messages ADD COLUMN IF NOT EXISTS idem_key TEXT COLLATE \"C\";
+    CREATE UNIQUE INDEX IF NOT EXISTS c10k_messages_idem_key ON c10k_messages (room, idem_key);
+";
+/// The unique index of version 2, as a violation names it.
+const KEY_INDEX: &str = "c10k_messages_idem_key";
 /// Serialises migrations of one database (any fixed number: it names the lock).
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7310010001)";
 const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
@@ -83,9 +91,11 @@ pub(crate) const APPEND: &str = "
         ON CONFLICT (room) DO UPDATE SET last_id = r.last_id + 1
         RETURNING last_id
     )
-    INSERT INTO c10k_messages (room, id, body, sender, time_ms)
-    SELECT $1, last_id, $2, $3, $4 FROM next
+    INSERT INTO c10k_messages (room, id, body, sender, time_ms, idem_key)
+    SELECT $1, last_id, $2, $3, $4, $6 FROM next
     RETURNING id";
+/// The message stored under an idempotency key.
+pub(crate) const BY_KEY: &str = "SELECT id, body, sender, time_ms FROM c10k_messages WHERE room = $1 AND idem_key = $2";
 pub(crate) const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
      WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3";
 const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
@@ -102,6 +112,7 @@ pub(crate) struct Live {
     after: Statement,
     recent: Statement,
     before: Statement,
+    by_key: Statement,
     rooms: Statement,
     sleep: Statement,
     /// The ledger's statements (`postgres_ledger.rs`).
@@ -164,7 +175,8 @@ async fn connect(
         }
     };
     Ok(Live {
-        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT]).await?,
+        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]).await?,
+        by_key: prepare(BY_KEY, &[Type::TEXT, Type::TEXT]).await?,
         after: prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
         recent: prepare(RECENT, &[Type::TEXT, Type::INT8]).await?,
         before: prepare(BEFORE, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
@@ -255,8 +267,24 @@ pub(crate) fn classify_append(e: CallError) -> Failure {
     }
 }
 
+/// Whether an append failed for a key its room holds already.
+pub(crate) fn is_duplicate_key(e: &CallError) -> bool {
+    match e {
+        CallError::Driver(driver) => driver
+            .as_db_error()
+            .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(KEY_INDEX)),
+        CallError::TimedOut(_) => false,
+    }
+}
+
+/// What [`BY_KEY`] found after a duplicate key: the message stored the first time.
+pub(crate) fn replayed(room: &RoomId, row: Option<tokio_postgres::Row>) -> Result<Appended, Failure> {
+    let row = row.ok_or_else(|| Failure::Query(key_vanished(room)))?;
+    Ok(Appended { message: to_message(room, &row)?, replayed: true })
+}
+
 /// What [`APPEND`] returned: the stored id.
-pub(crate) fn appended(room: &RoomId, message: &NewMessage, row: Option<tokio_postgres::Row>) -> Result<Message, Failure> {
+pub(crate) fn appended(room: &RoomId, message: &NewMessage, row: Option<tokio_postgres::Row>) -> Result<Appended, Failure> {
     match row {
         Some(row) => Ok(stored(room, message, row.get::<_, i64>(0) as u64)),
         None => Err(Failure::Query(StoreError(format!(
@@ -302,13 +330,23 @@ impl Live {
         }
     }
 
-    async fn append(&self, room: &RoomId, message: &NewMessage, timeout: Duration) -> Result<Message, Failure> {
+    async fn append(&self, room: &RoomId, message: &NewMessage, timeout: Duration) -> Result<Appended, Failure> {
         let time_ms = to_i64(message.time_ms, "time")?;
         let budget = lock_budget(message, timeout)?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&room.as_str(), &message.body, &message.from, &time_ms, &budget];
-        let row = within(timeout, self.client.query_opt(&self.append, &params)).await.map_err(classify_append)?;
-        appended(room, message, row)
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&room.as_str(), &message.body, &message.from, &time_ms, &budget, &message.key];
+        match within(timeout, self.client.query_opt(&self.append, &params)).await {
+            Ok(row) => appended(room, message, row),
+            Err(e) if is_duplicate_key(&e) => {
+                // The statement was rolled back; the message stored with this key is the answer.
+                let key = message.key.as_deref().unwrap_or_default();
+                let found = within(timeout, self.client.query_opt(&self.by_key, &[&room.as_str(), &key]))
+                    .await
+                    .map_err(|e| classify(e, false))?;
+                replayed(room, found)
+            }
+            Err(e) => Err(classify_append(e)),
+        }
     }
 
     async fn after(&self, room: &RoomId, after: MessageId, count: usize, timeout: Duration) -> Result<Vec<Message>, Failure> {
@@ -357,6 +395,7 @@ async fn migrate(client: &Client, what: &str, timeout: Duration) -> Result<(), S
     let result = async {
         within(timeout, client.batch_execute(MIGRATION_LOCK)).await.map_err(fail)?;
         within(timeout, client.batch_execute(SCHEMA_V1)).await.map_err(fail)?;
+        within(timeout, client.batch_execute(SCHEMA_V2)).await.map_err(fail)?;
         let found: Option<i32> =
             within(timeout, client.query_opt(READ_VERSION, &[])).await.map_err(fail)?.map(|row| row.get(0));
         let found = found.map(|v| v.max(0) as u32);
@@ -480,7 +519,7 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         let (timeout, sleep) = (self.timeout, self.sleep);
         self.pool.run(|conn| {
             conn.call(async |live| {
@@ -611,7 +650,7 @@ impl PostgresNativeStore {
 }
 
 impl AsyncStore for PostgresNativeStore {
-    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message> {
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Appended> {
         Box::pin(async move {
             let (slot, live) = self.live().await?;
             let result = async {

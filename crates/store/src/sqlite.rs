@@ -36,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
-use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use c10k_core::store::{Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::past_deadline;
 
@@ -53,7 +53,8 @@ pub const POOL_SIZE: usize = 4;
 /// too long.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SCHEMA: &str = "
+/// Version 1 of the schema (before versions were recorded: `user_version` 0).
+const SCHEMA_V1: &str = "
     CREATE TABLE IF NOT EXISTS messages (
         room    TEXT    NOT NULL,
         id      INTEGER NOT NULL,
@@ -174,12 +175,7 @@ impl SqliteStore {
             durability,
         };
         let first = source.connect()?;
-        first.execute_batch(SCHEMA).map_err(|e| {
-            sql_error(
-                &format!("cannot create the schema in {}", path.display()),
-                e,
-            )
-        })?;
+        migrate(&first, &path.display().to_string())?;
         Ok(SqliteStore::with_first(source, first, POOL_SIZE))
     }
 
@@ -188,9 +184,7 @@ impl SqliteStore {
     pub fn open_memory() -> Result<SqliteStore, StoreError> {
         let source = Source::Memory;
         let first = source.connect()?;
-        first
-            .execute_batch(SCHEMA)
-            .map_err(|e| sql_error("cannot create the schema in memory", e))?;
+        migrate(&first, "memory")?;
         Ok(SqliteStore::with_first(source, first, 1))
     }
 
@@ -354,6 +348,49 @@ fn configure(conn: &Connection, path: &Path, durability: Durability) -> Result<(
     Ok(())
 }
 
+/// The schema version this build writes (SQLite's `PRAGMA user_version`); an older file
+/// is migrated to it at open, a newer one refused.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: each message may keep its poster's idempotency key, unique in its room (a
+/// partial index: messages without a key take no room in it).
+const SCHEMA_V2: &str = "
+    ALTER TABLE messages ADD COLUMN idem_key TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS messages_idem_key ON messages (room, idem_key) WHERE idem_key IS NOT NULL;
+";
+
+/// Creates the tables or brings them to [`SCHEMA_VERSION`], in one `BEGIN IMMEDIATE`
+/// transaction, so that workers opening the file together migrate it once. A file at the
+/// current version is only read, so a read-only one opens.
+fn migrate(conn: &Connection, what: &str) -> Result<(), StoreError> {
+    let fail = |e| sql_error(&format!("cannot create or migrate the schema in {what}"), e);
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(fail)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "{what} has c10k schema version {version}, newer than this build understands ({SCHEMA_VERSION}); \
+             upgrade c10k, or pass --db with another path"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(fail)?;
+    let result = (|| {
+        // Read again under the write lock: another process may have migrated meanwhile.
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if version < 2 {
+            conn.execute_batch(SCHEMA_V1)?;
+            conn.execute_batch(SCHEMA_V2)?;
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+        conn.execute_batch("COMMIT")
+    })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result.map_err(fail)
+}
+
 /// Turns a driver error into one that says what to do.
 fn sql_error(what: &str, e: rusqlite::Error) -> StoreError {
     let advice = match e.sqlite_error_code() {
@@ -416,15 +453,16 @@ fn to_message(room: &RoomId, (id, body, from, time_ms): Row) -> Result<Message, 
     })
 }
 
-/// The append's transaction: the id it stored under, or nothing stored if `until` passed
-/// first (checked after the last statement, before `COMMIT`).
+/// The append's transaction: the message stored (or found stored under its key), or
+/// nothing stored if `until` passed first (checked after the last statement, before
+/// `COMMIT`).
 fn append_before(
     conn: &mut Connection,
     room: &RoomId,
     message: &NewMessage,
     time_ms: i64,
     until: Instant,
-) -> Result<i64, StoreError> {
+) -> Result<Appended, StoreError> {
     let fail = |e: rusqlite::Error| {
         let busy = matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked));
         if busy && Instant::now() + Duration::from_millis(5) >= until {
@@ -437,12 +475,23 @@ fn append_before(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(fail)?;
+    if let Some(key) = &message.key {
+        // Under the write lock: no other append can store this key between the look and
+        // the insert (the unique index would refuse it anyway).
+        let found = tx
+            .prepare_cached("SELECT id, body, sender, time_ms FROM messages WHERE room = ?1 AND idem_key = ?2")
+            .and_then(|mut stmt| stmt.query_row(params![room.as_str(), key], read_row).optional())
+            .map_err(fail)?;
+        if let Some(row) = found {
+            return Ok(Appended { message: to_message(room, row)?, replayed: true });
+        }
+    }
     let id: i64 = tx
         .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM messages WHERE room = ?1")
         .and_then(|mut stmt| stmt.query_row([room.as_str()], |row| row.get(0)))
         .map_err(fail)?;
     tx.prepare_cached(
-        "INSERT INTO messages (room, id, body, sender, time_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO messages (room, id, body, sender, time_ms, idem_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -450,7 +499,8 @@ fn append_before(
             id,
             message.body,
             message.from,
-            time_ms
+            time_ms,
+            message.key
         ])
     })
     .map_err(fail)?;
@@ -459,11 +509,17 @@ fn append_before(
         return Err(past_deadline("the database"));
     }
     tx.commit().map_err(fail)?;
-    Ok(id)
+    Ok(Appended::new(Message {
+        id: MessageId(from_sql_int(id, "message id")?),
+        room: room.clone(),
+        body: message.body.clone(),
+        from: message.from.clone(),
+        time_ms: message.time_ms,
+    }))
 }
 
 impl Store for SqliteStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         let time_ms = to_sql_int(message.time_ms, "time")?;
         let until = message.deadline.unwrap_or_else(|| Instant::now() + BUSY_TIMEOUT);
         let _turn = self
@@ -480,14 +536,7 @@ impl Store for SqliteStore {
         let result = append_before(&mut conn, room, message, time_ms, until);
         // Back to the default for the readers that take this connection next.
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        let id = result?;
-        Ok(Message {
-            id: MessageId(from_sql_int(id, "message id")?),
-            room: room.clone(),
-            body: message.body.clone(),
-            from: message.from.clone(),
-            time_ms: message.time_ms,
-        })
+        result
     }
 
     fn after(

@@ -30,7 +30,7 @@ use crate::ledger::routes::LedgerCall;
 use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
 use crate::metrics::{Format, Metrics, ProcessSampler, ServerInfo};
-use crate::store::{AsyncStore, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use crate::store::{AsyncStore, Appended, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
@@ -187,6 +187,7 @@ struct Append {
     message: NewMessage,
     hub: Arc<Hub>,
     posted: Counter,
+    replayed: Counter,
     on_stored: Option<OnStored>,
     then: AfterStore,
     /// The post's idempotency key, claimed: told the outcome once the append has run.
@@ -202,8 +203,10 @@ impl StoreCall {
         claim: Option<Claim>,
     ) -> StoreCall {
         let posted = app.metrics.messages_posted.clone();
+        let replayed = app.metrics.posts_replayed.clone();
         let on_stored = app.on_stored.get().cloned();
-        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then, claim }))
+        let hub = Arc::clone(&app.hub);
+        StoreCall(Job::Append(Append { room, message, hub, posted, replayed, on_stored, then, claim }))
     }
 
     /// Runs the call. Blocks for as long as the store (or a ledger lock) does.
@@ -244,11 +247,10 @@ impl StoreCall {
     pub fn run_local(self, store: &dyn LocalStore) -> Result<Stored, StoreCall> {
         match self.0 {
             Job::Append(append) => {
-                let result = store.append(&append.room, &append.message).map(|message| {
-                    let rendered = Arc::new(Rendered::new(message));
-                    let _ = publish_filling_gaps_local(&append.hub, store, Arc::clone(&rendered));
-                    rendered
-                });
+                let result = store.append(&append.room, &append.message).map(|a| append.posted(a));
+                if let Ok(Posted::New(rendered)) = &result {
+                    let _ = publish_filling_gaps_local(&append.hub, store, Arc::clone(rendered));
+                }
                 Ok(append.stored(result))
             }
             other => Err(StoreCall(other)),
@@ -258,44 +260,67 @@ impl StoreCall {
 
 impl Append {
     fn run(self, store: &dyn Store) -> StoreDone {
-        let result = store.append(&self.room, &self.message).map(|message| {
-            let rendered = Arc::new(Rendered::new(message));
+        let result = store.append(&self.room, &self.message).map(|a| self.posted(a));
+        if let Ok(Posted::New(rendered)) = &result {
             // A smaller id still on its way (another offload thread, another worker) is
             // read from the store; on a failed read the hub holds this one until then.
-            let _ = publish_filling_gaps(&self.hub, store, Arc::clone(&rendered));
-            rendered
-        });
+            let _ = publish_filling_gaps(&self.hub, store, Arc::clone(rendered));
+        }
         self.stored(result).announce()
     }
 
     async fn run_native(self, store: &dyn AsyncStore) -> Stored {
-        let result = match store.append(&self.room, &self.message).await {
-            Ok(message) => {
-                let rendered = Arc::new(Rendered::new(message));
-                let _ = publish_filling_gaps_async(&self.hub, store, Arc::clone(&rendered)).await;
-                Ok(rendered)
-            }
-            Err(e) => Err(e),
-        };
+        let result = store.append(&self.room, &self.message).await.map(|a| self.posted(a));
+        if let Ok(Posted::New(rendered)) = &result {
+            let _ = publish_filling_gaps_async(&self.hub, store, Arc::clone(rendered)).await;
+        }
         self.stored(result)
     }
 
-    fn stored(self, result: Result<Arc<Rendered>, StoreError>) -> Stored {
+    /// What the store's answer means for the poster. A replay (its key was stored
+    /// before, by this process or another, before a restart or not) is published nowhere:
+    /// the room had it already.
+    fn posted(&self, appended: Appended) -> Posted {
+        let rendered = Arc::new(Rendered::new(appended.message));
+        let same = rendered.message.body == self.message.body && rendered.message.from == self.message.from;
+        match (appended.replayed, same) {
+            (false, _) => Posted::New(rendered),
+            (true, true) => Posted::Replayed(rendered),
+            (true, false) => Posted::KeyReused,
+        }
+    }
+
+    fn stored(self, result: Result<Posted, StoreError>) -> Stored {
         // Recorded as soon as it is durable and published here, before the poster is
         // answered: a retry that overtakes the answer finds it. On an error the claim is
         // dropped, which releases the key for a retry.
-        if let (Some(claim), Ok(rendered)) = (self.claim, &result) {
+        if let (Some(claim), Ok(Posted::New(rendered) | Posted::Replayed(rendered))) = (self.claim, &result) {
             claim.stored(rendered);
+        }
+        if let Ok(Posted::Replayed(_)) = &result {
+            self.replayed.inc();
         }
         Stored { result, posted: self.posted, on_stored: self.on_stored, then: self.then }
     }
+}
+
+/// What became of a post once the store ran.
+#[derive(Debug)]
+pub(crate) enum Posted {
+    /// Stored now, as this message.
+    New(Arc<Rendered>),
+    /// Its idempotency key was stored before, with the same body and sender, as this
+    /// message: nothing was stored now.
+    Replayed(Arc<Rendered>),
+    /// Its idempotency key was stored before for another message: nothing was stored.
+    KeyReused,
 }
 
 /// A store call whose append has run and whose message is published here, before the
 /// other processes are told ([`Stored::announce`]).
 #[derive(Debug)]
 pub struct Stored {
-    result: Result<Arc<Rendered>, StoreError>,
+    result: Result<Posted, StoreError>,
     posted: Counter,
     on_stored: Option<OnStored>,
     then: AfterStore,
@@ -305,13 +330,13 @@ impl Stored {
     /// Whether [`Stored::announce`] may block: a bus is attached (`--workers N`) and the
     /// message was stored. Without one it returns at once.
     pub fn announce_may_block(&self) -> bool {
-        self.on_stored.is_some() && self.result.is_ok()
+        self.on_stored.is_some() && matches!(self.result, Ok(Posted::New(_)))
     }
 
     /// Tells the other processes (the bus hook, which may wait boundedly for them) and
     /// counts the post; gives what the poster's answer is made from.
     pub fn announce(self) -> StoreDone {
-        if let Ok(rendered) = &self.result {
+        if let Ok(Posted::New(rendered)) = &self.result {
             if let Some(OnStored(hook)) = &self.on_stored {
                 hook(&rendered.message);
             }
@@ -337,7 +362,7 @@ pub struct StoreDone(pub(crate) Done);
 
 #[derive(Debug)]
 pub(crate) enum Done {
-    Append { result: Result<Arc<Rendered>, StoreError>, then: AfterStore },
+    Append { result: Result<Posted, StoreError>, then: AfterStore },
     /// A ledger operation's answer, rendered.
     Ledger(Response),
     /// Any other call's answer (a page of history), rendered.
@@ -401,6 +426,9 @@ struct NativePost {
     body: Option<serde_json::Value>,
     #[serde(default)]
     from: Option<serde_json::Value>,
+    /// The idempotency key, when not in the `Idempotency-Key` header.
+    #[serde(default)]
+    key: Option<serde_json::Value>,
 }
 
 impl App {
@@ -547,24 +575,17 @@ impl App {
             Done::Append { result, then } => (result, then),
             Done::Ledger(response) | Done::Reply(response) => return response,
         };
-        let posted = match result {
-            Ok(posted) => posted,
-            Err(e) => {
-                return api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
-                    .header("Retry-After", "1")
-            }
+        let route = match then {
+            AfterStore::TornadoNew { .. } => "tornado_new",
+            _ => "api_post",
         };
-        match then {
-            AfterStore::TornadoNew { redirect: Some(next) } => {
-                Response::new(StatusCode::FOUND).header("Location", next).timed("tornado_new")
-            }
-            AfterStore::TornadoNew { redirect: None } => {
-                json_response(StatusCode::OK, posted.tornado_json.clone()).timed("tornado_new")
-            }
-            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()).timed("api_post"),
-            AfterStore::WebSocketAck { .. } => {
-                api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
-            }
+        match result {
+            Ok(Posted::New(posted)) => answer_post(&then, &posted, false).timed(route),
+            Ok(Posted::Replayed(posted)) => answer_post(&then, &posted, true).timed(route),
+            Ok(Posted::KeyReused) => not_stored(&then, &NotStored::Mismatch).timed(route),
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
+                .header("Retry-After", "1")
+                .timed(route),
         }
     }
 
@@ -625,7 +646,7 @@ impl App {
             return Err("'from' is longer than 64 characters");
         }
         let deadline = arrived.map(|at| at + self.config.limits.post_timeout);
-        Ok(NewMessage { body, from, time_ms: now_ms, deadline })
+        Ok(NewMessage { body, from, time_ms: now_ms, deadline, key: None })
     }
 
     fn page(&self, request: &Request, now: Now) -> Response {
@@ -677,8 +698,10 @@ impl App {
             }
         };
         let deadline = Some(now.instant + self.config.limits.post_timeout);
-        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms, deadline };
-        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }, None))
+        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms, deadline, key: None };
+        // Tornado's client sends no key; a client of ours may, as a header or a form field.
+        let key = request.headers.get("idempotency-key").or_else(|| form.get("key")).map(str::to_string);
+        self.keyed_post(RoomId::main(), key, message, AfterStore::TornadoNew { redirect })
     }
 
     fn tornado_updates(&self, request: &Request, now: Now) -> Outcome {
@@ -780,22 +803,28 @@ impl App {
             Some(serde_json::Value::String(s)) => s,
             Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
         };
+        let key = match (request.headers.get("idempotency-key"), post.key) {
+            (Some(header), _) => Some(header.to_string()),
+            (None, None | Some(serde_json::Value::Null)) => None,
+            (None, Some(serde_json::Value::String(key))) => Some(key),
+            (None, Some(_)) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'key' must be a string")),
+        };
         let message = match self.validate_post(body, from, now.unix_ms, Some(now.instant)) {
             Ok(message) => message,
             Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
         };
-        match self.claim_key(&room, request.headers.get("idempotency-key"), &message) {
-            Ok(claim) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost, claim)),
-            Err(NotStored::Replay(stored)) => Outcome::Reply(
-                json_response(StatusCode::CREATED, stored.json.clone()).header("Idempotent-Replayed", "true"),
-            ),
-            Err(refused @ NotStored::BadKey) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, refused.why())),
-            Err(refused @ NotStored::InFlight) => {
-                Outcome::Reply(api_error(StatusCode::CONFLICT, refused.why()).header("Retry-After", "1"))
+        self.keyed_post(room, key, message, AfterStore::NativePost)
+    }
+
+    /// Stores a post under its idempotency key, if it has one, or answers it at once
+    /// (a replay this process remembers, a key being stored right now, a bad key).
+    fn keyed_post(&self, room: RoomId, key: Option<String>, mut message: NewMessage, then: AfterStore) -> Outcome {
+        match self.claim_key(&room, key.as_deref(), &message) {
+            Ok(claim) => {
+                message.key = key;
+                Outcome::Store(StoreCall::append(self, room, message, then, claim))
             }
-            Err(refused @ NotStored::Mismatch) => {
-                Outcome::Reply(api_error(StatusCode::UNPROCESSABLE_ENTITY, refused.why()))
-            }
+            Err(refused) => Outcome::Reply(not_stored(&then, &refused)),
         }
     }
 
@@ -837,6 +866,33 @@ impl App {
             .header("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key.as_bytes()));
         let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor));
         Outcome::WebSocket(WebSocketAccept { response, session })
+    }
+}
+
+/// The answer to a post (HTTP routes) stored as `posted`, now or, for a `replay`, before.
+fn answer_post(then: &AfterStore, posted: &Rendered, replay: bool) -> Response {
+    let response = match then {
+        AfterStore::TornadoNew { redirect: Some(next) } => Response::new(StatusCode::FOUND).header("Location", next.clone()),
+        AfterStore::TornadoNew { redirect: None } => json_response(StatusCode::OK, posted.tornado_json.clone()),
+        AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()),
+        AfterStore::WebSocketAck { .. } => {
+            return api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
+        }
+    };
+    if replay {
+        response.header("Idempotent-Replayed", "true")
+    } else {
+        response
+    }
+}
+
+/// The answer to a keyed post answered without storing it (HTTP routes).
+fn not_stored(then: &AfterStore, refused: &NotStored) -> Response {
+    match refused {
+        NotStored::Replay(stored) => answer_post(then, stored, true),
+        NotStored::BadKey => api_error(StatusCode::BAD_REQUEST, refused.why()),
+        NotStored::InFlight => api_error(StatusCode::CONFLICT, refused.why()).header("Retry-After", "1"),
+        NotStored::Mismatch => api_error(StatusCode::UNPROCESSABLE_ENTITY, refused.why()),
     }
 }
 

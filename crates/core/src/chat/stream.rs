@@ -316,18 +316,21 @@ impl WsSession {
             Some(_) => return WsAction::Reply(error_frame("'key' must be a string", reference)),
         };
         // A frame comes with no monotonic clock reading: the store bounds its wait itself.
-        let message = match app.validate_post(body, from, now_ms, None) {
+        let mut message = match app.validate_post(body, from, now_ms, None) {
             Ok(message) => message,
             Err(why) => return WsAction::Reply(error_frame(why, reference)),
         };
         match app.claim_key(&self.room, key, &message) {
-            Ok(claim) => WsAction::Store(StoreCall::append(
-                app,
-                self.room.clone(),
-                message,
-                super::AfterStore::WebSocketAck { reference },
-                claim,
-            )),
+            Ok(claim) => {
+                message.key = key.map(str::to_string);
+                WsAction::Store(StoreCall::append(
+                    app,
+                    self.room.clone(),
+                    message,
+                    super::AfterStore::WebSocketAck { reference },
+                    claim,
+                ))
+            }
             Err(super::NotStored::Replay(stored)) => WsAction::Reply(ack_frame(&reference, &stored)),
             Err(refused @ super::NotStored::InFlight) => {
                 let mut frame = json!({ "type": "error", "error": refused.why(), "retry": true });
@@ -353,7 +356,8 @@ impl WsSession {
             _ => None,
         };
         match result {
-            Ok(posted) => ack_frame(&reference, &posted),
+            Ok(super::Posted::New(posted) | super::Posted::Replayed(posted)) => ack_frame(&reference, &posted),
+            Ok(super::Posted::KeyReused) => error_frame(super::NotStored::Mismatch.why(), reference),
             Err(e) => error_frame(&format!("not stored: {e}; try again"), reference),
         }
     }

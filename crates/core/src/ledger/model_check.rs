@@ -21,7 +21,7 @@ const ITERATIONS: usize = 2_000;
 struct Yielding;
 
 impl Store for Yielding {
-    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<crate::store::Appended, StoreError> {
         unreachable!("the ledger never stores messages")
     }
     fn after(&self, _: &RoomId, _: MessageId, _: usize) -> Result<Vec<Message>, StoreError> {

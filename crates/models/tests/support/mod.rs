@@ -91,7 +91,7 @@ impl HookedStore {
 }
 
 impl Store for HookedStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<c10k_core::store::Appended, StoreError> {
         (self.hook)();
         self.inner.append(room, message)
     }
