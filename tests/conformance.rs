@@ -123,6 +123,7 @@ macro_rules! conformance {
             }
             service {
                 healthz_is_ok,
+                readyz_asks_the_store,
                 metrics_are_in_the_prometheus_text_format,
                 metrics_are_read_correctly_by_prometheus_clients_parsers,
                 the_page_assets_are_served,

@@ -178,6 +178,13 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// Whether the store can take posts now (`GET /readyz`): a store that serves reads but
+    /// cannot write (a read-only file, a database that is down) says why. The default is
+    /// [`Store::round_trip`]; a store that can check its writes more closely overrides it.
+    fn readiness(&self) -> Result<(), StoreError> {
+        self.round_trip()
+    }
+
     /// One round trip to the store that changes nothing (SQLite: `SELECT 1`): the real
     /// scheduling point that `--locking none` puts between its read and its write, and the
     /// work the lock-based strategies do while they hold their locks. The default asks for

@@ -31,6 +31,21 @@
 //! Connections: a small checkout pool (at most [`POOL_SIZE`]), because a rusqlite
 //! `Connection` may move between threads but not be shared. With WAL, readers on their own
 //! connections proceed while one writer commits.
+//!
+//! **A file that cannot be written** (read-only, on a read-only mount, a directory where
+//! the `-wal` and `-shm` files cannot be made, a full disk) says so, and recovers by
+//! itself (`health.rs`):
+//! - at open, a probe (a write in a transaction rolled back) warns with what to do, and
+//!   the store serves reads meanwhile;
+//! - each class of write failure is logged once, then at most once a minute with how many
+//!   there were, and once when writes work again;
+//! - after a write failure that is not a passing lock wait, the connection is thrown away
+//!   with every idle one: SQLite opens a file it cannot write read-only and never looks
+//!   again, so only a fresh connection sees a file made writable. Before connecting, a
+//!   `-wal` or `-shm` file left without write permission while the database file has it
+//!   (SQLite creates them with the database's mode, so a server started on a read-only
+//!   file leaves a read-only `-shm` behind) is given the database's mode;
+//! - [`Store::readiness`] (`GET /readyz`) runs the same probe on a connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -41,7 +56,10 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use crate::past_deadline;
 
+mod health;
 mod ledger;
+
+use health::{FailureClass, Health};
 
 /// The most connections one [`SqliteStore`] opens. More callers than this wait their turn.
 /// SQLite writes one transaction at a time anyway; the extra connections are for readers.
@@ -111,6 +129,8 @@ pub struct SqliteStore {
     max_connections: usize,
     /// Whose turn it is to append; see the module docs.
     writer: WriterLine,
+    /// Whether writes work, and what has been logged about it.
+    health: Health,
 }
 
 /// The line appends of one process wait in, each until its deadline at most: a flag and a
@@ -174,9 +194,14 @@ impl SqliteStore {
             path: path.to_path_buf(),
             durability,
         };
+        health::repair_sidecar_modes(path);
         let first = source.connect()?;
         migrate(&first, &path.display().to_string())?;
-        Ok(SqliteStore::with_first(source, first, POOL_SIZE))
+        let store = SqliteStore::with_first(source, first, POOL_SIZE);
+        if let Err((class, e)) = store.probe_write() {
+            store.health.failed_at_open(path, class, &e);
+        }
+        Ok(store)
     }
 
     /// A private database in memory, gone when the store is dropped. For tests: it keeps
@@ -198,6 +223,7 @@ impl SqliteStore {
             returned: Condvar::new(),
             max_connections,
             writer: WriterLine::default(),
+            health: Health::default(),
         }
     }
 
@@ -252,6 +278,31 @@ impl SqliteStore {
         }
     }
 
+    /// Writes in a transaction and rolls it back (`BEGIN IMMEDIATE`, the schema version
+    /// set to what it is, `ROLLBACK`): whether this store can write now. The write is
+    /// needed: SQLite grants the write lock of a WAL file it opened read-only, and refuses
+    /// only the first page written. Another writer holding the lock counts as writable. A
+    /// connection that cannot write is thrown away, with the idle ones, so that the next
+    /// try opens the file afresh.
+    fn probe_write(&self) -> Result<(), (FailureClass, StoreError)> {
+        let conn = self.checkout().map_err(|e| (FailureClass::CannotOpen, e))?;
+        let _ = conn.busy_timeout(Duration::from_millis(100));
+        let tried =
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {SCHEMA_VERSION}; ROLLBACK;"));
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        match tried {
+            Ok(()) => Ok(()),
+            Err(e) => match FailureClass::of(&e) {
+                FailureClass::Busy => Ok(()),
+                class => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    conn.discard_all();
+                    Err((class, sql_error("cannot write the database", e)))
+                }
+            },
+        }
+    }
+
     fn lock_pool(&self) -> MutexGuard<'_, PoolState> {
         // The pool's state is a Vec and a count updated in single statements: a panic
         // elsewhere cannot leave it half-changed, so a poisoned lock is still usable.
@@ -281,6 +332,21 @@ impl std::ops::DerefMut for Checkout<'_> {
     }
 }
 
+impl Checkout<'_> {
+    /// Throws this connection away, and every idle one, instead of giving it back: after a
+    /// failure that a fresh connection may not have (a file opened read-only, say).
+    fn discard_all(mut self) {
+        let mut state = self.store.lock_pool();
+        if self.conn.take().is_some() {
+            state.open -= 1;
+        }
+        state.open -= state.idle.len();
+        state.idle.clear();
+        drop(state);
+        self.store.returned.notify_all();
+    }
+}
+
 impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -296,6 +362,7 @@ impl Source {
             Source::Memory => Connection::open_in_memory()
                 .map_err(|e| sql_error("cannot open an in-memory database", e)),
             Source::File { path, durability } => {
+                health::repair_sidecar_modes(path);
                 let conn = Connection::open(path).map_err(|e| {
                     StoreError(format!(
                         "cannot open the database at {}: {e}; check the directory exists and is \
@@ -453,6 +520,19 @@ fn to_message(room: &RoomId, (id, body, from, time_ms): Row) -> Result<Message, 
     })
 }
 
+/// A failed append: what kind of failure, and what to tell the poster.
+struct WriteFailure {
+    class: FailureClass,
+    error: StoreError,
+}
+
+impl From<StoreError> for WriteFailure {
+    /// An error that did not come from SQLite (a value out of range, say).
+    fn from(error: StoreError) -> WriteFailure {
+        WriteFailure { class: FailureClass::Other, error }
+    }
+}
+
 /// The append's transaction: the message stored (or found stored under its key), or
 /// nothing stored if `until` passed first (checked after the last statement, before
 /// `COMMIT`).
@@ -462,14 +542,15 @@ fn append_before(
     message: &NewMessage,
     time_ms: i64,
     until: Instant,
-) -> Result<Appended, StoreError> {
+) -> Result<Appended, WriteFailure> {
     let fail = |e: rusqlite::Error| {
-        let busy = matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked));
-        if busy && Instant::now() + Duration::from_millis(5) >= until {
+        let class = FailureClass::of(&e);
+        let error = if class == FailureClass::Busy && Instant::now() + Duration::from_millis(5) >= until {
             past_deadline("the database's write lock (another connection or process holds it)")
         } else {
             sql_error(&format!("cannot append to room {room}"), e)
-        }
+        };
+        WriteFailure { class, error }
     };
     // IMMEDIATE: take the write lock before reading max(id); see the module docs.
     let tx = conn
@@ -506,7 +587,7 @@ fn append_before(
     .map_err(fail)?;
     if Instant::now() >= until {
         // Dropping the transaction rolls it back: the poster is told 503, so nothing may stay.
-        return Err(past_deadline("the database"));
+        return Err(WriteFailure { class: FailureClass::Busy, error: past_deadline("the database") });
     }
     tx.commit().map_err(fail)?;
     Ok(Appended::new(Message {
@@ -526,17 +607,52 @@ impl Store for SqliteStore {
             .writer
             .enter(until)
             .ok_or_else(|| past_deadline("the appends before it in this process"))?;
-        let mut conn = self.checkout_until(Some(until))?;
-        let left = until
-            .checked_duration_since(Instant::now())
-            .ok_or_else(|| past_deadline("a free database connection"))?;
-        // Wait for another process's write lock only as long as the deadline leaves.
-        conn.busy_timeout(left.min(BUSY_TIMEOUT))
-            .map_err(|e| sql_error("cannot set busy_timeout", e))?;
-        let result = append_before(&mut conn, room, message, time_ms, until);
-        // Back to the default for the readers that take this connection next.
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        result
+        // Twice at most: a connection that cannot write (opened while the file could not
+        // be written) is replaced by a fresh one, which sees the file as it is now. Nothing
+        // was committed by the failed try: its transaction never began, or was rolled back.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut conn = self.checkout_until(Some(until))?;
+            let left = until
+                .checked_duration_since(Instant::now())
+                .ok_or_else(|| past_deadline("a free database connection"))?;
+            // Wait for another process's write lock only as long as the deadline leaves.
+            conn.busy_timeout(left.min(BUSY_TIMEOUT))
+                .map_err(|e| sql_error("cannot set busy_timeout", e))?;
+            let result = append_before(&mut conn, room, message, time_ms, until);
+            // Back to the default for the readers that take this connection next.
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            match result {
+                Ok(appended) => {
+                    self.health.succeeded(self.path());
+                    return Ok(appended);
+                }
+                Err(WriteFailure { class, error }) => {
+                    if class.needs_fresh_connection() {
+                        conn.discard_all();
+                        if tries == 1 {
+                            continue;
+                        }
+                    }
+                    self.health.failed(self.path(), class, &error);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn readiness(&self) -> Result<(), StoreError> {
+        match self.probe_write() {
+            Ok(()) => {
+                self.health.succeeded(self.path());
+                Ok(())
+            }
+            Err((class, error)) => {
+                self.health.failed(self.path(), class, &error);
+                Err(error)
+            }
+        }
     }
 
     fn after(

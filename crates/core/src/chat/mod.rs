@@ -138,7 +138,21 @@ pub struct StoreCall(Job);
 enum Job {
     Append(Append),
     History(HistoryPage),
+    /// `GET /readyz`: whether the store can take posts now.
+    Ready,
     Ledger(LedgerCall),
+}
+
+/// The answer to `GET /readyz`: 200 when the store can take posts, else 503 saying why.
+fn readiness(store: &dyn Store) -> Response {
+    match store.readiness() {
+        Ok(()) => Response::text(StatusCode::OK, "ready\n"),
+        Err(e) => not_ready(&e.to_string()),
+    }
+}
+
+fn not_ready(why: &str) -> Response {
+    Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).header("Retry-After", "1")
 }
 
 /// A page of a room's history, read from the store (the cache holds only the newest
@@ -218,6 +232,7 @@ impl StoreCall {
         match self.0 {
             Job::Append(append) => append.run(store),
             Job::History(page) => StoreDone(Done::Reply(page.run(store))),
+            Job::Ready => StoreDone(Done::Reply(readiness(store).timed("readyz"))),
             Job::Ledger(call) => {
                 let route = call.route();
                 StoreDone(Done::Ledger(call.run(store).timed(route)))
@@ -376,6 +391,7 @@ impl StoreDone {
         let error = StoreError(why.to_string());
         StoreDone(match call.0 {
             Job::Append(append) => Done::Append { result: Err(error), then: append.then },
+            Job::Ready => Done::Reply(not_ready(why)),
             Job::History(_) => Done::Reply(
                 api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("history not read ({why}); try again"))
                     .header("Retry-After", "1"),
@@ -501,6 +517,10 @@ impl App {
             ["static", "chat.js"] if get => self.reply("static", page::asset(page::CHAT_JS)),
             ["static", "chat.css"] if get => self.reply("static", page::asset(page::CHAT_CSS)),
             ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok")),
+            ["readyz"] if get => {
+                self.metrics.request("readyz");
+                Outcome::Store(StoreCall(Job::Ready))
+            }
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
             ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
             ["metrics"] if get => {
@@ -548,7 +568,7 @@ impl App {
             }
             [""]
             | ["static", "chat.js" | "chat.css"]
-            | ["healthz" | "plaintext" | "metrics" | "cpu"]
+            | ["healthz" | "readyz" | "plaintext" | "metrics" | "cpu"]
             | ["api", "rooms"] => {
                 Outcome::Reply(not_allowed("GET, HEAD"))
             }
