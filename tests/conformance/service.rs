@@ -12,6 +12,17 @@ pub fn healthz_is_ok(model: Model) {
     assert_eq!(reply.text(), "ok", "{reply}");
 }
 
+/// `GET /readyz` asks the store whether it can take posts: 200 `ready` on a store that
+/// can (tests/read_only_store.rs and tests/database_outage.rs show the 503); `POST` is 405.
+pub fn readyz_asks_the_store(model: Model) {
+    let server = Server::start(model);
+    let reply = get(server.port(), "/readyz");
+    reply.assert_status(200);
+    assert_eq!(reply.text(), "ready\n", "{reply}");
+    let post = Request::post("/readyz").body("text/plain", "x").send(server.port());
+    assert_eq!(post.status, 405, "{post}");
+}
+
 /// `GET /metrics` is in Prometheus's text exposition format: `# TYPE name kind` lines,
 /// other comments, and samples `name{labels} value`, each value a number.
 pub fn metrics_are_in_the_prometheus_text_format(model: Model) {
