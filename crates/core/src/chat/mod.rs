@@ -517,7 +517,7 @@ impl App {
         let get = matches!(request.method, Method::Get | Method::Head);
         let post = request.method == Method::Post;
         let segments: Vec<&str> = path.split('/').skip(1).collect();
-        let open_to_all = matches!(segments.as_slice(), [""] | ["static", ..] | ["healthz" | "metrics" | "plaintext" | "cpu"]);
+        let open_to_all = matches!(segments.as_slice(), [""] | ["static", ..] | ["healthz" | "readyz" | "metrics" | "plaintext" | "cpu"]);
         if !open_to_all && !self.config.allowed_origins.permits(request.headers.get("origin"), request.headers.get("host")) {
             self.metrics.request("foreign_origin");
             return Outcome::Reply(api_error(
