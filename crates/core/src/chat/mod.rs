@@ -533,7 +533,15 @@ impl App {
             ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok")),
             ["readyz"] if get => {
                 self.metrics.request("readyz");
-                Outcome::Store(StoreCall(Job::Ready))
+                // Cut off from the other nodes, this one still serves its own subscribers
+                // but misses what is posted elsewhere until the bus is back: not ready, so
+                // that a load balancer sends new clients to a node that is connected.
+                match self.metrics.bus.outage() {
+                    Some(why) => Outcome::Reply(not_ready(&format!(
+                        "the bus: {why} (other nodes' messages arrive once it is back)"
+                    ))),
+                    None => Outcome::Store(StoreCall(Job::Ready)),
+                }
             }
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
             ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
