@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use c10k_core::chat::{App, Config, Now};
 use c10k_core::conn::{Action, Connection, Interest, CLOSE_GRACE};
 use c10k_core::metrics::Format;
-use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use c10k_core::store::{Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
 
@@ -18,7 +18,7 @@ use tungstenite::Message as WsMessage;
 struct MemoryStore(Mutex<Vec<Message>>);
 
 impl Store for MemoryStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         let mut all = self.0.lock().unwrap();
         let id = all.iter().filter(|m| &m.room == room).count() as u64 + 1;
         let stored = Message {
@@ -29,7 +29,13 @@ impl Store for MemoryStore {
             time_ms: message.time_ms,
         };
         all.push(stored.clone());
-        Ok(stored)
+        Ok(Appended { message: stored, replayed: false })
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let all = self.0.lock().unwrap();
+        let older = all.iter().rev().filter(|m| &m.room == room && before.is_none_or(|b| m.id < b));
+        Ok(older.take(limit).cloned().collect())
     }
 
     fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
