@@ -184,6 +184,21 @@ struct ServeArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origins: Vec<String>,
 
+    /// Limit each client to COUNT posts at once and COUNT per PERIOD after that (e.g.
+    /// `5/s`, `30/m`, `20/10s`), on every post route: over it, HTTP posts get 429 with
+    /// Retry-After and a WebSocket is closed with 1008. A client is its address (an IPv6
+    /// /64), or what a --trusted-proxy forwarded. Off by default, since `c10k load` and
+    /// `c10k bench` post from one address as fast as they can. Each worker process
+    /// (--workers) counts on its own.
+    #[arg(long, value_name = "COUNT/PERIOD", value_parser = c10k_core::chat::rate::PostRate::parse)]
+    post_rate: Option<c10k_core::chat::rate::PostRate>,
+
+    /// The address of a proxy in front (e.g. nginx on 127.0.0.1, deploy/nginx.conf) whose
+    /// `X-Forwarded-For` names the client for --post-rate; repeat it for more. Anyone else's
+    /// X-Forwarded-For is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_body: usize,
@@ -545,6 +560,8 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         server: server_info(args),
         process: Some(Arc::new(c10k_models::process::ProcSelf::new())),
         allowed_origins: c10k_core::chat::origin::AllowedOrigins::parse(&args.allow_origins)?,
+        post_rate: args.post_rate,
+        trusted_proxies: args.trusted_proxies.clone(),
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;

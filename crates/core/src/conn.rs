@@ -29,6 +29,8 @@
 //!   [`interest`](Connection::interest) (which readiness to wait for).
 //! - Getters: [`is_closed`](Connection::is_closed), [`doing`](Connection::doing) and
 //!   [`serving`](Connection::serving) (for the watchdogs), [`held_bytes`](Connection::held_bytes).
+//! - Set-up, once after [`Connection::new`]: [`tagged`](Connection::tagged) (a worker
+//!   process's mark) and [`from_peer`](Connection::from_peer) (the client's address).
 //! - Mutator: [`set_waker`](Connection::set_waker), for a driver whose waker can change (a
 //!   future's).
 //!
@@ -74,6 +76,7 @@
 //! that sent more than we read therefore gets our last answer and a clean FIN, never a reset
 //! that destroys the answer before it is read (RFC 9112 9.6, "tear-down").
 
+use core::net::IpAddr;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -267,6 +270,8 @@ pub struct Connection {
     app: Arc<App>,
     /// `X-C10k-Worker` on every response, in a worker process.
     worker: Option<&'static str>,
+    /// Where the connection came from, stamped on each request ([`Request::peer`]).
+    peer: Option<IpAddr>,
     waker: Waker,
     decoder: RequestDecoder,
     /// Bytes for the client; `out[sent..]` is what the driver has not written yet.
@@ -299,6 +304,7 @@ impl Connection {
         Connection {
             app,
             worker: None,
+            peer: None,
             waker,
             decoder,
             out: Vec::new(),
@@ -316,6 +322,13 @@ impl Connection {
     /// Marks every response with `X-C10k-Worker: worker` (a worker process of several).
     pub fn tagged(mut self, worker: Option<&'static str>) -> Connection {
         self.worker = worker;
+        self
+    }
+
+    /// Says where the connection came from (the accepted socket's peer address), for the
+    /// post rate limit. A driver that cannot tell leaves it out: that client is not limited.
+    pub fn from_peer(mut self, peer: Option<IpAddr>) -> Connection {
+        self.peer = peer;
         self
     }
 
@@ -591,7 +604,8 @@ impl Connection {
         }
     }
 
-    fn on_request(&mut self, request: Request) {
+    fn on_request(&mut self, mut request: Request) {
+        request.peer = self.peer;
         let shape = Shape::of(&request, self.now.instant);
         self.serving.clear();
         let _ = write!(self.serving, "{} {}", request.method.as_str(), request.path());
@@ -770,7 +784,7 @@ impl Connection {
             }
             let mut pipe = Pipe { inbox: &mut ws.inbox, input: &mut input, eof: *eof, out };
             match ws.framing.read(&mut pipe) {
-                Ok(Message::Text(text)) => match ws.session.handle_text(app, text.as_str(), now.unix_ms) {
+                Ok(Message::Text(text)) => match ws.session.handle_text(app, text.as_str(), *now) {
                     WsAction::Reply(frame) => {
                         let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
                     }
@@ -778,6 +792,7 @@ impl Connection {
                         ws.storing = true;
                         *action = Some(Action::Store(call));
                     }
+                    WsAction::Close(why) => break End::Fail(CloseCode::Policy, why),
                 },
                 Ok(Message::Binary(_)) => {
                     let frame = error_frame(BINARY_NOT_UNDERSTOOD, None);

@@ -151,7 +151,8 @@ struct Connection {
 impl Connection {
     fn new(stream: TcpStream, context: Context) -> Connection {
         // The task's waker replaces this one at the first poll, before anything waits.
-        let machine = connection(&context.app, Waker::noop().clone());
+        let peer = stream.peer_addr().ok().map(|address| address.ip());
+        let machine = connection(&context.app, Waker::noop().clone(), peer);
         Connection { stream, context, machine, sleep: None, store: None }
     }
 

@@ -37,6 +37,8 @@ pub(crate) trait Conn: Read + Write {
     fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()>;
     /// Shuts down the sending side (a FIN after what was written).
     fn shutdown_write(&self) -> io::Result<()>;
+    /// Where the client came from, if the kernel can say.
+    fn peer(&self) -> Option<std::net::IpAddr>;
 }
 
 /// Which readiness of a socket to wait for.
@@ -106,6 +108,10 @@ impl Conn for std::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
     }
+
+    fn peer(&self) -> Option<std::net::IpAddr> {
+        self.peer_addr().ok().map(|address| address.ip())
+    }
 }
 
 /// One global lock around all application handling (`--giant-lock`): the GIL, or FreeBSD
@@ -127,7 +133,7 @@ impl Giant {
 /// Serves one connection until it closes. Never panics on peer input.
 pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context: &Context, giant: &Giant) -> io::Result<()> {
     conn.set_nonblocking(true)?;
-    let mut machine = connection(&context.app, wait.waker());
+    let mut machine = connection(&context.app, wait.waker(), conn.peer());
     let mut buf = vec![0; READ_CHUNK];
     loop {
         while let Some(action) = machine.poll_action() {

@@ -83,10 +83,16 @@ pub(crate) fn worker_tag() -> Option<&'static str> {
     WORKER_TAG.get().map(String::as_str)
 }
 
-/// The connection machine for a connection accepted now, woken through `waker`, tagging
-/// its responses as [`tagged`] does.
-pub(crate) fn connection(app: &Arc<App>, waker: std::task::Waker) -> c10k_core::conn::Connection {
-    c10k_core::conn::Connection::new(Arc::clone(app), waker, now()).tagged(worker_tag())
+/// The connection machine for a connection from `peer` accepted now, woken through
+/// `waker`, tagging its responses as [`tagged`] does.
+pub(crate) fn connection(app: &Arc<App>, waker: std::task::Waker, peer: Option<std::net::IpAddr>) -> c10k_core::conn::Connection {
+    c10k_core::conn::Connection::new(Arc::clone(app), waker, now()).tagged(worker_tag()).from_peer(peer)
+}
+
+/// The address a connected socket's client came from (for the post rate limit), or `None`
+/// when the kernel cannot say (the client is already gone).
+pub(crate) fn peer_of(socket: &impl std::os::fd::AsFd) -> Option<std::net::IpAddr> {
+    socket2::SockRef::from(socket).peer_addr().ok()?.as_socket().map(|address| address.ip())
 }
 
 /// The response as this process sends it: in a worker process, with `X-C10k-Worker: PID`,
