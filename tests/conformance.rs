@@ -137,6 +137,8 @@ macro_rules! conformance {
                 metrics_are_read_correctly_by_prometheus_clients_parsers,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
+                sigterm_drains_every_connection_with_its_final_answer,
+                sigterm_exits_by_the_drain_deadline_whatever_the_clients_do,
             }
         });
     };
