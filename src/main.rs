@@ -134,6 +134,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     db_timeout: f64,
 
+    /// Seconds a post may wait in all, from its request to its commit: in the store's
+    /// queue, for a connection, for the database's write lock (another process holding
+    /// SQLite's, say). Past it the post is not stored and gets 503 with Retry-After; the
+    /// store checks it inside the transaction, so a post answered 503 is never stored.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    db_post_timeout: f64,
+
     /// Connections to a database server each process keeps at most.
     #[arg(long, default_value_t = 16, value_name = "N")]
     db_connections: usize,
@@ -399,6 +406,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         head_timeout: seconds("head-timeout", args.head_timeout)?,
         max_body_bytes: args.max_body,
         max_connections: connection_cap(args.max_connections),
+        post_timeout: seconds("db-post-timeout", args.db_post_timeout).and_then(|t| {
+            if t.is_zero() { Err("--db-post-timeout must be more than 0 seconds".to_string()) } else { Ok(t) }
+        })?,
         ..Limits::default()
     };
     if args.store_threads == 0 {

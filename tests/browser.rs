@@ -884,6 +884,50 @@ fn rtl_text_new_messages_below_and_no_false_empty_room() {
     });
 }
 
+/// History older than what the server holds in memory (`--history 20` here) is there
+/// when the reader scrolls to the top: each time, the page loads an older page from the
+/// store (`?before=ID`), keeps the reader's place, and in the end shows every message of
+/// the room once and in order. A live message afterwards does not trim the loaded ones.
+#[test]
+fn scrolling_to_the_top_loads_older_messages_from_the_store() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start_with_args(MODEL, &["--history", "20"]);
+    let port = server.port();
+    let url = page_url(&server);
+    const POSTED: usize = 130;
+    for i in 1..=POSTED {
+        api_post(port, "long", &format!("old {i}"));
+    }
+    let ann = browsers.open("ann");
+    ann.goto(&format!("{url}#long"));
+    ann.wait_live("WebSocket");
+    ann.wait_for_message(&format!("old {POSTED}"));
+    assert!(ann.messages().len() < POSTED, "the live view starts from the cache only");
+
+    // Each scroll to the top loads one page (50); three reach message 1.
+    for _ in 0..10 {
+        let first = ann.messages().first().map(|m| m.id.clone());
+        if first.as_deref() == Some("m1") {
+            break;
+        }
+        ann.js("document.getElementById('inbox').scrollTop = 0", json!([]));
+        ann.wait_until("an older page above the first message", |tab| {
+            let now = tab.messages().first().map(|m| m.id.clone());
+            if now != first { Ok(()) } else { Err(format!("still {now:?} first")) }
+        });
+        let top = ann.js("return document.getElementById('inbox').scrollTop", json!([]));
+        assert!(top.as_f64().is_some_and(|t| t > 0.0), "the reader's place is kept, not left at the top: {top}");
+    }
+    let expected: Vec<String> = (1..=POSTED).map(|i| format!("old {i}")).collect();
+    assert_eq!(bodies(&ann.messages()), expected, "every message once, in order");
+
+    api_post(port, "long", "new after scrolling back");
+    ann.wait_for_message("new after scrolling back");
+    assert_eq!(ann.messages().len(), POSTED + 1, "the loaded history stays");
+}
+
 /// Without JavaScript, the page shows each message with its sender and time, opens with
 /// the newest one in view (so one's own post, after the form's redirect, is seen), and
 /// says that reloading shows new messages.

@@ -83,6 +83,8 @@ macro_rules! conformance {
                 get_after_an_id_beyond_the_newest_answers_a_reset,
                 get_after_an_id_no_longer_held_never_skips_silently,
                 a_post_retried_with_its_idempotency_key_is_stored_once,
+                get_messages_before_an_id_pages_back_past_the_cache_newest_first,
+                a_retry_after_a_restart_gets_the_stored_message,
             }
             events {
                 resume_with_last_event_id_gives_the_missed_messages_once_then_live_ones,
@@ -133,8 +135,10 @@ macro_rules! conformance {
             }
             service {
                 healthz_is_ok,
+                readyz_asks_the_store,
                 metrics_are_in_the_prometheus_text_format,
                 metrics_are_read_correctly_by_prometheus_clients_parsers,
+                a_cpu_heavy_request_is_timed_by_its_work,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
                 sigterm_drains_every_connection_with_its_final_answer,

@@ -56,6 +56,8 @@ fn while_unusable(server: &Server) {
     assert!(took <= BOUND, "the second post took {took:?}");
 
     get(port, "/healthz").assert_status(200);
+    let ready = get(port, "/readyz");
+    assert_eq!(ready.status, 503, "not ready while posts cannot be stored:\n{ready}");
     get(port, "/").assert_status(200);
     let held = api_messages(port, "main", "?after=0");
     assert_eq!(api_ids(&held["messages"]), [1], "reads are served from memory meanwhile");

@@ -153,6 +153,33 @@ fn serves_with_the_bus_unreachable_at_start_and_catches_up(model: Model, kind: B
     assert_eq!(metric(&a, "c10k_bus_connected"), 1);
 }
 
+/// `/readyz` of `node` until it answers `status` (bounded); its body then.
+fn readyz_becomes(node: &Server, status: u16, why: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = get(node.port(), "/readyz");
+        if reply.status == status {
+            return reply.text();
+        }
+        assert!(Instant::now() < deadline, "/readyz did not become {status} within 30 s ({why}); last:\n{reply}");
+        thread::sleep(Duration::from_millis(50)); // poll the route
+    }
+}
+
+/// Readiness follows the bus: ready while connected, 503 naming the bus while it is down
+/// (the node keeps serving its own clients: /healthz stays 200), ready again once it is back.
+fn readiness_goes_red_while_the_bus_is_down(model: Model, kind: BusKind) {
+    let mut bus = BusServer::started(kind);
+    let node = Server::start_with_args(model, &["--bus", &bus.url()]);
+    readyz_becomes(&node, 200, "the bus is up");
+    bus.kill_9();
+    let why = readyz_becomes(&node, 503, "the bus was killed");
+    assert!(why.contains("the bus") && why.contains(kind.binary().trim_end_matches("-server")), "{why}");
+    get(node.port(), "/healthz").assert_status(200);
+    bus.start();
+    readyz_becomes(&node, 200, "the bus was started again");
+}
+
 macro_rules! nodes {
     ($($name:ident: $model:expr, $bus:expr;)*) => {
         $(
@@ -183,6 +210,11 @@ macro_rules! nodes {
                 #[test]
                 fn the_bus_paused_5_s_then_killed_and_restarted_loses_nothing() {
                     if !skipped(MODEL, $bus) { survives_the_bus_restarted_under_load(MODEL, $bus, true) }
+                }
+
+                #[test]
+                fn readiness_goes_red_while_the_bus_is_down_and_green_after() {
+                    if !skipped(MODEL, $bus) { readiness_goes_red_while_the_bus_is_down(MODEL, $bus) }
                 }
 
                 #[test]

@@ -28,6 +28,9 @@ pub struct Limits {
     pub max_outgoing_bytes: usize,
     /// Most open connections per process; the next one gets 503 and is closed.
     pub max_connections: usize,
+    /// The whole wait of a post, from its request to its commit (`--db-post-timeout`):
+    /// past it the post is not stored and gets 503 with `Retry-After`.
+    pub post_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             // The machine's hard limit is 20,000 files per process: keep headroom for the
             // listener, the store, the wake-up fd and the logs.
             max_connections: 19_000,
+            post_timeout: Duration::from_secs(10),
         }
     }
 }
