@@ -105,6 +105,12 @@ macro_rules! conformance {
                 a_frame_larger_than_one_read_arrives_whole,
                 a_post_resent_with_its_key_is_stored_once,
                 a_subscriber_that_never_reads_is_closed_once_the_cap_is_exceeded,
+                an_oversized_message_is_closed_with_1009,
+                an_unmasked_client_frame_is_closed_with_1002,
+                invalid_utf8_in_a_text_message_is_closed_with_1007,
+                every_other_framing_violation_is_closed_with_1002,
+                a_close_is_echoed_with_its_code,
+                a_ping_flood_keeps_the_servers_memory_bounded,
             }
             http {
                 every_response_has_date_and_content_length,

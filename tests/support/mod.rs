@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod server;
 pub mod sse;
 pub mod ws;
+pub mod ws_frames;
 pub mod xsrf;
 
 pub use chat::*;

@@ -123,6 +123,9 @@ const STORE_BUSY: &str = "the store is busy; try again shortly";
 const OUTGOING_FULL: &str = "subscriber too slow: its outgoing buffer is full";
 /// The answer to a binary frame (the protocol is JSON text frames).
 const BINARY_NOT_UNDERSTOOD: &str = "binary frames are not understood; send JSON text";
+/// The longest reason a close frame can carry: 125 bytes of control frame payload, less the
+/// two of the code (RFC 6455 5.5, 5.5.1).
+const MAX_CLOSE_REASON: usize = 123;
 /// The longest request description kept for the watchdogs.
 const MAX_SERVING: usize = 96;
 
@@ -823,6 +826,8 @@ impl Connection {
         enum End {
             Wait,
             Close(&'static str),
+            /// The client broke RFC 6455: tell it how, then close.
+            Fail(CloseCode, String),
             Gone,
         }
         let cap = self.app.limits().max_outgoing_bytes;
@@ -867,9 +872,12 @@ impl Connection {
                 // next read ends the connection.
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break End::Wait,
-                // The client closed (with or without the closing handshake), or broke the
-                // protocol; tungstenite has queued what it answers to that.
-                Err(_) => break End::Gone,
+                Err(error) => match failure(&error) {
+                    Some((code, why)) => break End::Fail(code, why),
+                    // The client closed, with or without the closing handshake, and
+                    // tungstenite has queued the echo of its close frame if it sent one.
+                    None => break End::Gone,
+                },
             }
         };
         let _ = ws.framing.flush(&mut Sink(out));
@@ -879,7 +887,8 @@ impl Connection {
         }
         match end {
             End::Wait => {}
-            End::Close(why) => self.ws_close(why),
+            End::Close(why) => self.ws_close(CloseCode::Policy, why.into()),
+            End::Fail(code, why) => self.ws_close(code, why),
             End::Gone => self.close(),
         }
     }
@@ -892,14 +901,43 @@ impl Connection {
         }
     }
 
-    /// Sends a close frame with code 1008 (policy) and `why`, then closes.
-    fn ws_close(&mut self, why: &'static str) {
+    /// Sends a close frame with `code` and `why`, then closes.
+    fn ws_close(&mut self, code: CloseCode, why: String) {
         if let State::WebSocket(ws) = &mut self.state {
-            let frame = CloseFrame { code: CloseCode::Policy, reason: why.into() };
+            let frame = CloseFrame { code, reason: why.into() };
             let _ = ws.framing.close(&mut Sink(&mut self.out), Some(frame));
         }
         self.close();
     }
+}
+
+/// The close code and reason for a client whose frames tungstenite refused, or `None` when
+/// the error only says the client has gone. RFC 6455 7.1.7: "If _The WebSocket Connection
+/// is Established_ ... the endpoint MUST _Fail the WebSocket Connection_ ... An endpoint MAY
+/// send a Close frame"; we do, so the client learns why, with the code of 7.4.1:
+///
+/// > 1002 indicates that an endpoint is terminating the connection due to a protocol error.
+/// > 1007 ... because it has received data within a message that was not consistent with
+/// > the type of the message (e.g., non-UTF-8 [RFC3629] data within a text message).
+/// > 1009 ... because it has received a message that is too big for it to process.
+fn failure(error: &tungstenite::Error) -> Option<(CloseCode, String)> {
+    use tungstenite::error::ProtocolError as Broken;
+    let code = match error {
+        // The stream ended without a close frame: nobody is left to tell.
+        tungstenite::Error::Protocol(Broken::ResetWithoutClosingHandshake) => return None,
+        tungstenite::Error::Protocol(_) => CloseCode::Protocol,
+        tungstenite::Error::Utf8(_) => CloseCode::Invalid,
+        tungstenite::Error::Capacity(_) => CloseCode::Size,
+        _ => return None,
+    };
+    // A close frame's payload is at most 125 bytes, two of them the code (RFC 6455 5.5).
+    let mut why = error.to_string();
+    let mut end = why.len().min(MAX_CLOSE_REASON);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why.truncate(end);
+    Some((code, why))
 }
 
 /// The stream tungstenite writes frames to: the connection's output buffer, which takes

@@ -219,3 +219,63 @@ pub trait LocalStore {
     /// [`Store::after`], on this thread's driver.
     fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;
 }
+
+/// A [`Store`] kept in memory: every point of the contract but durability (ids per room
+/// from 1, keys replayed, deadlines honoured). For the core's own tests and the fuzz
+/// targets, which drive the connection machine with no database; the server never uses it.
+#[derive(Debug, Default)]
+pub struct MemoryStore(std::sync::Mutex<Vec<(Message, Option<String>)>>);
+
+impl Store for MemoryStore {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
+        let mut all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(key) = &message.key {
+            let earlier = all.iter().find(|(m, k)| &m.room == room && k.as_ref() == Some(key));
+            if let Some((stored, _)) = earlier {
+                return Ok(Appended { message: stored.clone(), replayed: true });
+            }
+        }
+        if message.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(StoreError("the post's wait reached its deadline; nothing was stored".into()));
+        }
+        let id = all.iter().filter(|(m, _)| &m.room == room).count() as u64 + 1;
+        let stored = Message {
+            id: MessageId(id),
+            room: room.clone(),
+            body: message.body.clone(),
+            from: message.from.clone(),
+            time_ms: message.time_ms,
+        };
+        all.push((stored.clone(), message.key.clone()));
+        Ok(Appended::new(stored))
+    }
+
+    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let newer = all.iter().map(|(m, _)| m).filter(|m| &m.room == room && m.id > after);
+        Ok(newer.take(limit).cloned().collect())
+    }
+
+    fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let mut newest_first = self.before(room, None, limit)?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let older = all.iter().rev().map(|(m, _)| m);
+        Ok(older.filter(|m| &m.room == room && before.is_none_or(|b| m.id < b)).take(limit).cloned().collect())
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        let all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rooms: Vec<RoomId> = Vec::new();
+        for (m, _) in all.iter() {
+            if !rooms.contains(&m.room) {
+                rooms.push(m.room.clone());
+            }
+        }
+        Ok(rooms)
+    }
+}

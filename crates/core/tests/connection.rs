@@ -2,53 +2,16 @@
 //! what every model's connection does, proved once, with no socket.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use c10k_core::chat::{App, Config, Now};
 use c10k_core::conn::{Action, Connection, Interest, CLOSE_GRACE};
 use c10k_core::metrics::Format;
-use c10k_core::store::{Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use c10k_core::store::MemoryStore;
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
-
-/// Messages kept in memory, ids per room from 1.
-#[derive(Default)]
-struct MemoryStore(Mutex<Vec<Message>>);
-
-impl Store for MemoryStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
-        let mut all = self.0.lock().unwrap();
-        let id = all.iter().filter(|m| &m.room == room).count() as u64 + 1;
-        let stored = Message {
-            id: MessageId(id),
-            room: room.clone(),
-            body: message.body.clone(),
-            from: message.from.clone(),
-            time_ms: message.time_ms,
-        };
-        all.push(stored.clone());
-        Ok(Appended::new(stored))
-    }
-
-    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
-        let all = self.0.lock().unwrap();
-        Ok(all.iter().filter(|m| &m.room == room && m.id > after).take(limit).cloned().collect())
-    }
-
-    fn recent(&self, _: &RoomId, _: usize) -> Result<Vec<Message>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    fn before(&self, _: &RoomId, _: Option<MessageId>, _: usize) -> Result<Vec<Message>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
-        Ok(Vec::new())
-    }
-}
 
 /// Counts its wake-ups.
 #[derive(Default)]

@@ -21,7 +21,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
@@ -442,14 +441,18 @@ impl NotStored {
     }
 }
 
-#[derive(Deserialize)]
+/// The members of a native post's JSON object that the chat reads; any other is ignored.
 struct NativePost {
     body: Option<serde_json::Value>,
-    #[serde(default)]
     from: Option<serde_json::Value>,
     /// The idempotency key, when not in the `Idempotency-Key` header.
-    #[serde(default)]
     key: Option<serde_json::Value>,
+}
+
+impl From<serde_json::Map<String, serde_json::Value>> for NativePost {
+    fn from(mut object: serde_json::Map<String, serde_json::Value>) -> NativePost {
+        NativePost { body: object.remove("body"), from: object.remove("from"), key: object.remove("key") }
+    }
 }
 
 impl App {
@@ -833,10 +836,17 @@ impl App {
                 "send the message as JSON with 'Content-Type: application/json'",
             ));
         }
-        let post: NativePost = match serde_json::from_slice(&request.body) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &format!("body is not valid JSON: {e}"))),
+        // Read as a JSON object first, not straight into the struct: serde's derived
+        // `Deserialize` would take `["body", "from"]` for the struct, and would not check
+        // the UTF-8 of a member it skips (both found by the fuzzer, fuzz/README.md).
+        let object: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(&request.body) {
+            Ok(object) => object,
+            Err(e) => {
+                let what = if e.is_data() { "body must be a JSON object" } else { "body is not valid JSON" };
+                return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &format!("{what}: {e}")));
+            }
         };
+        let post = NativePost::from(object);
         let Some(serde_json::Value::String(body)) = post.body else {
             return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'body' must be a non-empty string"));
         };
