@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use c10k_core::chat::{App, Config, Now};
 use c10k_core::conn::{Action, Connection, Interest, CLOSE_GRACE};
 use c10k_core::metrics::Format;
-use c10k_core::store::MemoryStore;
+use c10k_core::store::{MemoryStore, MessageId, RoomId, Store};
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
 
@@ -537,7 +537,8 @@ fn draining_finishes_a_store_call_in_flight_and_answers_it_with_connection_close
     assert!(reply.starts_with("HTTP/1.1 201 Created\r\n") && reply.contains("last words"), "{reply}");
     assert!(reply.contains("Connection: close\r\n"), "{reply}");
     assert_eq!(ran, ["shutdown"]);
-    assert_eq!(world.store.0.lock().unwrap().len(), 1, "the acknowledged message is stored");
+    let stored = world.store.after(&RoomId::new("r").expect("a room"), MessageId(0), 10).expect("the memory store");
+    assert_eq!(stored.len(), 1, "the acknowledged message is stored");
 }
 
 #[test]
