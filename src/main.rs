@@ -177,6 +177,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     head_timeout: f64,
 
+    /// On SIGTERM or SIGINT the server drains: it stops accepting, finishes the requests in
+    /// flight (`Connection: close`), answers long-polls at once, ends event streams with a
+    /// last event and WebSockets with close 1001, and exits when every connection is gone or
+    /// after this many seconds, whichever is first (the connections left are then dropped;
+    /// their clients resume from their cursors). With worker processes, the master kills a
+    /// worker still running 3 s after it.
+    #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
+    drain_timeout: f64,
+
     /// A web origin, besides the server's own, whose pages may use the chat's WebSocket,
     /// event stream, long-poll and POST routes (e.g. `https://app.example.org`); repeat it
     /// for more. Requests from any other page's origin get 403. `*` allows every origin:
@@ -445,7 +454,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
     // Signals first: the handler thread must be the only one that receives them, so they
     // are blocked before any other thread (store pool, runtime) is started.
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::with_drain_timeout(seconds("drain-timeout", args.drain_timeout)?);
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
     let (store, app, offload, native) = start_app(&args, &limits, workers, native_driver)?;
@@ -483,8 +492,9 @@ fn serve_workers(
     };
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, workers, "serving with worker processes");
+    let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::with_drain_timeout(drain_timeout);
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
         let (store, app, offload, native) = start_app(args, limits, workers, native_driver)?;
         let relay = Arc::new(relay);
@@ -497,7 +507,7 @@ fn serve_workers(
         let context = Context { app, store, offload, db_mode: db_mode(args), native, shutdown };
         model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))
     };
-    prefork::run_master(listeners, workers, &mut || announce(local), &mut worker)
+    prefork::run_master(listeners, workers, drain_timeout, &mut || announce(local), &mut worker)
         .map_err(|e| format!("the master failed: {e}"))?;
     info!("stopped");
     Ok(())

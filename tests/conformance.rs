@@ -149,6 +149,8 @@ macro_rules! conformance {
                 a_cpu_heavy_request_is_timed_by_its_work,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
+                sigterm_drains_every_connection_with_its_final_answer,
+                sigterm_exits_by_the_drain_deadline_whatever_the_clients_do,
             }
         });
     };

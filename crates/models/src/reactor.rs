@@ -138,6 +138,13 @@ impl Connections for Server {
         self.with_conn(lp, token, |conn, _| conn.machine.handle_store_done(done, now()));
     }
 
+    fn on_shutdown(&mut self, lp: &mut Loop<StoreDone>) {
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for token in tokens {
+            self.with_conn(lp, token, |conn, _| conn.machine.handle_shutdown(now()));
+        }
+    }
+
     fn open(&self) -> usize {
         self.conns.len()
     }
