@@ -189,8 +189,7 @@ fn netns_of(pid: u32) -> String {
 
 /// A counter of a node's /metrics (0 when absent).
 fn metric(node: &Server, name: &str) -> u64 {
-    let text = Request::get("/metrics").send_to(node.addr()).text();
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0) as u64
+    metric_total(&Request::get("/metrics").send_to(node.addr()).text(), name)
 }
 
 fn skipped(model: Model, bus: BusKind) -> bool {

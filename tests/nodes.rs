@@ -58,8 +58,7 @@ fn verdict(output: Output) -> (bool, String) {
 
 /// A metric of a node's /metrics (0 when absent).
 fn metric(node: &Server, name: &str) -> u64 {
-    let text = get(node.port(), "/metrics").text();
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0) as u64
+    metric_total(&get(node.port(), "/metrics").text(), name)
 }
 
 /// Waits (bounded) until `node` has stored at least `n` posts: the load is under way.

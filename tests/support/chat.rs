@@ -100,3 +100,17 @@ pub fn now_ms() -> u64 {
         .expect("the clock is before 1970")
         .as_millis() as u64
 }
+
+/// The sum of a family's samples in a `/metrics` text: `name value` or `name{labels} value`
+/// (0 when absent).
+pub fn metric_total(metrics: &str, name: &str) -> u64 {
+    let samples = metrics.lines().filter_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.parse::<f64>().ok()
+    });
+    samples.sum::<f64>() as u64
+}

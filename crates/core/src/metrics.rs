@@ -146,6 +146,9 @@ pub struct Metrics {
     registry: Registry,
     /// Requests answered, by route.
     pub requests: Family<Labels, Counter>,
+    /// Store calls the application asked for, by kind (`append`, `history`, `ready`,
+    /// `ledger`): resumes and long-polls are served from the hub's cache and make none.
+    store_calls: Family<Labels, Counter>,
     /// Time from a request parsed to its response ready to write, by route.
     latency: Family<Labels, Histogram, LatencyBuckets>,
     /// Requests refused for breaking the protocol, by status.
@@ -221,6 +224,7 @@ impl Metrics {
         let mut root = Registry::default();
         let m = Metrics {
             requests: Family::default(),
+            store_calls: Family::default(),
             latency: Family::new_with_constructor(LatencyBuckets),
             protocol_errors: Family::default(),
             messages_posted: Counter::default(),
@@ -242,6 +246,12 @@ impl Metrics {
             Info::new(vec![("model", model), ("poller", poller), ("store", store)]),
         );
         registry.register("http_requests", "HTTP requests answered, by route", m.requests.clone());
+        registry.register(
+            "store_calls",
+            "Store calls asked for, by kind (a full offload queue may still refuse them); reads \
+             of the hub's cache are not store calls",
+            m.store_calls.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Time from a request parsed to its response ready to write (store calls and long-poll waits \
@@ -297,6 +307,11 @@ impl Metrics {
             root.register_collector(Box::new(ProcessCollector(sampler)));
         }
         Metrics { registry: root, ..m }
+    }
+
+    /// Counts a store call of `kind` asked for.
+    pub fn store_call(&self, kind: &'static str) {
+        self.store_calls.get_or_create(&[("call", kind)]).inc();
     }
 
     /// Counts a request to `route`.

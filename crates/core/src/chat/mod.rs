@@ -231,6 +231,7 @@ impl StoreCall {
         let replayed = app.metrics.posts_replayed.clone();
         let on_stored = app.on_stored.get().cloned();
         let hub = Arc::clone(&app.hub);
+        app.metrics.store_call("append");
         StoreCall(Job::Append(Append { room, message, hub, posted, replayed, on_stored, then, claim }))
     }
 
@@ -552,7 +553,10 @@ impl App {
                     Some(why) => Outcome::Reply(not_ready(&format!(
                         "the bus: {why} (other nodes' messages arrive once it is back)"
                     ))),
-                    None => Outcome::Store(StoreCall(Job::Ready)),
+                    None => {
+                        self.metrics.store_call("ready");
+                        Outcome::Store(StoreCall(Job::Ready))
+                    }
                 }
             }
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
@@ -611,6 +615,7 @@ impl App {
                 Ok(operation) => {
                     self.metrics.request(operation.route());
                     let call = LedgerCall::new(Arc::clone(&self.config.ledger), operation);
+                    self.metrics.store_call("ledger");
                     Outcome::Store(StoreCall(Job::Ledger(call)))
                 }
                 Err(refused) => self.reply("bank_refused", refused),
@@ -837,6 +842,7 @@ impl App {
                 }
             },
         };
+        self.metrics.store_call("history");
         Outcome::Store(StoreCall(Job::History(HistoryPage { room, before, limit })))
     }
 
