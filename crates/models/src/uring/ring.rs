@@ -51,7 +51,7 @@ pub(crate) const RECV_GROUP: u16 = 0;
 const RECV_BUFFERS: u16 = 256;
 /// Bytes per receive buffer: a request head, a burst of pipelined requests, or a slice of a
 /// large body (which the decoder gathers).
-pub(crate) const RECV_BUFFER_SIZE: usize = 8 * 1024;
+pub(crate) const RECV_BUFFER_SIZE: usize = 4 * 1024;
 /// Send buffers kept for reuse, and the largest kept: a response, a burst of frames.
 const SPARE_SENDS: usize = 64;
 const SPARE_SEND_CAPACITY: usize = 64 * 1024;
