@@ -126,7 +126,7 @@ impl Conn {
 
     /// The machine's deadline has come, if `timer` is still its timer.
     pub(crate) fn on_timer(&mut self) {
-        if self.closing || !self.timer.is_some_and(|key| key.at() <= Instant::now()) {
+        if self.closing || self.timer.is_none_or(|key| key.at() > Instant::now()) {
             return;
         }
         self.timer = None;

@@ -468,3 +468,19 @@ impl Proactor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_names_its_operation_and_token_and_foreign_tags_name_nothing() {
+        for op in [Op::Accept, Op::Doorbell, Op::Recv, Op::Send, Op::Shutdown, Op::Cancel, Op::Close, Op::Stop] {
+            for token in [LISTENER, LOOP, Token(FIRST_CONNECTION), Token(1 << 40)] {
+                assert_eq!(Tag::from_bits(Tag::new(op, token).bits()), Some(Tag::new(op, token)));
+            }
+        }
+        assert_eq!(Tag::from_bits(0), None);
+        assert_eq!(Tag::from_bits(u64::MAX), None, "the ring's own start-up check");
+    }
+}
