@@ -76,8 +76,10 @@ fn a_client_that_pipelines_without_reading_is_pushed_back_then_gets_every_answer
     // (the last one, cut short by the push-back, is finished by a writer thread).
     client.set_nonblocking(false).unwrap();
     let requests = written.div_ceil(REQUEST.len());
-    let rest = REQUEST[written % REQUEST.len()..].to_vec();
-    let rest = if written % REQUEST.len() == 0 { Vec::new() } else { rest };
+    let rest = match written % REQUEST.len() {
+        0 => Vec::new(),
+        cut => REQUEST[cut..].to_vec(),
+    };
     let writer = {
         let client = client.try_clone().unwrap();
         thread::spawn(move || {
