@@ -60,7 +60,7 @@ impl<M: Send + 'static> Doorbell<M> {
     /// A doorbell with an empty inbox.
     pub(crate) fn new() -> std::io::Result<Doorbell<M>> {
         let inbox = Inbox { woken: Vec::new(), posted: Vec::new() };
-        Ok(Doorbell { shared: Arc::new(Shared { inbox: Mutex::new(inbox), bell: EventFd::new()? }) })
+        Ok(Doorbell { shared: Arc::new(Shared { inbox: Mutex::new(inbox), bell: EventFd::blocking()? }) })
     }
 
     /// The eventfd the loop keeps a read in flight on.

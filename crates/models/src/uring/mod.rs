@@ -160,6 +160,7 @@ impl Model for UringModel {
             watchdog,
             open: Arc::new(AtomicUsize::new(0)),
             stopped: false,
+            failed: None,
         };
         proactor.run()
     }
@@ -236,6 +237,8 @@ struct Proactor {
     watchdog: Watchdog,
     open: Arc<AtomicUsize>,
     stopped: bool,
+    /// Why the loop stopped on its own, if it did.
+    failed: Option<io::Error>,
 }
 
 impl Proactor {
@@ -294,7 +297,7 @@ impl Proactor {
         }
         info!(open = self.conns.len(), "uring model: stopped; closing the open connections");
         self.stop();
-        Ok(())
+        self.failed.take().map_or(Ok(()), Err)
     }
 
     fn dispatch(&mut self, completion: Completion) {
@@ -303,7 +306,20 @@ impl Proactor {
             Op::Accept => self.on_accept(completion),
             Op::Doorbell => {
                 self.ringing = false;
-                self.arm_doorbell();
+                match completion.result {
+                    8 => self.arm_doorbell(),
+                    e if e == -libc::ECANCELED && self.stopped => {}
+                    // Without its doorbell the loop would not hear the hub or the store:
+                    // stop, saying why, rather than serve deaf.
+                    other => {
+                        let why = match other {
+                            e if e < 0 => io::Error::from_raw_os_error(-e),
+                            n => io::Error::other(format!("a read of {n} bytes")),
+                        };
+                        self.failed = Some(io::Error::other(format!("the doorbell's read on the ring failed: {why}")));
+                        self.stopped = true;
+                    }
+                }
             }
             // A connection's close, or the stop's cancellation: nothing waits for them.
             Op::Close | Op::Stop => {}
@@ -366,12 +382,16 @@ impl Proactor {
                 self.on_accepted(stream);
             }
             e if e == -libc::ECANCELED => {}
+            // The client gave up before it was accepted: the next one may be waiting.
+            e if e == -libc::ECONNABORTED || e == -libc::EINTR => {}
             e => {
                 let error = io::Error::from_raw_os_error(-e);
                 if is_fd_exhaustion(&error) {
                     self.out_of_descriptors(&error);
                 } else {
-                    debug!("accept: {error}");
+                    // Armed again at once, an accept that fails at once would spin.
+                    warn!("accept: {error}; accepting again in 100 ms");
+                    self.pause_accepting();
                 }
             }
         }
