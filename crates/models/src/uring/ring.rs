@@ -256,11 +256,13 @@ impl Ring {
     }
 
     /// The ring with the flags that suit one thread that submits and reaps (only that thread
-    /// submits; completions run as its work, when it waits, not as interrupts of it), or a
-    /// plain one on kernels before 6.1 that lack them.
+    /// submits; completions run as its work, when it waits, not as interrupts of it; one
+    /// submission refused does not hold back those queued after it), or a plain one on
+    /// kernels before 6.1 that lack them.
     fn setup() -> io::Result<IoUring> {
         let tuned = IoUring::builder()
             .setup_cqsize(SQ_ENTRIES * CQ_PER_SQ)
+            .setup_submit_all()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .build(SQ_ENTRIES);
