@@ -324,27 +324,25 @@ impl Proactor {
             // A connection's close, or the stop's cancellation: nothing waits for them.
             Op::Close | Op::Stop => {}
             op => {
-                if let (Op::Recv, Some(bid)) = (op, completion.buffer()) {
-                    if !self.conns.contains_key(&tag.token) {
-                        // Bytes for a connection that is gone: the buffer goes back.
-                        self.ring.give_back(bid);
-                        return;
-                    }
-                }
                 let kind = match op {
                     Op::Recv => "received",
                     Op::Send => "sent",
                     _ => "completion",
                 };
-                self.with_conn(tag.token, kind, |conn, cx| conn.on_completion(op, completion, cx));
+                let found = self.with_conn(tag.token, kind, |conn, cx| conn.on_completion(op, completion, cx));
+                if let (false, Some(bid)) = (found, completion.buffer()) {
+                    // Bytes for a connection that is gone: the buffer goes back.
+                    self.ring.give_back(bid);
+                }
             }
         }
     }
 
     /// Runs one callback of connection `token`, settles it, and forgets and closes it once
     /// it is over. Timed by the watchdog, which names what the connection was serving.
-    fn with_conn(&mut self, token: Token, kind: &'static str, callback: impl FnOnce(&mut Conn, &mut Cx<'_>)) {
-        let Some(conn) = self.conns.get_mut(&token) else { return };
+    /// False if there is no such connection (any more).
+    fn with_conn(&mut self, token: Token, kind: &'static str, callback: impl FnOnce(&mut Conn, &mut Cx<'_>)) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else { return false };
         let started = self.watchdog.is_on().then(Instant::now);
         let mut cx = Cx {
             ring: &mut self.ring,
@@ -367,6 +365,7 @@ impl Proactor {
                 conn.close(&mut self.ring);
             }
         }
+        true
     }
 
     /// A completion of the multishot accept: a connection, or why there is none.
