@@ -137,6 +137,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     db_timeout: f64,
 
+    /// Seconds a post may wait in all, from its request to its commit: in the store's
+    /// queue, for a connection, for the database's write lock (another process holding
+    /// SQLite's, say). Past it the post is not stored and gets 503 with Retry-After; the
+    /// store checks it inside the transaction, so a post answered 503 is never stored.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    db_post_timeout: f64,
+
     /// Connections to a database server each process keeps at most.
     #[arg(long, default_value_t = 16, value_name = "N")]
     db_connections: usize,
@@ -172,6 +179,13 @@ struct ServeArgs {
     /// Seconds a request head may take to arrive in full (then 408).
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     head_timeout: f64,
+
+    /// A web origin, besides the server's own, whose pages may use the chat's WebSocket,
+    /// event stream, long-poll and POST routes (e.g. `https://app.example.org`); repeat it
+    /// for more. Requests from any other page's origin get 403. `*` allows every origin:
+    /// any site's page can then chat as its visitors.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
 
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
@@ -386,6 +400,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         head_timeout: seconds("head-timeout", args.head_timeout)?,
         max_body_bytes: args.max_body,
         max_connections: connection_cap(args.max_connections),
+        post_timeout: seconds("db-post-timeout", args.db_post_timeout).and_then(|t| {
+            if t.is_zero() { Err("--db-post-timeout must be more than 0 seconds".to_string()) } else { Ok(t) }
+        })?,
         ..Limits::default()
     };
     if args.store_threads == 0 {
@@ -530,6 +547,7 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         ledger,
         server: server_info(args),
         process: Some(Arc::new(c10k_models::process::ProcSelf::new())),
+        allowed_origins: c10k_core::chat::origin::AllowedOrigins::parse(&args.allow_origins)?,
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;

@@ -144,6 +144,46 @@ fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
 }
 
 #[test]
+fn quick_ledger_suite_times_every_strategy_and_finds_no_violation_outside_none() {
+    let out = scratch("ledger");
+    let status = Command::new(C10K)
+        .args(["bench", "--quick", "--only", "ledger", "--models", "async", "--no-install", "--no-sysctl", "--out"])
+        .arg(&out)
+        .status()
+        .expect("c10k bench runs");
+    assert!(status.success(), "c10k bench --quick --only ledger failed: {status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let cells = json["suites"]["ledger"]["cells"].as_array().expect("the ledger suite ran");
+    let ids: Vec<&str> = cells.iter().map(|c| c["cell"]["id"].as_str().unwrap()).collect();
+    let strategies = ["none", "giant", "fine", "atomic", "db"];
+    let expected: Vec<String> =
+        [2, 64].iter().flat_map(|a| strategies.map(|l| format!("async/{l}@{a}"))).collect();
+    assert_eq!(ids, expected, "every strategy on two hot accounts and on many");
+    for c in cells {
+        let id = c["cell"]["id"].as_str().unwrap();
+        assert!(c["skipped"].is_null(), "{id} skipped: {}", c["skipped"]);
+        let m = &c["samples"][0]["metrics"];
+        assert!(m["ops_per_s"].as_f64().is_some_and(|v| v > 0.0), "{id}: {m}");
+        assert!(m["p99_us"].as_f64().is_some_and(|v| v > 0.0), "{id}: {m}");
+        assert_eq!(m["unanswered"].as_f64(), Some(0.0), "{id}: {m}");
+        if !id.contains("/none@") {
+            // The race is `none`'s alone: any other strategy caught has lost or created money.
+            assert_eq!(m["violations"].as_f64(), Some(0.0), "{id}: {}", c["samples"][0]["problems"]);
+            assert_eq!(m["race_won"].as_f64(), Some(1.0), "{id}: exactly one withdrawal of John's whole balance wins");
+        }
+        let load = c["load_command"].as_str().unwrap();
+        assert!(load.contains("c10k ledger-check --target http://127.0.0.1:"), "{id}: {load}");
+    }
+    let report = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+    assert!(report.contains("## Suite `ledger`") && report.contains("**2 hot accounts**: operations per second"));
+    assert!(report.contains("\"Fine grained has some real benefits, but can be hard and expensive\""), "the claim's row");
+    let svg = std::fs::read_to_string(out.join("plots").join("ledger_throughput.svg")).expect("the ledger plot");
+    assert!(svg.starts_with("<svg") && svg.contains("--locking fine"), "the plot's legend names the strategies");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
 fn unknown_suites_and_models_are_refused_with_the_list() {
     let out = Command::new(C10K).args(["bench", "--only", "nope", "--list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -10,8 +10,10 @@
 //! once, when it is back, and a post whose answer was lost is resent with its idempotency
 //! key and not doubled; right-to-left text, the "new messages below" hint, no false "No
 //! messages yet" while connecting; without JavaScript, sender, time and the newest message
-//! in view; and Tornado's own chat demo client (its `chat.js` and jQuery, loaded
-//! unchanged) posts and long-polls against this server.
+//! in view; Tornado's own chat demo client (its `chat.js` and jQuery, loaded unchanged)
+//! posts and long-polls against this server; and two tabs on two nodes behind nginx
+//! (deploy/nginx.conf) chat, on MariaDB + Redis and on PostgreSQL + NATS (those two also
+//! need the database servers, redis-server or nats-server, and /usr/sbin/nginx).
 //!
 //! Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian's `chromium` and
 //! `chromium-driver`); the Tornado test also needs the files named by `C10K_TORNADO_CHAT_JS`
@@ -36,6 +38,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::bus::{BusKind, BusServer};
+use support::nginx::{Nginx, NGINX};
 use support::*;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -230,6 +234,106 @@ fn two_tabs_on_different_workers_chat() {
         tab.wait_no_pending();
         assert_eq!(bodies(&tab.messages()), ["from ann's worker", "from bob's worker"], "{}", tab.name);
     }
+}
+
+/// Two c10k nodes behind nginx running deploy/nginx.conf (support/nginx.rs), on one
+/// database and one bus: a tab whose WebSocket is on one node and a tab whose WebSocket is
+/// on the other chat through nginx, both ways, each message once. Both tabs know only
+/// nginx's address. nginx picks the node (least connections), so the second tab reloads
+/// (a bounded number of times) until each node's /metrics shows one WebSocket.
+fn two_tabs_on_different_nodes_behind_nginx_chat(model: Model, bus: BusKind) {
+    if support::server::skipped_without_database(model) || support::bus::skipped_without_bus(bus) {
+        return;
+    }
+    if !Nginx::installed() {
+        skip(&test_name(), NGINX, "install nginx (apt-get install nginx; .ci/run does)");
+        return;
+    }
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let bus = BusServer::started(bus);
+    let args = ["--bus", &bus.url()];
+    let a = Server::start_with_args(model, &args);
+    let db = a.db_arg().into_string().unwrap();
+    let b = Server::start_sharing(model, &args, &db);
+    let nginx = Nginx::in_front_of(&[a.addr(), b.addr()]);
+    let url = format!("http://127.0.0.1:{}/", nginx.port());
+
+    let ann = browsers.open("ann");
+    ann.goto(&url);
+    ann.set_nickname("ann");
+    ann.wait_live("WebSocket");
+    let bob = browsers.open("bob");
+    let mut spread = None;
+    for attempt in 1..=20 {
+        bob.goto(&url);
+        bob.wait_live("WebSocket");
+        if websockets_open(a.port()) == 1 && websockets_open(b.port()) == 1 {
+            spread = Some(attempt);
+            break;
+        }
+    }
+    let Some(loads) = spread else {
+        panic!("in 20 loads the two tabs' WebSockets never landed on different nodes behind nginx");
+    };
+    eprintln!("bob's WebSocket reached the other node on load {loads} (nginx on {url}, nodes {} and {})", a.addr(), b.addr());
+    bob.set_nickname("bob");
+    ann.send_with_button("from ann's node, through nginx");
+    assert_eq!(bob.wait_for_message("from ann's node, through nginx").from.as_deref(), Some("ann"));
+    bob.send_with_enter("from bob's node, through nginx");
+    assert_eq!(ann.wait_for_message("from bob's node, through nginx").from.as_deref(), Some("bob"));
+    for tab in [&ann, &bob] {
+        tab.wait_no_pending();
+        assert_eq!(
+            bodies(&tab.messages()),
+            ["from ann's node, through nginx", "from bob's node, through nginx"],
+            "{}: each message once, in order",
+            tab.name
+        );
+    }
+    for node in [&a, &b] {
+        let received = get(node.port(), "/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("c10k_bus_received_total ")?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(received >= 1.0, "node {} heard the other's message on the bus", node.addr());
+    }
+
+    // The other two transports through nginx: an SSE stream and a waiting long-poll, each
+    // given a message posted on a node, within WAIT.
+    let mut sse = EventStream::open(nginx.port(), "/api/rooms/main/events?after=2", None);
+    let longpoll = start_request(nginx.port(), &Request::get("/api/rooms/main/messages?after=2&wait=20"));
+    let posted = api_post(a.port(), "main", "to the SSE and long-poll tabs, through nginx");
+    let began = Instant::now();
+    let streamed = sse.next_message();
+    assert_eq!((&streamed["id"], &streamed["body"]), (&posted["id"], &posted["body"]), "SSE through nginx");
+    assert!(began.elapsed() < WAIT, "the event took {:?} through nginx", began.elapsed());
+    let mut longpoll = longpoll;
+    let answer = longpoll.read_response();
+    answer.assert_status(200);
+    assert_eq!(api_ids(&answer.json()["messages"]), [posted["id"].as_u64().unwrap()], "long-poll through nginx: {answer}");
+}
+
+/// WebSockets open on the c10k process on `port`, from its /metrics.
+fn websockets_open(port: u16) -> u64 {
+    get(port, "/metrics")
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("c10k_subscribers_open{kind=\"ws\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_tabs_on_different_nodes_behind_nginx_chat_on_mariadb_and_redis() {
+    two_tabs_on_different_nodes_behind_nginx_chat(&["--model", "async", "--db", "mysql"], BusKind::Redis);
+}
+
+#[test]
+fn two_tabs_on_different_nodes_behind_nginx_chat_on_postgres_and_nats() {
+    two_tabs_on_different_nodes_behind_nginx_chat(&["--model", "async", "--db", "postgres"], BusKind::Nats);
 }
 
 /// Open WebSockets per worker PID, read from each worker's /metrics (each answer names
@@ -789,6 +893,50 @@ fn rtl_text_new_messages_below_and_no_false_empty_room() {
             Err(v.to_string())
         }
     });
+}
+
+/// History older than what the server holds in memory (`--history 20` here) is there
+/// when the reader scrolls to the top: each time, the page loads an older page from the
+/// store (`?before=ID`), keeps the reader's place, and in the end shows every message of
+/// the room once and in order. A live message afterwards does not trim the loaded ones.
+#[test]
+fn scrolling_to_the_top_loads_older_messages_from_the_store() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start_with_args(MODEL, &["--history", "20"]);
+    let port = server.port();
+    let url = page_url(&server);
+    const POSTED: usize = 130;
+    for i in 1..=POSTED {
+        api_post(port, "long", &format!("old {i}"));
+    }
+    let ann = browsers.open("ann");
+    ann.goto(&format!("{url}#long"));
+    ann.wait_live("WebSocket");
+    ann.wait_for_message(&format!("old {POSTED}"));
+    assert!(ann.messages().len() < POSTED, "the live view starts from the cache only");
+
+    // Each scroll to the top loads one page (50); three reach message 1.
+    for _ in 0..10 {
+        let first = ann.messages().first().map(|m| m.id.clone());
+        if first.as_deref() == Some("m1") {
+            break;
+        }
+        ann.js("document.getElementById('inbox').scrollTop = 0", json!([]));
+        ann.wait_until("an older page above the first message", |tab| {
+            let now = tab.messages().first().map(|m| m.id.clone());
+            if now != first { Ok(()) } else { Err(format!("still {now:?} first")) }
+        });
+        let top = ann.js("return document.getElementById('inbox').scrollTop", json!([]));
+        assert!(top.as_f64().is_some_and(|t| t > 0.0), "the reader's place is kept, not left at the top: {top}");
+    }
+    let expected: Vec<String> = (1..=POSTED).map(|i| format!("old {i}")).collect();
+    assert_eq!(bodies(&ann.messages()), expected, "every message once, in order");
+
+    api_post(port, "long", "new after scrolling back");
+    ann.wait_for_message("new after scrolling back");
+    assert_eq!(ann.messages().len(), POSTED + 1, "the loaded history stays");
 }
 
 /// Without JavaScript, the page shows each message with its sender and time, opens with

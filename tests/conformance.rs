@@ -26,6 +26,8 @@ mod http;
 mod new_message;
 #[path = "conformance/page.rs"]
 mod page;
+#[path = "conformance/security.rs"]
+mod security;
 #[path = "conformance/service.rs"]
 mod service;
 #[path = "conformance/updates.rs"]
@@ -81,6 +83,8 @@ macro_rules! conformance {
                 get_after_an_id_beyond_the_newest_answers_a_reset,
                 get_after_an_id_no_longer_held_never_skips_silently,
                 a_post_retried_with_its_idempotency_key_is_stored_once,
+                get_messages_before_an_id_pages_back_past_the_cache_newest_first,
+                a_retry_after_a_restart_gets_the_stored_message,
             }
             events {
                 resume_with_last_event_id_gives_the_missed_messages_once_then_live_ones,
@@ -101,13 +105,21 @@ macro_rules! conformance {
                 a_frame_larger_than_one_read_arrives_whole,
                 a_post_resent_with_its_key_is_stored_once,
                 a_subscriber_that_never_reads_is_closed_once_the_cap_is_exceeded,
+                an_oversized_message_is_closed_with_1009,
+                an_unmasked_client_frame_is_closed_with_1002,
+                invalid_utf8_in_a_text_message_is_closed_with_1007,
+                every_other_framing_violation_is_closed_with_1002,
+                a_close_is_echoed_with_its_code,
+                a_ping_flood_keeps_the_servers_memory_bounded,
             }
             http {
                 every_response_has_date_and_content_length,
                 an_unknown_path_is_404,
                 a_known_path_with_the_wrong_method_is_405_with_allow,
                 a_malformed_request_is_400_and_closes_the_connection,
-                a_head_over_16_kib_is_431,
+                a_field_over_8_kib_or_a_head_over_32_kib_is_431,
+                hostile_requests_get_their_status_one_response_and_a_close,
+                three_pipelined_requests_with_a_chunked_post_are_answered_in_order,
                 more_than_100_header_fields_is_431,
                 a_request_target_over_8_kib_is_414,
                 a_body_over_1_mib_is_413,
@@ -121,10 +133,18 @@ macro_rules! conformance {
                 out_of_file_descriptors_a_new_connection_gets_503_not_silence,
                 a_bad_request_followed_by_more_bytes_gets_the_400_then_a_clean_close,
             }
+            security {
+                a_foreign_origin_is_403_on_every_stream_and_post,
+                the_servers_own_origin_and_no_origin_pass,
+                an_origin_named_by_allow_origin_passes,
+                the_page_sends_a_strict_content_security_policy,
+            }
             service {
                 healthz_is_ok,
+                readyz_asks_the_store,
                 metrics_are_in_the_prometheus_text_format,
                 metrics_are_read_correctly_by_prometheus_clients_parsers,
+                a_cpu_heavy_request_is_timed_by_its_work,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
             }

@@ -10,10 +10,9 @@
 
 mod support;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use support::proxy::Proxy;
+use support::proxy::{target, through, Proxy};
 use support::*;
 
 /// `--db-timeout` of these servers, in seconds.
@@ -24,23 +23,6 @@ const BOUND: Duration = Duration::from_secs(DB_TIMEOUT_SECS + 2);
 /// How long the database may take to be used again once it is back: the circuit's
 /// retry period (1 s) and a fresh connection, with slack.
 const RECOVERY: Duration = Duration::from_secs(15);
-
-/// The `host:port` a database URL names.
-fn target(url: &str) -> SocketAddr {
-    authority(url).to_socket_addrs().expect("a database address").next().expect("an address")
-}
-
-/// The `HOST:PORT` part of `scheme://user@HOST:PORT/db...`.
-fn authority(url: &str) -> &str {
-    let after_scheme = &url[url.find("://").expect("a URL") + 3..];
-    let after_user = &after_scheme[after_scheme.find('@').map_or(0, |at| at + 1)..];
-    &after_user[..after_user.find('/').unwrap_or(after_user.len())]
-}
-
-/// The same URL, pointing at `proxy` instead.
-fn through(url: &str, proxy: SocketAddr) -> String {
-    url.replacen(authority(url), &proxy.to_string(), 1)
-}
 
 /// Starts `model` on its scratch database through a proxy.
 fn start(model: Model) -> (Server, Proxy) {
@@ -74,6 +56,8 @@ fn while_unusable(server: &Server) {
     assert!(took <= BOUND, "the second post took {took:?}");
 
     get(port, "/healthz").assert_status(200);
+    let ready = get(port, "/readyz");
+    assert_eq!(ready.status, 503, "not ready while posts cannot be stored:\n{ready}");
     get(port, "/").assert_status(200);
     let held = api_messages(port, "main", "?after=0");
     assert_eq!(api_ids(&held["messages"]), [1], "reads are served from memory meanwhile");

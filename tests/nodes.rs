@@ -6,129 +6,24 @@
 //! when the nodes start. And the checker is shown to catch a node that drops bus messages
 //! on purpose (`--bus-drop-every`).
 //!
-//! Each test starts its own redis-server or nats-server on a free loopback port (never the
-//! machine's shared instances, which other tests use), so that it can kill or stop it.
+//! Each test starts its own redis-server or nats-server on a free loopback port
+//! (support/bus.rs), so that it can kill or stop it.
 //! Without the binaries, or without the database servers, a test says `skipped` and
 //! passes, except under `C10K_E2E_REQUIRED=1`.
 
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::bus::{skipped_without_bus, BusKind, BusServer};
 use support::*;
-
-/// How long a bus server may take to accept connections after it is started.
-const BUS_START: Duration = Duration::from_secs(10);
-
-/// A redis-server or nats-server of the test's own, on a port that survives restarts.
-struct BusServer {
-    kind: BusKind,
-    port: u16,
-    child: Option<Child>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BusKind {
-    Redis,
-    Nats,
-}
-
-impl BusKind {
-    fn binary(self) -> &'static str {
-        match self {
-            BusKind::Redis => "redis-server",
-            BusKind::Nats => "nats-server",
-        }
-    }
-}
-
-/// A port nobody listens on now (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// True (after saying so) when this test cannot run here; under `C10K_E2E_REQUIRED=1`
 /// what is missing fails the test instead.
 fn skipped(model: Model, bus: BusKind) -> bool {
-    if support::server::skipped_without_database(model) {
-        return true;
-    }
-    let found = Command::new(bus.binary()).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    if found.is_ok_and(|s| s.success()) {
-        return false;
-    }
-    if c10k_store::testing::required() {
-        panic!("{} is not on PATH, and C10K_E2E_REQUIRED=1; install it (apt-get install {})", bus.binary(), match bus {
-            BusKind::Redis => "redis-server",
-            BusKind::Nats => "nats-server",
-        });
-    }
-    eprintln!("skipped: needs {} on PATH", bus.binary());
-    true
-}
-
-impl BusServer {
-    /// Reserves a port; the server is not started yet.
-    fn reserve(kind: BusKind) -> BusServer {
-        BusServer { kind, port: free_port(), child: None }
-    }
-
-    fn started(kind: BusKind) -> BusServer {
-        let mut server = BusServer::reserve(kind);
-        server.start();
-        server
-    }
-
-    fn url(&self) -> String {
-        match self.kind {
-            BusKind::Redis => format!("redis://127.0.0.1:{}", self.port),
-            BusKind::Nats => format!("nats://127.0.0.1:{}", self.port),
-        }
-    }
-
-    /// Starts it on its port and returns once it accepts connections.
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let port = self.port.to_string();
-        let mut command = Command::new(self.kind.binary());
-        match self.kind {
-            BusKind::Redis => command.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
-            BusKind::Nats => command.args(["-a", "127.0.0.1", "-p", &port]),
-        };
-        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the bus server");
-        self.child = Some(child);
-        let deadline = Instant::now() + BUS_START;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not listen on {} within {BUS_START:?}", self.kind.binary(), self.port);
-            thread::sleep(Duration::from_millis(20)); // poll until it listens
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
-        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-
-    /// `kill -9`, and reaped.
-    fn kill_9(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.take().expect("running").wait();
-    }
-}
-
-impl Drop for BusServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    support::server::skipped_without_database(model) || skipped_without_bus(bus)
 }
 
 /// Two nodes of `model` on one scratch database, both on `bus`, plus `extra` for the second.
@@ -258,6 +153,33 @@ fn serves_with_the_bus_unreachable_at_start_and_catches_up(model: Model, kind: B
     assert_eq!(metric(&a, "c10k_bus_connected"), 1);
 }
 
+/// `/readyz` of `node` until it answers `status` (bounded); its body then.
+fn readyz_becomes(node: &Server, status: u16, why: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = get(node.port(), "/readyz");
+        if reply.status == status {
+            return reply.text();
+        }
+        assert!(Instant::now() < deadline, "/readyz did not become {status} within 30 s ({why}); last:\n{reply}");
+        thread::sleep(Duration::from_millis(50)); // poll the route
+    }
+}
+
+/// Readiness follows the bus: ready while connected, 503 naming the bus while it is down
+/// (the node keeps serving its own clients: /healthz stays 200), ready again once it is back.
+fn readiness_goes_red_while_the_bus_is_down(model: Model, kind: BusKind) {
+    let mut bus = BusServer::started(kind);
+    let node = Server::start_with_args(model, &["--bus", &bus.url()]);
+    readyz_becomes(&node, 200, "the bus is up");
+    bus.kill_9();
+    let why = readyz_becomes(&node, 503, "the bus was killed");
+    assert!(why.contains("the bus") && why.contains(kind.binary().trim_end_matches("-server")), "{why}");
+    get(node.port(), "/healthz").assert_status(200);
+    bus.start();
+    readyz_becomes(&node, 200, "the bus was started again");
+}
+
 macro_rules! nodes {
     ($($name:ident: $model:expr, $bus:expr;)*) => {
         $(
@@ -288,6 +210,11 @@ macro_rules! nodes {
                 #[test]
                 fn the_bus_paused_5_s_then_killed_and_restarted_loses_nothing() {
                     if !skipped(MODEL, $bus) { survives_the_bus_restarted_under_load(MODEL, $bus, true) }
+                }
+
+                #[test]
+                fn readiness_goes_red_while_the_bus_is_down_and_green_after() {
+                    if !skipped(MODEL, $bus) { readiness_goes_red_while_the_bus_is_down(MODEL, $bus) }
                 }
 
                 #[test]

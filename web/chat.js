@@ -7,7 +7,8 @@
 
 const Chat = (() => {
   const MAX_BODY = 4096;        // characters (code points), as the server counts them
-  const KEEP = 1000;            // messages kept in a room's view
+  const KEEP = 1000;            // messages kept in a room's view (more once older pages are loaded)
+  const PAGE = 50;              // messages per page of older history (the server allows up to 200)
   const OPEN_TIMEOUT = 20000;   // ms for a WebSocket/EventSource to open before falling back
   const POLL_WAIT = 25;         // s a long-poll may wait on the server
   const TRANSPORTS = ['WebSocket', 'SSE', 'long-poll'];
@@ -56,13 +57,15 @@ const Chat = (() => {
 
   // A room's view: messages sorted by id, each once, and lastId, the resume point: the
   // newest id seen on the live stream. Acks and 201s are shown at once but do not move
-  // lastId, or a message still in flight on the stream could be skipped on resume.
-  const emptyFeed = () => ({ msgs: [], lastId: 0 });
+  // lastId, or a message still in flight on the stream could be skipped on resume. keep:
+  // how many it holds at most; loading older pages raises it, so that the next live
+  // message does not trim away what the reader scrolled back to.
+  const emptyFeed = () => ({ msgs: [], lastId: 0, keep: KEEP });
 
   // Merges messages into a feed (a new feed; the old one is untouched). Returns
   // {feed, added, inOrder, dropped}: inOrder means every added message went after all
   // others (append to the page), dropped are the oldest, trimmed to `keep`.
-  function merge(feed, incoming, stream, keep = KEEP) {
+  function merge(feed, incoming, stream, keep = feed.keep ?? KEEP) {
     const msgs = feed.msgs.slice(), added = [];
     let lastId = feed.lastId, inOrder = true;
     for (const m of incoming || []) {
@@ -76,7 +79,22 @@ const Chat = (() => {
       added.push(m);
     }
     const dropped = msgs.length > keep ? msgs.splice(0, msgs.length - keep) : [];
-    return { feed: { msgs, lastId }, added, inOrder, dropped };
+    return { feed: { msgs, lastId, keep }, added, inOrder, dropped };
+  }
+
+  // Merges a page of older history (GET ...?before=ID, newest first) into a feed, keeping
+  // it whole: the feed's bound grows by what the page added.
+  function mergeOlder(feed, page) {
+    const keep = Math.max(feed.keep ?? KEEP, feed.msgs.length + (page || []).length);
+    return merge(feed, page, false, keep);
+  }
+
+  // The URL of the page of history before the oldest message of a feed, or null when
+  // there is none to ask for (an empty feed waits for the live stream; id 1 is the first).
+  function olderUrl(room, feed, limit = PAGE) {
+    const oldest = feed.msgs.length ? feed.msgs[0].id : 0;
+    if (oldest <= 1) return null;
+    return `/api/rooms/${encodeURIComponent(room)}/messages?before=${oldest}&limit=${limit}`;
   }
 
   // Splits text into strings and {text, href} links, for http: and https: URLs only.
@@ -234,7 +252,7 @@ const Chat = (() => {
 
   return {
     MAX_BODY, TRANSPORTS, validRoom, roomFromHash, backoff, bodyError, isMessage, humanError, newKey,
-    emptyFeed, merge, linkify, live,
+    emptyFeed, merge, mergeOlder, olderUrl, linkify, live,
   };
 })();
 
@@ -347,7 +365,48 @@ function startPage() {
     newBelow.hidden = true;
   }
   newBelow.addEventListener('click', () => { toBottom(); inbox.focus(); });
-  inbox.addEventListener('scroll', () => { if (nearBottom()) newBelow.hidden = true; });
+
+  // ---- older history: a page from the store each time the reader reaches the top ----
+  // The live stream brings what the server holds in memory (200 messages by default);
+  // older ones come from GET /api/rooms/{room}/messages?before=ID, newest first.
+  let older = { room: null, busy: false, done: false };
+  async function loadOlder() {
+    const r = room, url = C.olderUrl(r, feed);
+    if (older.room !== r) older = { room: r, busy: false, done: false };
+    if (older.busy || older.done || !tookOver) return;
+    if (url === null) { if (feed.msgs.length) older.done = true; return; }
+    older.busy = true;
+    inbox.setAttribute('aria-busy', 'true');
+    try {
+      const res = await env.fetch(url, { headers: { Accept: 'application/json' } });
+      if (!res.ok) {
+        const why = await res.json().then(j => j.error, () => null);
+        throw new Error(why || `HTTP ${res.status}`);
+      }
+      const page = await res.json();
+      if (r !== room) return;   // switched rooms meanwhile
+      if (page.next_before === null) older.done = true;
+      // Keep the reader's place: what was on screen stays where it was.
+      const fromBottom = inbox.scrollHeight - inbox.scrollTop;
+      feed = C.mergeOlder(feed, page.messages).feed;
+      renderAll();
+      inbox.scrollTop = inbox.scrollHeight - fromBottom;
+    } catch (e) {
+      say(`Could not load older messages (${C.humanError(e)}); scroll up again to retry.`);
+    } finally {
+      if (older.room === r) older.busy = false;
+      inbox.removeAttribute('aria-busy');
+    }
+    fillScreen();
+  }
+  // A view too short to scroll gets no scroll events: fill it with older pages instead.
+  function fillScreen() {
+    if (!older.done && inbox.scrollHeight <= inbox.clientHeight) loadOlder();
+  }
+  inbox.addEventListener('scroll', () => {
+    if (nearBottom()) newBelow.hidden = true;
+    if (inbox.scrollTop < 40) loadOlder();
+  });
 
   // ---- your posts: sending, failed, unconfirmed ----
   const byRef = ref => pending.find(p => p.ref === ref);
@@ -558,8 +617,13 @@ function startPage() {
   function connectRoom(r) {
     conn = C.live(r, env, {
       after: () => feed.lastId,
-      reset: () => { feed = C.emptyFeed(); renderAll(); },   // history follows
-      messages: list => { const res = C.merge(feed, list, true); show(res); confirmFromStream(r, res.added); },
+      reset: () => { feed = C.emptyFeed(); older.done = false; renderAll(); },   // history follows
+      messages: list => {
+        const res = C.merge(feed, list, true);
+        show(res);
+        confirmFromStream(r, res.added);
+        fillScreen();
+      },
       ack: (ref, m) => {
         const p = byRef(ref);
         if (p) delivered(p, m);
@@ -579,6 +643,7 @@ function startPage() {
           // Whatever it held is shown now: an empty box means an empty room.
           inbox.dataset.loaded = '';
           resendQueued();
+          fillScreen();
         }
       },
       dropped: () => unconfirmWsPosts(r),

@@ -12,6 +12,17 @@ pub fn healthz_is_ok(model: Model) {
     assert_eq!(reply.text(), "ok", "{reply}");
 }
 
+/// `GET /readyz` asks the store whether it can take posts: 200 `ready` on a store that
+/// can (tests/read_only_store.rs and tests/database_outage.rs show the 503); `POST` is 405.
+pub fn readyz_asks_the_store(model: Model) {
+    let server = Server::start(model);
+    let reply = get(server.port(), "/readyz");
+    reply.assert_status(200);
+    assert_eq!(reply.text(), "ready\n", "{reply}");
+    let post = Request::post("/readyz").body("text/plain", "x").send(server.port());
+    assert_eq!(post.status, 405, "{post}");
+}
+
 /// `GET /metrics` is in Prometheus's text exposition format: `# TYPE name kind` lines,
 /// other comments, and samples `name{labels} value`, each value a number.
 pub fn metrics_are_in_the_prometheus_text_format(model: Model) {
@@ -76,6 +87,31 @@ pub fn metrics_are_in_the_prometheus_text_format(model: Model) {
         samples += 1;
     }
     assert!(samples > 0, "no samples at all:\n{reply}");
+}
+
+/// A request whose answer takes real work (`GET /cpu?cost=N`, hashing in the handler) is
+/// timed by that work in the latency histogram: not 0, and no longer than the client
+/// waited. Regression: once the connection machine read no clock, a reply computed within
+/// the read that brought its request was timed 0. One keep-alive connection, so that with
+/// several worker processes the scrape reads the worker that did the work.
+pub fn a_cpu_heavy_request_is_timed_by_its_work(model: Model) {
+    let server = Server::start(model);
+    let mut conn = Conn::open(server.port());
+    let asked = std::time::Instant::now();
+    conn.request(&Request::get("/cpu?cost=200000")).assert_status(200);
+    let waited = asked.elapsed().as_secs_f64();
+    let metrics = conn.request(&Request::get("/metrics"));
+    metrics.assert_status(200);
+    let text = metrics.text();
+    let sample = |name: &str| -> f64 {
+        let prefix = format!("c10k_http_request_duration_seconds_{name}{{route=\"cpu\"}} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        let line = line.unwrap_or_else(|| panic!("no {prefix}sample in:\n{text}"));
+        line.parse().unwrap_or_else(|e| panic!("{prefix}{line}: {e}"))
+    };
+    assert_eq!(sample("count"), 1.0, "{text}");
+    let timed = sample("sum");
+    assert!(timed > 0.0 && timed <= waited, "timed {timed} s, the client waited {waited} s:\n{text}");
 }
 
 /// The page's assets, `/static/chat.js` and `/static/chat.css`, are served.

@@ -2,6 +2,7 @@
 
 use tungstenite::{Bytes, Message};
 
+use crate::support::ws_frames::{op, Closed, Frame, RawWs};
 use crate::support::*;
 
 const WS: &str = "/api/rooms/main/ws";
@@ -292,4 +293,200 @@ pub fn a_subscriber_that_never_reads_is_closed_once_the_cap_is_exceeded(model: M
         }
         posts += 50;
     }
+}
+
+/// The largest message the server takes from a client (64 KiB), as in crates/core/src/conn.rs.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Opens a socket on `room`, writes `frames` as they are, and asserts that the server closes
+/// it with `code` (RFC 6455 7.4.1) and then hangs up.
+fn assert_closed_with(port: u16, room: &str, what: &str, frames: &[Frame], code: u16) {
+    let mut ws = RawWs::connect(port, &format!("/api/rooms/{room}/ws"));
+    ws.send(frames).unwrap_or_else(|e| panic!("{what}: writing the frames failed: {e}"));
+    match ws.closed() {
+        Closed::Code(got, reason) => assert_eq!(got, code, "{what}: closed with {got} ({reason:?}), not {code}"),
+        other => panic!("{what}: expected a close frame with {code}, got {other:?}; frames: {:#?}", ws.seen),
+    }
+}
+
+/// A message over the server's limit, in one frame or in fragments, is refused with 1009
+/// ("a message that is too big for it to process", RFC 6455 7.4.1), as soon as its size
+/// is known.
+pub fn an_oversized_message_is_closed_with_1009(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    assert_closed_with(port, "big", "one frame of 64 KiB + 1", &[Frame::text(vec![b'x'; MAX_MESSAGE + 1])], 1009);
+    let fragment = vec![b'x'; MAX_MESSAGE / 2];
+    let fragments = [
+        Frame::text(fragment.clone()).more(),
+        Frame::new(op::CONTINUATION, fragment.clone()).more(),
+        Frame::new(op::CONTINUATION, fragment).more(),
+    ];
+    assert_closed_with(port, "big", "three fragments of 32 KiB", &fragments, 1009);
+    let binary = [Frame::new(op::BINARY, vec![0; MAX_MESSAGE + 1])];
+    assert_closed_with(port, "big", "a binary frame of 64 KiB + 1", &binary, 1009);
+    assert_eq!(get(port, "/healthz").status, 200, "the server still serves");
+}
+
+/// RFC 6455 5.1: "The server MUST close the connection upon receiving a frame that is not
+/// masked ... a server MAY send a Close frame with a status code of 1002 (protocol error)."
+/// It does, for data and control frames alike.
+pub fn an_unmasked_client_frame_is_closed_with_1002(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let post = json!({"type": "post", "body": "unmasked"}).to_string();
+    assert_closed_with(port, "main", "an unmasked text frame", &[Frame::text(post).unmasked()], 1002);
+    assert_closed_with(port, "main", "an unmasked ping", &[Frame::new(op::PING, "hi").unmasked()], 1002);
+    assert_eq!(api_messages(port, "main", "")["last_id"], 0, "nothing is stored from an unmasked frame");
+}
+
+/// A text message or close reason that is not UTF-8 is refused with 1007 ("data within a
+/// message that was not consistent with the type of the message (e.g., non-UTF-8 data
+/// within a text message)", RFC 6455 7.4.1), whether it comes in one frame or is split
+/// inside a code point across fragments.
+pub fn invalid_utf8_in_a_text_message_is_closed_with_1007(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let cases: [(&str, Vec<Frame>); 5] = [
+        ("a lone continuation byte", vec![Frame::text(b"\x80".to_vec())]),
+        ("a surrogate encoded in UTF-8", vec![Frame::text(b"\xed\xa0\x80".to_vec())]),
+        ("a code point above U+10FFFF", vec![Frame::text(b"\xf4\x90\x80\x80".to_vec())]),
+        (
+            "valid fragments, then a bad one",
+            vec![Frame::text("κό".as_bytes()).more(), Frame::new(op::CONTINUATION, b"\xce\xba\xff".to_vec())],
+        ),
+        ("a close reason that is not UTF-8", vec![Frame::close(1000, b"\xce\xba\xe1\xbd")]),
+    ];
+    for (what, frames) in cases {
+        assert_closed_with(port, "utf8", what, &frames, 1007);
+    }
+    // The same split at a code point boundary is fine: it is one valid message.
+    let mut ws = RawWs::connect(port, "/api/rooms/utf8/ws");
+    let post = json!({"type": "post", "body": "κόσμε", "ref": 1}).to_string().into_bytes();
+    let split = post.iter().position(|&b| b == 0xce).unwrap() + 1;
+    ws.send(&[Frame::text(&post[..split]).more(), Frame::new(op::CONTINUATION, &post[split..])]).unwrap();
+    let ack = loop {
+        let frame = ws.next_frame().unwrap().unwrap_or_else(|| panic!("closed; frames: {:#?}", ws.seen));
+        let value: Value = serde_json::from_slice(&frame.payload).unwrap_or(Value::Null);
+        if value["type"] == "ack" {
+            break value;
+        }
+    };
+    assert_eq!(ack["message"]["body"], "κόσμε", "a code point split across fragments is joined");
+}
+
+/// Every other way of breaking RFC 6455's framing is refused with 1002 (protocol error):
+/// reserved bits with no extension negotiated (5.2), reserved opcodes (5.2), fragmented or
+/// oversized control frames (5.5), continuations of nothing and new messages inside a
+/// fragmented one (5.4), close codes no endpoint may send (7.4.1, 7.4.2).
+pub fn every_other_framing_violation_is_closed_with_1002(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let post = || Frame::text(json!({"type": "post", "body": "x"}).to_string());
+    let cases: Vec<(&str, Vec<Frame>)> = vec![
+        ("RSV1 set with no extension", vec![post().rsv(0b100)]),
+        ("RSV2 set", vec![post().rsv(0b010)]),
+        ("RSV3 on a ping", vec![Frame::new(op::PING, "p").rsv(0b001)]),
+        ("reserved data opcode 3", vec![Frame::new(3, "x")]),
+        ("reserved data opcode 7", vec![Frame::new(7, "x")]),
+        ("reserved control opcode 0xB", vec![Frame::new(0xB, "x")]),
+        ("reserved control opcode 0xF", vec![Frame::new(0xF, "x")]),
+        ("a fragmented ping", vec![Frame::new(op::PING, "p").more(), Frame::new(op::CONTINUATION, "q")]),
+        ("a ping of 126 bytes", vec![Frame::new(op::PING, vec![b'p'; 126])]),
+        ("a continuation with nothing to continue", vec![Frame::new(op::CONTINUATION, "x")]),
+        ("a new text message inside a fragmented one", vec![Frame::text("a").more(), Frame::text("b")]),
+        ("a close frame with a one-byte payload", vec![Frame::new(op::CLOSE, vec![0x03])]),
+        ("close code 999", vec![Frame::close(999, b"")]),
+        ("close code 1004 (reserved)", vec![Frame::close(1004, b"")]),
+        ("close code 1005 (never sent)", vec![Frame::close(1005, b"")]),
+        ("close code 1006 (never sent)", vec![Frame::close(1006, b"")]),
+        ("close code 1015 (never sent)", vec![Frame::close(1015, b"")]),
+        ("close code 2999 (unassigned)", vec![Frame::close(2999, b"")]),
+    ];
+    for (what, frames) in cases {
+        assert_closed_with(port, "broken", what, &frames, 1002);
+    }
+    assert_eq!(api_messages(port, "broken", "")["last_id"], 0, "no broken frame stored anything");
+}
+
+/// A client's close is echoed with its own code (RFC 6455 5.5.1: "the endpoint typically
+/// echos the status code it received"), an empty one with an empty one, and a frame after
+/// the close is not answered.
+pub fn a_close_is_echoed_with_its_code(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    for code in [1000, 1001, 3000, 4999] {
+        assert_closed_with(port, "bye", &format!("a close with {code}"), &[Frame::close(code, b"bye")], code);
+    }
+    let mut ws = RawWs::connect(port, "/api/rooms/bye/ws");
+    ws.send(&[Frame::new(op::CLOSE, Vec::new()), Frame::new(op::PING, "after")]).unwrap();
+    assert_eq!(ws.closed(), Closed::NoCode, "an empty close is echoed empty, and the ping after it is not answered");
+    assert!(
+        ws.seen.iter().all(|f| f.opcode != op::PONG),
+        "no pong after the close: {:#?}",
+        ws.seen
+    );
+}
+
+/// The resident memory of the server and its worker processes, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let rss = |pid: &str| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    let mut total = rss(&pid.to_string());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{name}/stat")) else { continue };
+        // The parent pid is the second field after the parenthesised command name.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if parent == Some(pid.to_string().as_str()) {
+            total += rss(&name);
+        }
+    }
+    total
+}
+
+/// A client that sends pings without ever reading the pongs cannot make the server hold
+/// more than its output cap (1 MiB) for it: once that much waits unread, it is closed with
+/// 1008, and the server's memory stays within a few MiB of where it was, after 16 MiB of
+/// pings that ask for 16 MiB of pongs.
+pub fn a_ping_flood_keeps_the_servers_memory_bounded(model: Model) {
+    const FLOOD: usize = 16 * 1024 * 1024;
+    const GROWTH: u64 = 6 * 1024 * 1024;
+    let server = Server::start(model);
+    let port = server.port();
+    let mut ws = RawWs::connect(port, "/api/rooms/flood/ws");
+    // Warm the server's paths for this socket before taking the baseline.
+    ws.send(&[Frame::new(op::PING, "warm")]).unwrap();
+    assert_eq!(ws.next_frame().unwrap().map(|f| f.opcode), Some(op::PONG));
+    let before = resident_bytes(server.pid());
+
+    let ping = Frame::new(op::PING, vec![b'p'; 125]).to_bytes();
+    let batch = ping.repeat(1024);
+    let mut writer = ws.stream().try_clone().unwrap();
+    let mut sent = 0;
+    while sent < FLOOD {
+        // A write fails once the server has given up on us and its grace has passed.
+        if std::io::Write::write_all(&mut writer, &batch).is_err() {
+            break;
+        }
+        sent += batch.len();
+    }
+    let after = resident_bytes(server.pid());
+    assert!(
+        after.saturating_sub(before) < GROWTH,
+        "after {sent} bytes of pings never answered the server grew from {before} to {after} bytes"
+    );
+    match ws.closed() {
+        Closed::Code(1008, _) | Closed::Dropped => {}
+        other => panic!("a client that never reads its pongs is closed with 1008, not {other:?}"),
+    }
+    let pongs = ws.seen.iter().filter(|f| f.opcode == op::PONG).count();
+    assert!(pongs * 127 < FLOOD / 2, "the server stopped answering well before the flood ended: {pongs} pongs");
+    assert_eq!(get(port, "/healthz").status, 200, "the server still serves");
 }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,27 +17,31 @@ pub struct Conn {
     stream: TcpStream,
     /// Bytes received but not yet consumed by a read_* call.
     buf: Vec<u8>,
-    port: u16,
+    addr: SocketAddr,
 }
 
 impl Conn {
     /// Connects to the server on 127.0.0.1:`port`.
     pub fn open(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("cannot connect to 127.0.0.1:{port}: {e}"));
+        Conn::open_to(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+
+    /// Connects to the server at `addr` (a node in a network namespace of the test's).
+    pub fn open_to(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Conn {
             stream,
             buf: Vec::new(),
-            port,
+            addr,
         }
     }
 
     /// The server's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// The underlying socket (for a second handle, e.g. a writer thread).
@@ -54,7 +58,7 @@ impl Conn {
 
     /// Sends a request without reading the answer.
     pub fn send_request(&mut self, request: &Request) {
-        let bytes = request.to_bytes(self.port);
+        let bytes = request.bytes_for(&self.addr.to_string());
         self.send(&bytes);
     }
 
@@ -380,10 +384,15 @@ impl Request {
         self
     }
 
-    /// The request as it goes on the wire to a server on `port`.
+    /// The request as it goes on the wire to a server on 127.0.0.1:`port`.
     pub fn to_bytes(&self, port: u16) -> Vec<u8> {
+        self.bytes_for(&format!("127.0.0.1:{port}"))
+    }
+
+    /// The request as it goes on the wire, with `host` (`IP:PORT`) as its Host.
+    pub fn bytes_for(&self, host: &str) -> Vec<u8> {
         let mut head = format!(
-            "{} {} {}\r\nHost: 127.0.0.1:{port}\r\n",
+            "{} {} {}\r\nHost: {host}\r\n",
             self.method, self.target, self.version
         );
         for (name, value) in &self.headers {
@@ -407,6 +416,11 @@ impl Request {
     /// Sends the request on a new connection and reads the response.
     pub fn send(&self, port: u16) -> Response {
         Conn::open(port).request(self)
+    }
+
+    /// Sends the request on a new connection to `addr` and reads the response.
+    pub fn send_to(&self, addr: SocketAddr) -> Response {
+        Conn::open_to(addr).request(self)
     }
 }
 

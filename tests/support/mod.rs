@@ -6,12 +6,15 @@
 //! Shared by several test crates, each of which uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod bus;
 pub mod chat;
 pub mod http;
+pub mod nginx;
 pub mod proxy;
 pub mod server;
 pub mod sse;
 pub mod ws;
+pub mod ws_frames;
 pub mod xsrf;
 
 pub use chat::*;

@@ -4,7 +4,7 @@
 //! network dropped it), and then restore.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -15,7 +15,8 @@ const CUT: u8 = 1;
 const FROZEN: u8 = 2;
 const STOPPED: u8 = 3;
 
-/// A relay from an ephemeral port on 127.0.0.1 to `target`; stops when dropped.
+/// A relay from an ephemeral port (on 127.0.0.1 unless asked otherwise) to `target`;
+/// stops when dropped.
 pub struct Proxy {
     addr: SocketAddr,
     state: Arc<AtomicU8>,
@@ -27,7 +28,13 @@ pub struct Proxy {
 impl Proxy {
     /// Starts relaying to `target`.
     pub fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        Proxy::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), target)
+    }
+
+    /// Starts relaying to `target` from a port on `ip` (an address of this machine's that
+    /// other hosts reach, such as a network namespace's bridge).
+    pub fn start_on(ip: IpAddr, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind((ip, 0)).expect("bind the proxy");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(AtomicU8::new(PASS));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -116,4 +123,21 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<AtomicU8>) {
         }
         let _ = to.shutdown(Shutdown::Write);
     });
+}
+
+/// The `host:port` a database URL names.
+pub fn target(url: &str) -> SocketAddr {
+    authority(url).to_socket_addrs().expect("a database address").next().expect("an address")
+}
+
+/// The `HOST:PORT` part of `scheme://user@HOST:PORT/db...`.
+pub fn authority(url: &str) -> &str {
+    let after_scheme = &url[url.find("://").expect("a URL") + 3..];
+    let after_user = &after_scheme[after_scheme.find('@').map_or(0, |at| at + 1)..];
+    &after_user[..after_user.find('/').unwrap_or(after_user.len())]
+}
+
+/// The same URL, pointing at `proxy` instead.
+pub fn through(url: &str, proxy: SocketAddr) -> String {
+    url.replacen(authority(url), &proxy.to_string(), 1)
 }

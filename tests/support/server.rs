@@ -5,6 +5,9 @@
 //! of its own on the test server of that kind instead of a SQLite file (see
 //! `c10k_store::testing`); [`skipped_without_database`] says whether such a test must
 //! skip because no test server is given.
+//!
+//! A server can also run on another [`Host`]: in a network namespace the test made, with
+//! an address of its own there (`ip netns exec NS c10k serve --listen IP:0`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -68,6 +71,16 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// that a long-poll answering `{}` early shows up as a failure, not as a slow pass.
 pub const LONGPOLL_WAIT_SECS: u64 = 30;
 
+/// Where a server runs when not on this machine's loopback: a network namespace and the
+/// address it has there (see tests/netns.rs).
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The namespace's name (`ip netns`).
+    pub netns: String,
+    /// The server's address in it, which the test reaches from outside.
+    pub ip: Ipv4Addr,
+}
+
 /// Distinguishes the temporary directories of the servers of one test process.
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
@@ -85,6 +98,8 @@ pub struct Server {
     database: Option<ScratchDatabase>,
     /// The `--db` to give instead of the scratch database's own URL (a proxy to it).
     db_url: Option<String>,
+    /// Where it runs; `None`: this machine, on 127.0.0.1.
+    host: Option<Host>,
     process: Option<Process>,
 }
 
@@ -120,6 +135,7 @@ impl Server {
             file_limit: None,
             database: scratch_database(model),
             db_url: None,
+            host: None,
             dir,
             process: None,
         };
@@ -138,6 +154,7 @@ impl Server {
             file_limit: Some(limit),
             database: scratch_database(model),
             db_url: None,
+            host: None,
             dir: fresh_dir(),
             process: None,
         };
@@ -149,6 +166,11 @@ impl Server {
     /// URL `via` makes of the scratch database's (e.g. with a proxy's address in it).
     #[allow(dead_code)] // not every test binary that includes this module uses it
     pub fn start_via(model: Model, extra_args: &[&str], via: impl FnOnce(&str) -> String) -> Server {
+        Server::start_via_on(None, model, extra_args, via)
+    }
+
+    /// [`Server::start_via`] on `host` (this machine's loopback when `None`).
+    pub fn start_via_on(host: Option<Host>, model: Model, extra_args: &[&str], via: impl FnOnce(&str) -> String) -> Server {
         let database = scratch_database(model).expect("start_via is for --db mysql|postgres models");
         let db_url = Some(via(database.url()));
         let mut server = Server {
@@ -158,6 +180,7 @@ impl Server {
             file_limit: None,
             database: Some(database),
             db_url,
+            host,
             dir: fresh_dir(),
             process: None,
         };
@@ -169,6 +192,11 @@ impl Server {
     /// uses, e.g. a second node on the first node's [`Server::db_arg`].
     #[allow(dead_code)] // not every test binary that includes this module uses it
     pub fn start_sharing(model: Model, extra_args: &[&str], db_url: &str) -> Server {
+        Server::start_sharing_on(None, model, extra_args, db_url)
+    }
+
+    /// [`Server::start_sharing`] on `host` (this machine's loopback when `None`).
+    pub fn start_sharing_on(host: Option<Host>, model: Model, extra_args: &[&str], db_url: &str) -> Server {
         let mut server = Server {
             model,
             longpoll_wait_secs: LONGPOLL_WAIT_SECS,
@@ -176,6 +204,7 @@ impl Server {
             file_limit: None,
             database: None,
             db_url: Some(db_url.into()),
+            host,
             dir: fresh_dir(),
             process: None,
         };
@@ -190,7 +219,17 @@ impl Server {
 
     /// The address of the running process.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()))
+        SocketAddr::from((self.ip(), self.port()))
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.running().child.id()
+    }
+
+    /// The address it listens on: its host's, or 127.0.0.1.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.host.as_ref().map_or(Ipv4Addr::LOCALHOST, |h| h.ip)
     }
 
     /// The database file, which outlives restarts.
@@ -267,7 +306,7 @@ impl Server {
             self.process.is_none(),
             "restart_on_port: stop or kill the running server first"
         );
-        self.spawn_listening(&format!("127.0.0.1:{port}"));
+        self.spawn_listening(&format!("{}:{port}", self.ip()));
         assert_eq!(
             self.port(),
             port,
@@ -282,12 +321,21 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        self.spawn_listening("127.0.0.1:0");
+        self.spawn_listening(&format!("{}:0", self.ip()));
     }
 
     fn spawn_listening(&mut self, listen: &str) {
         let db = self.db_arg();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_c10k"));
+        let c10k = env!("CARGO_BIN_EXE_c10k");
+        let mut command = match &self.host {
+            // `ip netns exec` enters the namespace and execs c10k: the child is c10k itself.
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &host.netns, c10k]);
+                command
+            }
+            None => Command::new(c10k),
+        };
         command
             .arg("serve")
             .args(["--listen", listen])
@@ -324,13 +372,14 @@ impl Server {
 
         // The contract: exactly one line, and it is this one.
         let port = match lines.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(line) => match parse_listening_line(&line) {
+            Ok(line) => match parse_listening_line(&line, self.ip()) {
                 Some(port) => port,
                 None => {
                     kill_group(&mut child);
                     panic!(
                         "the first line on stdout must be `c10k listening on \
-                         http://127.0.0.1:PORT/`, got {line:?}\n{}",
+                         http://{}:PORT/`, got {line:?}\n{}",
+                        self.ip(),
                         describe(&command, &stderr)
                     );
                 }
@@ -381,9 +430,9 @@ impl Drop for Server {
     }
 }
 
-/// `c10k listening on http://127.0.0.1:PORT/` -> PORT.
-fn parse_listening_line(line: &str) -> Option<u16> {
-    line.strip_prefix("c10k listening on http://127.0.0.1:")?
+/// `c10k listening on http://IP:PORT/` -> PORT, for the `ip` it was told to listen on.
+fn parse_listening_line(line: &str, ip: Ipv4Addr) -> Option<u16> {
+    line.strip_prefix(&format!("c10k listening on http://{ip}:"))?
         .strip_suffix('/')?
         .parse()
         .ok()

@@ -39,11 +39,15 @@ pub struct EventStream {
 impl EventStream {
     /// `GET path` with an optional `Last-Event-ID`; asserts a 200 event stream.
     pub fn open(port: u16, path: &str, last_event_id: Option<&str>) -> EventStream {
+        EventStream::open_at(Conn::open(port), path, last_event_id)
+    }
+
+    /// The same, on `conn` (a connection to any address, e.g. [`Conn::open_to`]).
+    pub fn open_at(mut conn: Conn, path: &str, last_event_id: Option<&str>) -> EventStream {
         let mut request = Request::get(path).header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
-        let mut conn = Conn::open(port);
         conn.send_request(&request);
         let head = conn.read_head();
         assert_eq!(

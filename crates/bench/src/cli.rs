@@ -18,7 +18,7 @@ use crate::{procfs, BenchError};
 /// `c10k bench`: run the benchmark matrix and write bench/RESULTS.md, plots and results.json.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Suites to run, comma-separated (default: all): plaintext, wakeup, dbstall, cpu,
+    /// Suites to run, comma-separated (default: all): plaintext, wakeup, dbstall, ledger, cpu,
     /// fanout, ws, idle, capacity, c100k, c1m.
     #[arg(long, value_delimiter = ',', value_name = "SUITE[,SUITE]")]
     pub only: Vec<String>,

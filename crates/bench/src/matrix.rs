@@ -13,6 +13,7 @@
 //! | `c1m` | how far past 100,000 the async, reactor and uring models get, bounded by free memory | toward 1,000,000 |
 //! | `wakeup` | one connection's latency with K idle ones, per poller | select/poll vs epoll |
 //! | `dbstall` | unrelated requests' p99 and posts stored per second with a slow store: SQLite sleeping in c10k, and MariaDB/MySQL and PostgreSQL whose every store call waits on a 50 ms query; inline vs offload vs native | "block on the database" |
+//! | `ledger` | the bank's operations per second and p99 per `--locking` strategy, on many accounts and on two hot ones, per model, each run checked by `c10k ledger-check` | "fine grained has some real benefits, but can be hard and expensive" |
 //! | `cpu` | CPU-bound requests beside plaintext: giant lock, wedging, cores | GIL, wedging, green threads |
 
 use std::time::Duration;
@@ -105,6 +106,16 @@ impl Subject {
     pub fn is_peer(&self) -> bool {
         matches!(self, Subject::Peer { .. })
     }
+
+    /// The value a c10k model is given for `flag` (`--locking` → `fine`), if it is given one.
+    pub fn flag(&self, flag: &str) -> Option<&str> {
+        match self {
+            Subject::Model { args, .. } => {
+                args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+            }
+            Subject::Peer { .. } => None,
+        }
+    }
 }
 
 /// A database server a cell's store lives on.
@@ -191,6 +202,20 @@ pub enum Action {
         /// Seconds of plaintext.
         duration: f64,
     },
+    /// One `c10k ledger-check` per repeat: the canonical race, then `ops` random transfers,
+    /// withdrawals and audits from each of `connections`, over `accounts` accounts; timed
+    /// and checked. A fixed number of operations, not a duration: the checker needs the
+    /// whole history, and every strategy then does the same work.
+    Ledger {
+        /// Client connections firing at once.
+        connections: usize,
+        /// Random operations per connection after the race.
+        ops: usize,
+        /// Accounts the operations spread over (2: John and Jane, both hot).
+        accounts: usize,
+        /// Hard limit in seconds.
+        timeout: f64,
+    },
 }
 
 /// One cell of the matrix.
@@ -227,6 +252,7 @@ pub const SUITE_NAMES: &[&str] = &[
     "plaintext",
     "wakeup",
     "dbstall",
+    "ledger",
     "cpu",
     "fanout",
     "ws",
@@ -304,6 +330,24 @@ pub const DB_POSTERS: usize = 32;
 /// Posts offered per second, in all, by the database cells: more than 16 connections can
 /// store with a 50 ms query each (320/s).
 pub const DB_POST_RATE: f64 = 400.0;
+
+/// The ledger suite's strategies (`--locking`), in the talk's order: the race, the coarse
+/// lock, the fine ones, the lockless one, then the database's transaction.
+pub const LEDGER_LOCKINGS: [&str; 5] = ["none", "giant", "fine", "atomic", "db"];
+/// Accounts of the ledger suite's high-contention cells: John and Jane, every operation on them.
+pub const HOT_ACCOUNTS: usize = 2;
+/// Accounts of its low-contention cells: two operations rarely want the same one.
+pub const MANY_ACCOUNTS: usize = 64;
+/// The first seed of the ledger cells' random operations; repeat `i` uses this plus `i`, so
+/// that every cell runs the same operations in the same order and a run can be repeated.
+pub const LEDGER_SEED: u64 = 1;
+
+/// The models of the ledger suite, each with the flags that put it on one core as in the
+/// other suites. Every ledger operation runs where the model runs store calls: the offload
+/// pool for all four (`--db-mode offload`, the default), so the locks are real OS-thread locks.
+fn ledger_models() -> [(&'static str, &'static [&'static str]); 4] {
+    [("async", &["--threads", "1"]), ("threads", &[]), ("reactor", &[]), ("green", &[])]
+}
 
 /// The peers of the plaintext suite, each on one worker (one core) where it has a choice.
 fn plaintext_peers() -> Vec<(&'static str, Subject)> {
@@ -457,6 +501,32 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
                 }
                 let id = format!("{}/{series}/{mode}", database.id());
                 cells.push(cell("dbstall", id.clone(), &id, None, subject, load(scenario, d)));
+            }
+        }
+    }
+
+    // ledger: every strategy on every model, on many accounts and on two hot ones. 16
+    // connections of 400 operations: a couple of seconds for the slowest strategy (giant,
+    // about 4,000 a second), long enough that the p99 has a few dozen operations above it.
+    for (model, extra) in ledger_models() {
+        for accounts in [HOT_ACCOUNTS, MANY_ACCOUNTS] {
+            for locking in LEDGER_LOCKINGS {
+                let mut args = extra.to_vec();
+                args.extend(["--locking", locking]);
+                let action = Action::Ledger {
+                    connections: scale.pick(16, 4),
+                    ops: scale.pick(400, 20),
+                    accounts,
+                    timeout: 60.0,
+                };
+                cells.push(cell(
+                    "ledger",
+                    format!("{model}/{locking}@{accounts}"),
+                    &format!("{model}/{locking}"),
+                    Some(accounts as f64),
+                    Subject::model(model, &args),
+                    action,
+                ));
             }
         }
     }
@@ -765,13 +835,17 @@ impl Action {
             Action::Wakeup { idle, duration } => format!(
                 "{pin}c10k bench's idle holder ({idle} keep-alive connections), then c10k load plaintext -c 1 {common} --duration {duration}"
             ),
+            Action::Ledger { connections, ops, accounts, timeout } => format!(
+                "{pin}c10k ledger-check --target {target} --connections {connections} --ops {ops} --accounts {accounts} \
+                 --timeout {timeout} --seed {LEDGER_SEED} (repeat i: --seed {LEDGER_SEED}+i)"
+            ),
         }
     }
 
     /// An upper bound on one repeat's wall time, for the plan.
     pub fn bound(&self) -> Duration {
         Duration::from_secs_f64(match self {
-            Action::Load { timeout, .. } | Action::Capacity { timeout, .. } => *timeout,
+            Action::Load { timeout, .. } | Action::Capacity { timeout, .. } | Action::Ledger { timeout, .. } => *timeout,
             Action::IdleKeepAlive { .. } => 60.0,
             Action::Wakeup { duration, .. } => duration + 60.0,
         })

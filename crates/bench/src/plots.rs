@@ -33,6 +33,7 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchErr
     go("memory_per_connection.svg", &|p| memory(results, p))?;
     go("wakeup_cost.svg", &|p| wakeup(results, p))?;
     go("db_stall_p99.svg", &|p| db_stall(results, p))?;
+    go("ledger_throughput.svg", &|p| ledger(results, p))?;
     go("most_held.svg", &|p| most_held(results, p))?;
     Ok(written)
 }
@@ -103,6 +104,8 @@ fn draw_bars(path: &Path, b: &Bars) -> Result<bool, String> {
     // Room on the right for the value labels and the legend.
     let hi = if b.log { max.ceil() + 1.6 } else { max * 1.3 };
     let height = (H as usize).max(90 + rows.len() * 30) as u32;
+    // Wide enough for the longest row label at the 14 px font (about 7 px a character).
+    let label_area = rows.iter().map(|r| r.0.chars().count() as u32 * 7 + 16).max().unwrap_or(0).max(190);
     let root = SVGBackend::new(path, (W, height)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
     let n = rows.len();
@@ -110,7 +113,7 @@ fn draw_bars(path: &Path, b: &Bars) -> Result<bool, String> {
         .caption(&b.title, ("sans-serif", 22))
         .margin(14)
         .x_label_area_size(44)
-        .y_label_area_size(190)
+        .y_label_area_size(label_area)
         // A segmented range of 0..k has k + 1 segments.
         .build_cartesian_2d(min..hi, (0..n - 1).into_segmented())
         .map_err(e)?;
@@ -482,6 +485,46 @@ fn db_stall(r: &Results, path: &Path) -> Result<bool, String> {
             ],
             log: true,
             fmt: us_label,
+        },
+    )
+}
+
+/// The ledger suite: one bar per cell, grouped by model and contention, coloured by
+/// strategy, so that each group reads none, giant, fine, atomic, db from the top.
+fn ledger(r: &Results, path: &Path) -> Result<bool, String> {
+    use crate::matrix::LEDGER_LOCKINGS;
+    use crate::report::ledger::{contention, key};
+    let cells = r.cells("ledger");
+    let mut keyed: Vec<((usize, usize, usize), String, f64)> = cells
+        .iter()
+        .filter_map(|c| {
+            let (model, locking, accounts) = key(c)?;
+            let strategy = LEDGER_LOCKINGS.iter().position(|l| *l == locking)?;
+            let order = cells.iter().position(|o| key(o).is_some_and(|k| k.0 == model)).unwrap_or(0);
+            let p99 = c.median("p99_us").map_or(String::new(), |v| format!(", p99 {}", us_label(v)));
+            let label = format!("{model}, {}: {locking}{p99}", contention(accounts));
+            Some(((order, accounts, strategy), label, c.median("ops_per_s")?))
+        })
+        .collect();
+    // Bars are drawn bottom-up: the reverse order reads top-down.
+    keyed.sort_by_key(|k| std::cmp::Reverse(k.0));
+    let rows = keyed.into_iter().map(|((_, _, strategy), label, v)| (label, v, strategy)).collect();
+    let connections = cells.iter().find_map(|c| match c.cell.action {
+        crate::matrix::Action::Ledger { connections, .. } => Some(connections),
+        _ => None,
+    });
+    draw_bars(
+        path,
+        &Bars {
+            title: "ledger: operations per second per locking strategy, on 2 hot accounts and on 64".into(),
+            x_desc: format!(
+                "answered operations per second (median), c10k ledger-check with {} connections",
+                connections.unwrap_or(0)
+            ),
+            rows,
+            groups: LEDGER_LOCKINGS.iter().map(|l| format!("--locking {l}")).collect(),
+            log: false,
+            fmt: short,
         },
     )
 }

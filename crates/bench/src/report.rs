@@ -145,11 +145,13 @@ pub fn one_line(c: &CellResult) -> String {
         ("cpu_rps", "cpu req/s", thousands),
         ("deliveries_per_s", "deliveries/s", thousands),
         ("post_rps", "posts/s", |v| format!("{v:.1}")),
+        ("ops_per_s", "ops/s", thousands),
         ("held", "held", thousands),
         ("p50_us", "p50", us),
         ("p99_us", "p99", us),
         ("pss_per_conn_bytes", "PSS/conn", bytes),
         ("threads_peak", "threads", thousands),
+        ("violations", "violations", thousands),
     ] {
         if let Some(v) = c.median(metric) {
             parts.push(format!("{name} {}", f(v)));
@@ -368,6 +370,7 @@ fn render(results: &Results, baseline: &str, notes: Option<&str>, plots: &[Strin
 fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: &str) {
     let cells: Vec<&CellResult> = run.cells.iter().collect();
     let _ = writeln!(out, "## Suite `{}`\n", run.suite);
+    let ledger_about: String;
     let about = match run.suite.as_str() {
         "plaintext" => "Keep-alive `GET /plaintext`, 64 connections with one request in flight each, closed loop; every model and peer on one core (CPU 0) with the client on the other. \
              **wrk** cross-checks c10k load: it runs **once per server** (not per repeat, which would double the suite's time), \
@@ -383,6 +386,10 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
              wrk does not run on them (it cannot pipeline without a Lua script).",
         "wakeup" => "The reactor on each poller with K idle keep-alive connections (each served one request, then left idle) while one more connection runs plaintext back to back: what each wake-up costs as idle connections grow. `select` cannot watch descriptors past 1024 (FD_SETSIZE): the server refuses those connections.",
         "dbstall" => "Posts (store calls, made slow) at a fixed rate beside `GET /healthz` probes at a fixed rate; the probes touch no store, and their latency is measured from when each was due (no coordinated omission). `inline` runs the store call on the serving thread, `offload` on the store's pool of 4 threads, `native` on a driver that cooperates with the model (async: mysql_async or tokio-postgres awaited by its tasks; green: each coroutine drives its own PostgreSQL connection over a green socket, and MySQL, which has no driver that takes a socket, is refused; threads: the blocking driver on the connection's own thread; the reactor has none and refuses it). First the SQLite store sleeping in c10k; then one table per database server, every store call first waiting on a query that takes 50 ms there (`--db-sleep-ms 50`), each cell on a scratch database of its own, dropped after. On the servers the posters (32) outnumber the 16 connections a server keeps to the database and offer more than those can store, so posts stored per second is the server's ceiling: about 20/s for one thread blocking inline, 80/s for offload's 4 threads, up to 320/s for 16 connections.",
+        "ledger" => {
+            ledger_about = ledger::about(&cells);
+            &ledger_about
+        }
         "cpu" => "`GET /cpu?cost=N` (CPU-bound, about 4 ms each at full size) on 4 connections beside `GET /plaintext` on one other (its latency is what the other clients see); server and client unpinned (the server may use both cores: the giant-lock and green-threads claims are about using several).",
         "fanout" => "Long-poll subscribers in one room while a poster posts back to back (and a paced run at the top size); every delivery is checked exactly-once and in order. Latency is from the post being sent to each subscriber receiving it.",
         "ws" => "WebSocket subscribers in one room while a poster posts back to back.",
@@ -484,6 +491,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
             t.render(out);
         }
         "dbstall" => dbstall_tables(out, &cells),
+        "ledger" => ledger::tables(out, &cells),
         "cpu" => {
             let mut t = Table::new(&[
                 "server",
@@ -782,3 +790,4 @@ fn label(c: &CellResult) -> String {
 }
 
 pub mod claims;
+pub(crate) mod ledger;

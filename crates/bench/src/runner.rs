@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use c10k_load::ledger::{CheckArgs, CheckReport};
 use c10k_load::scenarios::{IdleConfig, PlaintextConfig};
 use c10k_load::{LoadConfig, Report, Scenario};
 
 use crate::holder::Holder;
 use c10k_store::testing::{ScratchDatabase, ServerKind};
 
-use crate::matrix::{Action, Cell, Database, DbServer, Subject};
+use crate::matrix::{Action, Cell, Database, DbServer, Subject, LEDGER_SEED};
 use crate::procfs::{self, Peaks, Sampler};
 use crate::results::{CellResult, Sample, WrkRun};
 use crate::server::{self, Programs, Server};
@@ -280,12 +281,13 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
         client_threads,
         c10k: programs.c10k.clone(),
         single_process,
+        locking: cell.subject.flag("--locking").map(str::to_string),
     };
-    if matches!(cell.action, Action::Load { .. } | Action::Wakeup { .. }) && options.warmup > 0.0 {
+    if matches!(cell.action, Action::Load { .. } | Action::Wakeup { .. } | Action::Ledger { .. }) && options.warmup > 0.0 {
         warm_up(&ctx, options.warmup);
     }
-    for _ in 0..cell.repeats.max(1) {
-        let sample = run_action(&cell.action, &ctx);
+    for repeat in 0..cell.repeats.max(1) {
+        let sample = run_action(&cell.action, &ctx, repeat);
         let fatal = sample.problems.iter().any(|p| p.starts_with("the load generator could not run"));
         result.samples.push(sample);
         if !server.alive() {
@@ -303,7 +305,8 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
         result.wrk = cross_check(cell, &ctx, &mut server, programs, client_cpus.as_deref());
     }
     if options.perf && cell.profile && server.alive() {
-        match profile(&cell.action, &ctx, &server) {
+        // One run past the measured ones (a ledger run's seed names its accounts).
+        match profile(&cell.action, &ctx, &server, cell.repeats.max(1)) {
             Ok(lines) => result.profile = lines,
             Err(e) => result.notes.push(format!("perf: {e}")),
         }
@@ -355,6 +358,9 @@ struct Ctx {
     client_threads: usize,
     c10k: PathBuf,
     single_process: bool,
+    /// The server's `--locking`, for a ledger cell: whether the checker's findings are the
+    /// race it was started to show (`none`) or a broken strategy.
+    locking: Option<String>,
 }
 
 fn config(ctx: &Ctx, scenario: Scenario, duration: f64, timeout: f64) -> LoadConfig {
@@ -378,17 +384,29 @@ fn warm_up(ctx: &Ctx, secs: f64) {
 
 /// Runs `action` once, with the CPU both sides used meanwhile, as percent of one core
 /// (`server_cpu_pct`, `client_cpu_pct`): what tells a server-bound run from a client-bound one.
-fn run_action(action: &Action, ctx: &Ctx) -> Sample {
+fn run_action(action: &Action, ctx: &Ctx, repeat: usize) -> Sample {
     let (server0, client0, t0) = (procfs::tree_cpu_secs(ctx.pid), procfs::self_cpu_secs(), Instant::now());
-    let mut sample = run_action_once(action, ctx);
+    let mut sample = run_action_once(action, ctx, repeat);
     let wall = t0.elapsed().as_secs_f64().max(1e-3);
     sample.metrics.insert("server_cpu_pct".into(), (procfs::tree_cpu_secs(ctx.pid) - server0) / wall * 100.0);
     sample.metrics.insert("client_cpu_pct".into(), (procfs::self_cpu_secs() - client0) / wall * 100.0);
     sample
 }
 
-fn run_action_once(action: &Action, ctx: &Ctx) -> Sample {
+fn run_action_once(action: &Action, ctx: &Ctx, repeat: usize) -> Sample {
     match action {
+        &Action::Ledger { connections, ops, accounts, timeout } => {
+            let args = CheckArgs {
+                target: ctx.addr.to_string(),
+                connections,
+                ops,
+                accounts,
+                balance: LEDGER_BALANCE,
+                timeout,
+                seed: Some(LEDGER_SEED + repeat as u64),
+            };
+            ledger_sample(c10k_load::ledger::run(&args), ctx.locking.as_deref() == Some("none"))
+        }
         Action::Load {
             scenario,
             duration,
@@ -526,6 +544,59 @@ fn sample_of(
     }
 }
 
+/// Cents each ledger account starts with: ledger-check's default, John's $25 of the talk.
+const LEDGER_BALANCE: i64 = 2500;
+
+/// Violations quoted in a ledger sample's problems; the `violations` metric counts them all.
+const VIOLATIONS_QUOTED: usize = 3;
+
+/// A sample from one ledger-check: operations per second, latency, what was answered, and
+/// what the checker found. Violations are the finding of a `racy` server (`--locking none`,
+/// kept to show the checker sees the race), and a problem of any other: that strategy lost
+/// or created money.
+fn ledger_sample(outcome: Result<CheckReport, c10k_load::LoadError>, racy: bool) -> Sample {
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            return Sample {
+                problems: vec![format!("the load generator could not run: ledger-check: {e}")],
+                ..Sample::default()
+            }
+        }
+    };
+    let mut s = Sample::default();
+    let [accepted, insufficient, unavailable, unanswered] = report.counts.map(|n| n as f64);
+    let m = &mut s.metrics;
+    m.insert("ops_per_s".into(), report.per_second);
+    m.insert("operations".into(), report.operations as f64);
+    m.insert("p50_us".into(), report.p50_p99.0.as_secs_f64() * 1e6);
+    m.insert("p99_us".into(), report.p50_p99.1.as_secs_f64() * 1e6);
+    m.insert("elapsed_secs".into(), report.elapsed.as_secs_f64());
+    m.insert("accepted".into(), accepted);
+    m.insert("insufficient".into(), insufficient);
+    m.insert("unavailable".into(), unavailable);
+    m.insert("unanswered".into(), unanswered);
+    m.insert("race_won".into(), report.race_won as f64);
+    m.insert("violations".into(), report.violations.len() as f64);
+    if unavailable > 0.0 {
+        s.errors.insert("unavailable (503 or unexpected)".into(), unavailable as u64);
+    }
+    if unanswered > 0.0 {
+        s.errors.insert("unanswered".into(), unanswered as u64);
+        s.problems.push(format!("{unanswered} operations were not answered within the run's timeout"));
+    }
+    if !racy && !report.violations.is_empty() {
+        let quoted: Vec<&str> = report.violations.iter().take(VIOLATIONS_QUOTED).map(String::as_str).collect();
+        s.problems.push(format!(
+            "the checker found {} violations under --locking {}: {}",
+            report.violations.len(),
+            report.locking,
+            quoted.join("; ")
+        ));
+    }
+    s
+}
+
 /// Flat metrics of a load report, named by what the tables show.
 fn load_metrics(r: &Report, m: &mut BTreeMap<String, f64>) {
     for (i, class) in r.requests.iter().enumerate() {
@@ -596,7 +667,7 @@ fn memory_metrics(p: &Peaks, held: f64, m: &mut BTreeMap<String, f64>) {
 
 /// One extra, unmeasured run of `action` with `perf record` on the server's processes;
 /// returns the hottest symbols.
-fn profile(action: &Action, ctx: &Ctx, server: &Server) -> Result<Vec<String>, String> {
+fn profile(action: &Action, ctx: &Ctx, server: &Server, repeat: usize) -> Result<Vec<String>, String> {
     let perf = ["/usr/bin/perf", "/usr/local/bin/perf"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -615,7 +686,7 @@ fn profile(action: &Action, ctx: &Ctx, server: &Server) -> Result<Vec<String>, S
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start perf record: {e}"))?;
-    let _ = run_action(action, ctx);
+    let _ = run_action(action, ctx, repeat);
     let _ = rec.wait();
     let report = |sort: &str, limit: &str, take: usize| -> Result<Vec<String>, String> {
         let out = Command::new(perf)

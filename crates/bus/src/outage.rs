@@ -97,12 +97,15 @@ pub(crate) struct Outage {
 
 impl Outage {
     pub(crate) fn new(bus: &'static str, addr: &str, metrics: BusMetrics) -> Outage {
+        metrics.set_outage(Some(format!("not yet connected to {bus} at {addr}")));
         Outage { bus, addr: addr.into(), metrics, since: Some(Instant::now()), ever_connected: false, failures: 0 }
     }
 
     /// A connection attempt, or an established connection, failed: logs once per outage.
     pub(crate) fn failed(&mut self, why: &dyn std::fmt::Display) {
         self.metrics.connected.set(0);
+        let what = if self.ever_connected { "lost" } else { "cannot reach" };
+        self.metrics.set_outage(Some(format!("{what} {} at {}: {why}", self.bus, self.addr)));
         self.failures = self.failures.saturating_add(1);
         if self.since.is_none() {
             self.since = Some(Instant::now());
@@ -127,6 +130,7 @@ impl Outage {
     /// Connected (again): logs the end of an outage, counts a reconnect.
     pub(crate) fn connected(&mut self) {
         self.metrics.connected.set(1);
+        self.metrics.set_outage(None);
         let since = self.since.take();
         if self.ever_connected {
             self.metrics.reconnects.inc();

@@ -23,7 +23,8 @@
 //!   [`Action::Store`]).
 //! - Outputs (`poll_*` and the send buffer): [`poll_action`](Connection::poll_action) (run a
 //!   store call, shut down the write side, close), [`transmit`](Connection::transmit) and
-//!   [`consume`](Connection::consume) (bytes to write, and how many the socket took),
+//!   [`consume`](Connection::consume) (bytes to write, and how many the socket took;
+//!   `transmit` takes the time too: see "The latency clock" below),
 //!   [`poll_timeout`](Connection::poll_timeout) (when to call `handle_timeout`),
 //!   [`interest`](Connection::interest) (which readiness to wait for).
 //! - Getters: [`is_closed`](Connection::is_closed), [`doing`](Connection::doing) and
@@ -36,12 +37,34 @@
 //! 1. [`poll_action`](Connection::poll_action) until `None`, doing each action (a store call
 //!    ends in `handle_store_done` or `handle_store_busy`, at once or later; `Close` ends the
 //!    connection: drop the socket and the machine);
-//! 2. write [`transmit`](Connection::transmit) as far as the socket takes it, telling
-//!    [`consume`](Connection::consume) how much went, then step 1 again (a flush can finish a
-//!    close sequence);
+//! 2. write [`transmit`](Connection::transmit) as far as the socket takes it (reading the
+//!    clock for it just before), telling [`consume`](Connection::consume) how much went, then
+//!    step 1 again (a flush can finish a close sequence);
 //! 3. wait for [`interest`](Connection::interest) on the socket, for
 //!    [`poll_timeout`](Connection::poll_timeout), and for the waker, then give the machine
 //!    whichever came.
+//!
+//! # The latency clock
+//! The per-route latency histogram in `/metrics` times a request from its decoding to its
+//! response ready to write (docs/protocol.md). The first end is the time of the input that
+//! completed the request; the second cannot be an input's time, since an answer computed
+//! within one input (a `GET /cpu?cost=N`, a page) would then measure 0 however long the
+//! handler ran. So a reply with a route is kept aside, untimed, until the driver next calls
+//! [`transmit`](Connection::transmit), which it does right after every input to write what
+//! the input produced: the `now` it passes is when the response was ready to write, and
+//! every reply queued since the last call is timed with it. Why there and not elsewhere:
+//! - not a clock function given at construction: the core would read a clock after all,
+//!   hidden behind a pointer, and a test would have to fake it as a callback (here it is an
+//!   argument, like every other time the machine sees);
+//! - not [`consume`](Connection::consume): that would time the socket write too, and the
+//!   wait for a client that reads slowly, which the histogram leaves out (nginx's
+//!   `$request_time` counts to the last byte sent; ours counts the server's own work);
+//! - not a new `handle_*` call: every driver already calls `transmit` at exactly the moment
+//!   that counts, so no driver can forget it. The cost is one monotonic clock read per write
+//!   attempt (a vDSO call: tens of nanoseconds beside the write's system call).
+//!
+//! With pipelined requests answered in one input, every reply of the batch is ready when
+//! the last one is, and is timed so: none of them leaves before.
 //!
 //! # States
 //! `Http` (reading and answering requests) → `Storing` (a store call out) / `LongPoll` (the
@@ -78,6 +101,9 @@ const STORE_BUSY: &str = "the store is busy; try again shortly";
 const OUTGOING_FULL: &str = "subscriber too slow: its outgoing buffer is full";
 /// The answer to a binary frame (the protocol is JSON text frames).
 const BINARY_NOT_UNDERSTOOD: &str = "binary frames are not understood; send JSON text";
+/// The longest reason a close frame can carry: 125 bytes of control frame payload, less the
+/// two of the code (RFC 6455 5.5, 5.5.1).
+const MAX_CLOSE_REASON: usize = 123;
 /// The longest request description kept for the watchdogs.
 const MAX_SERVING: usize = 96;
 
@@ -94,7 +120,7 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 pub struct Interest {
     /// Reading would find something: bytes, or the end of the stream.
     pub read: bool,
-    /// Writing would take something ([`Connection::transmit`] is not empty).
+    /// Writing would take something ([`Connection::transmit`] has bytes).
     pub write: bool,
 }
 
@@ -112,8 +138,8 @@ pub enum Action {
     Close,
 }
 
-/// How a request wants its response framed, and when it was decoded (for the latency
-/// histogram).
+/// How a request wants its response framed, and when it was decoded (the latency
+/// histogram's start: see the module doc).
 #[derive(Debug, Clone, Copy)]
 struct Shape {
     keep_alive: bool,
@@ -178,6 +204,43 @@ enum State {
     Closed,
 }
 
+/// A reply queued with its route and the time its request was decoded, waiting for the
+/// time it is ready to write (see "The latency clock" in the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Untimed {
+    route: &'static str,
+    decoded: Instant,
+}
+
+/// The replies queued since the driver last took the bytes to write, oldest first. The
+/// first sits inline: only a pipelining client has more than one at a time, so answering
+/// a request allocates nothing here, and an idle connection holds nothing.
+#[derive(Debug, Default)]
+struct Untimeds {
+    first: Option<Untimed>,
+    rest: Vec<Untimed>,
+}
+
+impl Untimeds {
+    fn push(&mut self, reply: Untimed) {
+        if self.first.is_none() {
+            self.first = Some(reply);
+        } else {
+            self.rest.push(reply);
+        }
+    }
+
+    /// Records each reply's latency as ending at `ready`, and forgets them.
+    fn time(&mut self, ready: Instant, app: &App) {
+        let Some(first) = self.first.take() else { return };
+        let metrics = app.metrics();
+        metrics.observe_latency(first.route, ready.saturating_duration_since(first.decoded));
+        for reply in std::mem::take(&mut self.rest) {
+            metrics.observe_latency(reply.route, ready.saturating_duration_since(reply.decoded));
+        }
+    }
+}
+
 /// The `Date` field, formatted at most once a second per connection, held inline.
 struct DateCache {
     secs: u64,
@@ -210,6 +273,8 @@ pub struct Connection {
     out: Vec<u8>,
     sent: usize,
     state: State,
+    /// Replies whose latency is not recorded yet (see "The latency clock").
+    untimed: Untimeds,
     action: Option<Action>,
     /// The client closed its sending side.
     eof: bool,
@@ -221,7 +286,7 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("state", &self.doing()).field("pending", &self.transmit().len()).finish()
+        f.debug_struct("Connection").field("state", &self.doing()).field("pending", &(self.out.len() - self.sent)).finish()
     }
 }
 
@@ -239,6 +304,7 @@ impl Connection {
             out: Vec::new(),
             sent: 0,
             state: State::Http(Http { deadline, head: false }),
+            untimed: Untimeds::default(),
             action: None,
             eof: false,
             now,
@@ -409,8 +475,11 @@ impl Connection {
         }
     }
 
-    /// The bytes to write now (empty: nothing to write).
-    pub fn transmit(&self) -> &[u8] {
+    /// The bytes to write now (empty: nothing to write). `now` is the clock read just before:
+    /// the replies queued since the last call were ready to write then, and their routes'
+    /// latencies are recorded with it (see "The latency clock" in the module doc).
+    pub fn transmit(&mut self, now: Instant) -> &[u8] {
+        self.untimed.time(now, &self.app);
         &self.out[self.sent..]
     }
 
@@ -483,9 +552,12 @@ impl Connection {
     }
 
     /// The bytes of buffer memory the connection holds besides its own struct: the
-    /// request decoder's and the output's (the WebSocket framing's is not counted).
+    /// request decoder's, the output's and the untimed replies' (the WebSocket framing's is
+    /// not counted).
     pub fn held_bytes(&self) -> usize {
-        self.decoder.held_capacity() + self.out.capacity()
+        self.decoder.held_capacity()
+            + self.out.capacity()
+            + self.untimed.rest.capacity() * std::mem::size_of::<Untimed>()
     }
 
     // ---- HTTP -----------------------------------------------------------------------------
@@ -557,7 +629,7 @@ impl Connection {
     /// or the request says so.
     fn reply(&mut self, response: &Response, shape: Shape) {
         if let Some(route) = response.route {
-            self.app.metrics().observe_latency(route, self.now.instant.saturating_duration_since(shape.decoded));
+            self.untimed.push(Untimed { route, decoded: shape.decoded });
         }
         let how = Encoding {
             keep_alive: shape.keep_alive,
@@ -669,6 +741,8 @@ impl Connection {
         enum End {
             Wait,
             Close(&'static str),
+            /// The client broke RFC 6455: tell it how, then close.
+            Fail(CloseCode, String),
             Gone,
         }
         let cap = self.app.limits().max_outgoing_bytes;
@@ -713,9 +787,12 @@ impl Connection {
                 // next read ends the connection.
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break End::Wait,
-                // The client closed (with or without the closing handshake), or broke the
-                // protocol; tungstenite has queued what it answers to that.
-                Err(_) => break End::Gone,
+                Err(error) => match failure(&error) {
+                    Some((code, why)) => break End::Fail(code, why),
+                    // The client closed, with or without the closing handshake, and
+                    // tungstenite has queued the echo of its close frame if it sent one.
+                    None => break End::Gone,
+                },
             }
         };
         let _ = ws.framing.flush(&mut Sink(out));
@@ -725,7 +802,8 @@ impl Connection {
         }
         match end {
             End::Wait => {}
-            End::Close(why) => self.ws_close(why),
+            End::Close(why) => self.ws_close(CloseCode::Policy, why.into()),
+            End::Fail(code, why) => self.ws_close(code, why),
             End::Gone => self.close(),
         }
     }
@@ -738,14 +816,43 @@ impl Connection {
         }
     }
 
-    /// Sends a close frame with code 1008 (policy) and `why`, then closes.
-    fn ws_close(&mut self, why: &'static str) {
+    /// Sends a close frame with `code` and `why`, then closes.
+    fn ws_close(&mut self, code: CloseCode, why: String) {
         if let State::WebSocket(ws) = &mut self.state {
-            let frame = CloseFrame { code: CloseCode::Policy, reason: why.into() };
+            let frame = CloseFrame { code, reason: why.into() };
             let _ = ws.framing.close(&mut Sink(&mut self.out), Some(frame));
         }
         self.close();
     }
+}
+
+/// The close code and reason for a client whose frames tungstenite refused, or `None` when
+/// the error only says the client has gone. RFC 6455 7.1.7: "If _The WebSocket Connection
+/// is Established_ ... the endpoint MUST _Fail the WebSocket Connection_ ... An endpoint MAY
+/// send a Close frame"; we do, so the client learns why, with the code of 7.4.1:
+///
+/// > 1002 indicates that an endpoint is terminating the connection due to a protocol error.
+/// > 1007 ... because it has received data within a message that was not consistent with
+/// > the type of the message (e.g., non-UTF-8 [RFC3629] data within a text message).
+/// > 1009 ... because it has received a message that is too big for it to process.
+fn failure(error: &tungstenite::Error) -> Option<(CloseCode, String)> {
+    use tungstenite::error::ProtocolError as Broken;
+    let code = match error {
+        // The stream ended without a close frame: nobody is left to tell.
+        tungstenite::Error::Protocol(Broken::ResetWithoutClosingHandshake) => return None,
+        tungstenite::Error::Protocol(_) => CloseCode::Protocol,
+        tungstenite::Error::Utf8(_) => CloseCode::Invalid,
+        tungstenite::Error::Capacity(_) => CloseCode::Size,
+        _ => return None,
+    };
+    // A close frame's payload is at most 125 bytes, two of them the code (RFC 6455 5.5).
+    let mut why = error.to_string();
+    let mut end = why.len().min(MAX_CLOSE_REASON);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why.truncate(end);
+    Some((code, why))
 }
 
 /// The stream tungstenite writes frames to: the connection's output buffer, which takes

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest request head (request line and headers) in bytes; beyond it: 431.
     pub max_head_bytes: usize,
+    /// Longest single header field line (name, colon, value) in bytes; beyond it: 431.
+    pub max_field_bytes: usize,
     /// Most header fields in one request; beyond it: 431.
     pub max_headers: usize,
     /// Longest request target in bytes; beyond it: 414.
@@ -26,12 +28,18 @@ pub struct Limits {
     pub max_outgoing_bytes: usize,
     /// Most open connections per process; the next one gets 503 and is closed.
     pub max_connections: usize,
+    /// The whole wait of a post, from its request to its commit (`--db-post-timeout`):
+    /// past it the post is not stored and gets 503 with `Retry-After`.
+    pub post_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_head_bytes: 16 * 1024,
+            // nginx's large_client_header_buffers (4 x 8k): a field up to 8 KiB, a head up to
+            // 32 KiB.
+            max_head_bytes: 32 * 1024,
+            max_field_bytes: 8 * 1024,
             max_headers: 100,
             max_target_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
@@ -42,6 +50,7 @@ impl Default for Limits {
             // The machine's hard limit is 20,000 files per process: keep headroom for the
             // listener, the store, the wake-up fd and the logs.
             max_connections: 19_000,
+            post_timeout: Duration::from_secs(10),
         }
     }
 }

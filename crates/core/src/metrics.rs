@@ -8,7 +8,7 @@
 //! descriptors) are read from outside the core through a [`ProcessSampler`] the binary
 //! supplies, when a scrape renders them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -191,6 +191,21 @@ pub struct BusMetrics {
     pub reconnects: Counter,
     /// 1 while the bus is connected, 0 while it is not (always 1 for the local relay).
     pub connected: Gauge,
+    /// Why this node is cut off from the other nodes, while it is (a network bus that is
+    /// down or not yet reached): what `/readyz` says. `None` without a network bus.
+    pub outage: Arc<Mutex<Option<String>>>,
+}
+
+impl BusMetrics {
+    /// Records why the bus is unreachable now (`None`: it is connected again).
+    pub fn set_outage(&self, why: Option<String>) {
+        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why the bus is unreachable now, if it is.
+    pub fn outage(&self) -> Option<String> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Default for Metrics {

@@ -10,7 +10,9 @@
 //!   server), with its id;
 //! - ids are per room, start at 1 and increase by exactly 1 per message, so a gap in what a
 //!   node has seen always means a message it must still fetch;
-//! - `after` returns messages in id order.
+//! - `after` returns messages in id order, `before` newest first;
+//! - a message whose `deadline` has passed is not committed: the store checks it inside
+//!   the append's transaction, after its last wait and before its commit.
 //!
 //! [`AsyncStore`] is the same contract for drivers that cooperate with an async runtime
 //! instead of blocking (`--db-mode native`: `tokio-postgres`, `mysql_async`). The core
@@ -19,6 +21,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -97,6 +100,34 @@ pub struct NewMessage {
     pub from: String,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The latest moment the store may commit it (`--db-post-timeout` after the request
+    /// arrived): the whole of the post's wait, in the offload queue, for a connection and
+    /// for the database's write lock, must fit before it. Past it the store commits
+    /// nothing and `append` fails saying so, so a poster told 503 never finds its message
+    /// stored later. `None`: only the store's own bounds apply.
+    pub deadline: Option<Instant>,
+    /// The poster's idempotency key (1 to 128 visible ASCII characters), stored with the
+    /// message: a second append with the same key in the same room stores nothing and
+    /// gives back the message stored the first time ([`Appended::replayed`]), across
+    /// restarts, processes and machines sharing the database.
+    pub key: Option<String>,
+}
+
+/// What [`Store::append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The message as stored, with its id.
+    pub message: Message,
+    /// True when the message's key was stored in the room before: nothing was stored now,
+    /// and `message` is the one stored then (whose body may differ: the caller compares).
+    pub replayed: bool,
+}
+
+impl Appended {
+    /// A message stored now.
+    pub fn new(message: Message) -> Appended {
+        Appended { message, replayed: false }
+    }
 }
 
 /// A stored message.
@@ -122,14 +153,21 @@ pub struct StoreError(pub String);
 
 /// Durable storage for messages. Blocking; see the module docs for the contract.
 pub trait Store: Send + Sync {
-    /// Stores a message in `room`, giving it the room's next id. Returns once durable.
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError>;
+    /// Stores a message in `room`, giving it the room's next id. Returns once durable. A
+    /// message whose key the room holds already is not stored again (see
+    /// [`NewMessage::key`]).
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError>;
 
     /// Up to `limit` messages of `room` with ids greater than `after`, in id order.
     fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;
 
     /// The last `limit` messages of `room`, in id order.
     fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// Up to `limit` messages of `room` with ids less than `before` (all of them when
+    /// `None`), **newest first**: one page of history, reaching back past what the
+    /// server keeps in memory.
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError>;
 
     /// Every room that has at least one message.
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError>;
@@ -138,6 +176,13 @@ pub trait Store: Send + Sync {
     /// them serves the in-memory strategies only.
     fn ledger(&self) -> Option<&dyn crate::ledger::LedgerStore> {
         None
+    }
+
+    /// Whether the store can take posts now (`GET /readyz`): a store that serves reads but
+    /// cannot write (a read-only file, a database that is down) says why. The default is
+    /// [`Store::round_trip`]; a store that can check its writes more closely overrides it.
+    fn readiness(&self) -> Result<(), StoreError> {
+        self.round_trip()
     }
 
     /// One round trip to the store that changes nothing (SQLite: `SELECT 1`): the real
@@ -157,7 +202,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// rooms) still goes through the blocking [`Store`] of the same database.
 pub trait AsyncStore: Send + Sync {
     /// [`Store::append`], awaited instead of blocking.
-    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message>;
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Appended>;
 
     /// [`Store::after`], awaited instead of blocking.
     fn after<'a>(&'a self, room: &'a RoomId, after: MessageId, limit: usize) -> StoreFuture<'a, Vec<Message>>;
@@ -169,8 +214,68 @@ pub trait AsyncStore: Send + Sync {
 /// it blocks its caller, which means: parks the coroutine.
 pub trait LocalStore {
     /// [`Store::append`], on this thread's driver.
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError>;
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError>;
 
     /// [`Store::after`], on this thread's driver.
     fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError>;
+}
+
+/// A [`Store`] kept in memory: every point of the contract but durability (ids per room
+/// from 1, keys replayed, deadlines honoured). For the core's own tests and the fuzz
+/// targets, which drive the connection machine with no database; the server never uses it.
+#[derive(Debug, Default)]
+pub struct MemoryStore(std::sync::Mutex<Vec<(Message, Option<String>)>>);
+
+impl Store for MemoryStore {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
+        let mut all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(key) = &message.key {
+            let earlier = all.iter().find(|(m, k)| &m.room == room && k.as_ref() == Some(key));
+            if let Some((stored, _)) = earlier {
+                return Ok(Appended { message: stored.clone(), replayed: true });
+            }
+        }
+        if message.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(StoreError("the post's wait reached its deadline; nothing was stored".into()));
+        }
+        let id = all.iter().filter(|(m, _)| &m.room == room).count() as u64 + 1;
+        let stored = Message {
+            id: MessageId(id),
+            room: room.clone(),
+            body: message.body.clone(),
+            from: message.from.clone(),
+            time_ms: message.time_ms,
+        };
+        all.push((stored.clone(), message.key.clone()));
+        Ok(Appended::new(stored))
+    }
+
+    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let newer = all.iter().map(|(m, _)| m).filter(|m| &m.room == room && m.id > after);
+        Ok(newer.take(limit).cloned().collect())
+    }
+
+    fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let mut newest_first = self.before(room, None, limit)?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let older = all.iter().rev().map(|(m, _)| m);
+        Ok(older.filter(|m| &m.room == room && before.is_none_or(|b| m.id < b)).take(limit).cloned().collect())
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        let all = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rooms: Vec<RoomId> = Vec::new();
+        for (m, _) in all.iter() {
+            if !rooms.contains(&m.room) {
+                rooms.push(m.room.clone());
+            }
+        }
+        Ok(rooms)
+    }
 }

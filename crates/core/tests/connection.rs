@@ -2,48 +2,16 @@
 //! what every model's connection does, proved once, with no socket.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use c10k_core::chat::{App, Config, Now};
 use c10k_core::conn::{Action, Connection, Interest, CLOSE_GRACE};
-use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use c10k_core::metrics::Format;
+use c10k_core::store::MemoryStore;
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
-
-/// Messages kept in memory, ids per room from 1.
-#[derive(Default)]
-struct MemoryStore(Mutex<Vec<Message>>);
-
-impl Store for MemoryStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
-        let mut all = self.0.lock().unwrap();
-        let id = all.iter().filter(|m| &m.room == room).count() as u64 + 1;
-        let stored = Message {
-            id: MessageId(id),
-            room: room.clone(),
-            body: message.body.clone(),
-            from: message.from.clone(),
-            time_ms: message.time_ms,
-        };
-        all.push(stored.clone());
-        Ok(stored)
-    }
-
-    fn after(&self, room: &RoomId, after: MessageId, limit: usize) -> Result<Vec<Message>, StoreError> {
-        let all = self.0.lock().unwrap();
-        Ok(all.iter().filter(|m| &m.room == room && m.id > after).take(limit).cloned().collect())
-    }
-
-    fn recent(&self, _: &RoomId, _: usize) -> Result<Vec<Message>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
-        Ok(Vec::new())
-    }
-}
 
 /// Counts its wake-ups.
 #[derive(Default)]
@@ -104,13 +72,13 @@ impl World {
     }
 }
 
-/// Takes everything the connection has to send, as a socket that takes it all would.
-fn drain(connection: &mut Connection) -> String {
-    String::from_utf8_lossy(&drain_bytes(connection)).into_owned()
+/// Takes everything the connection has to send at `now`, as a socket that takes it all would.
+fn drain(connection: &mut Connection, now: Instant) -> String {
+    String::from_utf8_lossy(&drain_bytes(connection, now)).into_owned()
 }
 
-fn drain_bytes(connection: &mut Connection) -> Vec<u8> {
-    let bytes = connection.transmit().to_vec();
+fn drain_bytes(connection: &mut Connection, now: Instant) -> Vec<u8> {
+    let bytes = connection.transmit(now).to_vec();
     connection.consume(bytes.len());
     bytes
 }
@@ -131,7 +99,7 @@ fn keep_alive_answers_and_waits_for_the_next_request_with_the_idle_deadline() {
     c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
     assert!(world.settle(&mut c, world.at(1.0)).is_empty());
     assert_eq!(c.interest(), Interest { read: false, write: true }, "no reading while an answer is unwritten");
-    let reply = drain(&mut c);
+    let reply = drain(&mut c, world.at(1.0).instant);
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nok"), "{reply}");
     assert!(!reply.contains("Connection: close"), "{reply}");
     assert_eq!(c.interest(), Interest { read: true, write: false });
@@ -140,7 +108,7 @@ fn keep_alive_answers_and_waits_for_the_next_request_with_the_idle_deadline() {
     c.handle_timeout(world.at(75.0));
     assert!(world.settle(&mut c, world.at(75.0)).is_empty(), "a timer before the deadline does nothing");
     c.handle_timeout(world.at(76.0));
-    assert_eq!(drain(&mut c), "", "an idle connection is closed without a word");
+    assert_eq!(drain(&mut c, world.at(76.0).instant), "", "an idle connection is closed without a word");
     assert_eq!(world.settle(&mut c, world.at(76.0)), ["shutdown"]);
 }
 
@@ -152,7 +120,7 @@ fn pipelined_requests_are_answered_in_order_and_a_close_request_ends_the_connect
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
         world.at(0.5),
     );
-    let replies = drain(&mut c);
+    let replies = drain(&mut c, world.at(0.5).instant);
     let statuses: Vec<&str> = replies.match_indices("HTTP/1.1 ").map(|(at, _)| &replies[at + 9..at + 12]).collect();
     assert_eq!(statuses, ["200", "404", "200"], "the request after the closing one is not answered: {replies}");
     assert!(replies.ends_with("Hello, World!"), "{replies}");
@@ -169,11 +137,11 @@ fn expect_100_continue_is_answered_before_the_body_arrives() {
         body.len()
     );
     c.handle_bytes(head.as_bytes(), world.at(0.1));
-    assert_eq!(drain(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(drain(&mut c, world.at(0.1).instant), "HTTP/1.1 100 Continue\r\n\r\n");
     assert_eq!(c.poll_timeout(), Some(world.at(0.1).instant + Duration::from_secs(10)), "the head deadline runs meanwhile");
     c.handle_bytes(body.as_bytes(), world.at(0.2));
     assert_eq!(world.settle(&mut c, world.at(0.3)), ["store"]);
-    let reply = drain(&mut c);
+    let reply = drain(&mut c, world.at(0.3).instant);
     assert!(reply.starts_with("HTTP/1.1 201 Created\r\n") && reply.contains(r#""body":"hi""#), "{reply}");
 }
 
@@ -184,7 +152,7 @@ fn a_head_that_does_not_arrive_in_time_is_408() {
     c.handle_bytes(b"GET /healthz HTTP/1.1\r\n", world.at(1.0));
     assert_eq!(c.poll_timeout(), Some(world.at(11.0).instant));
     c.handle_timeout(world.at(11.0));
-    assert!(drain(&mut c).starts_with("HTTP/1.1 408 "));
+    assert!(drain(&mut c, world.at(11.0).instant).starts_with("HTTP/1.1 408 "));
     assert_eq!(world.settle(&mut c, world.at(11.0)), ["shutdown"]);
 }
 
@@ -193,7 +161,7 @@ fn a_long_poll_waits_holding_no_buffer_and_answers_when_the_hub_wakes_it() {
     let world = World::new();
     let (mut poller, woken) = world.connect();
     poller.handle_bytes(b"GET /api/rooms/r/messages?after=0&wait=20 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
-    assert_eq!(drain(&mut poller), "", "nothing to send yet: it waits");
+    assert_eq!(drain(&mut poller, world.at(1.0).instant), "", "nothing to send yet: it waits");
     assert_eq!(poller.poll_timeout(), Some(world.at(21.0).instant));
     assert_eq!(poller.interest(), Interest { read: true, write: false }, "read, to see the client leave");
     assert_eq!(poller.held_bytes(), 0, "a waiting long-poll holds no buffer");
@@ -204,7 +172,7 @@ fn a_long_poll_waits_holding_no_buffer_and_answers_when_the_hub_wakes_it() {
     assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the store's publish woke the waiting poller");
 
     poller.handle_wake(world.at(2.1));
-    let reply = drain(&mut poller);
+    let reply = drain(&mut poller, world.at(2.1).instant);
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains(r#""body":"hello""#), "{reply}");
     assert_eq!(poller.poll_timeout(), Some(world.at(2.1).instant + Duration::from_secs(75)), "back to keep-alive");
 }
@@ -216,9 +184,9 @@ fn a_long_poll_times_out_with_an_empty_answer_and_then_serves_the_request_pipeli
     c.handle_bytes(b"GET /api/rooms/r/messages?after=0&wait=5 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
     c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
     c.handle_wake(world.at(2.0));
-    assert_eq!(drain(&mut c), "", "a spurious wake-up sends nothing");
+    assert_eq!(drain(&mut c, world.at(2.0).instant), "", "a spurious wake-up sends nothing");
     c.handle_timeout(world.at(5.0));
-    let replies = drain(&mut c);
+    let replies = drain(&mut c, world.at(5.0).instant);
     assert!(replies.contains(r#""messages":[]"#) && replies.ends_with("\r\n\r\nok"), "{replies}");
 }
 
@@ -238,18 +206,18 @@ fn an_event_stream_sends_a_heartbeat_when_idle_and_events_when_woken() {
     let world = World::new();
     let (mut c, _) = world.connect();
     c.handle_bytes(b"GET /api/rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
-    let head = drain(&mut c);
+    let head = drain(&mut c, world.at(0.0).instant);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("text/event-stream"), "{head}");
     assert_eq!(c.poll_timeout(), Some(world.at(15.0).instant));
     c.handle_timeout(world.at(15.0));
-    assert_eq!(drain(&mut c), ": heartbeat\n\n");
+    assert_eq!(drain(&mut c, world.at(15.0).instant), ": heartbeat\n\n");
     assert_eq!(c.poll_timeout(), Some(world.at(30.0).instant));
 
     let (mut poster, _) = world.connect();
     poster.handle_bytes(post("r", "event!").as_bytes(), world.at(16.0));
     world.settle(&mut poster, world.at(16.0));
     c.handle_wake(world.at(16.0));
-    let event = drain(&mut c);
+    let event = drain(&mut c, world.at(16.0).instant);
     assert!(event.starts_with("id: 1\nevent: message\ndata: {") && event.contains("event!"), "{event}");
     assert_eq!(c.poll_timeout(), Some(world.at(31.0).instant), "an event puts the heartbeat off");
 }
@@ -307,7 +275,7 @@ const UPGRADE: &[u8] = b"GET /api/rooms/r/ws HTTP/1.1\r\nHost: x\r\nUpgrade: web
 fn upgraded(world: &World) -> (Connection, Client) {
     let (mut c, _) = world.connect();
     c.handle_bytes(UPGRADE, world.at(0.0));
-    let head = drain(&mut c);
+    let head = drain(&mut c, world.at(0.0).instant);
     assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{head}");
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
     (c, Client(WebSocketContext::new(Role::Client, None)))
@@ -327,7 +295,7 @@ fn a_websocket_post_is_stored_acked_and_broadcast_and_a_binary_frame_gets_an_err
     assert_eq!(world.settle(&mut c, world.at(1.0)), ["store"]);
     c.handle_wake(world.at(1.0));
 
-    let frames = client.messages(&drain_bytes(&mut c));
+    let frames = client.messages(&drain_bytes(&mut c, world.at(1.0).instant));
     let texts: Vec<serde_json::Value> = frames
         .iter()
         .filter_map(|m| match m {
@@ -351,19 +319,19 @@ fn a_websocket_subscriber_gets_the_history_and_is_woken_for_each_later_post() {
     let (mut poster, _) = world.connect();
     poster.handle_bytes(post("r", "before").as_bytes(), world.at(0.0));
     world.settle(&mut poster, world.at(0.0));
-    drain(&mut poster);
+    drain(&mut poster, world.at(0.0).instant);
     let (mut c, woken) = world.connect();
     c.handle_bytes(UPGRADE, world.at(0.0));
     let mut client = Client(WebSocketContext::new(Role::Client, None));
-    let bytes = drain_bytes(&mut c);
+    let bytes = drain_bytes(&mut c, world.at(0.0).instant);
     let history = client.messages(&bytes[bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]);
     assert!(matches!(&history[..], [WsMessage::Text(t)] if t.contains("before")), "{history:?}");
     for body in ["after-1", "after-2"] {
         poster.handle_bytes(post("r", body).as_bytes(), world.at(1.0));
         world.settle(&mut poster, world.at(1.0));
-        drain(&mut poster);
+        drain(&mut poster, world.at(1.0).instant);
         c.handle_wake(world.at(1.0));
-        let live = client.messages(&drain_bytes(&mut c));
+        let live = client.messages(&drain_bytes(&mut c, world.at(1.0).instant));
         assert!(matches!(&live[..], [WsMessage::Text(t)] if t.contains(body)), "{live:?}");
     }
     assert_eq!(woken.0.load(Ordering::SeqCst), 2, "one wake-up per post");
@@ -379,13 +347,13 @@ fn a_websocket_subscriber_that_leaves_the_cap_unread_is_closed_with_a_reason() {
     while c.doing() == "WebSocket" && posts < 20 {
         poster.handle_bytes(post("r", &body).as_bytes(), world.at(1.0));
         world.settle(&mut poster, world.at(1.0));
-        drain(&mut poster);
+        drain(&mut poster, world.at(1.0).instant);
         c.handle_wake(world.at(1.0));
         posts += 1;
     }
     assert!(posts < 20, "never closed: {c:?} {:?}", c.interest());
     assert_eq!(c.doing(), "closing");
-    let frames = client.messages(c.transmit());
+    let frames = client.messages(c.transmit(world.at(1.0).instant));
     let close = frames.iter().find_map(|m| match m {
         WsMessage::Close(Some(frame)) => Some(frame.reason.to_string()),
         _ => None,
@@ -405,7 +373,7 @@ fn an_idle_connection_gives_its_buffers_back() {
     assert!(c.held_bytes() > 0);
     c.handle_bytes(b"1 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.1));
     assert!(c.held_bytes() > 0, "the page is queued");
-    drain(&mut c);
+    drain(&mut c, world.at(0.1).instant);
     assert_eq!(c.held_bytes(), 0, "answered and idle: nothing held");
 }
 
@@ -416,10 +384,10 @@ fn a_bad_request_is_answered_then_the_write_side_shut_and_the_rest_drained_until
     c.handle_bytes(b"BROKEN\r\n\r\nmore bytes the client keeps sending", world.at(0.0));
     assert_eq!(world.settle(&mut c, world.at(0.0)), Vec::<&str>::new(), "the answer is not written yet");
     assert_eq!(c.interest(), Interest { read: true, write: true }, "what the client sends is drained meanwhile");
-    assert!(drain(&mut c).starts_with("HTTP/1.1 400 "));
+    assert!(drain(&mut c, world.at(0.0).instant).starts_with("HTTP/1.1 400 "));
     assert_eq!(world.settle(&mut c, world.at(0.1)), ["shutdown"]);
     c.handle_bytes(&[b'x'; 4096], world.at(0.2));
-    assert_eq!(drain(&mut c), "", "drained, not answered");
+    assert_eq!(drain(&mut c, world.at(0.2).instant), "", "drained, not answered");
     assert_eq!(c.interest(), Interest { read: true, write: false });
     assert_eq!(c.poll_timeout(), Some(world.at(0.0).instant + CLOSE_GRACE), "from the last input before the shutdown");
     c.handle_eof(world.at(0.3));
@@ -431,7 +399,7 @@ fn a_client_that_never_hangs_up_after_the_answer_is_closed_after_the_grace() {
     let world = World::new();
     let (mut c, _) = world.connect();
     c.handle_bytes(b"GET /healthz HTTP/1.0\r\n\r\n", world.at(0.0));
-    assert!(drain(&mut c).starts_with("HTTP/1.1 200 "));
+    assert!(drain(&mut c, world.at(0.0).instant).starts_with("HTTP/1.1 200 "));
     assert_eq!(world.settle(&mut c, world.at(0.0)), ["shutdown"]);
     c.handle_timeout(world.at(4.9));
     assert!(world.settle(&mut c, world.at(4.9)).is_empty());
@@ -440,4 +408,87 @@ fn a_client_that_never_hangs_up_after_the_answer_is_closed_after_the_grace() {
     assert!(c.is_closed());
 }
 
+/// The latency histogram's samples for `route`: (`le` bound, cumulative count) per bucket,
+/// then the sum and the count.
+fn latency(world: &World, route: &str) -> (Vec<(String, u64)>, f64, u64) {
+    let text = world.app.metrics().render(0, Format::Prometheus);
+    let mut buckets = Vec::new();
+    let (mut sum, mut count) = (f64::NAN, u64::MAX);
+    let bucket = format!("c10k_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"");
+    let sum_name = format!("c10k_http_request_duration_seconds_sum{{route=\"{route}\"}} ");
+    let count_name = format!("c10k_http_request_duration_seconds_count{{route=\"{route}\"}} ");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&bucket) {
+            let (le, n) = rest.split_once("\"} ").unwrap_or_else(|| panic!("{line}"));
+            buckets.push((le.to_string(), n.parse().unwrap()));
+        } else if let Some(v) = line.strip_prefix(&sum_name) {
+            sum = v.parse().unwrap();
+        } else if let Some(v) = line.strip_prefix(&count_name) {
+            count = v.parse().unwrap();
+        }
+    }
+    assert!(!buckets.is_empty(), "no latency histogram for {route}:\n{text}");
+    (buckets, sum, count)
+}
 
+/// The cumulative count of the bucket whose bound is `le`.
+fn at_most(buckets: &[(String, u64)], le: &str) -> u64 {
+    buckets.iter().find(|(bound, _)| bound == le).unwrap_or_else(|| panic!("no bucket {le} in {buckets:?}")).1
+}
+
+/// Regression: once the machine read no clock, a reply computed within the input that
+/// brought its request was timed from that input's time to the same time, 0 however long
+/// the handler ran. It is timed to when the driver takes the bytes to write.
+#[test]
+fn a_cpu_heavy_reply_is_timed_until_the_driver_takes_it_to_write() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /cpu?cost=1000 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    assert!(world.settle(&mut c, world.at(1.0)).is_empty());
+    // The handler ran from 1.0 s; the driver reads 1.3 s when it comes to write.
+    let reply = drain(&mut c, world.at(1.3).instant);
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    let (buckets, sum, count) = latency(&world, "cpu");
+    assert_eq!(count, 1);
+    assert!((sum - 0.3).abs() < 1e-6, "timed {sum} s, not 0.3 s");
+    assert_eq!((at_most(&buckets, "0.25"), at_most(&buckets, "0.5")), (0, 1), "{buckets:?}");
+
+    // A second write call has nothing new to time.
+    assert_eq!(drain(&mut c, world.at(9.0).instant), "");
+    assert_eq!(latency(&world, "cpu").2, 1);
+}
+
+#[test]
+fn pipelined_replies_are_each_timed_once_when_the_batch_is_ready_to_write() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /cpu?cost=10 HTTP/1.1\r\nHost: x\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: x\r\n\r\nGET /cpu?cost=20 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(2.0));
+    // A socket that takes a few bytes at a time: the first call times the whole batch.
+    let first = c.transmit(world.at(2.02).instant).len();
+    c.consume(10);
+    assert!(first > 10);
+    let rest = drain(&mut c, world.at(5.0).instant);
+    assert_eq!(rest.matches("HTTP/1.1 200 OK").count(), 2, "the first status line went in the first 10 bytes: {rest}");
+    let (_, cpu_sum, cpu_count) = latency(&world, "cpu");
+    assert_eq!(cpu_count, 2);
+    assert!((cpu_sum - 0.04).abs() < 1e-6, "two replies of 0.02 s each, timed {cpu_sum} s");
+    let (_, plain_sum, plain_count) = latency(&world, "plaintext");
+    assert_eq!(plain_count, 1);
+    assert!((plain_sum - 0.02).abs() < 1e-6, "{plain_sum}");
+}
+
+#[test]
+fn a_post_is_timed_from_its_request_through_the_store_call_to_its_answer() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(post("r", "timed").as_bytes(), world.at(1.0));
+    let Some(Action::Store(call)) = c.poll_action() else { panic!("a post runs a store call") };
+    // The store call comes back half a second later; the answer is written just after.
+    c.handle_store_done(call.run(&world.store), world.at(1.5));
+    assert!(world.settle(&mut c, world.at(1.5)).is_empty());
+    assert!(drain(&mut c, world.at(1.501).instant).starts_with("HTTP/1.1 201 "));
+    let (buckets, sum, count) = latency(&world, "api_post");
+    assert_eq!(count, 1);
+    assert!((sum - 0.501).abs() < 1e-6, "{sum}");
+    assert_eq!((at_most(&buckets, "0.5"), at_most(&buckets, "1")), (0, 1), "{buckets:?}");
+}

@@ -38,7 +38,7 @@ impl Fake {
 }
 
 impl Store for Fake {
-    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<c10k_core::store::Appended, StoreError> {
         unreachable!("filling gaps never writes")
     }
 
@@ -48,6 +48,10 @@ impl Store for Fake {
     }
 
     fn recent(&self, _: &RoomId, _: usize) -> Result<Vec<Message>, StoreError> {
+        unreachable!()
+    }
+
+    fn before(&self, _: &RoomId, _: Option<MessageId>, _: usize) -> Result<Vec<Message>, StoreError> {
         unreachable!()
     }
 

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use c10k_core::chat::{StoreCall, StoreDone};
 use c10k_core::conn::Action;
@@ -183,8 +183,12 @@ impl Connection {
                 }
                 progressed = true;
             }
-            while !self.machine.transmit().is_empty() {
-                match Pin::new(&mut self.stream).poll_write(cx, self.machine.transmit()) {
+            loop {
+                let pending = self.machine.transmit(Instant::now());
+                if pending.is_empty() {
+                    break;
+                }
+                match Pin::new(&mut self.stream).poll_write(cx, pending) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         self.machine.consume(n);

@@ -147,8 +147,12 @@ pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context:
             }
         }
         let mut wrote = false;
-        while !machine.transmit().is_empty() {
-            match conn.write(machine.transmit()) {
+        loop {
+            let pending = machine.transmit(Instant::now());
+            if pending.is_empty() {
+                break;
+            }
+            match conn.write(pending) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     let _giant = giant.hold();

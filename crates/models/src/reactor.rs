@@ -220,7 +220,7 @@ impl Conn {
                     Action::Close => return false,
                 }
             }
-            let pending = self.machine.transmit();
+            let pending = self.machine.transmit(Instant::now());
             if pending.is_empty() {
                 break;
             }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use c10k_core::store::{LocalStore, Message, MessageId, NewMessage, RoomId, StoreError};
+use c10k_core::store::{Appended, LocalStore, Message, MessageId, NewMessage, RoomId, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::Host;
 use tokio_postgres::tls::NoTlsStream;
@@ -36,8 +36,10 @@ use tokio_postgres::{Client, Config, Connection, NoTls, Statement};
 
 use crate::circuit::Circuit;
 use crate::pool::Failure;
-use crate::server::stored;
-use crate::postgres::{classify, parse_url, to_i64, to_message, limit, CallError, APPEND, AFTER, SLEEP};
+use crate::postgres::{
+    appended, classify, classify_append, is_duplicate_key, limit, lock_budget, parse_url, replayed, to_i64, to_message,
+    CallError, AFTER, APPEND, BY_KEY, SLEEP,
+};
 use crate::StoreOptions;
 
 /// How a driver running inside a coroutine waits: the caller's scheduler.
@@ -103,6 +105,7 @@ struct Conn {
     fd: RawFd,
     wants_write: Arc<AtomicBool>,
     append: Statement,
+    by_key: Statement,
     after: Statement,
     sleep: Statement,
 }
@@ -243,10 +246,11 @@ impl CooperativePostgres {
             drive(&mut connection, fd, &wants_write, parker, deadline, self.timeout, client.prepare_typed(sql, types))
                 .map_err(|e| refused(&e))
         };
-        let append = prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8])?;
+        let append = prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT])?;
+        let by_key = prepare(BY_KEY, &[Type::TEXT, Type::TEXT])?;
         let after = prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8])?;
         let sleep = prepare(SLEEP, &[Type::FLOAT8])?;
-        Ok(Conn { client, connection, fd, wants_write, append, after, sleep })
+        Ok(Conn { client, connection, fd, wants_write, append, by_key, after, sleep })
     }
 
     /// Runs `call` on a connection and settles it: back to the pool, or thrown away (and
@@ -323,17 +327,29 @@ impl Calls<'_> {
 }
 
 impl LocalStore for Calls<'_> {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         self.pg.run(self.parker, |conn, deadline| {
             self.sleep(conn, deadline)?;
             let time_ms = to_i64(message.time_ms, "time")?;
+            let budget = lock_budget(message, self.pg.timeout)?;
             let name = room.as_str();
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&name, &message.body, &message.from, &time_ms];
-            let call = conn.client.query_one(&conn.append, &params);
-            let row = drive(&mut conn.connection, conn.fd, &conn.wants_write, self.parker, deadline, self.pg.timeout, call)
-                .map_err(|e| classify(e, true))?;
-            Ok(stored(room, message, row.get::<_, i64>(0) as u64))
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                [&name, &message.body, &message.from, &time_ms, &budget, &message.key];
+            let call = conn.client.query_opt(&conn.append, &params);
+            match drive(&mut conn.connection, conn.fd, &conn.wants_write, self.parker, deadline, self.pg.timeout, call) {
+                Ok(row) => appended(room, message, row),
+                Err(e) if is_duplicate_key(&e) => {
+                    // Rolled back; the message stored with this key is the answer.
+                    let key = message.key.as_deref().unwrap_or_default();
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&name, &key];
+                    let call = conn.client.query_opt(&conn.by_key, &params);
+                    let found =
+                        drive(&mut conn.connection, conn.fd, &conn.wants_write, self.parker, deadline, self.pg.timeout, call)
+                            .map_err(|e| classify(e, false))?;
+                    replayed(room, found)
+                }
+                Err(e) => Err(classify_append(e)),
+            }
         })
     }
 

@@ -58,7 +58,17 @@ pub use mysql_native::MySqlNativeStore;
 pub use offload::{Busy, Job, OffloadPool};
 pub use postgres::{PostgresNativeStore, PostgresStore};
 pub use slow::SlowStore;
-pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE};
+pub use sqlite::{Durability, SqliteStore, BUSY_TIMEOUT, POOL_SIZE, SCHEMA_VERSION as SQLITE_SCHEMA_VERSION};
+
+/// The error of an append whose message's deadline (`--db-post-timeout`) passed before it
+/// could commit, while it waited for `what`: nothing was stored, and trying again later is
+/// safe.
+pub(crate) fn past_deadline(what: &str) -> StoreError {
+    StoreError(format!(
+        "the post's wait reached its deadline (--db-post-timeout) while waiting for {what}; nothing \
+         was stored"
+    ))
+}
 
 /// How a store talks to a database server (MySQL, PostgreSQL); SQLite takes none of it.
 #[derive(Debug, Clone)]

@@ -25,18 +25,20 @@
 
 use std::time::Duration;
 
-use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use c10k_core::store::{Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
 
 use crate::circuit::Circuit;
 use crate::pool::{Failure, Pool};
 use crate::server::{self, stored};
-use crate::StoreOptions;
+use crate::{past_deadline, StoreOptions};
 
 /// The SQL and the rules shared by the blocking and the native MySQL stores.
 pub(crate) mod sql {
-    use c10k_core::store::{Message, MessageId, RoomId, StoreError};
+    use std::time::{Duration, Instant};
+
+    use c10k_core::store::{Message, MessageId, NewMessage, RoomId, StoreError};
 
     /// How many times an append is tried when InnoDB rolls it back for a deadlock or a
     /// lock-wait timeout (nothing was stored; trying again is safe).
@@ -71,12 +73,24 @@ pub(crate) mod sql {
             balance BIGINT NOT NULL CHECK (balance >= 0)
         ) ENGINE=InnoDB",
     ];
+    /// Whether version 2's column exists (it may, if a migration stopped before recording
+    /// its version: MySQL commits each `ALTER TABLE` on its own).
+    pub const HAS_KEY_COLUMN: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'c10k_messages' AND COLUMN_NAME = 'idem_key'";
+    /// Version 2: each message may keep its poster's idempotency key, unique in its room
+    /// (a unique index holds any number of NULLs: messages without a key).
+    pub const SCHEMA_V2: &str = "ALTER TABLE c10k_messages
+         ADD COLUMN idem_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
+         ADD UNIQUE KEY c10k_messages_idem_key (room, idem_key)";
     /// The version recorded; `None` before the first migration.
     pub const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
     /// Records the version.
     pub const WRITE_VERSION: &str =
         "INSERT INTO c10k_schema (id, version) VALUES (1, ?) ON DUPLICATE KEY UPDATE version = VALUES(version)";
 
+    /// How long this connection's next lock waits may take, in whole seconds (InnoDB's
+    /// unit): set before each append to what is left of the post's deadline.
+    pub const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = ?";
     /// Opens an append's transaction.
     pub const BEGIN: &str = "START TRANSACTION";
     /// Ends it.
@@ -89,22 +103,52 @@ pub(crate) mod sql {
     /// The counter just bumped, as this transaction sees it.
     pub const LAST_ID: &str = "SELECT last_id FROM c10k_rooms WHERE room = ?";
     /// The message, under the id just taken.
-    pub const INSERT: &str = "INSERT INTO c10k_messages (room, id, body, sender, time_ms) VALUES (?, ?, ?, ?, ?)";
+    pub const INSERT: &str =
+        "INSERT INTO c10k_messages (room, id, body, sender, time_ms, idem_key) VALUES (?, ?, ?, ?, ?, ?)";
+    /// The message stored under an idempotency key.
+    pub const BY_KEY: &str = "SELECT id, body, sender, time_ms FROM c10k_messages WHERE room = ? AND idem_key = ?";
     /// Messages after an id, oldest first.
     pub const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
          WHERE room = ? AND id > ? ORDER BY id ASC LIMIT ?";
     /// The newest messages, newest first (reversed by the caller).
     pub const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
          WHERE room = ? ORDER BY id DESC LIMIT ?";
+    /// A page of history: the messages before an id, newest first.
+    pub const BEFORE: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+         WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?";
     /// Every room with a message (a counter row exists only once one was committed).
     pub const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
     /// `--db-sleep-ms`: a query that takes that long on the server.
     pub const SLEEP: &str = "SELECT SLEEP(?)";
 
+    /// [`LOCK_WAIT`]'s value for an append of `message`: what is left of its deadline,
+    /// rounded up to a second, and at most nine tenths of `--db-timeout` (so that InnoDB
+    /// gives up, storing nothing, before this side stops waiting for an answer); `None`
+    /// when the deadline has passed already.
+    pub fn lock_wait_secs(message: &NewMessage, timeout: Duration) -> Option<u64> {
+        let bound = timeout - timeout / 10;
+        let left = match message.deadline {
+            None => bound,
+            Some(deadline) => deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?.min(bound),
+        };
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Whether `message`'s deadline has passed.
+    pub fn late(message: &NewMessage) -> bool {
+        message.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
     /// MySQL's error numbers for "rolled back, try again".
     pub fn is_retryable(code: u16) -> bool {
         // 1213 ER_LOCK_DEADLOCK, 1205 ER_LOCK_WAIT_TIMEOUT.
         matches!(code, 1213 | 1205)
+    }
+
+    /// Whether an error is the insert of a key the room holds already (1062 ER_DUP_ENTRY
+    /// on the key's index): the statement did nothing, the message is stored already.
+    pub fn is_duplicate_key(code: u16, message: &str) -> bool {
+        code == 1062 && message.contains("c10k_messages_idem_key")
     }
 
     /// MySQL's error numbers that mean this connection is finished.
@@ -132,6 +176,7 @@ pub(crate) mod sql {
 pub struct MySqlStore {
     pub(crate) pool: Pool<Conn>,
     sleep: Option<Duration>,
+    timeout: Duration,
 }
 
 /// The driver's options for a `mysql://` URL (a `mariadb://` one is read the same), with
@@ -183,7 +228,7 @@ impl MySqlStore {
         migrate(&mut first, &what, options.timeout)?;
         let pool = Pool::new(Circuit::new(what), options.connections, options.timeout, connect);
         pool.seed(first);
-        Ok(MySqlStore { pool, sleep: options.server_sleep })
+        Ok(MySqlStore { pool, sleep: options.server_sleep, timeout: options.timeout })
     }
 
     /// `--db-sleep-ms`: a real query that keeps the server (and this connection) busy.
@@ -220,6 +265,12 @@ fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreEr
         }
         let found: Option<u32> = conn.query_first(sql::READ_VERSION).map_err(fail)?;
         server::check_version(found, what)?;
+        if found.unwrap_or(0) < 2 {
+            let has_column: Option<u64> = conn.query_first(sql::HAS_KEY_COLUMN).map_err(fail)?;
+            if has_column.unwrap_or(0) == 0 {
+                conn.query_drop(sql::SCHEMA_V2).map_err(fail)?;
+            }
+        }
         if found != Some(server::VERSION) {
             conn.exec_drop(sql::WRITE_VERSION, (server::VERSION,)).map_err(fail)?;
         }
@@ -257,13 +308,27 @@ fn query_error(e: mysql::Error) -> StoreError {
 }
 
 impl Store for MySqlStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         self.pool.run(|conn| {
             self.sleep(conn)?;
             let mut attempt = 1;
             loop {
+                let late = || Failure::Query(past_deadline("the room's row lock (another connection holds it)"));
+                let lock_wait = sql::lock_wait_secs(message, self.timeout).ok_or_else(late)?;
+                conn.exec_drop(sql::LOCK_WAIT, (lock_wait,)).map_err(classify)?;
                 match append_once(conn, room, message) {
                     Ok(id) => return Ok(stored(room, message, id)),
+                    Err(AppendFailed::Before(mysql::Error::MySqlError(e))) if sql::is_retryable(e.code) && sql::late(message) => {
+                        return Err(late())
+                    }
+                    Err(AppendFailed::Before(mysql::Error::MySqlError(e))) if sql::is_duplicate_key(e.code, &e.message) => {
+                        // Rolled back; the message stored with this key is the answer.
+                        let key = message.key.as_deref().unwrap_or_default();
+                        let row: Option<(u64, String, String, u64)> =
+                            conn.exec_first(sql::BY_KEY, (room.as_str(), key)).map_err(classify)?;
+                        let found = row.ok_or_else(|| Failure::Query(server::key_vanished(room)))?;
+                        return Ok(Appended { message: sql::message(room, found), replayed: true });
+                    }
                     Err(AppendFailed::Before(mysql::Error::MySqlError(e)))
                         if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS =>
                     {
@@ -272,6 +337,7 @@ impl Store for MySqlStore {
                     Err(AppendFailed::Before(e)) => return Err(classify(e)),
                     Err(AppendFailed::AtCommit(e)) => return Err(ambiguous(classify(e))),
                     Err(AppendFailed::NoCounter) => return Err(Failure::Query(sql::no_counter(room))),
+                    Err(AppendFailed::Late) => return Err(late()),
                 }
             }
         })
@@ -291,6 +357,16 @@ impl Store for MySqlStore {
             let mut rows: Vec<(u64, String, String, u64)> =
                 conn.exec(sql::RECENT, (room.as_str(), sql_limit(limit))).map_err(classify)?;
             rows.reverse();
+            Ok(rows.into_iter().map(|row| sql::message(room, row)).collect())
+        })
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let before = before.map_or(u64::MAX, |id| id.0);
+        self.pool.run(|conn| {
+            self.sleep(conn)?;
+            let rows: Vec<(u64, String, String, u64)> =
+                conn.exec(sql::BEFORE, (room.as_str(), before, sql_limit(limit))).map_err(classify)?;
             Ok(rows.into_iter().map(|row| sql::message(room, row)).collect())
         })
     }
@@ -317,6 +393,8 @@ enum AppendFailed {
     AtCommit(mysql::Error),
     /// The counter row just written was not there to read (never, on a sane database).
     NoCounter,
+    /// The message's deadline passed before `COMMIT`: rolled back, nothing is stored.
+    Late,
 }
 
 /// One try at the append transaction (see the module docs): the id it stored under.
@@ -332,11 +410,16 @@ fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u
         conn.exec_drop(sql::BUMP, (room.as_str(),))?;
         let id: Option<u64> = conn.exec_first(sql::LAST_ID, (room.as_str(),))?;
         if let Some(id) = id {
-            conn.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))?;
+            conn.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms, &message.key))?;
         }
         Ok(id)
     })();
     match statements {
+        Ok(Some(_)) if sql::late(message) => {
+            // The poster is told 503: nothing may stay.
+            let _ = conn.query_drop(sql::ROLLBACK);
+            Err(AppendFailed::Late)
+        }
         Ok(Some(id)) => {
             conn.query_drop(sql::COMMIT).map_err(AppendFailed::AtCommit)?;
             Ok(id)

@@ -8,15 +8,15 @@
 
 use std::time::Duration;
 
-use c10k_core::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, StoreError, StoreFuture};
+use c10k_core::store::{Appended, AsyncStore, Message, MessageId, NewMessage, RoomId, StoreError, StoreFuture};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts};
 
 use crate::circuit::Circuit;
 use crate::mysql::{ambiguous, sql};
-use crate::server::stored;
+use crate::server::{key_vanished, stored};
 use crate::pool::Failure;
-use crate::StoreOptions;
+use crate::{past_deadline, StoreOptions};
 
 /// Messages in a MySQL or MariaDB database, awaited (`--db-mode native`). The schema must
 /// exist: open the blocking [`crate::MySqlStore`] first (the server does, to load the
@@ -93,9 +93,14 @@ fn classify(e: mysql_async::Error) -> Failure {
     }
 }
 
-/// One try at the append transaction (the rule is in `mysql.rs`): the stored id, or the
-/// error and whether it came at `COMMIT`.
-async fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Result<u64, (bool, mysql_async::Error)> {
+/// One try at the append transaction (the rule is in `mysql.rs`): the stored id (`None`:
+/// the message's deadline passed before `COMMIT`, so it was rolled back), or the error
+/// and whether it came at `COMMIT`.
+async fn append_once(
+    conn: &mut Conn,
+    room: &RoomId,
+    message: &NewMessage,
+) -> Result<Option<u64>, (bool, mysql_async::Error)> {
     let before = |e| (false, e);
     let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(before)?;
     tx.exec_drop(sql::BUMP, (room.as_str(),)).await.map_err(before)?;
@@ -103,21 +108,42 @@ async fn append_once(conn: &mut Conn, room: &RoomId, message: &NewMessage) -> Re
     let Some(id) = id else {
         return Err((false, mysql_async::Error::Other(sql::no_counter(room).0.into())));
     };
-    tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms))
+    tx.exec_drop(sql::INSERT, (room.as_str(), id, &message.body, &message.from, message.time_ms, &message.key))
         .await
         .map_err(before)?;
+    if sql::late(message) {
+        // The poster is told 503: nothing may stay.
+        let _ = tx.rollback().await;
+        return Ok(None);
+    }
     tx.commit().await.map_err(|e| (true, e))?;
-    Ok(id)
+    Ok(Some(id))
 }
 
 impl AsyncStore for MySqlNativeStore {
-    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message> {
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Appended> {
         Box::pin(self.run(async |conn| {
             self.sleep(conn).await?;
             let mut attempt = 1;
             loop {
+                let late = || Failure::Query(past_deadline("the room's row lock (another connection holds it)"));
+                let lock_wait = sql::lock_wait_secs(message, self.timeout).ok_or_else(late)?;
+                conn.exec_drop(sql::LOCK_WAIT, (lock_wait,)).await.map_err(classify)?;
                 match append_once(conn, room, message).await {
-                    Ok(id) => return Ok(stored(room, message, id)),
+                    Ok(Some(id)) => return Ok(stored(room, message, id)),
+                    Ok(None) => return Err(late()),
+                    Err((false, mysql_async::Error::Server(e))) if sql::is_retryable(e.code) && sql::late(message) => {
+                        return Err(late())
+                    }
+                    Err((false, mysql_async::Error::Server(e))) if sql::is_duplicate_key(e.code, &e.message) => {
+                        // Rolled back (the transaction was dropped); the message stored
+                        // with this key is the answer.
+                        let key = message.key.as_deref().unwrap_or_default();
+                        let row: Option<(u64, String, String, u64)> =
+                            conn.exec_first(sql::BY_KEY, (room.as_str(), key)).await.map_err(classify)?;
+                        let found = row.ok_or_else(|| Failure::Query(key_vanished(room)))?;
+                        return Ok(Appended { message: sql::message(room, found), replayed: true });
+                    }
                     Err((false, mysql_async::Error::Server(e))) if sql::is_retryable(e.code) && attempt < sql::ATTEMPTS => {
                         attempt += 1
                     }

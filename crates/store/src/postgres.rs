@@ -32,16 +32,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c10k_core::store::{AsyncStore, Message, MessageId, NewMessage, RoomId, Store, StoreError, StoreFuture};
+use c10k_core::store::{AsyncStore, Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError, StoreFuture};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::circuit::Circuit;
-use crate::server::{check_version, room as checked_room, stored, VERSION};
+use crate::server::{check_version, key_vanished, room as checked_room, stored, VERSION};
 use crate::pool::{Failure, Pool};
-use crate::StoreOptions;
+use crate::{past_deadline, StoreOptions};
 
 /// The schema, version 1 (see `mysql.rs` for the same tables in MySQL's dialect).
 const SCHEMA_V1: &str = "
@@ -66,25 +66,42 @@ const SCHEMA_V1: &str = "
         balance BIGINT NOT NULL CHECK (balance >= 0)
     );
 ";
+/// Version 2: each message may keep its poster's idempotency key, unique in its room (a
+/// unique index holds any number of NULLs: messages without a key).
+const SCHEMA_V2: &str = "
+    ALTER TABLE c10k_messages ADD COLUMN IF NOT EXISTS idem_key TEXT COLLATE \"C\";
+    CREATE UNIQUE INDEX IF NOT EXISTS c10k_messages_idem_key ON c10k_messages (room, idem_key);
+";
+/// The unique index of version 2, as a violation names it.
+const KEY_INDEX: &str = "c10k_messages_idem_key";
 /// Serialises migrations of one database (any fixed number: it names the lock).
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7310010001)";
 const READ_VERSION: &str = "SELECT version FROM c10k_schema WHERE id = 1";
 const WRITE_VERSION: &str =
     "INSERT INTO c10k_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version";
 
+/// The append (see the module docs). `$5` is how long it may wait for the room's row lock
+/// (`'850ms'`), set as this statement's own `lock_timeout` (`set_config(..., true)` lasts
+/// for the transaction, which is the statement) before the upsert takes the lock: an
+/// append that would wait longer fails with `lock_not_available` and stores nothing.
 pub(crate) const APPEND: &str = "
     WITH next AS (
-        INSERT INTO c10k_rooms AS r (room, last_id) VALUES ($1, 1)
+        INSERT INTO c10k_rooms AS r (room, last_id)
+        SELECT $1, 1 FROM (SELECT set_config('lock_timeout', $5, true)) AS budget
         ON CONFLICT (room) DO UPDATE SET last_id = r.last_id + 1
         RETURNING last_id
     )
-    INSERT INTO c10k_messages (room, id, body, sender, time_ms)
-    SELECT $1, last_id, $2, $3, $4 FROM next
+    INSERT INTO c10k_messages (room, id, body, sender, time_ms, idem_key)
+    SELECT $1, last_id, $2, $3, $4, $6 FROM next
     RETURNING id";
+/// The message stored under an idempotency key.
+pub(crate) const BY_KEY: &str = "SELECT id, body, sender, time_ms FROM c10k_messages WHERE room = $1 AND idem_key = $2";
 pub(crate) const AFTER: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
      WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3";
 const RECENT: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
      WHERE room = $1 ORDER BY id DESC LIMIT $2";
+const BEFORE: &str = "SELECT id, body, sender, time_ms FROM c10k_messages
+     WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
 const ROOMS: &str = "SELECT room FROM c10k_rooms ORDER BY room";
 pub(crate) const SLEEP: &str = "SELECT pg_sleep($1)";
 
@@ -94,6 +111,8 @@ pub(crate) struct Live {
     append: Statement,
     after: Statement,
     recent: Statement,
+    before: Statement,
+    by_key: Statement,
     rooms: Statement,
     sleep: Statement,
     /// The ledger's statements (`postgres_ledger.rs`).
@@ -156,9 +175,11 @@ async fn connect(
         }
     };
     Ok(Live {
-        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8]).await?,
+        append: prepare(APPEND, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]).await?,
+        by_key: prepare(BY_KEY, &[Type::TEXT, Type::TEXT]).await?,
         after: prepare(AFTER, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
         recent: prepare(RECENT, &[Type::TEXT, Type::INT8]).await?,
+        before: prepare(BEFORE, &[Type::TEXT, Type::INT8, Type::INT8]).await?,
         rooms: prepare(ROOMS, &[]).await?,
         sleep: prepare(SLEEP, &[Type::FLOAT8]).await?,
         ledger: crate::postgres_ledger::Statements::prepare(&prepare).await?,
@@ -216,6 +237,62 @@ pub(crate) fn classify(e: CallError, sent_append: bool) -> Failure {
     }
 }
 
+/// How long the server may wait for the room's row lock before the append gives up
+/// (`$5` of [`APPEND`], as a `lock_timeout`): what is left of the post's deadline, and
+/// never more than nine tenths of `--db-timeout`, so that the server gives up (and stores
+/// nothing, which it says) before this side stops waiting for its answer (which would
+/// leave the outcome unknown). A deadline already past stores nothing.
+pub(crate) fn lock_budget(message: &NewMessage, timeout: Duration) -> Result<String, Failure> {
+    let server_bound = timeout - timeout / 10;
+    let left = match message.deadline {
+        None => server_bound,
+        Some(deadline) => deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| Failure::Query(past_deadline("its turn on the offload pool")))?
+            .min(server_bound),
+    };
+    // 0 would mean "no limit": at least 1 ms.
+    Ok(format!("{}ms", left.as_millis().max(1)))
+}
+
+/// Sorts a failed append: its lock wait running out of budget stored nothing (the
+/// statement was its own transaction, and it was cancelled).
+pub(crate) fn classify_append(e: CallError) -> Failure {
+    match &e {
+        CallError::Driver(driver) if driver.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            Failure::Query(past_deadline("the room's row lock (another connection holds it)"))
+        }
+        _ => classify(e, true),
+    }
+}
+
+/// Whether an append failed for a key its room holds already.
+pub(crate) fn is_duplicate_key(e: &CallError) -> bool {
+    match e {
+        CallError::Driver(driver) => driver
+            .as_db_error()
+            .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(KEY_INDEX)),
+        CallError::TimedOut(_) => false,
+    }
+}
+
+/// What [`BY_KEY`] found after a duplicate key: the message stored the first time.
+pub(crate) fn replayed(room: &RoomId, row: Option<tokio_postgres::Row>) -> Result<Appended, Failure> {
+    let row = row.ok_or_else(|| Failure::Query(key_vanished(room)))?;
+    Ok(Appended { message: to_message(room, &row)?, replayed: true })
+}
+
+/// What [`APPEND`] returned: the stored id.
+pub(crate) fn appended(room: &RoomId, message: &NewMessage, row: Option<tokio_postgres::Row>) -> Result<Appended, Failure> {
+    match row {
+        Some(row) => Ok(stored(room, message, row.get::<_, i64>(0) as u64)),
+        None => Err(Failure::Query(StoreError(format!(
+            "PostgreSQL stored no row for an append to room {room}; check the database"
+        )))),
+    }
+}
+
 pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, Failure> {
     i64::try_from(value).map_err(|_| Failure::Query(StoreError(format!("{what} {value} is too large to store"))))
 }
@@ -253,12 +330,23 @@ impl Live {
         }
     }
 
-    async fn append(&self, room: &RoomId, message: &NewMessage, timeout: Duration) -> Result<Message, Failure> {
+    async fn append(&self, room: &RoomId, message: &NewMessage, timeout: Duration) -> Result<Appended, Failure> {
         let time_ms = to_i64(message.time_ms, "time")?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&room.as_str(), &message.body, &message.from, &time_ms];
-        let row = within(timeout, self.client.query_one(&self.append, &params)).await.map_err(|e| classify(e, true))?;
-        Ok(stored(room, message, row.get::<_, i64>(0) as u64))
+        let budget = lock_budget(message, timeout)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&room.as_str(), &message.body, &message.from, &time_ms, &budget, &message.key];
+        match within(timeout, self.client.query_opt(&self.append, &params)).await {
+            Ok(row) => appended(room, message, row),
+            Err(e) if is_duplicate_key(&e) => {
+                // The statement was rolled back; the message stored with this key is the answer.
+                let key = message.key.as_deref().unwrap_or_default();
+                let found = within(timeout, self.client.query_opt(&self.by_key, &[&room.as_str(), &key]))
+                    .await
+                    .map_err(|e| classify(e, false))?;
+                replayed(room, found)
+            }
+            Err(e) => Err(classify_append(e)),
+        }
     }
 
     async fn after(&self, room: &RoomId, after: MessageId, count: usize, timeout: Duration) -> Result<Vec<Message>, Failure> {
@@ -274,6 +362,21 @@ impl Live {
             .await
             .map_err(|e| classify(e, false))?;
         rows.iter().rev().map(|row| to_message(room, row)).collect()
+    }
+
+    async fn before(
+        &self,
+        room: &RoomId,
+        before: Option<MessageId>,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Message>, Failure> {
+        // No `before`: from the newest. An id past i64 is past every stored one too.
+        let before = before.map_or(i64::MAX, |id| i64::try_from(id.0).unwrap_or(i64::MAX));
+        let rows = within(timeout, self.client.query(&self.before, &[&room.as_str(), &before, &limit(count)]))
+            .await
+            .map_err(|e| classify(e, false))?;
+        rows.iter().map(|row| to_message(room, row)).collect()
     }
 
     async fn rooms(&self, timeout: Duration) -> Result<Vec<String>, Failure> {
@@ -292,6 +395,7 @@ async fn migrate(client: &Client, what: &str, timeout: Duration) -> Result<(), S
     let result = async {
         within(timeout, client.batch_execute(MIGRATION_LOCK)).await.map_err(fail)?;
         within(timeout, client.batch_execute(SCHEMA_V1)).await.map_err(fail)?;
+        within(timeout, client.batch_execute(SCHEMA_V2)).await.map_err(fail)?;
         let found: Option<i32> =
             within(timeout, client.query_opt(READ_VERSION, &[])).await.map_err(fail)?.map(|row| row.get(0));
         let found = found.map(|v| v.max(0) as u32);
@@ -415,7 +519,7 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         let (timeout, sleep) = (self.timeout, self.sleep);
         self.pool.run(|conn| {
             conn.call(async |live| {
@@ -437,6 +541,16 @@ impl Store for PostgresStore {
 
     fn recent(&self, room: &RoomId, count: usize) -> Result<Vec<Message>, StoreError> {
         self.pool.run(|conn| conn.call(async |live| live.recent(room, count, self.timeout).await))
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, count: usize) -> Result<Vec<Message>, StoreError> {
+        let (timeout, sleep) = (self.timeout, self.sleep);
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                live.sleep(sleep, timeout).await?;
+                live.before(room, before, count, timeout).await
+            })
+        })
     }
 
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {
@@ -536,7 +650,7 @@ impl PostgresNativeStore {
 }
 
 impl AsyncStore for PostgresNativeStore {
-    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Message> {
+    fn append<'a>(&'a self, room: &'a RoomId, message: &'a NewMessage) -> StoreFuture<'a, Appended> {
         Box::pin(async move {
             let (slot, live) = self.live().await?;
             let result = async {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use c10k_core::store::{Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use c10k_core::store::{Appended, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 /// A store whose every call first sleeps for a fixed delay, on the calling thread.
 pub struct SlowStore {
@@ -27,7 +27,7 @@ impl SlowStore {
 }
 
 impl Store for SlowStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         self.wait();
         self.inner.append(room, message)
     }
@@ -40,6 +40,11 @@ impl Store for SlowStore {
     fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
         self.wait();
         self.inner.recent(room, limit)
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.wait();
+        self.inner.before(room, before, limit)
     }
 
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {

@@ -10,7 +10,7 @@ fn a_plain_path_opens_sqlite() {
     let dir = ScratchDir::new("plain");
     let store = c10k_store::open(dir.db().to_str().unwrap()).unwrap();
     assert_eq!(
-        store.append(&room("main"), &msg("hi")).unwrap().id,
+        store.append(&room("main"), &msg("hi")).unwrap().message.id,
         MessageId(1)
     );
     assert!(dir.db().exists());
@@ -27,7 +27,7 @@ fn sqlite_prefixed_paths_open_the_same_file() {
         .unwrap();
     let again = c10k_store::open(&format!("sqlite://{path}")).unwrap();
     assert_eq!(
-        again.append(&room("main"), &msg("2")).unwrap().id,
+        again.append(&room("main"), &msg("2")).unwrap().message.id,
         MessageId(2)
     );
 }
@@ -37,7 +37,7 @@ fn memory_is_available_for_tests() {
     for spec in [":memory:", "sqlite::memory:"] {
         let store = c10k_store::open(spec).unwrap();
         assert_eq!(
-            store.append(&room("main"), &msg("hi")).unwrap().id,
+            store.append(&room("main"), &msg("hi")).unwrap().message.id,
             MessageId(1)
         );
     }
@@ -104,7 +104,7 @@ fn slow_delays_every_call_and_keeps_the_store_behind_it() {
     let path = dir.db();
     let store = c10k_store::open(&format!("slow:30:{}", path.to_str().unwrap())).unwrap();
     let began = std::time::Instant::now();
-    assert_eq!(store.append(&room("main"), &msg("hi")).unwrap().id, MessageId(1));
+    assert_eq!(store.append(&room("main"), &msg("hi")).unwrap().message.id, MessageId(1));
     assert!(began.elapsed() >= std::time::Duration::from_millis(30));
     // The same file, opened plainly, has the message.
     let plain = c10k_store::open(path.to_str().unwrap()).unwrap();

@@ -15,7 +15,7 @@ use std::thread;
 use c10k_core::store::{AsyncStore, MessageId, Store};
 use c10k_store::testing::{ScratchDatabase, ServerKind};
 use c10k_store::StoreOptions;
-use common::{msg, room};
+use common::{keyed, msg, room};
 
 macro_rules! server_test {
     ($name:ident, |$kind:ident, $db:ident| $body:block) => {
@@ -61,7 +61,7 @@ server_test!(four_stores_of_four_writers_each_get_every_id_once_with_no_gap, |_k
                 (0..PER_WRITER)
                     .map(|i| {
                         let name = if i % 2 == 0 { "a" } else { "b" };
-                        (name, store.append(&room(name), &msg(&format!("w{w}-{i}"))).unwrap().id.0)
+                        (name, store.append(&room(name), &msg(&format!("w{w}-{i}"))).unwrap().message.id.0)
                     })
                     .collect::<Vec<_>>()
             })
@@ -84,14 +84,14 @@ server_test!(the_native_driver_keeps_the_contract_and_shares_the_ids, |_kind, db
     let blocking = open(&db);
     let native: Arc<dyn AsyncStore> = c10k_store::open_native(db.url(), &StoreOptions::default()).unwrap();
     let main = room("main");
-    assert_eq!(blocking.append(&main, &msg("blocking 1")).unwrap().id, MessageId(1));
+    assert_eq!(blocking.append(&main, &msg("blocking 1")).unwrap().message.id, MessageId(1));
     runtime().block_on(async {
-        assert_eq!(native.append(&main, &msg("native 2")).await.unwrap().id, MessageId(2));
+        assert_eq!(native.append(&main, &msg("native 2")).await.unwrap().message.id, MessageId(2));
         // Many tasks at once, on shared (pipelined or pooled) connections.
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let native = Arc::clone(&native);
-                tokio::spawn(async move { native.append(&room("main"), &msg(&format!("t{i}"))).await.unwrap().id.0 })
+                tokio::spawn(async move { native.append(&room("main"), &msg(&format!("t{i}"))).await.unwrap().message.id.0 })
             })
             .collect();
         let mut ids = Vec::new();
@@ -104,7 +104,7 @@ server_test!(the_native_driver_keeps_the_contract_and_shares_the_ids, |_kind, db
         assert_eq!(after.iter().map(|m| m.id.0).collect::<Vec<_>>(), [41, 42]);
         assert!(native.after(&room("empty"), MessageId(0), 10).await.unwrap().is_empty());
     });
-    assert_eq!(blocking.append(&main, &msg("blocking 43")).unwrap().id, MessageId(43));
+    assert_eq!(blocking.append(&main, &msg("blocking 43")).unwrap().message.id, MessageId(43));
     assert_eq!(blocking.recent(&main, 1).unwrap()[0].body, "blocking 43");
 });
 
@@ -116,7 +116,7 @@ server_test!(a_connection_the_server_ends_is_replaced_without_an_error, |_kind, 
     // The idle connection is stale now: the next call finds out and uses a new one.
     assert_eq!(store.after(&main, MessageId(0), 10).unwrap().len(), 1);
     db.kill_connections();
-    assert_eq!(store.append(&main, &msg("after")).unwrap().id, MessageId(2));
+    assert_eq!(store.append(&main, &msg("after")).unwrap().message.id, MessageId(2));
 });
 
 server_test!(the_native_driver_replaces_a_connection_the_server_ended, |_kind, db| {
@@ -146,7 +146,7 @@ server_test!(reopening_keeps_the_schema_and_the_ids, |_kind, db| {
     first.append(&room("main"), &msg("one")).unwrap();
     drop(first);
     let again = open(&db);
-    assert_eq!(again.append(&room("main"), &msg("two")).unwrap().id, MessageId(2));
+    assert_eq!(again.append(&room("main"), &msg("two")).unwrap().message.id, MessageId(2));
     assert_eq!(again.rooms().unwrap(), [room("main")]);
 });
 
@@ -156,4 +156,44 @@ server_test!(a_newer_schema_is_refused_with_what_to_do, |_kind, db| {
     let err = c10k_store::open(db.url()).err().expect("refused").to_string();
     assert!(err.contains("schema version 99"), "{err}");
     assert!(err.contains("upgrade c10k"), "{err}");
+});
+
+server_test!(a_version_1_database_is_migrated_and_keys_work_across_stores, |kind, db| {
+    // Version 1's tables, as a c10k before idempotency keys left them.
+    let (rooms, messages) = match kind {
+        ServerKind::MySql => (
+            "CREATE TABLE c10k_rooms (room VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY, \
+             last_id BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
+            "CREATE TABLE c10k_messages (room VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+             id BIGINT UNSIGNED NOT NULL, body TEXT NOT NULL, sender VARCHAR(255) NOT NULL, \
+             time_ms BIGINT UNSIGNED NOT NULL, PRIMARY KEY (room, id)) ENGINE=InnoDB",
+        ),
+        ServerKind::Postgres => (
+            "CREATE TABLE c10k_rooms (room TEXT COLLATE \"C\" PRIMARY KEY, last_id BIGINT NOT NULL)",
+            "CREATE TABLE c10k_messages (room TEXT COLLATE \"C\" NOT NULL, id BIGINT NOT NULL, body TEXT NOT NULL, \
+             sender TEXT NOT NULL, time_ms BIGINT NOT NULL, PRIMARY KEY (room, id))",
+        ),
+    };
+    db.execute("CREATE TABLE c10k_schema (id SMALLINT PRIMARY KEY, version INTEGER NOT NULL)");
+    db.execute("INSERT INTO c10k_schema VALUES (1, 1)");
+    db.execute(rooms);
+    db.execute(messages);
+    db.execute("INSERT INTO c10k_rooms VALUES ('main', 1)");
+    db.execute("INSERT INTO c10k_messages VALUES ('main', 1, 'from version 1', 'ann', 1)");
+
+    let (one, two) = (open(&db), open(&db));
+    let main = room("main");
+    assert_eq!(one.recent(&main, 10).unwrap()[0].body, "from version 1");
+    let first = one.append(&main, &keyed("keyed", "k")).unwrap();
+    assert_eq!((first.replayed, first.message.id), (false, MessageId(2)));
+    let retry = two.append(&main, &keyed("keyed", "k")).unwrap();
+    assert!(retry.replayed, "another store (another process) finds the key: {retry:?}");
+    assert_eq!(retry.message, first.message);
+    assert_eq!(two.append(&main, &msg("next")).unwrap().message.id, MessageId(3), "no id spent on the retry");
+    runtime().block_on(async {
+        let native = c10k_store::open_native(db.url(), &StoreOptions::default()).unwrap();
+        let again = native.append(&main, &keyed("keyed", "k")).await.unwrap();
+        assert!(again.replayed, "the native driver too: {again:?}");
+        assert_eq!(again.message.id, MessageId(2));
+    });
 });

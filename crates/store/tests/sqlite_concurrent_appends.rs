@@ -46,9 +46,9 @@ fn hammer(stores: &[Arc<SqliteStore>], writers: usize, per_writer: usize) -> (Ve
                 for i in 0..per_writer {
                     let body = format!("w{w}-{i}");
                     if i % 2 == 0 {
-                        acked.0.push(store.append(&a, &msg(&body)).unwrap().id.0);
+                        acked.0.push(store.append(&a, &msg(&body)).unwrap().message.id.0);
                     } else {
-                        acked.1.push(store.append(&b, &msg(&body)).unwrap().id.0);
+                        acked.1.push(store.append(&b, &msg(&body)).unwrap().message.id.0);
                     }
                 }
                 acked
@@ -194,7 +194,7 @@ fn two_processes_child() {
         let stored = store
             .append(target, &msg(&format!("p{}-{i}", std::process::id())))
             .unwrap();
-        writeln!(out, "ack {target} {}", stored.id).unwrap();
+        writeln!(out, "ack {target} {}", stored.message.id).unwrap();
     }
     out.flush().unwrap();
 }

@@ -28,7 +28,7 @@ fn messages_and_numbering_survive_close_and_reopen() {
         .map(|m| m.body)
         .collect();
     assert_eq!(bodies, ["m1", "m2", "m3", "m4", "m5"]);
-    assert_eq!(store.append(&main, &msg("m6")).unwrap().id, MessageId(6));
+    assert_eq!(store.append(&main, &msg("m6")).unwrap().message.id, MessageId(6));
     assert_eq!(store.rooms().unwrap(), [main]);
 }
 
@@ -38,10 +38,10 @@ fn full_durability_keeps_the_same_contract() {
     let main = room("main");
     {
         let store = SqliteStore::open_with(&dir.db(), Durability::Full).unwrap();
-        assert_eq!(store.append(&main, &msg("one")).unwrap().id, MessageId(1));
+        assert_eq!(store.append(&main, &msg("one")).unwrap().message.id, MessageId(1));
     }
     let store = SqliteStore::open_with(&dir.db(), Durability::Full).unwrap();
-    assert_eq!(store.append(&main, &msg("two")).unwrap().id, MessageId(2));
+    assert_eq!(store.append(&main, &msg("two")).unwrap().message.id, MessageId(2));
     assert_eq!(store.recent(&main, 10).unwrap().len(), 2);
 }
 
@@ -62,7 +62,7 @@ fn kill_9_child() {
     let mut out = std::io::stdout().lock();
     for i in 1..=100_000u64 {
         // Bounded so that an orphaned child stops by itself.
-        let stored = store.append(&main, &msg(&format!("m{i}"))).unwrap();
+        let stored = store.append(&main, &msg(&format!("m{i}"))).unwrap().message;
         writeln!(out, "ack {}", stored.id).unwrap();
         out.flush().unwrap();
     }
@@ -111,6 +111,6 @@ fn kill_9_loses_no_acknowledged_message() {
         assert_eq!(m.body, format!("m{id}"));
     }
     // And numbering carries on from whatever the child managed to commit.
-    let next = store.append(&main, &msg("after the crash")).unwrap();
+    let next = store.append(&main, &msg("after the crash")).unwrap().message;
     assert_eq!(next.id, MessageId(stored.len() as u64 + 1));
 }

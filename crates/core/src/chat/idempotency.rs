@@ -2,10 +2,13 @@
 //! connection broke before the answer) sends it again with the same key, and gets the
 //! message stored the first time instead of a second copy.
 //!
-//! A shortcut, labelled as one: the table is in this process's memory, bounded to the
-//! [`MAX_KEYS`] most recent keys, and forgotten on restart. It does not span `--workers`
-//! processes or machines sharing a database; making it durable belongs in the store (the
-//! schema is not changed for it here). docs/protocol.md says what is guaranteed.
+//! The promise is kept by the store: the key is stored with the message, unique in its
+//! room, so a retry that reaches another worker, another machine or a restarted server is
+//! answered from the database ([`crate::store::Appended::replayed`]). This table is the
+//! process's memory in front of it, bounded to the [`MAX_KEYS`] most recent keys: a retry
+//! that reaches the same process is answered without a store call, and one that arrives
+//! while the first post with its key is still being stored here is told to wait (409)
+//! rather than queued behind it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,7 +148,7 @@ mod tests {
     use crate::store::{Message, MessageId};
 
     fn new(body: &str) -> NewMessage {
-        NewMessage { body: body.into(), from: "ann".into(), time_ms: 1 }
+        NewMessage { body: body.into(), from: "ann".into(), time_ms: 1, deadline: None, key: None }
     }
 
     fn rendered(id: u64, body: &str) -> Arc<Rendered> {

@@ -11,6 +11,7 @@
 
 pub mod form;
 mod idempotency;
+pub mod origin;
 mod page;
 pub mod render;
 mod stream;
@@ -20,7 +21,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Method, ProtocolError, Request, Response, StatusCode};
@@ -30,7 +30,7 @@ use crate::ledger::routes::LedgerCall;
 use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
 use crate::metrics::{Format, Metrics, ProcessSampler, ServerInfo};
-use crate::store::{AsyncStore, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
+use crate::store::{AsyncStore, Appended, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
 use render::{to_json, Rendered};
@@ -44,6 +44,11 @@ pub(crate) use stream::error_frame;
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 /// The longest nickname accepted, in characters.
 pub const MAX_NICK_CHARS: usize = 64;
+/// The most messages one page of history (`GET .../messages?before=ID&limit=N`) holds:
+/// a bound, so that one request cannot make the store read a whole room.
+pub const MAX_PAGE: usize = 200;
+/// The messages a page of history holds when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 50;
 
 /// How the application is set up.
 #[derive(Debug, Clone)]
@@ -61,6 +66,8 @@ pub struct Config {
     /// Reads the process's CPU, memory and descriptors for `/metrics` (the binary's; the
     /// core does no I/O). `None`: no `process_*` metrics.
     pub process: Option<Arc<dyn ProcessSampler>>,
+    /// Web origins allowed besides the request's own (`--allow-origin`; see [`origin`]).
+    pub allowed_origins: origin::AllowedOrigins,
 }
 
 impl Config {
@@ -74,6 +81,7 @@ impl Config {
             ledger: Arc::new(Ledger::in_memory(Locking::Fine)),
             server: ServerInfo::default(),
             process: None,
+            allowed_origins: origin::AllowedOrigins::default(),
         }
     }
 }
@@ -122,17 +130,72 @@ pub(crate) enum AfterStore {
     WebSocketAck { reference: Option<serde_json::Value> },
 }
 
-/// A blocking call for the store's side of the model: a message to store, or a ledger
-/// operation (which may wait on a lock, yield, or run a transaction). Running it is
-/// blocking and the model decides where: on the offload pool (default) or inline
-/// (`--db-mode inline`). The model never needs to know which kind it runs.
+/// A blocking call for the store's side of the model: a message to store, a page of
+/// history to read, or a ledger operation (which may wait on a lock, yield, or run a
+/// transaction). Running it is blocking and the model decides where: on the offload pool
+/// (default) or inline (`--db-mode inline`). The model never needs to know which kind it
+/// runs.
 #[derive(Debug)]
 pub struct StoreCall(Job);
 
 #[derive(Debug)]
 enum Job {
     Append(Append),
+    History(HistoryPage),
+    /// `GET /readyz`: whether the store can take posts now.
+    Ready,
     Ledger(LedgerCall),
+}
+
+/// The answer to `GET /readyz`: 200 when the store can take posts, else 503 saying why.
+fn readiness(store: &dyn Store) -> Response {
+    match store.readiness() {
+        Ok(()) => Response::text(StatusCode::OK, "ready\n"),
+        Err(e) => not_ready(&e.to_string()),
+    }
+}
+
+fn not_ready(why: &str) -> Response {
+    Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).header("Retry-After", "1")
+}
+
+/// A page of a room's history, read from the store (the cache holds only the newest
+/// messages): `GET /api/rooms/{room}/messages?before=ID&limit=N`.
+#[derive(Debug)]
+struct HistoryPage {
+    room: RoomId,
+    /// Messages with smaller ids than this; `None`: from the newest.
+    before: Option<MessageId>,
+    /// At most this many, 1 to [`MAX_PAGE`].
+    limit: usize,
+}
+
+impl HistoryPage {
+    /// Reads one more than asked, to tell the client whether older messages remain.
+    fn run(self, store: &dyn Store) -> Response {
+        match store.before(&self.room, self.before, self.limit + 1) {
+            Ok(mut messages) => {
+                let more = messages.len() > self.limit;
+                messages.truncate(self.limit);
+                let next_before = if more { messages.last().map(|m| m.id) } else { None };
+                let mut body = String::with_capacity(64 + messages.len() * 128);
+                body.push_str("{\"room\":");
+                body.push_str(&to_json(self.room.as_str()));
+                body.push_str(",\"messages\":[");
+                for (i, message) in messages.into_iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&Rendered::new(message).json);
+                }
+                body.push_str(&format!("],\"next_before\":{}}}", to_json(&next_before)));
+                json_response(StatusCode::OK, body).timed("api_history")
+            }
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("history not read ({e}); try again"))
+                .header("Retry-After", "1")
+                .timed("api_history"),
+        }
+    }
 }
 
 /// A chat message to store, then publish.
@@ -142,6 +205,7 @@ struct Append {
     message: NewMessage,
     hub: Arc<Hub>,
     posted: Counter,
+    replayed: Counter,
     on_stored: Option<OnStored>,
     then: AfterStore,
     /// The post's idempotency key, claimed: told the outcome once the append has run.
@@ -157,8 +221,10 @@ impl StoreCall {
         claim: Option<Claim>,
     ) -> StoreCall {
         let posted = app.metrics.messages_posted.clone();
+        let replayed = app.metrics.posts_replayed.clone();
         let on_stored = app.on_stored.get().cloned();
-        StoreCall(Job::Append(Append { room, message, hub: Arc::clone(&app.hub), posted, on_stored, then, claim }))
+        let hub = Arc::clone(&app.hub);
+        StoreCall(Job::Append(Append { room, message, hub, posted, replayed, on_stored, then, claim }))
     }
 
     /// Runs the call. Blocks for as long as the store (or a ledger lock) does.
@@ -169,6 +235,8 @@ impl StoreCall {
     pub fn run(self, store: &dyn Store) -> StoreDone {
         match self.0 {
             Job::Append(append) => append.run(store),
+            Job::History(page) => StoreDone(Done::Reply(page.run(store))),
+            Job::Ready => StoreDone(Done::Reply(readiness(store).timed("readyz"))),
             Job::Ledger(call) => {
                 let route = call.route();
                 StoreDone(Done::Ledger(call.run(store).timed(route)))
@@ -180,75 +248,98 @@ impl StoreCall {
     /// (`--db-mode native`): a chat append and any gap-filling reads are awaited, and what
     /// is left is [`Stored::announce`], which may block (briefly and boundedly: a bus
     /// telling the other processes), so the caller decides where to run it. A call with no
-    /// native form (a ledger operation: its locks and transactions are blocking) comes back
-    /// unrun, for [`StoreCall::run`] where blocking is allowed.
+    /// native form (a ledger operation: its locks and transactions are blocking; a page of
+    /// history, read rarely enough that the blocking driver serves it) comes back unrun,
+    /// for [`StoreCall::run`] where blocking is allowed.
     pub async fn run_native(self, store: &dyn AsyncStore) -> Result<Stored, StoreCall> {
         match self.0 {
             Job::Append(append) => Ok(append.run_native(store).await),
-            Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
+            other => Err(StoreCall(other)),
         }
     }
 
     /// [`StoreCall::run_native`] through a driver bound to the calling thread (a green
     /// coroutine's own database connection): it blocks the caller, i.e. parks the
-    /// coroutine. A ledger operation comes back unrun, as there.
+    /// coroutine. A ledger operation or a page of history comes back unrun, as there.
     // The error is the call itself, handed back unrun (and moved, never copied).
     #[allow(clippy::result_large_err)]
     pub fn run_local(self, store: &dyn LocalStore) -> Result<Stored, StoreCall> {
         match self.0 {
             Job::Append(append) => {
-                let result = store.append(&append.room, &append.message).map(|message| {
-                    let rendered = Arc::new(Rendered::new(message));
-                    let _ = publish_filling_gaps_local(&append.hub, store, Arc::clone(&rendered));
-                    rendered
-                });
+                let result = store.append(&append.room, &append.message).map(|a| append.posted(a));
+                if let Ok(Posted::New(rendered)) = &result {
+                    let _ = publish_filling_gaps_local(&append.hub, store, Arc::clone(rendered));
+                }
                 Ok(append.stored(result))
             }
-            Job::Ledger(call) => Err(StoreCall(Job::Ledger(call))),
+            other => Err(StoreCall(other)),
         }
     }
 }
 
 impl Append {
     fn run(self, store: &dyn Store) -> StoreDone {
-        let result = store.append(&self.room, &self.message).map(|message| {
-            let rendered = Arc::new(Rendered::new(message));
+        let result = store.append(&self.room, &self.message).map(|a| self.posted(a));
+        if let Ok(Posted::New(rendered)) = &result {
             // A smaller id still on its way (another offload thread, another worker) is
             // read from the store; on a failed read the hub holds this one until then.
-            let _ = publish_filling_gaps(&self.hub, store, Arc::clone(&rendered));
-            rendered
-        });
+            let _ = publish_filling_gaps(&self.hub, store, Arc::clone(rendered));
+        }
         self.stored(result).announce()
     }
 
     async fn run_native(self, store: &dyn AsyncStore) -> Stored {
-        let result = match store.append(&self.room, &self.message).await {
-            Ok(message) => {
-                let rendered = Arc::new(Rendered::new(message));
-                let _ = publish_filling_gaps_async(&self.hub, store, Arc::clone(&rendered)).await;
-                Ok(rendered)
-            }
-            Err(e) => Err(e),
-        };
+        let result = store.append(&self.room, &self.message).await.map(|a| self.posted(a));
+        if let Ok(Posted::New(rendered)) = &result {
+            let _ = publish_filling_gaps_async(&self.hub, store, Arc::clone(rendered)).await;
+        }
         self.stored(result)
     }
 
-    fn stored(self, result: Result<Arc<Rendered>, StoreError>) -> Stored {
+    /// What the store's answer means for the poster. A replay (its key was stored
+    /// before, by this process or another, before a restart or not) is published nowhere:
+    /// the room had it already.
+    fn posted(&self, appended: Appended) -> Posted {
+        let rendered = Arc::new(Rendered::new(appended.message));
+        let same = rendered.message.body == self.message.body && rendered.message.from == self.message.from;
+        match (appended.replayed, same) {
+            (false, _) => Posted::New(rendered),
+            (true, true) => Posted::Replayed(rendered),
+            (true, false) => Posted::KeyReused,
+        }
+    }
+
+    fn stored(self, result: Result<Posted, StoreError>) -> Stored {
         // Recorded as soon as it is durable and published here, before the poster is
         // answered: a retry that overtakes the answer finds it. On an error the claim is
         // dropped, which releases the key for a retry.
-        if let (Some(claim), Ok(rendered)) = (self.claim, &result) {
+        if let (Some(claim), Ok(Posted::New(rendered) | Posted::Replayed(rendered))) = (self.claim, &result) {
             claim.stored(rendered);
+        }
+        if let Ok(Posted::Replayed(_)) = &result {
+            self.replayed.inc();
         }
         Stored { result, posted: self.posted, on_stored: self.on_stored, then: self.then }
     }
+}
+
+/// What became of a post once the store ran.
+#[derive(Debug)]
+pub(crate) enum Posted {
+    /// Stored now, as this message.
+    New(Arc<Rendered>),
+    /// Its idempotency key was stored before, with the same body and sender, as this
+    /// message: nothing was stored now.
+    Replayed(Arc<Rendered>),
+    /// Its idempotency key was stored before for another message: nothing was stored.
+    KeyReused,
 }
 
 /// A store call whose append has run and whose message is published here, before the
 /// other processes are told ([`Stored::announce`]).
 #[derive(Debug)]
 pub struct Stored {
-    result: Result<Arc<Rendered>, StoreError>,
+    result: Result<Posted, StoreError>,
     posted: Counter,
     on_stored: Option<OnStored>,
     then: AfterStore,
@@ -258,13 +349,13 @@ impl Stored {
     /// Whether [`Stored::announce`] may block: a bus is attached (`--workers N`) and the
     /// message was stored. Without one it returns at once.
     pub fn announce_may_block(&self) -> bool {
-        self.on_stored.is_some() && self.result.is_ok()
+        self.on_stored.is_some() && matches!(self.result, Ok(Posted::New(_)))
     }
 
     /// Tells the other processes (the bus hook, which may wait boundedly for them) and
     /// counts the post; gives what the poster's answer is made from.
     pub fn announce(self) -> StoreDone {
-        if let Ok(rendered) = &self.result {
+        if let Ok(Posted::New(rendered)) = &self.result {
             if let Some(OnStored(hook)) = &self.on_stored {
                 hook(&rendered.message);
             }
@@ -290,9 +381,11 @@ pub struct StoreDone(pub(crate) Done);
 
 #[derive(Debug)]
 pub(crate) enum Done {
-    Append { result: Result<Arc<Rendered>, StoreError>, then: AfterStore },
+    Append { result: Result<Posted, StoreError>, then: AfterStore },
     /// A ledger operation's answer, rendered.
     Ledger(Response),
+    /// Any other call's answer (a page of history), rendered.
+    Reply(Response),
 }
 
 impl StoreDone {
@@ -302,6 +395,11 @@ impl StoreDone {
         let error = StoreError(why.to_string());
         StoreDone(match call.0 {
             Job::Append(append) => Done::Append { result: Err(error), then: append.then },
+            Job::Ready => Done::Reply(not_ready(why)),
+            Job::History(_) => Done::Reply(
+                api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("history not read ({why}); try again"))
+                    .header("Retry-After", "1"),
+            ),
             Job::Ledger(_) => Done::Ledger(ledger::routes::error_response(&LedgerError::Store(error))),
         })
     }
@@ -343,11 +441,18 @@ impl NotStored {
     }
 }
 
-#[derive(Deserialize)]
+/// The members of a native post's JSON object that the chat reads; any other is ignored.
 struct NativePost {
     body: Option<serde_json::Value>,
-    #[serde(default)]
     from: Option<serde_json::Value>,
+    /// The idempotency key, when not in the `Idempotency-Key` header.
+    key: Option<serde_json::Value>,
+}
+
+impl From<serde_json::Map<String, serde_json::Value>> for NativePost {
+    fn from(mut object: serde_json::Map<String, serde_json::Value>) -> NativePost {
+        NativePost { body: object.remove("body"), from: object.remove("from"), key: object.remove("key") }
+    }
 }
 
 impl App {
@@ -415,11 +520,32 @@ impl App {
         let get = matches!(request.method, Method::Get | Method::Head);
         let post = request.method == Method::Post;
         let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let open_to_all = matches!(segments.as_slice(), [""] | ["static", ..] | ["healthz" | "readyz" | "metrics" | "plaintext" | "cpu"]);
+        if !open_to_all && !self.config.allowed_origins.permits(request.headers.get("origin"), request.headers.get("host")) {
+            self.metrics.request("foreign_origin");
+            return Outcome::Reply(api_error(
+                StatusCode::FORBIDDEN,
+                "this request comes from a page on another site (its Origin is not this server's); \
+                 the server allows others with --allow-origin",
+            ));
+        }
         match segments.as_slice() {
             [""] if get => self.reply("page", self.page(&request, now)),
             ["static", "chat.js"] if get => self.reply("static", page::asset(page::CHAT_JS)),
             ["static", "chat.css"] if get => self.reply("static", page::asset(page::CHAT_CSS)),
             ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok")),
+            ["readyz"] if get => {
+                self.metrics.request("readyz");
+                // Cut off from the other nodes, this one still serves its own subscribers
+                // but misses what is posted elsewhere until the bus is back: not ready, so
+                // that a load balancer sends new clients to a node that is connected.
+                match self.metrics.bus.outage() {
+                    Some(why) => Outcome::Reply(not_ready(&format!(
+                        "the bus: {why} (other nodes' messages arrive once it is back)"
+                    ))),
+                    None => Outcome::Store(StoreCall(Job::Ready)),
+                }
+            }
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
             ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
             ["metrics"] if get => {
@@ -443,7 +569,14 @@ impl App {
                     Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &e.to_string())),
                 };
                 match (*rest, get, post) {
-                    ("messages", true, _) => self.routed("api_poll", self.native_poll(&request, room, now)),
+                    ("messages", true, _) => {
+                        let args = Args::query(&request);
+                        if args.get("before").is_some() || args.get("limit").is_some() {
+                            self.routed("api_history", self.history_page(&args, room))
+                        } else {
+                            self.routed("api_poll", self.native_poll(&request, room, now))
+                        }
+                    }
                     ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, now)),
                     ("events", true, _) => {
                         self.metrics.request("api_events");
@@ -460,7 +593,7 @@ impl App {
             }
             [""]
             | ["static", "chat.js" | "chat.css"]
-            | ["healthz" | "plaintext" | "metrics" | "cpu"]
+            | ["healthz" | "readyz" | "plaintext" | "metrics" | "cpu"]
             | ["api", "rooms"] => {
                 Outcome::Reply(not_allowed("GET, HEAD"))
             }
@@ -485,25 +618,19 @@ impl App {
     pub fn finish_store(&self, done: StoreDone) -> Response {
         let (result, then) = match done.0 {
             Done::Append { result, then } => (result, then),
-            Done::Ledger(response) => return response,
+            Done::Ledger(response) | Done::Reply(response) => return response,
         };
-        let posted = match result {
-            Ok(posted) => posted,
-            Err(e) => {
-                return api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
-            }
+        let route = match then {
+            AfterStore::TornadoNew { .. } => "tornado_new",
+            _ => "api_post",
         };
-        match then {
-            AfterStore::TornadoNew { redirect: Some(next) } => {
-                Response::new(StatusCode::FOUND).header("Location", next).timed("tornado_new")
-            }
-            AfterStore::TornadoNew { redirect: None } => {
-                json_response(StatusCode::OK, posted.tornado_json.clone()).timed("tornado_new")
-            }
-            AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()).timed("api_post"),
-            AfterStore::WebSocketAck { .. } => {
-                api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
-            }
+        match result {
+            Ok(Posted::New(posted)) => answer_post(&then, &posted, false).timed(route),
+            Ok(Posted::Replayed(posted)) => answer_post(&then, &posted, true).timed(route),
+            Ok(Posted::KeyReused) => not_stored(&then, &NotStored::Mismatch).timed(route),
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, &format!("message not stored ({e}); try again"))
+                .header("Retry-After", "1")
+                .timed(route),
         }
     }
 
@@ -545,8 +672,15 @@ impl App {
         }
     }
 
-    /// Validates a post's fields into a message to store.
-    pub(crate) fn validate_post(&self, body: String, from: String, now_ms: u64) -> Result<NewMessage, &'static str> {
+    /// Validates a post's fields into a message to store. `arrived`: when the request
+    /// did, if the model said (the post's deadline counts from it).
+    pub(crate) fn validate_post(
+        &self,
+        body: String,
+        from: String,
+        now_ms: u64,
+        arrived: Option<Instant>,
+    ) -> Result<NewMessage, &'static str> {
         if body.trim().is_empty() {
             return Err("'body' must be a non-empty string");
         }
@@ -556,7 +690,8 @@ impl App {
         if from.chars().count() > MAX_NICK_CHARS {
             return Err("'from' is longer than 64 characters");
         }
-        Ok(NewMessage { body, from, time_ms: now_ms })
+        let deadline = arrived.map(|at| at + self.config.limits.post_timeout);
+        Ok(NewMessage { body, from, time_ms: now_ms, deadline, key: None })
     }
 
     fn page(&self, request: &Request, now: Now) -> Response {
@@ -607,8 +742,11 @@ impl App {
                 ))
             }
         };
-        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms };
-        Outcome::Store(StoreCall::append(self, RoomId::main(), message, AfterStore::TornadoNew { redirect }, None))
+        let deadline = Some(now.instant + self.config.limits.post_timeout);
+        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms, deadline, key: None };
+        // Tornado's client sends no key; a client of ours may, as a header or a form field.
+        let key = request.headers.get("idempotency-key").or_else(|| form.get("key")).map(str::to_string);
+        self.keyed_post(RoomId::main(), key, message, AfterStore::TornadoNew { redirect })
     }
 
     fn tornado_updates(&self, request: &Request, now: Now) -> Outcome {
@@ -653,6 +791,43 @@ impl App {
         ))
     }
 
+    /// `?before=ID&limit=N`: a page of history from the store, newest first. Paging and
+    /// polling do not mix: `after` or `wait` with it is refused.
+    fn history_page(&self, args: &Args, room: RoomId) -> Outcome {
+        if args.get("after").is_some() || args.get("wait").is_some() {
+            return Outcome::Reply(api_error(
+                StatusCode::BAD_REQUEST,
+                "'before' and 'limit' page back through history; 'after' and 'wait' poll for new messages: \
+                 use one or the other",
+            ));
+        }
+        let before = match args.get("before").map(str::trim) {
+            None | Some("") => None,
+            Some(s) => match s.parse::<u64>() {
+                Ok(id) if id >= 1 => Some(MessageId(id)),
+                _ => {
+                    return Outcome::Reply(api_error(
+                        StatusCode::BAD_REQUEST,
+                        "'before' must be a message id (a whole number of at least 1)",
+                    ))
+                }
+            },
+        };
+        let limit = match args.get("limit").map(str::trim) {
+            None | Some("") => DEFAULT_PAGE,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return Outcome::Reply(api_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("'limit' must be a whole number from 1 to {MAX_PAGE}"),
+                    ))
+                }
+            },
+        };
+        Outcome::Store(StoreCall(Job::History(HistoryPage { room, before, limit })))
+    }
+
     fn native_post(&self, request: &Request, room: RoomId, now: Now) -> Outcome {
         let content_type = request.headers.get("content-type").map(media_type).unwrap_or_default();
         if content_type != "application/json" {
@@ -661,10 +836,17 @@ impl App {
                 "send the message as JSON with 'Content-Type: application/json'",
             ));
         }
-        let post: NativePost = match serde_json::from_slice(&request.body) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &format!("body is not valid JSON: {e}"))),
+        // Read as a JSON object first, not straight into the struct: serde's derived
+        // `Deserialize` would take `["body", "from"]` for the struct, and would not check
+        // the UTF-8 of a member it skips (both found by the fuzzer, fuzz/README.md).
+        let object: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(&request.body) {
+            Ok(object) => object,
+            Err(e) => {
+                let what = if e.is_data() { "body must be a JSON object" } else { "body is not valid JSON" };
+                return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &format!("{what}: {e}")));
+            }
         };
+        let post = NativePost::from(object);
         let Some(serde_json::Value::String(body)) = post.body else {
             return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'body' must be a non-empty string"));
         };
@@ -673,22 +855,28 @@ impl App {
             Some(serde_json::Value::String(s)) => s,
             Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
         };
-        let message = match self.validate_post(body, from, now.unix_ms) {
+        let key = match (request.headers.get("idempotency-key"), post.key) {
+            (Some(header), _) => Some(header.to_string()),
+            (None, None | Some(serde_json::Value::Null)) => None,
+            (None, Some(serde_json::Value::String(key))) => Some(key),
+            (None, Some(_)) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'key' must be a string")),
+        };
+        let message = match self.validate_post(body, from, now.unix_ms, Some(now.instant)) {
             Ok(message) => message,
             Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
         };
-        match self.claim_key(&room, request.headers.get("idempotency-key"), &message) {
-            Ok(claim) => Outcome::Store(StoreCall::append(self, room, message, AfterStore::NativePost, claim)),
-            Err(NotStored::Replay(stored)) => Outcome::Reply(
-                json_response(StatusCode::CREATED, stored.json.clone()).header("Idempotent-Replayed", "true"),
-            ),
-            Err(refused @ NotStored::BadKey) => Outcome::Reply(api_error(StatusCode::BAD_REQUEST, refused.why())),
-            Err(refused @ NotStored::InFlight) => {
-                Outcome::Reply(api_error(StatusCode::CONFLICT, refused.why()).header("Retry-After", "1"))
+        self.keyed_post(room, key, message, AfterStore::NativePost)
+    }
+
+    /// Stores a post under its idempotency key, if it has one, or answers it at once
+    /// (a replay this process remembers, a key being stored right now, a bad key).
+    fn keyed_post(&self, room: RoomId, key: Option<String>, mut message: NewMessage, then: AfterStore) -> Outcome {
+        match self.claim_key(&room, key.as_deref(), &message) {
+            Ok(claim) => {
+                message.key = key;
+                Outcome::Store(StoreCall::append(self, room, message, then, claim))
             }
-            Err(refused @ NotStored::Mismatch) => {
-                Outcome::Reply(api_error(StatusCode::UNPROCESSABLE_ENTITY, refused.why()))
-            }
+            Err(refused) => Outcome::Reply(not_stored(&then, &refused)),
         }
     }
 
@@ -733,6 +921,33 @@ impl App {
     }
 }
 
+/// The answer to a post (HTTP routes) stored as `posted`, now or, for a `replay`, before.
+fn answer_post(then: &AfterStore, posted: &Rendered, replay: bool) -> Response {
+    let response = match then {
+        AfterStore::TornadoNew { redirect: Some(next) } => Response::new(StatusCode::FOUND).header("Location", next.clone()),
+        AfterStore::TornadoNew { redirect: None } => json_response(StatusCode::OK, posted.tornado_json.clone()),
+        AfterStore::NativePost => json_response(StatusCode::CREATED, posted.json.clone()),
+        AfterStore::WebSocketAck { .. } => {
+            return api_error(StatusCode::INTERNAL_SERVER_ERROR, "a WebSocket post was answered as HTTP")
+        }
+    };
+    if replay {
+        response.header("Idempotent-Replayed", "true")
+    } else {
+        response
+    }
+}
+
+/// The answer to a keyed post answered without storing it (HTTP routes).
+fn not_stored(then: &AfterStore, refused: &NotStored) -> Response {
+    match refused {
+        NotStored::Replay(stored) => answer_post(then, stored, true),
+        NotStored::BadKey => api_error(StatusCode::BAD_REQUEST, refused.why()),
+        NotStored::InFlight => api_error(StatusCode::CONFLICT, refused.why()).header("Retry-After", "1"),
+        NotStored::Mismatch => api_error(StatusCode::UNPROCESSABLE_ENTITY, refused.why()),
+    }
+}
+
 fn parse_after(after: Option<&str>) -> Result<Cursor, Response> {
     match after {
         None | Some("") => Ok(Cursor::Start),
@@ -746,7 +961,7 @@ fn parse_after(after: Option<&str>) -> Result<Cursor, Response> {
 
 /// A JSON response with Tornado's content type.
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
-    Response::with_body(status, "application/json; charset=UTF-8", body)
+    Response::with_body(status, "application/json; charset=UTF-8", body).header("X-Content-Type-Options", "nosniff")
 }
 
 fn api_error(status: StatusCode, error: &str) -> Response {

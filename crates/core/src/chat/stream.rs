@@ -315,18 +315,22 @@ impl WsSession {
             Some(serde_json::Value::String(key)) => Some(key.as_str()),
             Some(_) => return WsAction::Reply(error_frame("'key' must be a string", reference)),
         };
-        let message = match app.validate_post(body, from, now_ms) {
+        // A frame comes with no monotonic clock reading: the store bounds its wait itself.
+        let mut message = match app.validate_post(body, from, now_ms, None) {
             Ok(message) => message,
             Err(why) => return WsAction::Reply(error_frame(why, reference)),
         };
         match app.claim_key(&self.room, key, &message) {
-            Ok(claim) => WsAction::Store(StoreCall::append(
-                app,
-                self.room.clone(),
-                message,
-                super::AfterStore::WebSocketAck { reference },
-                claim,
-            )),
+            Ok(claim) => {
+                message.key = key.map(str::to_string);
+                WsAction::Store(StoreCall::append(
+                    app,
+                    self.room.clone(),
+                    message,
+                    super::AfterStore::WebSocketAck { reference },
+                    claim,
+                ))
+            }
             Err(super::NotStored::Replay(stored)) => WsAction::Reply(ack_frame(&reference, &stored)),
             Err(refused @ super::NotStored::InFlight) => {
                 let mut frame = json!({ "type": "error", "error": refused.why(), "retry": true });
@@ -343,14 +347,17 @@ impl WsSession {
     pub fn finish_post(done: StoreDone) -> String {
         let (result, then) = match done.0 {
             super::Done::Append { result, then } => (result, then),
-            super::Done::Ledger(_) => return error_frame("a ledger answer was sent as a WebSocket ack", None),
+            super::Done::Ledger(_) | super::Done::Reply(_) => {
+                return error_frame("an HTTP answer was sent as a WebSocket ack", None)
+            }
         };
         let reference = match then {
             super::AfterStore::WebSocketAck { reference } => reference,
             _ => None,
         };
         match result {
-            Ok(posted) => ack_frame(&reference, &posted),
+            Ok(super::Posted::New(posted) | super::Posted::Replayed(posted)) => ack_frame(&reference, &posted),
+            Ok(super::Posted::KeyReused) => error_frame(super::NotStored::Mismatch.why(), reference),
             Err(e) => error_frame(&format!("not stored: {e}; try again"), reference),
         }
     }

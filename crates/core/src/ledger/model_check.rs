@@ -21,13 +21,16 @@ const ITERATIONS: usize = 2_000;
 struct Yielding;
 
 impl Store for Yielding {
-    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, _: &RoomId, _: &NewMessage) -> Result<crate::store::Appended, StoreError> {
         unreachable!("the ledger never stores messages")
     }
     fn after(&self, _: &RoomId, _: MessageId, _: usize) -> Result<Vec<Message>, StoreError> {
         unreachable!("the ledger never reads messages")
     }
     fn recent(&self, _: &RoomId, _: usize) -> Result<Vec<Message>, StoreError> {
+        unreachable!("the ledger never reads messages")
+    }
+    fn before(&self, _: &RoomId, _: Option<MessageId>, _: usize) -> Result<Vec<Message>, StoreError> {
         unreachable!("the ledger never reads messages")
     }
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {

@@ -263,8 +263,10 @@ impl Conn {
         if self.closing {
             return self.wind_down(cx);
         }
-        if !self.sending && !self.machine.transmit().is_empty() {
-            let pending = self.machine.transmit();
+        // One send in flight at a time: the machine's bytes are taken (and its replies timed,
+        // `transmit(now)`) only when the ring can take them.
+        let pending = if self.sending { &[][..] } else { self.machine.transmit(Instant::now()) };
+        if !pending.is_empty() {
             let mut bytes = cx.ring.send_buffer();
             bytes.extend_from_slice(&pending[..pending.len().min(SEND_CHUNK)]);
             match cx.ring.send(self.fd, bytes, Tag::new(Op::Send, self.token).bits()) {

@@ -149,7 +149,7 @@ impl HookedStore {
 }
 
 impl Store for HookedStore {
-    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Message, StoreError> {
+    fn append(&self, room: &RoomId, message: &NewMessage) -> Result<c10k_core::store::Appended, StoreError> {
         (self.hook)();
         self.inner.append(room, message)
     }
@@ -160,6 +160,10 @@ impl Store for HookedStore {
 
     fn recent(&self, room: &RoomId, limit: usize) -> Result<Vec<Message>, StoreError> {
         self.inner.recent(room, limit)
+    }
+
+    fn before(&self, room: &RoomId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.inner.before(room, before, limit)
     }
 
     fn rooms(&self) -> Result<Vec<RoomId>, StoreError> {

@@ -34,7 +34,16 @@ impl SqliteStore {
         what: &str,
         work: impl FnOnce(&Transaction<'_>) -> Result<R, LedgerError>,
     ) -> Result<R, LedgerError> {
-        let _writing = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // In line with the appends, for as long as SQLite would wait for the write lock.
+        let _turn = self
+            .writer
+            .enter(std::time::Instant::now() + super::BUSY_TIMEOUT)
+            .ok_or_else(|| {
+                c10k_core::store::StoreError(format!(
+                    "waited {} s for the appends and ledger operations before it; nothing was changed, retry",
+                    super::BUSY_TIMEOUT.as_secs()
+                ))
+            })?;
         let mut conn = self.checkout()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -52,7 +52,14 @@ pub fn msg(body: &str) -> NewMessage {
         body: body.to_string(),
         from: "alice".to_string(),
         time_ms: 1_700_000_000_000,
+        deadline: None,
+        key: None,
     }
+}
+
+/// A message with an idempotency key.
+pub fn keyed(body: &str, key: &str) -> NewMessage {
+    NewMessage { key: Some(key.to_string()), ..msg(body) }
 }
 
 /// For a test that runs as a child process: exit after `seconds` whatever happens, so that

@@ -2,8 +2,10 @@
 //! per claim, its thresholds named beside it.
 
 mod database;
+mod ledger;
 
 use database::database;
+use ledger::fine_grained;
 use super::limits::machine_cpus;
 use super::{m, most_held, Claim, Outcome, Verdict};
 use crate::report::{bytes, thousands, us};
@@ -14,6 +16,7 @@ pub fn all(r: &Results) -> Vec<Claim> {
     vec![
         ten_thousand(r),
         giant_lock(r),
+        fine_grained(r),
         database(r),
         nginx_apache(r),
         wedged(r),

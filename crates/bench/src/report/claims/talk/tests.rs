@@ -185,3 +185,100 @@ fn a_poller_that_could_not_hold_its_idle_connections_is_impossible_not_slow() {
     assert_eq!(verdict(&c), "incomplete: select +119 ns per request per idle connection (to 1,000)");
     assert_eq!(verdict(&pollers(&Results::default())), "not measured");
 }
+
+/// One model of the ledger suite: its name, then (fine, giant) operations per second on many
+/// accounts, then on two hot ones.
+type FineGiant<'a> = (&'a str, (f64, f64), (f64, f64));
+
+/// The ledger suite with these models' fine and giant cells, no violation found.
+fn ledger_suite(models: &[FineGiant]) -> Results {
+    use crate::matrix::{HOT_ACCOUNTS, MANY_ACCOUNTS};
+    let cells = models
+        .iter()
+        .flat_map(|&(model, (fine_many, giant_many), (fine_hot, giant_hot))| {
+            [("fine", MANY_ACCOUNTS, fine_many), ("giant", MANY_ACCOUNTS, giant_many), ("fine", HOT_ACCOUNTS, fine_hot), ("giant", HOT_ACCOUNTS, giant_hot)]
+                .map(|(locking, accounts, ops)| run(&format!("{model}/{locking}@{accounts}"), &[("ops_per_s", ops), ("violations", 0.0)]))
+        })
+        .collect();
+    results("ledger", cells)
+}
+
+#[test]
+fn fine_locking_is_a_real_benefit_from_its_ratio_to_the_giant_lock_on_and_only_on_many_accounts() {
+    use ledger::{fared, FineFared, Gains, FINE_BENEFIT};
+    let just = FINE_BENEFIT;
+    let below = FINE_BENEFIT - 0.01;
+    assert_eq!(fared(Gains { many: just, hot: below }), FineFared::BenefitThatContentionTakes);
+    assert_eq!(fared(Gains { many: just, hot: just }), FineFared::BenefitEverywhere);
+    assert_eq!(fared(Gains { many: below, hot: 0.5 }), FineFared::NoBenefit);
+    // Contention cannot give back a benefit many accounts did not show.
+    assert_eq!(fared(Gains { many: below, hot: 3.0 }), FineFared::NoBenefit);
+}
+
+#[test]
+fn fine_grained_is_confirmed_where_contention_takes_its_benefit_away() {
+    let c = fine_grained(&ledger_suite(&[
+        ("async", (9_454.0, 3_769.0), (3_934.0, 3_625.0)),
+        ("threads", (8_542.0, 3_475.0), (3_509.0, 3_687.0)),
+    ]));
+    assert_eq!(outcomes(&c), [Outcome::Confirmed]);
+    assert_eq!(
+        c.verdicts[0].markdown(),
+        "**Confirmed** for async, threads: on 64 accounts fine does 2.46–2.51× giant's operations per second (a real \
+         benefit: 1.5× or more); on 2 hot accounts 0.95–1.09×, below 1.5×: every transfer still takes two locks and \
+         waits behind the same two accounts, so the locks cost what the one giant lock did"
+    );
+    assert_eq!(
+        c.measured,
+        "fine / giant operations per second: async: 64 accounts 9,454 / 3,769 (2.51×), 2 hot 3,934 / 3,625 (1.09×); \
+         threads: 64 accounts 8,542 / 3,475 (2.46×), 2 hot 3,509 / 3,687 (0.95×)"
+    );
+    assert!(c.remarks[0].starts_with("hard: not a number here; the shuttle model checks (crates/core/src/ledger/model_check.rs)"));
+    assert_eq!(c.remarks.last().unwrap(), "ledger-check caught `none` losing or creating money in 0 of 0 cells and no other strategy in any of 8");
+}
+
+#[test]
+fn fine_grained_keeping_its_benefit_on_hot_accounts_or_having_none_is_not_seen_by_part() {
+    let c = fine_grained(&ledger_suite(&[
+        ("async", (4_000.0, 1_000.0), (1_500.0, 1_000.0)),
+        ("reactor", (1_400.0, 1_000.0), (1_000.0, 1_000.0)),
+        ("green", (3_000.0, 1_000.0), (1_000.0, 1_000.0)),
+    ]));
+    assert_eq!(outcomes(&c), [Outcome::Confirmed, Outcome::NotSeen, Outcome::NotSeen]);
+    assert_eq!(c.verdicts[0].scope.as_deref(), Some("for green"));
+    assert_eq!(
+        c.verdicts[1].markdown(),
+        "**Not seen** for the expense on async: fine kept 1.50× giant's throughput even on 2 hot accounts (1.5× or more)"
+    );
+    assert_eq!(
+        c.verdicts[2].markdown(),
+        "**Not seen** for the benefit on reactor: fine did 1.40× giant's throughput on 64 accounts, below 1.5×"
+    );
+}
+
+#[test]
+fn fine_grained_names_the_models_it_could_not_judge_and_what_the_checker_found() {
+    let mut r = ledger_suite(&[("async", (4_000.0, 1_000.0), (1_000.0, 1_000.0))]);
+    add(
+        &mut r,
+        "ledger",
+        vec![
+            run("threads/fine@64", &[("ops_per_s", 4_000.0)]),
+            run("async/none@2", &[("ops_per_s", 9_000.0), ("violations", 3.0)]),
+            run("async/atomic@2", &[("ops_per_s", 2_000.0), ("violations", 1.0)]),
+            run("async/atomic@64", &[("ops_per_s", 6_000.0), ("violations", 0.0)]),
+        ],
+    );
+    let c = fine_grained(&r);
+    assert_eq!(outcomes(&c), [Outcome::Confirmed, Outcome::Incomplete]);
+    assert_eq!(c.verdicts[1].markdown(), "incomplete for threads");
+    assert_eq!(c.remarks[1], "the lockless `atomic` did 1.50–2.00× fine's throughput");
+    assert_eq!(
+        c.remarks[2],
+        "ledger-check caught `none` in 1 of 1 cells, and **found money lost or created** in async/atomic@2 (see the ledger table)"
+    );
+    assert_eq!(verdict(&fine_grained(&Results::default())), "not measured");
+    assert_eq!(fine_grained(&Results::default()).measured, "not measured: run the ledger suite");
+    let only_threads = results("ledger", vec![run("threads/fine@64", &[("ops_per_s", 4_000.0)])]);
+    assert_eq!(outcomes(&fine_grained(&only_threads)), [Outcome::Incomplete]);
+}
