@@ -344,9 +344,9 @@ pub const LEDGER_SEED: u64 = 1;
 
 /// The models of the ledger suite, each with the flags that put it on one core as in the
 /// other suites. Every ledger operation runs where the model runs store calls: the offload
-/// pool for all four (`--db-mode offload`, the default), so the locks are real OS-thread locks.
-fn ledger_models() -> [(&'static str, &'static [&'static str]); 4] {
-    [("async", &["--threads", "1"]), ("threads", &[]), ("reactor", &[]), ("green", &[])]
+/// pool for all five (`--db-mode offload`, the default), so the locks are real OS-thread locks.
+fn ledger_models() -> [(&'static str, &'static [&'static str]); 5] {
+    [("async", &["--threads", "1"]), ("threads", &[]), ("reactor", &[]), ("green", &[]), ("uring", &[])]
 }
 
 /// The peers of the plaintext suite, each on one worker (one core) where it has a choice.
