@@ -180,12 +180,36 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     head_timeout: f64,
 
+    /// On SIGTERM or SIGINT the server drains: it stops accepting, finishes the requests in
+    /// flight (`Connection: close`), answers long-polls at once, ends event streams with a
+    /// last event and WebSockets with close 1001, and exits when every connection is gone or
+    /// after this many seconds, whichever is first (the connections left are then dropped;
+    /// their clients resume from their cursors). With worker processes, the master kills a
+    /// worker still running 3 s after it.
+    #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
+    drain_timeout: f64,
+
     /// A web origin, besides the server's own, whose pages may use the chat's WebSocket,
     /// event stream, long-poll and POST routes (e.g. `https://app.example.org`); repeat it
     /// for more. Requests from any other page's origin get 403. `*` allows every origin:
     /// any site's page can then chat as its visitors.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origins: Vec<String>,
+
+    /// Limit each client to COUNT posts at once and COUNT per PERIOD after that (e.g.
+    /// `5/s`, `30/m`, `20/10s`), on every post route: over it, HTTP posts get 429 with
+    /// Retry-After and a WebSocket is closed with 1008. A client is its address (an IPv6
+    /// /64), or what a --trusted-proxy forwarded. Off by default, since `c10k load` and
+    /// `c10k bench` post from one address as fast as they can. Each worker process
+    /// (--workers) counts on its own.
+    #[arg(long, value_name = "COUNT/PERIOD", value_parser = c10k_core::chat::rate::PostRate::parse)]
+    post_rate: Option<c10k_core::chat::rate::PostRate>,
+
+    /// The address of a proxy in front (e.g. nginx on 127.0.0.1, deploy/nginx.conf) whose
+    /// `X-Forwarded-For` names the client for --post-rate; repeat it for more. Anyone else's
+    /// X-Forwarded-For is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    trusted_proxies: Vec<std::net::IpAddr>,
 
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
@@ -433,7 +457,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
     // Signals first: the handler thread must be the only one that receives them, so they
     // are blocked before any other thread (store pool, runtime) is started.
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::with_drain_timeout(seconds("drain-timeout", args.drain_timeout)?);
     signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
 
     let (store, app, offload, native) = start_app(&args, &limits, workers, native_driver)?;
@@ -471,8 +495,9 @@ fn serve_workers(
     };
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, workers, "serving with worker processes");
+    let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
     let mut worker = |listener: TcpListener, relay: LocalRelay| -> Result<(), String> {
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::with_drain_timeout(drain_timeout);
         signals::forward_to(shutdown.clone()).map_err(|e| format!("cannot install signal handling: {e}"))?;
         let (store, app, offload, native) = start_app(args, limits, workers, native_driver)?;
         let relay = Arc::new(relay);
@@ -485,7 +510,7 @@ fn serve_workers(
         let context = Context { app, store, offload, db_mode: db_mode(args), native, shutdown };
         model.serve(listener, context).map_err(|e| format!("the {} model failed: {e}", model.name()))
     };
-    prefork::run_master(listeners, workers, &mut || announce(local), &mut worker)
+    prefork::run_master(listeners, workers, drain_timeout, &mut || announce(local), &mut worker)
         .map_err(|e| format!("the master failed: {e}"))?;
     info!("stopped");
     Ok(())
@@ -548,6 +573,8 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         server: server_info(args),
         process: Some(Arc::new(c10k_models::process::ProcSelf::new())),
         allowed_origins: c10k_core::chat::origin::AllowedOrigins::parse(&args.allow_origins)?,
+        post_rate: args.post_rate,
+        trusted_proxies: args.trusted_proxies.clone(),
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;

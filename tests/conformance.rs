@@ -138,6 +138,8 @@ macro_rules! conformance {
                 the_servers_own_origin_and_no_origin_pass,
                 an_origin_named_by_allow_origin_passes,
                 the_page_sends_a_strict_content_security_policy,
+                a_client_over_post_rate_gets_429_or_1008_and_others_still_post,
+                behind_a_trusted_proxy_the_client_is_the_forwarded_address,
             }
             service {
                 healthz_is_ok,
@@ -147,6 +149,8 @@ macro_rules! conformance {
                 a_cpu_heavy_request_is_timed_by_its_work,
                 the_page_assets_are_served,
                 sigterm_stops_the_server_with_exit_status_0,
+                sigterm_drains_every_connection_with_its_final_answer,
+                sigterm_exits_by_the_drain_deadline_whatever_the_clients_do,
             }
         });
     };

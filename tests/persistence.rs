@@ -185,3 +185,172 @@ persistence!(postgres_async_native, &["--model", "async", "--db", "postgres", "-
 // Several processes on one database: ids come from the database, so workers agree.
 persistence!(postgres_green_workers_2, &["--model", "green", "--workers", "2", "--db", "postgres"]);
 persistence!(mysql_async_workers_2, &["--model", "async", "--workers", "2", "--db", "mysql", "--db-mode", "native"]);
+
+// ---------------------------------------------------------------------------------------
+// kill -9 at random points under post load (SQLite)
+
+mod crash_points {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use crate::support::*;
+
+    /// Crashes per run: each at a random number of acknowledged posts, so at a random
+    /// point of the posters' requests (mid-transaction, mid-answer, between two).
+    const CRASHES: usize = 50;
+    /// Posters at once, each on its own keep-alive connection.
+    const POSTERS: usize = 4;
+    /// The most acknowledged posts before a crash (the fewest is 1).
+    const MAX_ACKS_BEFORE_CRASH: u64 = 24;
+    /// The whole run's bound, so that CI stays bounded even on a slow machine.
+    const RUN_BOUND: Duration = Duration::from_secs(90);
+    const ROOM: &str = "crash";
+
+    /// A post as the poster saw it acknowledged: its id and its body.
+    type Ack = (u64, String);
+
+    /// xorshift64*: enough randomness to pick crash points, seeded so that a failing
+    /// run can be replayed with `C10K_CRASH_SEED`.
+    struct Points(u64);
+
+    impl Points {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
+        }
+    }
+
+    /// Posts `body` on `stream` and reads the answer; `None` if the server went away
+    /// before the whole answer arrived (then the post is not acknowledged).
+    fn post_once(stream: &mut TcpStream, port: u16, body: &str) -> Option<u64> {
+        let request = Request::post(&format!("/api/rooms/{ROOM}/messages")).json(&json!({"body": body, "from": "crash"}));
+        stream.write_all(&request.to_bytes(port)).ok()?;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head_end, length) = loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                assert!(head.starts_with("http/1.1 201"), "a post that is answered is answered 201:\n{head}");
+                let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok())?;
+                break (end + 4, length);
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while got.len() < head_end + length {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let message: Value = serde_json::from_slice(&got[head_end..head_end + length]).ok()?;
+        assert_eq!(message["body"], body, "the acknowledgement is of this post: {message}");
+        message["id"].as_u64()
+    }
+
+    /// Posts until the server goes away, sending each acknowledgement to `acks`.
+    fn poster(port: u16, round: usize, which: usize, acks: mpsc::Sender<Ack>) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        for seq in 0.. {
+            let body = format!("round {round} poster {which} post {seq}");
+            let Some(id) = post_once(&mut stream, port, &body) else { return };
+            if acks.send((id, body)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Opens the database file the way the next process would and checks it: integrity,
+    /// and every message of the room by id.
+    fn read_back(path: &std::path::Path) -> BTreeMap<u64, String> {
+        let db = rusqlite::Connection::open(path).expect("open the crashed database");
+        let integrity: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity_check");
+        assert_eq!(integrity, "ok", "PRAGMA integrity_check after kill -9");
+        let duplicates: i64 = db
+            .query_row("SELECT COUNT(*) FROM (SELECT id FROM messages WHERE room = ?1 GROUP BY id HAVING COUNT(*) > 1)", [ROOM], |row| row.get(0))
+            .expect("count duplicate ids");
+        assert_eq!(duplicates, 0, "no id is stored twice");
+        let mut query = db.prepare("SELECT id, body FROM messages WHERE room = ?1").expect("prepare");
+        let rows = query.query_map([ROOM], |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))).expect("query");
+        rows.map(|row| row.expect("a row")).collect()
+    }
+
+    /// Under post load from several clients, the server is killed with SIGKILL at 50
+    /// random points and restarted on the same SQLite file each time. After every crash:
+    /// `PRAGMA integrity_check` is ok, no id is stored twice, and every post that was
+    /// acknowledged is there with the id its poster was given; no id was given twice.
+    /// At the end the server gives the next id after the highest stored.
+    #[test]
+    fn async_kill_9_at_50_random_points_under_post_load_loses_no_acknowledged_message() {
+        kill_9_at_random_points(&["--model", "async"]);
+    }
+
+    #[test]
+    fn reactor_kill_9_at_50_random_points_under_post_load_loses_no_acknowledged_message() {
+        kill_9_at_random_points(&["--model", "reactor"]);
+    }
+
+    #[test]
+    fn threads_kill_9_at_50_random_points_under_post_load_loses_no_acknowledged_message() {
+        kill_9_at_random_points(&["--model", "threads"]);
+    }
+
+    fn kill_9_at_random_points(model: Model) {
+        let seed = std::env::var("C10K_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+        });
+        eprintln!("crash points seeded with C10K_CRASH_SEED={seed}");
+        let mut points = Points(seed);
+        let started = Instant::now();
+        let mut server = Server::start(model);
+        let mut acknowledged: BTreeMap<u64, String> = BTreeMap::new();
+        for round in 0..CRASHES {
+            assert!(started.elapsed() < RUN_BOUND, "{round} crashes took {:?}", started.elapsed());
+            let port = server.port();
+            let (tx, rx) = mpsc::channel();
+            let posters: Vec<_> = (0..POSTERS)
+                .map(|which| {
+                    let tx = tx.clone();
+                    thread::spawn(move || poster(port, round, which, tx))
+                })
+                .collect();
+            drop(tx);
+            let crash_after = 1 + points.next(MAX_ACKS_BEFORE_CRASH);
+            let mut round_acks = Vec::new();
+            while (round_acks.len() as u64) < crash_after {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(ack) => round_acks.push(ack),
+                    Err(e) => panic!("round {round}: no acknowledgement for 10 s ({e}); stderr:\n{}", server.stderr()),
+                }
+            }
+            server.kill_9();
+            for poster in posters {
+                poster.join().expect("a poster thread");
+            }
+            round_acks.extend(rx.try_iter());
+            for (id, body) in round_acks {
+                if let Some(earlier) = acknowledged.insert(id, body.clone()) {
+                    panic!("id {id} was acknowledged twice: to {earlier:?} and to {body:?}");
+                }
+            }
+            let stored = read_back(&server.db_path());
+            for (id, body) in &acknowledged {
+                assert_eq!(stored.get(id), Some(body), "round {round}: acknowledged message {id} after kill -9 (seed {seed})");
+            }
+            server.restart();
+        }
+        let stored: BTreeSet<u64> = read_back(&server.db_path()).into_keys().collect();
+        let highest = stored.last().copied().unwrap_or(0);
+        assert_eq!(api_post(server.port(), ROOM, "after the crashes")["id"], highest + 1, "ids go on after the highest stored");
+        eprintln!("{CRASHES} crashes, {} acknowledged posts, {} stored, in {:?}", acknowledged.len(), stored.len(), started.elapsed());
+    }
+}

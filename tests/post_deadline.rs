@@ -128,3 +128,78 @@ deadline_tests! {
     postgres_green_native: &["--model", "green", "--db", "postgres", "--db-mode", "native"],
     postgres_threads_native: &["--model", "threads", "--db", "postgres", "--db-mode", "native"],
 }
+
+/// A stalled store does not pile work up: the offload queue is bounded (`--store-threads`
+/// running, `--store-queue` waiting), so while another process holds SQLite's write lock
+/// the posts beyond those places are answered 503 at once ("the store is busy"), only the
+/// few admitted wait (and get their 503 at the deadline), routes that need no store call
+/// go on answering at once, and the first post after the lock is released is stored.
+fn a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(model: Model) {
+    const THREADS: usize = 1;
+    const QUEUE: usize = 2;
+    const FLOOD: usize = 12;
+    let server = Server::start_with_args(
+        model,
+        &["--store-threads", &THREADS.to_string(), "--store-queue", &QUEUE.to_string(), "--db-post-timeout", "3"],
+    );
+    let port = server.port();
+    api_post(port, "main", "before the lock");
+    let held = Held::take(&server);
+
+    let answers: Vec<(Response, Duration)> = std::thread::scope(|scope| {
+        let posts: Vec<_> = (0..FLOOD)
+            .map(|i| {
+                scope.spawn(move || {
+                    let began = Instant::now();
+                    let reply = Request::post("/api/rooms/main/messages")
+                        .json(&json!({"body": format!("flood {i}"), "from": "test"}))
+                        .send(port);
+                    (reply, began.elapsed())
+                })
+            })
+            .collect();
+        // While the store is stalled and its queue full, what needs no store call is served.
+        let began = Instant::now();
+        get(port, "/healthz").assert_status(200);
+        assert!(began.elapsed() < Duration::from_secs(1), "/healthz waited {:?} behind the stalled store", began.elapsed());
+        posts.into_iter().map(|p| p.join().expect("a post thread")).collect()
+    });
+    let shed: Vec<&(Response, Duration)> = answers
+        .iter()
+        .filter(|(reply, _)| reply.text().contains("the store is busy"))
+        .collect();
+    for (reply, _) in &answers {
+        assert_eq!(reply.status, 503, "every post while the lock is held:\n{reply}");
+    }
+    assert!(shed.len() >= FLOOD - THREADS - QUEUE - 1, "the flood beyond the queue is shed: {} of {FLOOD}", shed.len());
+    assert!(
+        answers.len() - shed.len() <= THREADS + QUEUE,
+        "at most {THREADS} running and {QUEUE} queued store calls are admitted; {} were: {:#?}",
+        answers.len() - shed.len(),
+        answers.iter().map(|(r, t)| (r.text(), *t)).collect::<Vec<_>>()
+    );
+    for (reply, took) in &shed {
+        assert!(*took < Duration::from_secs(2), "a post beyond the queue is shed at once, not after {took:?}:\n{reply}");
+        assert!(reply.header("retry-after").is_some(), "a shed post says when to retry:\n{reply}");
+    }
+
+    held.release();
+    let after = api_post(port, "main", "after the lock");
+    assert_eq!(after["id"], 2, "service resumes, and no post answered 503 took an id: {after}");
+    assert_eq!(stored_bodies(port), ["before the lock", "after the lock"]);
+}
+
+#[test]
+fn sqlite_async_sheds_posts_beyond_the_bounded_queue() {
+    a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "async"]);
+}
+
+#[test]
+fn sqlite_reactor_sheds_posts_beyond_the_bounded_queue() {
+    a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "reactor"]);
+}
+
+#[test]
+fn sqlite_threads_sheds_posts_beyond_the_bounded_queue() {
+    a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "threads"]);
+}

@@ -8,7 +8,8 @@
 //! - a worker killed with SIGKILL is replaced by the master while the other clients keep
 //!   being served, and the replacement serves the same chat;
 //! - SIGHUP replaces every worker and the chat goes on;
-//! - SIGTERM to the master stops every worker, and the master exits with status 0;
+//! - SIGTERM to the master stops every worker, and the master exits with status 0: a
+//!   worker with nothing to finish at once, one serving a request after answering it;
 //! - workers do not outlive a master that is killed.
 //!
 //! Which worker served a connection is read from the `X-C10k-Worker: PID` header every
@@ -391,6 +392,39 @@ fn sigterm_to_the_master_stops_every_worker_with_status_0(model: Model) {
     }
 }
 
+/// SIGTERM to the master drains: a worker with nothing to finish exits at once (for
+/// prefork: one blocked in `accept`, which cannot be woken, exits as soon as the signal
+/// reaches it), while the worker serving a request half sent stays until it has read the
+/// rest and answered it (`Connection: close`); then the master exits 0.
+fn sigterm_exits_idle_workers_at_once_and_drains_the_one_serving(model: Model) {
+    let mut server = Server::start_with_args(model, &["--drain-timeout", "8"]);
+    let port = server.port();
+    let master = master_of(&server);
+    let mut conn = Conn::open(port);
+    let serving = worker_of(&conn.request(&Request::get("/healthz")));
+    let others: Vec<i32> = children_of(master).into_iter().filter(|&pid| pid != serving).collect();
+    assert!(!others.is_empty(), "two workers: {:?}", children_of(master));
+    let post = Request::post("/api/rooms/drain/messages").json(&json!({"body": "in flight", "from": "test"}));
+    let bytes = post.to_bytes(port);
+    let split = bytes.len() - 3;
+    conn.send(&bytes[..split]);
+    conn.expect_no_response_within(Duration::from_millis(100), "half a request is not answered");
+
+    server.send_sigterm();
+    wait_until(&format!("the workers with nothing to finish {others:?} exit"), || others.iter().all(|&pid| is_gone(pid)));
+    assert!(!is_gone(serving), "the worker serving a request in flight drains it before it exits");
+
+    conn.send(&bytes[split..]);
+    let answer = conn.read_response();
+    answer.assert_status(201);
+    assert_eq!(worker_of(&answer), serving);
+    assert_eq!(answer.header("Connection"), Some("close"), "the last answer of a draining worker:\n{answer}");
+    conn.expect_closed("the drained request's answer");
+    let status = server.wait_exit();
+    assert!(status.success(), "the master must exit with status 0, got {status:?}");
+    assert!(is_gone(serving));
+}
+
 /// SIGKILL to the master alone: the workers get SIGTERM from the kernel and exit.
 fn workers_exit_when_the_master_is_killed(model: Model) {
     let server = Server::start(model);
@@ -506,5 +540,7 @@ workers_test!(async_sighup_replaces_workers: sighup_replaces_every_worker_and_th
 workers_test!(prefork_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(PREFORK_2));
 workers_test!(async_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(ASYNC_2));
 workers_test!(uring_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(URING_2));
+workers_test!(prefork_sigterm_drains_the_worker_serving: sigterm_exits_idle_workers_at_once_and_drains_the_one_serving(PREFORK_2));
+workers_test!(threads_sigterm_drains_the_worker_serving: sigterm_exits_idle_workers_at_once_and_drains_the_one_serving(THREADS_2));
 workers_test!(prefork_workers_die_with_their_master: workers_exit_when_the_master_is_killed(PREFORK_2));
 workers_test!(threads_workers_die_with_their_master: workers_exit_when_the_master_is_killed(THREADS_2));

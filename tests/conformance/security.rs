@@ -2,8 +2,12 @@
 //! chat's streams or change anything through a visitor's browser (its `Origin` is refused
 //! with 403), the server's own pages and clients that send no `Origin` can, origins named
 //! by `--allow-origin` can; and the page tells the browser to run only its own script
-//! (Content-Security-Policy), not to sniff types, and to keep referrers on this site.
+//! (Content-Security-Policy), not to sniff types, and to keep referrers on this site. A
+//! client that posts faster than `--post-rate` is refused on every post route.
 
+use std::net::Ipv4Addr;
+
+use crate::support::ws_frames::{Closed, Frame, RawWs};
 use crate::support::*;
 
 const FOREIGN: &str = "http://evil.example";
@@ -93,4 +97,96 @@ pub fn the_page_sends_a_strict_content_security_policy(model: Model) {
     for path in ["/static/chat.js", "/static/chat.css", "/api/rooms"] {
         assert_eq!(get(port, path).header("X-Content-Type-Options"), Some("nosniff"), "{path}");
     }
+}
+
+/// The worker processes of a model line (`--workers N`; 1 without it).
+fn processes(model: Model) -> usize {
+    let at = model.iter().position(|arg| *arg == "--workers");
+    at.map_or(1, |i| model[i + 1].parse().expect("--workers N"))
+}
+
+/// `--post-rate 3/1h`: a client may post three times, then every post route refuses it (429
+/// with `Retry-After`; over WebSocket, close 1008) and stores nothing, while a client from
+/// another address still posts. (One token comes back every 20 minutes: none does during
+/// the test, so no clock is raced.) Each worker process counts on its own (documented at
+/// `--post-rate`): with several, no worker admits a fourth post of the client, and once
+/// one refuses, the rest of the checks need one process.
+pub fn a_client_over_post_rate_gets_429_or_1008_and_others_still_post(model: Model) {
+    let server = Server::start_with_args(model, &["--post-rate", "3/1h"]);
+    let port = server.port();
+    let post = |body: &str| Request::post("/api/rooms/main/messages").json(&json!({ "body": body }));
+    let mut admitted: std::collections::HashMap<String, usize> = Default::default();
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let body = format!("within the limit {}", accepted.len() + 1);
+        let reply = post(&body).send(port);
+        if reply.status == 429 {
+            break reply;
+        }
+        reply.assert_status(201);
+        let worker = reply.header("X-C10k-Worker").unwrap_or("the only process").to_string();
+        let count = admitted.entry(worker.clone()).or_default();
+        *count += 1;
+        assert!(*count <= 3, "{worker} admitted post {count} of a client limited to 3");
+        accepted.push(body);
+        assert!(accepted.len() <= 3 * processes(model), "{} posts admitted with {} processes", accepted.len(), processes(model));
+    };
+    if processes(model) == 1 {
+        assert_eq!(accepted.len(), 3, "the fourth post of a burst of 3 is the refused one");
+    }
+    let retry: u64 = refused.header("Retry-After").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no Retry-After seconds:\n{refused}"));
+    assert!((1..=1200).contains(&retry), "a token is back within 20 minutes, not {retry} s:\n{refused}");
+    assert!(refused.text().contains("posting too fast"), "the refusal says why:\n{refused}");
+
+    if processes(model) == 1 {
+        let xsrf = Xsrf::fetch(port);
+        let tornado = tornado_post_request(&xsrf, "through the form").send(port);
+        assert_eq!(tornado.status, 429, "Tornado's post route counts against the same client:\n{tornado}");
+        let mut ws = RawWs::connect(port, "/api/rooms/main/ws");
+        ws.send(&[Frame::text(json!({"type": "post", "body": "over the socket"}).to_string())]).expect("writing the post frame");
+        match ws.closed() {
+            Closed::Code(1008, reason) => assert!(reason.contains("posting too fast"), "{reason:?}"),
+            other => panic!("a WebSocket post over the limit is closed with 1008, not {other:?}; frames: {:#?}", ws.seen),
+        }
+    }
+    post("from next door").send_from(port, Ipv4Addr::new(127, 0, 0, 2)).assert_status(201);
+    accepted.push("from next door".to_string());
+    let stored: Vec<Value> = api_messages(port, "main", "")["messages"].as_array().expect("messages").iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(stored, accepted, "nothing refused was stored");
+}
+
+/// Behind a proxy named by `--trusted-proxy`, the client is the address the proxy
+/// forwarded (`X-Forwarded-For`, its last entry): posts the proxy forwards for different
+/// clients all pass, one client's second is refused (by any one process). Anyone else's
+/// `X-Forwarded-For` is the client's own claim and changes nothing: a new claim each time
+/// does not earn a new token.
+pub fn behind_a_trusted_proxy_the_client_is_the_forwarded_address(model: Model) {
+    let proxy = Ipv4Addr::new(127, 0, 0, 3);
+    let stranger = Ipv4Addr::new(127, 0, 0, 4);
+    let server = Server::start_with_args(model, &["--post-rate", "1/1h", "--trusted-proxy", "127.0.0.3"]);
+    let port = server.port();
+    let post = |forwarded: &str, from: Ipv4Addr| {
+        let request = Request::post("/api/rooms/main/messages").json(&json!({ "body": "hi" }));
+        request.header("X-Forwarded-For", forwarded).send_from(port, from)
+    };
+    for client in 1..=2 * processes(model) {
+        let forwarded = format!("203.0.113.50, 198.51.100.{client}");
+        post(&forwarded, proxy).assert_status(201);
+    }
+    // Until a refusal, each process admits the client once at most.
+    let refused_after = |what: &str, forwarded: &dyn Fn(usize) -> String, from: Ipv4Addr| {
+        let mut admitted = std::collections::HashSet::new();
+        for attempt in 0..=processes(model) {
+            let reply = post(&forwarded(attempt), from);
+            if reply.status == 429 {
+                return;
+            }
+            reply.assert_status(201);
+            let worker = reply.header("X-C10k-Worker").unwrap_or("the only process").to_string();
+            assert!(admitted.insert(worker.clone()), "{what}: {worker} admitted a second post from one client");
+        }
+        panic!("{what}: {} posts from one client, none refused", processes(model) + 1);
+    };
+    refused_after("one forwarded client", &|_| "198.51.100.200".to_string(), proxy);
+    refused_after("a stranger's X-Forwarded-For", &|attempt| format!("192.0.2.{attempt}"), stranger);
 }

@@ -147,6 +147,104 @@ pub fn sigterm_stops_the_server_with_exit_status_0(model: Model) {
     );
 }
 
+/// SIGTERM drains (docs/protocol.md, "Stopping"): each kind of connection gets its final
+/// answer, the process exits 0 within `--drain-timeout`, and a message posted just before
+/// the signal is there after a restart. A waiting Tornado long-poll is answered at once
+/// with `{}` and `Connection: close`; an event stream gets a `retry:` and a `shutdown`
+/// event (no `id:`, so `Last-Event-ID` stays the last message's), then its end; a WebSocket
+/// gets close 1001; an idle keep-alive connection is closed without a word; a request half
+/// sent is read to its end, answered (the post stored), and the connection closed.
+pub fn sigterm_drains_every_connection_with_its_final_answer(model: Model) {
+    const DRAIN: Duration = Duration::from_secs(6);
+    let mut server = Server::start_with_args(model, &["--drain-timeout", "6"]);
+    let port = server.port();
+    let xsrf = Xsrf::fetch(port);
+    let last = tornado_post(port, &xsrf, "posted just before SIGTERM");
+    let cursor = last["id"].as_str().expect("a Tornado message id").to_string();
+
+    let mut poll = start_request(port, &updates_request(&xsrf, Some(&cursor)));
+    poll.expect_no_response_within(Duration::from_millis(200), "a poll at the newest cursor must wait");
+    let mut stream = EventStream::open(port, "/api/rooms/main/events", None);
+    let seen = stream.next_message();
+    assert_eq!(seen["body"], "posted just before SIGTERM", "{seen}");
+    let mut ws = Ws::connect(port, "/api/rooms/main/ws");
+    assert_eq!(ws.next_message()["body"], "posted just before SIGTERM");
+    let mut idle = Conn::open(port);
+    idle.request(&Request::get("/healthz")).assert_status(200);
+    let posted = Request::post("/api/rooms/drain/messages").json(&json!({"body": "in flight", "from": "test"}));
+    let bytes = posted.to_bytes(port);
+    let split = bytes.len() - 4;
+    let mut half = Conn::open(port);
+    half.send(&bytes[..split]);
+    half.expect_no_response_within(Duration::from_millis(100), "half a request is not answered");
+
+    let signalled = std::time::Instant::now();
+    server.send_sigterm();
+
+    let answer = poll.read_response();
+    answer.assert_status(200);
+    assert_eq!(answer.text(), "{}", "a waiting long-poll gets its empty answer at once:\n{answer}");
+    assert_eq!(answer.header("Connection"), Some("close"), "{answer}");
+    poll.expect_closed("the long-poll's last answer");
+
+    let event = stream.next_event();
+    assert_eq!(event.event.as_deref(), Some("shutdown"), "the stream's last event: {:#?}", stream.seen());
+    assert_eq!(event.id, None, "the last event leaves Last-Event-ID as it was: {event:?}");
+
+    let close = loop {
+        match ws.next_raw() {
+            tungstenite::Message::Close(frame) => break frame,
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("expected the close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1001, "going away: {close:?}");
+    assert_eq!(close.reason.as_str(), "server shutting down");
+
+    idle.expect_closed("SIGTERM, on an idle keep-alive connection");
+
+    half.send(&bytes[split..]);
+    let stored = half.read_response();
+    stored.assert_status(201);
+    half.expect_closed("the answer to the request in flight");
+
+    drop((poll, stream, ws, idle, half));
+    let status = server.wait_exit();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "a drained server exits 0, got {status}");
+    assert!(took < DRAIN, "every connection had ended: the exit must not wait for the deadline ({took:?})");
+
+    server.restart();
+    let port = server.port();
+    let messages = api_messages(port, "main", "?after=0");
+    assert!(
+        messages["messages"].as_array().is_some_and(|all| all.iter().any(|m| m["body"] == "posted just before SIGTERM")),
+        "the message posted before SIGTERM survives the stop: {messages}"
+    );
+    let in_flight = api_messages(port, "drain", "?after=0");
+    assert_eq!(api_ids(&in_flight["messages"]), [1], "the post answered during the drain is stored, once: {in_flight}");
+}
+
+/// The drain has a hard deadline: a client that keeps a connection open and never reads
+/// (a stalled event stream, a request head never finished) cannot hold the process past
+/// `--drain-timeout`.
+pub fn sigterm_exits_by_the_drain_deadline_whatever_the_clients_do(model: Model) {
+    let mut server = Server::start_with_args(model, &["--drain-timeout", "1"]);
+    let port = server.port();
+    let mut stalled = Conn::open(port);
+    stalled.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    stalled.expect_no_response_within(Duration::from_millis(100), "half a head is not answered");
+    let signalled = std::time::Instant::now();
+    server.send_sigterm();
+    let status = server.wait_exit();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status after the deadline: {status}");
+    assert!(took >= Duration::from_millis(900), "the half-sent request was waited for until the deadline ({took:?})");
+    assert!(took < Duration::from_secs(5), "the drain deadline (1 s) ends the process ({took:?})");
+    drop(stalled);
+}
+
 /// Python's `prometheus_client` parsers, the reference readers of both formats, read
 /// `/metrics` as what it is: without `Accept`, the 0.0.4 text format
 /// (`text/plain; version=0.0.4`), and with `Accept: application/openmetrics-text`,

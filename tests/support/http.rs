@@ -29,6 +29,20 @@ impl Conn {
     /// Connects to the server at `addr` (a node in a network namespace of the test's).
     pub fn open_to(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Conn::ready(stream, addr)
+    }
+
+    /// Connects to the server on 127.0.0.1:`port` from the loopback address `source`
+    /// (127.0.0.2, ...): another client, as far as the server can tell.
+    pub fn open_from(port: u16, source: Ipv4Addr) -> Conn {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+        socket.bind(&SocketAddr::from((source, 0)).into()).unwrap_or_else(|e| panic!("cannot bind to {source}: {e}"));
+        socket.connect(&addr.into()).unwrap_or_else(|e| panic!("cannot connect to {addr} from {source}: {e}"));
+        Conn::ready(socket.into(), addr)
+    }
+
+    fn ready(stream: TcpStream, addr: SocketAddr) -> Conn {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -421,6 +435,11 @@ impl Request {
     /// Sends the request on a new connection to `addr` and reads the response.
     pub fn send_to(&self, addr: SocketAddr) -> Response {
         Conn::open_to(addr).request(self)
+    }
+
+    /// Sends the request on a new connection from the loopback address `source`.
+    pub fn send_from(&self, port: u16, source: Ipv4Addr) -> Response {
+        Conn::open_from(port, source).request(self)
     }
 }
 

@@ -261,11 +261,24 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
     pub fn stop(&mut self) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once: the server drains meanwhile (see
+    /// [`Server::wait_exit`]).
+    pub fn send_sigterm(&self) {
+        let process = self.process.as_ref().expect("send_sigterm: the server is not running");
+        signal(process.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+
+    /// Waits for the process to exit (after [`Server::send_sigterm`]), at most
+    /// [`EXIT_TIMEOUT`]; returns its exit status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut process = self
             .process
             .take()
-            .expect("stop: the server is not running");
-        signal(process.child.id() as libc::pid_t, libc::SIGTERM);
+            .expect("wait_exit: the server is not running");
         match wait_with_timeout(&mut process.child, EXIT_TIMEOUT) {
             Some(status) => status,
             None => {

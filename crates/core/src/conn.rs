@@ -20,7 +20,9 @@
 //!   woken: the hub has news; spurious calls are harmless too),
 //!   [`handle_store_done`](Connection::handle_store_done) and
 //!   [`handle_store_busy`](Connection::handle_store_busy) (what became of an
-//!   [`Action::Store`]).
+//!   [`Action::Store`]),
+//!   [`handle_shutdown`](Connection::handle_shutdown) (the process is stopping: drain; see
+//!   "Draining" below).
 //! - Outputs (`poll_*` and the send buffer): [`poll_action`](Connection::poll_action) (run a
 //!   store call, shut down the write side, close), [`transmit`](Connection::transmit) and
 //!   [`consume`](Connection::consume) (bytes to write, and how many the socket took;
@@ -29,6 +31,8 @@
 //!   [`interest`](Connection::interest) (which readiness to wait for).
 //! - Getters: [`is_closed`](Connection::is_closed), [`doing`](Connection::doing) and
 //!   [`serving`](Connection::serving) (for the watchdogs), [`held_bytes`](Connection::held_bytes).
+//! - Set-up, once after [`Connection::new`]: [`tagged`](Connection::tagged) (a worker
+//!   process's mark) and [`from_peer`](Connection::from_peer) (the client's address).
 //! - Mutator: [`set_waker`](Connection::set_waker), for a driver whose waker can change (a
 //!   future's).
 //!
@@ -73,7 +77,28 @@
 //! still sends until it hangs up or [`CLOSE_GRACE`] passes, then [`Action::Close`]. A client
 //! that sent more than we read therefore gets our last answer and a clean FIN, never a reset
 //! that destroys the answer before it is read (RFC 9112 9.6, "tear-down").
+//!
+//! # Draining
+//! [`handle_shutdown`](Connection::handle_shutdown) is given once, when the process is told
+//! to stop (SIGTERM). From then on every response says `Connection: close`, and each state
+//! ends the way its client can resume from, losing nothing that was acknowledged:
+//! - `Http` between requests (an idle keep-alive): closed at once, without a word (RFC 9112
+//!   9.5); a request half received is read to its end, answered, and closed;
+//! - `Storing`: the store call is finished and answered (the message is stored: its poster
+//!   must hear so), then closed;
+//! - `LongPoll`: answered at once with its empty answer (`{}` for Tornado's route, an empty
+//!   list for the native one), then closed: the client polls again, elsewhere or later;
+//! - `Events`: one last event, [`SHUTDOWN_EVENT`] (`retry:` and a named `shutdown` event,
+//!   with no `id:`, so that the browser's `Last-Event-ID` stays the last message's), then
+//!   closed: `EventSource` reconnects by itself after the `retry:` delay and resumes;
+//! - `WebSocket`: a post in flight is acknowledged first; then close code 1001 (going away,
+//!   RFC 6455 7.4.1) with [`SHUTTING_DOWN`], and the close sequence.
+//!
+//! A request that arrives on a draining connection (the rest of a half-received head) is
+//! treated the same way once decoded. The driver enforces the process's hard deadline; the
+//! machine only sees to it that nothing is waited for that it could answer now.
 
+use core::net::IpAddr;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -106,6 +131,15 @@ const BINARY_NOT_UNDERSTOOD: &str = "binary frames are not understood; send JSON
 const MAX_CLOSE_REASON: usize = 123;
 /// The longest request description kept for the watchdogs.
 const MAX_SERVING: usize = 96;
+
+/// Why a draining connection's WebSocket is closed (code 1001, going away).
+pub const SHUTTING_DOWN: &str = "server shutting down";
+/// The last event of a Server-Sent Events stream when the server stops: `retry:` asks the
+/// browser to reconnect after one second (to a restarted server or another node), and the
+/// named `shutdown` event says why to a client that listens for it. It carries no `id:`, so
+/// the reconnection resumes from the last message's id (WHATWG HTML 9.2.6: the last event
+/// ID buffer is only set by an `id` field).
+pub const SHUTDOWN_EVENT: &[u8] = b"retry: 1000\nevent: shutdown\ndata: {\"reason\":\"server shutting down\"}\n\n";
 
 /// The largest WebSocket message (and frame) accepted from a client.
 const MAX_WS_MESSAGE: usize = 64 * 1024;
@@ -267,6 +301,8 @@ pub struct Connection {
     app: Arc<App>,
     /// `X-C10k-Worker` on every response, in a worker process.
     worker: Option<&'static str>,
+    /// Where the connection came from, stamped on each request ([`Request::peer`]).
+    peer: Option<IpAddr>,
     waker: Waker,
     decoder: RequestDecoder,
     /// Bytes for the client; `out[sent..]` is what the driver has not written yet.
@@ -282,6 +318,8 @@ pub struct Connection {
     now: Now,
     date: DateCache,
     serving: String,
+    /// [`Connection::handle_shutdown`] was given: every answer closes the connection.
+    draining: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -299,6 +337,7 @@ impl Connection {
         Connection {
             app,
             worker: None,
+            peer: None,
             waker,
             decoder,
             out: Vec::new(),
@@ -310,12 +349,20 @@ impl Connection {
             now,
             date: DateCache { secs: u64::MAX, text: [b' '; 29] },
             serving: String::new(),
+            draining: false,
         }
     }
 
     /// Marks every response with `X-C10k-Worker: worker` (a worker process of several).
     pub fn tagged(mut self, worker: Option<&'static str>) -> Connection {
         self.worker = worker;
+        self
+    }
+
+    /// Says where the connection came from (the accepted socket's peer address), for the
+    /// post rate limit. A driver that cannot tell leaves it out: that client is not limited.
+    pub fn from_peer(mut self, peer: Option<IpAddr>) -> Connection {
+        self.peer = peer;
         self
     }
 
@@ -431,6 +478,7 @@ impl Connection {
             // same (inside `StoreCall::run`).
             _ => {}
         }
+        self.drain_if_stopping();
     }
 
     /// The store call of the last [`Action::Store`] could not be queued (the offload pool is
@@ -450,6 +498,17 @@ impl Connection {
                 self.ws_pump(&[]);
             }
             _ => {}
+        }
+        self.drain_if_stopping();
+    }
+
+    /// The process is stopping: finish what is in flight, answer what waits, and close
+    /// (see "Draining" in the module doc). Given once; later calls change nothing.
+    pub fn handle_shutdown(&mut self, now: Now) {
+        self.now = now;
+        if !self.draining {
+            self.draining = true;
+            self.drain_if_stopping();
         }
     }
 
@@ -591,7 +650,8 @@ impl Connection {
         }
     }
 
-    fn on_request(&mut self, request: Request) {
+    fn on_request(&mut self, mut request: Request) {
+        request.peer = self.peer;
         let shape = Shape::of(&request, self.now.instant);
         self.serving.clear();
         let _ = write!(self.serving, "{} {}", request.method.as_str(), request.path());
@@ -623,6 +683,7 @@ impl Connection {
             }
             Outcome::WebSocket(accept) => self.upgrade(accept),
         }
+        self.drain_if_stopping();
     }
 
     /// Queues a response; the connection reads requests again, or closes if the response
@@ -632,7 +693,7 @@ impl Connection {
             self.untimed.push(Untimed { route, decoded: shape.decoded });
         }
         let how = Encoding {
-            keep_alive: shape.keep_alive,
+            keep_alive: shape.keep_alive && !self.draining,
             head_only: shape.head_only,
             http10: shape.http10,
             date: self.date.at(self.now.unix_ms),
@@ -673,6 +734,44 @@ impl Connection {
         if !matches!(self.state, State::Closing { .. } | State::Closed) {
             self.state = State::Closing { lingering: false, until: self.now.instant + CLOSE_GRACE };
         }
+    }
+
+    // ---- Draining -------------------------------------------------------------------------
+
+    /// While draining, ends the current state the way the module doc's "Draining" says;
+    /// what must finish first (a store call, a half-received request) is left to finish,
+    /// and this runs again when it has.
+    fn drain_if_stopping(&mut self) {
+        if !self.draining {
+            return;
+        }
+        match &self.state {
+            State::Http(_) if self.decoder.is_idle() => self.close(),
+            State::LongPoll(_) => {
+                let State::LongPoll(waiting) = std::mem::replace(&mut self.state, State::Closed) else {
+                    unreachable!("matched above")
+                };
+                let Waiting { poll, shape } = *waiting;
+                // `reply` sees `draining`: the answer says `Connection: close` and closes.
+                self.reply(&poll.timeout(), shape);
+            }
+            State::Events(_) => {
+                self.out.extend_from_slice(SHUTDOWN_EVENT);
+                self.close();
+            }
+            State::WebSocket(ws) if !ws.storing => self.ws_going_away(),
+            State::Http(_) | State::Storing(_) | State::WebSocket(_) | State::Closing { .. } | State::Closed => {}
+        }
+    }
+
+    /// Sends a close frame with code 1001 (going away) and [`SHUTTING_DOWN`], then closes.
+    fn ws_going_away(&mut self) {
+        if let State::WebSocket(ws) = &mut self.state {
+            let frame = CloseFrame { code: CloseCode::Away, reason: SHUTTING_DOWN.into() };
+            let _ = ws.framing.close(&mut Sink(&mut self.out), Some(frame));
+            let _ = ws.framing.flush(&mut Sink(&mut self.out));
+        }
+        self.close();
     }
 
     // ---- Waiting readers: long-poll and event stream -------------------------------------
@@ -770,7 +869,7 @@ impl Connection {
             }
             let mut pipe = Pipe { inbox: &mut ws.inbox, input: &mut input, eof: *eof, out };
             match ws.framing.read(&mut pipe) {
-                Ok(Message::Text(text)) => match ws.session.handle_text(app, text.as_str(), now.unix_ms) {
+                Ok(Message::Text(text)) => match ws.session.handle_text(app, text.as_str(), *now) {
                     WsAction::Reply(frame) => {
                         let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
                     }
@@ -778,6 +877,7 @@ impl Connection {
                         ws.storing = true;
                         *action = Some(Action::Store(call));
                     }
+                    WsAction::Close(why) => break End::Fail(CloseCode::Policy, why),
                 },
                 Ok(Message::Binary(_)) => {
                     let frame = error_frame(BINARY_NOT_UNDERSTOOD, None);

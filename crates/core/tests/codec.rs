@@ -41,6 +41,7 @@ fn req(
         headers,
         body: body.to_vec(),
         keep_alive,
+        peer: None,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use c10k_core::chat::{App, Config, Now};
 use c10k_core::conn::{Action, Connection, Interest, CLOSE_GRACE};
 use c10k_core::metrics::Format;
-use c10k_core::store::MemoryStore;
+use c10k_core::store::{MemoryStore, MessageId, RoomId, Store};
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::Message as WsMessage;
 
@@ -491,4 +491,127 @@ fn a_post_is_timed_from_its_request_through_the_store_call_to_its_answer() {
     assert_eq!(count, 1);
     assert!((sum - 0.501).abs() < 1e-6, "{sum}");
     assert_eq!((at_most(&buckets, "0.5"), at_most(&buckets, "1")), (0, 1), "{buckets:?}");
+}
+
+// ---- Draining (SIGTERM): `handle_shutdown` ---------------------------------------------
+
+/// Takes what the machine sends and runs its actions, as a driver after an input does.
+fn flush_and_settle(world: &World, c: &mut Connection, now: Now) -> (String, Vec<&'static str>) {
+    let mut sent = String::new();
+    let mut ran = Vec::new();
+    loop {
+        let before = (sent.len(), ran.len());
+        ran.extend(world.settle(c, now));
+        sent.push_str(&drain(c, now.instant));
+        if (sent.len(), ran.len()) == before || ran.last() == Some(&"close") {
+            return (sent, ran);
+        }
+    }
+}
+
+#[test]
+fn draining_closes_an_idle_keep_alive_connection_at_once_without_a_word() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    assert!(!drain(&mut c, world.at(9.0).instant).contains("Connection: close"));
+    c.handle_shutdown(world.at(2.0));
+    let (sent, ran) = flush_and_settle(&world, &mut c, world.at(2.0));
+    assert_eq!(sent, "", "nothing is said to an idle connection");
+    assert_eq!(ran, ["shutdown"], "its write side is shut at once");
+    c.handle_eof(world.at(2.1));
+    assert_eq!(world.settle(&mut c, world.at(2.1)), ["close"]);
+}
+
+#[test]
+fn draining_finishes_a_store_call_in_flight_and_answers_it_with_connection_close() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(post("r", "last words").as_bytes(), world.at(1.0));
+    let Some(Action::Store(call)) = c.poll_action() else { panic!("a post makes a store call") };
+    c.handle_shutdown(world.at(1.1));
+    assert_eq!(drain(&mut c, world.at(9.0).instant), "", "nothing is answered before the store has the message");
+    assert!(c.poll_action().is_none(), "the connection waits for its store call");
+    c.handle_store_done(call.run(&world.store), world.at(1.2));
+    let (reply, ran) = flush_and_settle(&world, &mut c, world.at(1.2));
+    assert!(reply.starts_with("HTTP/1.1 201 Created\r\n") && reply.contains("last words"), "{reply}");
+    assert!(reply.contains("Connection: close\r\n"), "{reply}");
+    assert_eq!(ran, ["shutdown"]);
+    let stored = world.store.after(&RoomId::new("r").expect("a room"), MessageId(0), 10).expect("the memory store");
+    assert_eq!(stored.len(), 1, "the acknowledged message is stored");
+}
+
+#[test]
+fn draining_answers_a_waiting_long_poll_at_once_with_its_empty_answer_and_connection_close() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/messages?after=0&wait=20 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    assert_eq!(drain(&mut c, world.at(9.0).instant), "", "it waits");
+    assert_eq!(world.app.hub().waiting(), 1);
+    c.handle_shutdown(world.at(2.0));
+    let (reply, ran) = flush_and_settle(&world, &mut c, world.at(2.0));
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains(r#""messages":[]"#), "{reply}");
+    assert!(reply.contains("Connection: close\r\n"), "{reply}");
+    assert_eq!(ran, ["shutdown"]);
+    assert_eq!(world.app.hub().waiting(), 0, "its waker is forgotten");
+}
+
+#[test]
+fn draining_ends_an_event_stream_with_a_retry_and_a_shutdown_event_that_keeps_the_last_event_id() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
+    assert!(drain(&mut c, world.at(9.0).instant).contains("text/event-stream"));
+    c.handle_shutdown(world.at(1.0));
+    let (last, ran) = flush_and_settle(&world, &mut c, world.at(1.0));
+    assert_eq!(last.as_bytes(), c10k_core::conn::SHUTDOWN_EVENT);
+    assert!(last.starts_with("retry: ") && last.contains("event: shutdown\n") && !last.contains("id:"), "{last}");
+    assert_eq!(ran, ["shutdown"]);
+}
+
+#[test]
+fn draining_closes_a_websocket_with_1001_after_acknowledging_the_post_in_flight() {
+    let world = World::new();
+    let (mut c, mut client) = upgraded(&world);
+    drain(&mut c, world.at(9.0).instant);
+    c.handle_bytes(&client.frame(WsMessage::text(r#"{"type":"post","body":"hi","ref":8}"#)), world.at(1.0));
+    let Some(Action::Store(call)) = c.poll_action() else { panic!("a post makes a store call") };
+    c.handle_shutdown(world.at(1.1));
+    assert_eq!(c.doing(), "WebSocket", "the post in flight is acknowledged first");
+    c.handle_store_done(call.run(&world.store), world.at(1.2));
+    let bytes = drain_bytes(&mut c, world.at(9.0).instant);
+    let frames = client.messages(&bytes);
+    let ack = frames.iter().position(|m| matches!(m, WsMessage::Text(t) if t.contains(r#""type":"ack""#)));
+    let close = frames.iter().position(|m| {
+        matches!(m, WsMessage::Close(Some(f)) if u16::from(f.code) == 1001 && f.reason == c10k_core::conn::SHUTTING_DOWN)
+    });
+    assert!(ack.is_some() && close.is_some() && ack < close, "the ack, then close 1001: {frames:?}");
+    assert_eq!(world.settle(&mut c, world.at(1.2)), ["shutdown"]);
+}
+
+#[test]
+fn draining_reads_a_half_received_request_to_its_end_and_answers_it_with_connection_close() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHo", world.at(1.0));
+    c.handle_shutdown(world.at(1.1));
+    assert!(world.settle(&mut c, world.at(1.1)).is_empty(), "the request is awaited");
+    assert!(c.interest().read);
+    c.handle_bytes(b"st: x\r\n\r\n", world.at(1.2));
+    let (reply, ran) = flush_and_settle(&world, &mut c, world.at(1.2));
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("Connection: close\r\n"), "{reply}");
+    assert_eq!(ran, ["shutdown"]);
+}
+
+#[test]
+fn a_request_arriving_while_draining_that_would_wait_is_answered_at_once() {
+    let world = World::new();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/messages?after=0&wai", world.at(1.0));
+    c.handle_shutdown(world.at(1.1));
+    c.handle_bytes(b"t=20 HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.2));
+    let (reply, ran) = flush_and_settle(&world, &mut c, world.at(1.2));
+    assert!(reply.contains(r#""messages":[]"#) && reply.contains("Connection: close\r\n"), "{reply}");
+    assert_eq!(ran, ["shutdown"]);
+    assert_eq!(world.app.hub().waiting(), 0);
 }

@@ -14,6 +14,7 @@ fn get(app: &App, method: Method, target: &str) -> Response {
         headers: Headers::new(),
         body: Vec::new(),
         keep_alive: true,
+        peer: None,
     };
     match app.handle_request(request, Now { instant: Instant::now(), unix_ms: 0 }) {
         Outcome::Reply(response) => response,

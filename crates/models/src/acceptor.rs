@@ -11,23 +11,24 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use c10k_core::chat::App;
 use c10k_core::http::{Encoding, Response};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::blocking::{Interest, Wait};
-use crate::common::{date, is_fd_exhaustion, tagged, ConnectionSlot};
+use crate::common::{date, is_fd_exhaustion, tagged, ConnectionSlot, Open};
 use crate::sys::syscall;
 use crate::thread_wait::ThreadWait;
 use crate::Context;
 
-/// Accepts until shutdown, calling `hand_off` with each stream and its slot.
+/// Accepts until shutdown, calling `hand_off` with each stream and its slot; then closes
+/// the listener and waits for the connections handed off to end (they drain, each on its
+/// own thread), or for the drain deadline.
 pub(crate) fn accept_loop(
-    listener: &TcpListener,
+    listener: TcpListener,
     context: &Context,
     mut hand_off: impl FnMut(TcpStream, ConnectionSlot),
 ) -> io::Result<()> {
@@ -35,9 +36,11 @@ pub(crate) fn accept_loop(
     keep_reserve_descriptor();
     let wait = ThreadWait::new()?;
     let waker = wait.waker();
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     loop {
         if context.shutdown.poll(&waker).is_ready() {
+            drop(listener);
+            wait_drained(&open, &wait, context);
             return Ok(());
         }
         match listener.accept() {
@@ -65,6 +68,23 @@ pub(crate) fn accept_loop(
             Err(e) => debug!("accept: {e}"),
         }
     }
+}
+
+/// Waits until `open` has no connection left or the drain deadline passes.
+fn wait_drained(open: &Open, wait: &ThreadWait, context: &Context) {
+    let deadline = context.shutdown.drain_deadline().unwrap_or_else(Instant::now);
+    info!(open = open.count(), "stopped accepting; draining the open connections");
+    while open.poll_empty(&wait.waker()).is_pending() {
+        if Instant::now() >= deadline {
+            warn!(open = open.count(), "the drain deadline passed; closing the connections still open");
+            return;
+        }
+        if let Err(e) = wait.wait(None, Some(deadline)) {
+            warn!("cannot wait for the connections to drain: {e}");
+            return;
+        }
+    }
+    info!("every connection has drained");
 }
 
 /// Writes a short response to a connection that will not be served, without blocking the

@@ -15,7 +15,6 @@ use std::io;
 use std::net::{Shutdown, TcpListener as StdListener};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -29,8 +28,8 @@ use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::acceptor::{keep_reserve_descriptor, refuse_with_reserve, Reserve};
-use crate::common::{connection, date, is_fd_exhaustion, now, tagged, ConnectionSlot};
-use crate::{Context, DbMode, Model};
+use crate::common::{connection, date, is_fd_exhaustion, now, tagged, ConnectionSlot, Open};
+use crate::{Context, DbMode, Model, Subscription};
 
 /// Bytes read from a socket at a time, into the worker thread's scratch buffer (see
 /// [`read_into`]). Sized for a typical request head.
@@ -77,7 +76,7 @@ impl Model for AsyncModel {
         }
         let runtime = builder.enable_all().thread_name("c10k-async").build()?;
         let result = runtime.block_on(accept_loop(listener, context));
-        // Tasks still running (long-polls, streams) are dropped: their clients reconnect.
+        // Tasks still running past the drain deadline are dropped: their clients reconnect.
         runtime.shutdown_timeout(Duration::from_secs(1));
         result
     }
@@ -87,7 +86,7 @@ async fn accept_loop(listener: StdListener, context: Context) -> io::Result<()> 
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     keep_reserve_descriptor();
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     loop {
         let accepted = tokio::select! {
             _ = context.shutdown.wait() => break,
@@ -124,7 +123,14 @@ async fn accept_loop(listener: StdListener, context: Context) -> io::Result<()> 
             Err(e) => debug!("accept: {e}"),
         }
     }
-    info!("async model: stopped accepting");
+    drop(listener);
+    let deadline = context.shutdown.drain_deadline().unwrap_or_else(std::time::Instant::now);
+    info!(open = open.count(), "async model: stopped accepting; draining the open connections");
+    let drained = poll_fn(|cx| open.poll_empty(cx.waker()));
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), drained).await {
+        Ok(()) => info!("every connection has drained"),
+        Err(_) => warn!(open = open.count(), "the drain deadline passed; closing the connections still open"),
+    }
     Ok(())
 }
 
@@ -146,13 +152,19 @@ struct Connection {
     sleep: Option<Pin<Box<Sleep>>>,
     /// A store call in flight: its answer goes back to the machine.
     store: Option<Pin<Box<dyn Future<Output = Option<StoreDone>> + Send>>>,
+    /// Wakes the task when the process is told to stop.
+    stop: Subscription,
+    /// The machine has been told ([`c10k_core::conn::Connection::handle_shutdown`]).
+    draining: bool,
 }
 
 impl Connection {
     fn new(stream: TcpStream, context: Context) -> Connection {
         // The task's waker replaces this one at the first poll, before anything waits.
-        let machine = connection(&context.app, Waker::noop().clone());
-        Connection { stream, context, machine, sleep: None, store: None }
+        let peer = stream.peer_addr().ok().map(|address| address.ip());
+        let machine = connection(&context.app, Waker::noop().clone(), peer);
+        let stop = context.shutdown.subscribe(Waker::noop());
+        Connection { stream, context, machine, sleep: None, store: None, stop, draining: false }
     }
 
     async fn run(mut self) -> io::Result<()> {
@@ -231,6 +243,13 @@ impl Connection {
                 None => self.sleep = None,
             }
             if !progressed {
+                // About to wait: only now is a stop taken in, so that what the client
+                // already sent is read and answered first.
+                if !self.draining && self.stop.poll(cx.waker()).is_ready() {
+                    self.draining = true;
+                    self.machine.handle_shutdown(now());
+                    continue;
+                }
                 return Poll::Pending;
             }
         }

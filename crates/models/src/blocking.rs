@@ -37,6 +37,8 @@ pub(crate) trait Conn: Read + Write {
     fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()>;
     /// Shuts down the sending side (a FIN after what was written).
     fn shutdown_write(&self) -> io::Result<()>;
+    /// Where the client came from, if the kernel can say.
+    fn peer(&self) -> Option<std::net::IpAddr>;
 }
 
 /// Which readiness of a socket to wait for.
@@ -106,6 +108,10 @@ impl Conn for std::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
     }
+
+    fn peer(&self) -> Option<std::net::IpAddr> {
+        self.peer_addr().ok().map(|address| address.ip())
+    }
 }
 
 /// One global lock around all application handling (`--giant-lock`): the GIL, or FreeBSD
@@ -125,9 +131,17 @@ impl Giant {
 }
 
 /// Serves one connection until it closes. Never panics on peer input.
+///
+/// When the process is told to stop, the connection learns it the next time it is about
+/// to sleep (so that what the client already sent is read and answered first), through a
+/// shutdown subscription woken with this handler's own waker; from then on it drains
+/// (`Connection::handle_shutdown`), and is dropped if it is still open at the drain
+/// deadline.
 pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context: &Context, giant: &Giant) -> io::Result<()> {
     conn.set_nonblocking(true)?;
-    let mut machine = connection(&context.app, wait.waker());
+    let mut machine = connection(&context.app, wait.waker(), conn.peer());
+    let stop = context.shutdown.subscribe(&wait.waker());
+    let mut drain_deadline = None;
     let mut buf = vec![0; READ_CHUNK];
     loop {
         while let Some(action) = machine.poll_action() {
@@ -187,16 +201,30 @@ pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context:
                 Err(e) => return Err(e),
             }
         }
+        if drain_deadline.is_none() && stop.is_triggered() {
+            let _giant = giant.hold();
+            machine.handle_shutdown(now());
+            drain_deadline = Some(context.shutdown.drain_deadline().unwrap_or_else(Instant::now));
+            continue;
+        }
         let socket = match (interest.read, interest.write) {
             (true, true) => Some(Interest::ReadWrite),
             (true, false) => Some(Interest::Read),
             (false, true) => Some(Interest::Write),
             (false, false) => None,
         };
-        match wait.wait(socket.map(|interest| (conn.fd(), interest)), machine.poll_timeout())? {
+        let deadline = match (machine.poll_timeout(), drain_deadline) {
+            (Some(at), Some(drain)) => Some(at.min(drain)),
+            (at, drain) => at.or(drain),
+        };
+        match wait.wait(socket.map(|interest| (conn.fd(), interest)), deadline)? {
             Woke::Waker => {
                 let _giant = giant.hold();
                 machine.handle_wake(now());
+            }
+            Woke::Deadline if drain_deadline.is_some_and(|drain| Instant::now() >= drain) => {
+                // The hard deadline of the drain: the client resumes from its cursor.
+                return Ok(());
             }
             Woke::Deadline => {
                 let _giant = giant.hold();

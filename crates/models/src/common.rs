@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use c10k_core::chat::{App, Now};
@@ -35,19 +36,51 @@ pub(crate) fn date() -> Rc<str> {
     })
 }
 
+/// The connections a model has open, counted against the cap by [`ConnectionSlot`]s; a
+/// draining model waits for it to reach zero ([`Open::poll_empty`]).
+#[derive(Debug, Default)]
+pub(crate) struct Open {
+    count: AtomicUsize,
+    /// Woken (and forgotten) when the count reaches zero.
+    empty: Mutex<Vec<Waker>>,
+}
+
+impl Open {
+    /// How many are open.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// `Ready` when none is open; otherwise `waker` is woken when the last one closes.
+    pub(crate) fn poll_empty(&self, waker: &Waker) -> Poll<()> {
+        if self.count() == 0 {
+            return Poll::Ready(());
+        }
+        let mut empty = self.empty.lock().unwrap_or_else(|p| p.into_inner());
+        // Again under the lock: the last slot's drop takes the list under it.
+        if self.count() == 0 {
+            return Poll::Ready(());
+        }
+        if !empty.iter().any(|w| w.will_wake(waker)) {
+            empty.push(waker.clone());
+        }
+        Poll::Pending
+    }
+}
+
 /// Counts open connections against the cap; dropping it closes the count.
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
-    open: Arc<AtomicUsize>,
+    open: Arc<Open>,
     app: Arc<App>,
 }
 
 impl ConnectionSlot {
     /// Takes a slot, or `None` at the cap (the caller answers 503 and closes).
-    pub(crate) fn take(open: &Arc<AtomicUsize>, app: &Arc<App>) -> Option<ConnectionSlot> {
+    pub(crate) fn take(open: &Arc<Open>, app: &Arc<App>) -> Option<ConnectionSlot> {
         app.metrics().connections_accepted.inc();
         let cap = app.limits().max_connections;
-        let taken = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+        let taken = open.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
         if taken.is_err() {
             app.metrics().connections_refused.inc();
             return None;
@@ -59,8 +92,14 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        let was = self.open.count.fetch_sub(1, Ordering::AcqRel);
         self.app.metrics().connections_open.dec();
+        if was == 1 {
+            let waiting = std::mem::take(&mut *self.open.empty.lock().unwrap_or_else(|p| p.into_inner()));
+            for waker in waiting {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -83,10 +122,16 @@ pub(crate) fn worker_tag() -> Option<&'static str> {
     WORKER_TAG.get().map(String::as_str)
 }
 
-/// The connection machine for a connection accepted now, woken through `waker`, tagging
-/// its responses as [`tagged`] does.
-pub(crate) fn connection(app: &Arc<App>, waker: std::task::Waker) -> c10k_core::conn::Connection {
-    c10k_core::conn::Connection::new(Arc::clone(app), waker, now()).tagged(worker_tag())
+/// The connection machine for a connection from `peer` accepted now, woken through
+/// `waker`, tagging its responses as [`tagged`] does.
+pub(crate) fn connection(app: &Arc<App>, waker: std::task::Waker, peer: Option<std::net::IpAddr>) -> c10k_core::conn::Connection {
+    c10k_core::conn::Connection::new(Arc::clone(app), waker, now()).tagged(worker_tag()).from_peer(peer)
+}
+
+/// The address a connected socket's client came from (for the post rate limit), or `None`
+/// when the kernel cannot say (the client is already gone).
+pub(crate) fn peer_of(socket: &impl std::os::fd::AsFd) -> Option<std::net::IpAddr> {
+    socket2::SockRef::from(socket).peer_addr().ok()?.as_socket().map(|address| address.ip())
 }
 
 /// The response as this process sends it: in a worker process, with `X-C10k-Worker: PID`,

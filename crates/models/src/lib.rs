@@ -53,7 +53,7 @@ use c10k_core::chat::App;
 use c10k_core::store::{AsyncStore, Store};
 use c10k_store::OffloadPool;
 
-pub use shutdown::Shutdown;
+pub use shutdown::{Shutdown, Subscription, DEFAULT_DRAIN_TIMEOUT};
 
 /// Where blocking store calls run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,7 +67,7 @@ impl Model for PoolModel {
                 .stack_size(self.stack_size)
                 .spawn(move || worker(receiver, context, giant))?;
         }
-        accept_loop(&listener, &context, |stream, slot| match sender.try_send((stream, slot)) {
+        accept_loop(listener, &context, |stream, slot| match sender.try_send((stream, slot)) {
             Ok(()) => {}
             Err(TrySendError::Full((stream, _slot)) | TrySendError::Disconnected((stream, _slot))) => {
                 warn!("every worker is busy and the queue is full; answering 503");

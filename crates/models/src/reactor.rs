@@ -16,7 +16,7 @@ use c10k_core::chat::StoreDone;
 use c10k_core::conn::{Action, Connection};
 use tracing::{debug, info, warn};
 
-use crate::common::{connection, now, ConnectionSlot};
+use crate::common::{connection, now, peer_of, ConnectionSlot};
 use crate::event::event_loop::{Loop, TimerKey};
 use crate::event::shell::{self, Connections, Refused, FIRST_CONNECTION};
 use crate::event::{self, Interest, PollerKind, Token};
@@ -99,7 +99,7 @@ impl Connections for Server {
             // select(2) past FD_SETSIZE: never write past the fd_set; answer and close.
             return Err(Refused { stream, error, why: "this server cannot watch more connections; try again shortly" });
         }
-        let machine = connection(&self.context.app, lp.waker(token));
+        let machine = connection(&self.context.app, lp.waker(token), peer_of(&stream));
         let conn = Conn { token, stream, fd, machine, registered: Interest::READABLE, timer: None, _slot: slot };
         self.conns.insert(token, conn);
         // Only arm the idle timer: the request is read in a callback of its own when the
@@ -136,6 +136,13 @@ impl Connections for Server {
         // A connection that closed meanwhile is simply gone: its message is stored and
         // published all the same (inside `StoreCall::run`).
         self.with_conn(lp, token, |conn, _| conn.machine.handle_store_done(done, now()));
+    }
+
+    fn on_shutdown(&mut self, lp: &mut Loop<StoreDone>) {
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for token in tokens {
+            self.with_conn(lp, token, |conn, _| conn.machine.handle_shutdown(now()));
+        }
     }
 
     fn open(&self) -> usize {

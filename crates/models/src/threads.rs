@@ -49,7 +49,7 @@ impl Model for ThreadsModel {
     }
 
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
-        accept_loop(&listener, &context, |stream, slot| {
+        accept_loop(listener, &context, |stream, slot| {
             let app = std::sync::Arc::clone(&context.app);
             let context = context.clone();
             let giant = self.giant.clone();

@@ -72,6 +72,7 @@ mod tests {
             headers: h,
             body: body.as_bytes().to_vec(),
             keep_alive: true,
+            peer: None,
         }
     }
 

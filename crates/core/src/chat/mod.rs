@@ -12,6 +12,7 @@
 pub mod form;
 mod idempotency;
 pub mod origin;
+pub mod rate;
 mod page;
 pub mod render;
 mod stream;
@@ -68,6 +69,10 @@ pub struct Config {
     pub process: Option<Arc<dyn ProcessSampler>>,
     /// Web origins allowed besides the request's own (`--allow-origin`; see [`origin`]).
     pub allowed_origins: origin::AllowedOrigins,
+    /// The per-client post rate limit (`--post-rate`; `None`: none; see [`rate`]).
+    pub post_rate: Option<rate::PostRate>,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<core::net::IpAddr>,
 }
 
 impl Config {
@@ -82,6 +87,8 @@ impl Config {
             server: ServerInfo::default(),
             process: None,
             allowed_origins: origin::AllowedOrigins::default(),
+            post_rate: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -414,6 +421,7 @@ pub struct App {
     config: Config,
     on_stored: OnceLock<OnStored>,
     replays: Arc<Replays>,
+    posts: rate::PostLimiter,
 }
 
 /// Why a keyed post is answered without a store call.
@@ -462,6 +470,7 @@ impl App {
             hub: Arc::new(Hub::new(config.history)),
             xsrf: xsrf::Xsrf::new(config.seed),
             metrics: Metrics::new(config.server.clone(), config.process.clone()),
+            posts: rate::PostLimiter::new(config.post_rate, config.trusted_proxies.clone()),
             config,
             on_stored: OnceLock::new(),
             replays: Arc::default(),
@@ -746,6 +755,9 @@ impl App {
         let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms, deadline, key: None };
         // Tornado's client sends no key; a client of ours may, as a header or a form field.
         let key = request.headers.get("idempotency-key").or_else(|| form.get("key")).map(str::to_string);
+        if let Some(refused) = self.over_rate(self.post_client(request), now.instant) {
+            return Outcome::Reply(refused);
+        }
         self.keyed_post(RoomId::main(), key, message, AfterStore::TornadoNew { redirect })
     }
 
@@ -865,7 +877,39 @@ impl App {
             Ok(message) => message,
             Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
         };
+        if let Some(refused) = self.over_rate(self.post_client(request), now.instant) {
+            return Outcome::Reply(refused);
+        }
         self.keyed_post(room, key, message, AfterStore::NativePost)
+    }
+
+    /// Who sent `request`, for the post rate limit ([`rate`]).
+    fn post_client(&self, request: &Request) -> Option<rate::ClientKey> {
+        self.posts.client(request.peer, request.headers.get("x-forwarded-for"))
+    }
+
+    /// Takes a post token of `client` at `now`; when it has none, why, for the client: a
+    /// 429 with `Retry-After`, the whole seconds until a token is back (RFC 9110 10.2.3).
+    fn over_rate(&self, client: Option<rate::ClientKey>, now: Instant) -> Option<Response> {
+        self.rate_refusal(client, now).map(|(why, wait)| {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            api_error(StatusCode::TOO_MANY_REQUESTS, &why).header("Retry-After", seconds.to_string())
+        })
+    }
+
+    /// `over_rate` for any transport: the reason and the wait, or `None` to go on.
+    pub(crate) fn rate_refusal(&self, client: Option<rate::ClientKey>, now: Instant) -> Option<(String, std::time::Duration)> {
+        match self.posts.admit(client, now) {
+            rate::Admission::Admit => None,
+            rate::Admission::Untracked => {
+                self.metrics.request("rate_untracked");
+                None
+            }
+            rate::Admission::Refuse(wait) => {
+                self.metrics.request("rate_limited");
+                Some((self.posts.refusal(wait), wait))
+            }
+        }
     }
 
     /// Stores a post under its idempotency key, if it has one, or answers it at once
@@ -916,7 +960,8 @@ impl App {
             .header("Upgrade", "websocket")
             .header("Connection", "Upgrade")
             .header("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key.as_bytes()));
-        let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor));
+        let client = self.post_client(request);
+        let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client);
         Outcome::WebSocket(WebSocketAccept { response, session })
     }
 }

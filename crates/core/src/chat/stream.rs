@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
 use super::render::{to_json, Rendered};
-use super::{json_response, App, StoreCall, StoreDone};
+use super::{json_response, App, Now, StoreCall, StoreDone};
 use crate::http::{Response, StatusCode};
 use crate::hub::{Batch, Subscription};
 use crate::store::RoomId;
@@ -249,6 +249,9 @@ pub enum WsAction {
     Reply(String),
     /// Run this store call (as for any post), then send [`WsSession::finish_post`]'s frame.
     Store(StoreCall),
+    /// Close the connection with 1008 (policy violation) and this reason: the client posts
+    /// faster than `--post-rate` allows (a frame has no status to refuse it with).
+    Close(String),
 }
 
 /// One WebSocket client of a room, between frames. The model owns the framing
@@ -261,12 +264,14 @@ pub enum WsAction {
 pub struct WsSession {
     feed: Feed,
     room: RoomId,
+    /// Who is on the other end, for the post rate limit.
+    client: Option<super::rate::ClientKey>,
     _held: Held,
 }
 
 impl WsSession {
-    pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription) -> WsSession {
-        WsSession { feed: Feed::new(subscription), room, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+    pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription, client: Option<super::rate::ClientKey>) -> WsSession {
+        WsSession { feed: Feed::new(subscription), room, client, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
     }
 
     /// Appends the frames that are ready (one per message, after a reset frame if any).
@@ -286,7 +291,8 @@ impl WsSession {
     }
 
     /// Interprets a text frame from the client.
-    pub fn handle_text(&self, app: &App, text: &str, now_ms: u64) -> WsAction {
+    pub fn handle_text(&self, app: &App, text: &str, now: Now) -> WsAction {
+        let now_ms = now.unix_ms;
         // Fields are read one by one from a JSON object, so that whatever is wrong with a
         // frame, its `ref` (if any) is echoed in the error and the client can match it.
         let frame: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
@@ -320,6 +326,9 @@ impl WsSession {
             Ok(message) => message,
             Err(why) => return WsAction::Reply(error_frame(why, reference)),
         };
+        if let Some((why, _)) = app.rate_refusal(self.client, now.instant) {
+            return WsAction::Close(why);
+        }
         match app.claim_key(&self.room, key, &message) {
             Ok(claim) => {
                 message.key = key.map(str::to_string);

@@ -427,6 +427,7 @@ fn parse_head(head: &[u8], caps: Caps) -> Result<Pending, ProtocolError> {
             headers,
             body: Vec::with_capacity(body_len),
             keep_alive,
+            peer: None,
         },
         framing,
         send_continue,

@@ -40,6 +40,8 @@ impl StatusCode {
     pub const UPGRADE_REQUIRED: StatusCode = StatusCode(426);
     /// 422 Unprocessable Content (the ledger: insufficient funds).
     pub const UNPROCESSABLE_ENTITY: StatusCode = StatusCode(422);
+    /// 429 Too Many Requests (the post rate limit).
+    pub const TOO_MANY_REQUESTS: StatusCode = StatusCode(429);
     /// 431 Request Header Fields Too Large.
     pub const HEADER_FIELDS_TOO_LARGE: StatusCode = StatusCode(431);
     /// 500 Internal Server Error.
@@ -221,6 +223,10 @@ pub struct Request {
     /// Whether the connection may carry another request after this one (RFC 9112 9.3):
     /// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
     pub keep_alive: bool,
+    /// The address the connection came from, as the model's driver saw it (`None`: not
+    /// known, as in the core's own tests). The decoder leaves it `None`; the connection
+    /// machine fills it in. Used by the post rate limit (`chat::rate`).
+    pub peer: Option<core::net::IpAddr>,
 }
 
 impl Request {

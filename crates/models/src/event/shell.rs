@@ -11,7 +11,10 @@
 //!   then handed to the model; a connection the model cannot take (the poller refuses its
 //!   descriptor, no coroutine stack) is answered 503, logged the first time and every
 //!   1,024th after, and closed.
-//! - **Shutdown**: the loop stops when the process's shutdown fires.
+//! - **Shutdown**: a drain. When the process's shutdown fires, the listener is
+//!   deregistered and closed, the model tells each connection ([`Connections::on_shutdown`]),
+//!   a timer is set for the drain deadline, and the loop stops when the last connection is
+//!   gone or that timer fires, whichever is first.
 //!
 //! What differs, the model supplies as [`Connections`]: how a connection is started and
 //! how its events are handled (a state machine per connection, or a coroutine).
@@ -19,7 +22,6 @@
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -30,7 +32,7 @@ use tracing::{debug, error, warn};
 use super::event_loop::{Handler, Loop, Watchdog};
 use super::{Event, Interest, PollerKind, Token};
 use crate::acceptor::refuse;
-use crate::common::ConnectionSlot;
+use crate::common::{ConnectionSlot, Open};
 use crate::Shutdown;
 
 /// The listening socket's token (readable: accept; timer: resume accepting after EMFILE).
@@ -65,7 +67,9 @@ pub(crate) trait Connections {
     fn on_woken(&mut self, lp: &mut Loop<Self::Message>, token: Token);
     /// Work posted to a connection (a store call's result).
     fn on_message(&mut self, lp: &mut Loop<Self::Message>, token: Token, message: Self::Message);
-    /// Connections still open, for the last log line.
+    /// The process is stopping: tell every connection (each then drains and ends).
+    fn on_shutdown(&mut self, lp: &mut Loop<Self::Message>);
+    /// Connections still open: the drain ends when there are none.
     fn open(&self) -> usize;
 }
 
@@ -101,13 +105,16 @@ pub(crate) fn serve<C: Connections>(
         app,
         shutdown,
         shutdown_waker,
-        listener,
-        open: Arc::new(AtomicUsize::new(0)),
+        listener: Some(listener),
+        open: Arc::new(Open::default()),
         refusals: 0,
         connections,
     };
     lp.run(&mut shell)?;
-    tracing::info!(open = shell.connections.open(), "{model} model: stopped; closing the open connections");
+    match shell.connections.open() {
+        0 => tracing::info!("{model} model: stopped; every connection has drained"),
+        open => warn!(open, "{model} model: the drain deadline passed; closing the connections still open"),
+    }
     Ok(())
 }
 
@@ -116,8 +123,9 @@ struct Shell<C> {
     app: Arc<App>,
     shutdown: Shutdown,
     shutdown_waker: Waker,
-    listener: TcpListener,
-    open: Arc<AtomicUsize>,
+    /// `None` once the drain began.
+    listener: Option<TcpListener>,
+    open: Arc<Open>,
     /// Connections the model could not take, for the log.
     refusals: u64,
     connections: C,
@@ -131,39 +139,68 @@ impl<C: Connections> Handler for Shell<C> {
             LISTENER => self.on_acceptable(lp),
             _ => self.connections.on_ready(lp, event),
         }
+        self.stop_when_drained(lp);
     }
 
     fn on_timer(&mut self, lp: &mut Loop<C::Message>, token: Token) {
         match token {
             LISTENER => {
-                if let Err(e) = lp.reregister(self.listener.as_raw_fd(), LISTENER, Interest::READABLE) {
+                let Some(listener) = &self.listener else { return };
+                if let Err(e) = lp.reregister(listener.as_raw_fd(), LISTENER, Interest::READABLE) {
                     warn!("cannot resume accepting: {e}");
                 }
                 self.on_acceptable(lp);
             }
+            // The drain deadline.
+            SHUTDOWN => lp.stop(),
             _ => self.connections.on_timer(lp, token),
         }
+        self.stop_when_drained(lp);
     }
 
     fn on_woken(&mut self, lp: &mut Loop<C::Message>, token: Token) {
         match token {
             SHUTDOWN => {
-                if self.shutdown.poll(&self.shutdown_waker).is_ready() {
-                    lp.stop();
+                if self.listener.is_some() && self.shutdown.poll(&self.shutdown_waker).is_ready() {
+                    self.start_draining(lp);
                 }
             }
             _ => self.connections.on_woken(lp, token),
         }
+        self.stop_when_drained(lp);
     }
 
     fn on_message(&mut self, lp: &mut Loop<C::Message>, token: Token, message: C::Message) {
         self.connections.on_message(lp, token, message);
+        self.stop_when_drained(lp);
     }
 }
 
 impl<C: Connections> Shell<C> {
+    /// Stops accepting (the listener is deregistered, then closed, as the poller contract
+    /// asks), tells every connection, and sets the drain deadline's timer.
+    fn start_draining(&mut self, lp: &mut Loop<C::Message>) {
+        if let Some(listener) = self.listener.take() {
+            if let Err(e) = lp.deregister(listener.as_raw_fd()) {
+                debug!("deregister the listener: {e}");
+            }
+        }
+        tracing::info!(open = self.connections.open(), "{} model: stopped accepting; draining the open connections", self.model);
+        self.connections.on_shutdown(lp);
+        let deadline = self.shutdown.drain_deadline().unwrap_or_else(std::time::Instant::now);
+        lp.add_timer(deadline, SHUTDOWN);
+    }
+
+    /// Ends the loop once draining and no connection is left.
+    fn stop_when_drained(&mut self, lp: &mut Loop<C::Message>) {
+        if self.listener.is_none() && self.connections.open() == 0 {
+            lp.stop();
+        }
+    }
+
     fn on_acceptable(&mut self, lp: &mut Loop<C::Message>) {
-        for stream in lp.accept_batch(&self.listener, LISTENER, &self.app) {
+        let Some(listener) = &self.listener else { return };
+        for stream in lp.accept_batch(listener, LISTENER, &self.app) {
             self.on_accepted(lp, stream);
         }
     }

@@ -120,6 +120,10 @@ where
     fn shutdown_write(&self) -> io::Result<()> {
         socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write)
     }
+
+    fn peer(&self) -> Option<std::net::IpAddr> {
+        crate::common::peer_of(&*self.socket)
+    }
 }
 
 /// How the driver sleeps on a coroutine: a park on the socket, a deadline and the waker.

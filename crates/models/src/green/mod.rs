@@ -106,15 +106,15 @@ struct Server {
 impl Connections for Server {
     type Message = ();
 
-    /// Starts a coroutine for `stream`, parked until its first bytes arrive or it has been
-    /// idle too long.
+    /// Starts a coroutine for `stream`, parked until its first bytes arrive, it has been
+    /// idle too long, or (woken) the process stops: then the driver takes the stop in.
     fn start(&mut self, lp: &mut Loop<()>, stream: TcpStream, slot: ConnectionSlot) -> Result<(), Refused> {
         let socket = Rc::new(stream);
         let first = Park {
             socket: Interest::READABLE,
             other: None,
             deadline: Some(Instant::now() + self.context.app.limits().idle_timeout),
-            wakeable: false,
+            wakeable: true,
         };
         let context = Rc::clone(&self.context);
         let native = self.native.clone();
@@ -154,6 +154,13 @@ impl Connections for Server {
 
     fn on_message(&mut self, _: &mut Loop<()>, _: Token, (): ()) {
         // Nothing is posted: store results come back through the coroutine's waker.
+    }
+
+    /// Each coroutine in the blocking driver learns of the stop through its own shutdown
+    /// subscription; one still parked on its first bytes has none yet, so every one is
+    /// woken here (a spurious wake is harmless to the others).
+    fn on_shutdown(&mut self, lp: &mut Loop<()>) {
+        self.scheduler.wake_all(lp);
     }
 
     fn open(&self) -> usize {

@@ -267,6 +267,14 @@ impl Scheduler {
         }
     }
 
+    /// Wakes every coroutine, as if each one's waker had been woken.
+    pub(crate) fn wake_all<M: Send + 'static>(&mut self, lp: &mut Loop<M>) {
+        let tokens: Vec<Token> = self.tasks.keys().copied().collect();
+        for token in tokens {
+            self.on_woken(lp, token);
+        }
+    }
+
     fn parked(&self, token: Token) -> Option<Park> {
         self.tasks.get(&token).and_then(|task| task.park)
     }

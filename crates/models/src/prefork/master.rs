@@ -35,8 +35,10 @@ use crate::sys::{poll_timeout_ms, syscall};
 /// end of the relay. Its `Err` is logged and becomes the worker's exit status 2.
 pub type WorkerMain<'a> = dyn FnMut(TcpListener, LocalRelay) -> Result<(), String> + 'a;
 
-/// How long stopping workers may take before they are killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long stopping workers may take past their drain deadline before they are killed:
+/// a worker ends its drain by itself at the deadline, so only one wedged (a store call that
+/// never returns) is still there after this.
+const KILL_MARGIN: Duration = Duration::from_secs(3);
 /// The first delay before restarting a worker that died quickly; it doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest delay between restarts of workers that keep dying.
@@ -55,10 +57,13 @@ const QUICK_DEATH: Duration = Duration::from_secs(5);
 /// process that cannot start would.
 ///
 /// The caller must be single-threaded (see the module docs); the listeners must be bound
-/// and listening, since the workers accept on them.
+/// and listening, since the workers accept on them. `drain_timeout` is the workers' own
+/// (`--drain-timeout`): on SIGTERM the master closes its copies of the listeners, relays the
+/// signal, and kills the workers still running [`KILL_MARGIN`] after it.
 pub fn run_master(
     listeners: Vec<TcpListener>,
     workers: usize,
+    drain_timeout: Duration,
     announce: &mut dyn FnMut(),
     worker_main: &mut WorkerMain<'_>,
 ) -> io::Result<()> {
@@ -73,6 +78,7 @@ pub fn run_master(
     let mut master = Master {
         listeners,
         workers,
+        stop_grace: drain_timeout + KILL_MARGIN,
         signals: Some(signals),
         board: Switchboard::new(),
         children: Vec::new(),
@@ -121,6 +127,8 @@ struct Master<'a, 'w> {
     /// replacement instead of being reset.
     listeners: Vec<TcpListener>,
     workers: usize,
+    /// How long stopping workers may take before they are killed.
+    stop_grace: Duration,
     /// `None` only in a child, which must not keep the master's descriptors.
     signals: Option<SignalFd>,
     board: Switchboard,
@@ -231,13 +239,16 @@ impl Master<'_, '_> {
         }
     }
 
-    /// Stop: SIGTERM to every worker now, SIGKILL to those left after the grace time.
+    /// Stop: close the master's copies of the listeners (once the workers close theirs,
+    /// new connections are refused rather than queued for nobody), SIGTERM to every worker
+    /// now (each drains its connections), SIGKILL to those left after the grace time.
     fn stop(&mut self) {
         if matches!(self.phase, Phase::Stopping { .. }) {
             return;
         }
         info!("master: stopping the workers");
-        self.phase = Phase::Stopping { kill_at: Instant::now() + STOP_GRACE, killed: false };
+        self.listeners.clear();
+        self.phase = Phase::Stopping { kill_at: Instant::now() + self.stop_grace, killed: false };
         for child in &mut self.children {
             signal(child.pid, libc::SIGTERM);
             child.told_to_stop = true;
@@ -317,7 +328,7 @@ impl Master<'_, '_> {
         match self.phase {
             Phase::Stopping { kill_at, killed: false } if now >= kill_at => {
                 for child in &self.children {
-                    warn!(pid = child.pid, "worker still running {STOP_GRACE:?} after SIGTERM; killing it");
+                    warn!(pid = child.pid, "worker still running {:?} after SIGTERM; killing it", self.stop_grace);
                     signal(child.pid, libc::SIGKILL);
                 }
                 self.phase = Phase::Stopping { kill_at, killed: true };

@@ -44,9 +44,12 @@
 //! Caveat of `SO_REUSEPORT`: another process of the same user may bind the same port and
 //! take a share of the connections.
 //!
-//! **Stopping.** A prefork worker cannot be woken out of a blocking `accept`, so when it
-//! is told to stop it exits at once (`_exit(0)`), closing the one connection it may be
-//! serving, as the other models' processes drop their connections when they return.
+//! **Stopping.** SIGTERM to the master is a drain: the master closes its copies of the
+//! listeners and relays SIGTERM to the workers; each drains its connections (every model:
+//! see `Connection::handle_shutdown`) and exits, by its `--drain-timeout` at the latest; the
+//! master kills any still running a few seconds after that. A prefork worker cannot be woken
+//! out of a blocking `accept`: one waiting there exits at once (it holds no connection), one
+//! serving drains its connection first (`worker::serve` explains the hand-over).
 //! Clients resume with `after` / `Last-Event-ID` and lose nothing.
 //!
 //! **Several processes, one chat.** Each worker has its own hub. A message stored by one

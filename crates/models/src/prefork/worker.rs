@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::acceptor::refuse;
 use crate::blocking::{serve_connection, Giant};
-use crate::common::{is_fd_exhaustion, set_worker_tag, ConnectionSlot};
+use crate::common::{is_fd_exhaustion, set_worker_tag, ConnectionSlot, Open};
 use crate::sys::syscall;
 use crate::thread_wait::ThreadWait;
 use crate::Context;
@@ -56,34 +56,66 @@ pub(super) fn empty_sigset() -> libc::sigset_t {
     set
 }
 
-/// Ends the process when the stop signal fires (see "Stopping" in `mod.rs`).
-struct ExitAtOnce;
+/// Where the prefork worker is, for the stop signal: it cannot interrupt a blocking
+/// `accept`, so it exits the process itself when the worker waits there, and otherwise
+/// leaves the connection to drain (see [`serve`]).
+#[derive(Debug, Default)]
+struct Phase(AtomicU8);
 
-impl Wake for ExitAtOnce {
+/// In `accept`: nothing to lose.
+const ACCEPTING: u8 = 0;
+/// Serving one connection: it drains, then the worker returns.
+const SERVING: u8 = 1;
+/// The stop came while accepting: the process is exiting.
+const EXITING: u8 = 2;
+
+/// Woken by the stop signal (on the signal thread).
+struct ExitWhenAccepting(Arc<Phase>);
+
+impl Wake for ExitWhenAccepting {
     fn wake(self: Arc<Self>) {
-        info!("prefork worker stopping");
-        // SAFETY: _exit may be called from any thread at any time. It runs no destructors
-        // and no atexit handlers, so no other thread's half-done work is unwound under
-        // it; the kernel closes the sockets, and the store's file is crash-safe.
-        unsafe { libc::_exit(0) }
+        if self.0 .0.compare_exchange(ACCEPTING, EXITING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            info!("prefork worker stopping (it was waiting in accept)");
+            // SAFETY: _exit may be called from any thread at any time. It runs no
+            // destructors and no atexit handlers, so no other thread's half-done work is
+            // unwound under it; the worker holds no connection (it is in accept), the
+            // kernel closes the listener's copy, and the store's file is crash-safe.
+            unsafe { libc::_exit(0) }
+        }
+        // Serving: the connection's own shutdown subscription has woken it too, and it
+        // drains; the loop in `serve` sees the stop once it is done.
     }
 }
 
 /// The prefork worker: blocking `accept`, serve that one connection to its end, repeat.
-/// Returns only if the stop signal had fired before it started.
+///
+/// **Stopping.** A blocking `accept` cannot be woken, and the listener is shared with the
+/// other workers (and with the next generation after a SIGHUP), so it must not be shut
+/// down either. So the stop is taken where the worker is: a [`Phase`] says whether it is
+/// accepting or serving, and the stop signal's waker exits the process at once when it is
+/// accepting (nothing is lost: no connection is held); when it is serving, the
+/// connection drains like any other model's (`Connection::handle_shutdown`, through the
+/// connection's subscription) and this returns as soon as it ends, or at the drain
+/// deadline. The phase is switched with compare-and-swap, and the stop flag is set before
+/// any waker runs, so a worker that finishes its connection just as the signal arrives
+/// either sees the flag or is exited by the waker: never both missed.
 pub(super) fn serve(listener: TcpListener, context: Context) -> io::Result<()> {
     // O_NONBLOCK belongs to the open socket shared by every worker; all of them run this
     // model, so all of them want it off.
     listener.set_nonblocking(false)?;
-    if context.shutdown.poll(&Waker::from(Arc::new(ExitAtOnce))).is_ready() {
+    let phase = Arc::new(Phase::default());
+    if context.shutdown.poll(&Waker::from(Arc::new(ExitWhenAccepting(Arc::clone(&phase))))).is_ready() {
         return Ok(());
     }
     let wait = ThreadWait::new()?;
     let giant = Giant::new(false);
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     loop {
         match listener.accept() {
             Ok((stream, _peer)) => {
+                if phase.0.compare_exchange(ACCEPTING, SERVING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                    return Ok(()); // the waker is exiting the process
+                }
                 let _ = stream.set_nodelay(true);
                 match ConnectionSlot::take(&open, &context.app) {
                     Some(slot) => {
@@ -93,6 +125,11 @@ pub(super) fn serve(listener: TcpListener, context: Context) -> io::Result<()> {
                         drop(slot);
                     }
                     None => refuse(stream, &context.app.busy("too many connections; try again shortly")),
+                }
+                phase.0.store(ACCEPTING, Ordering::SeqCst);
+                if context.shutdown.is_triggered() {
+                    info!("prefork worker stopping (its connection has drained)");
+                    return Ok(());
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -65,7 +65,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -77,7 +76,7 @@ use self::conn::{Conn, Cx};
 use self::doorbell::{Doorbell, Remote};
 use self::ring::{Completion, Ring};
 use crate::acceptor::{keep_reserve_descriptor, refuse, refuse_with_reserve, Reserve};
-use crate::common::{connection, is_fd_exhaustion, ConnectionSlot};
+use crate::common::{connection, is_fd_exhaustion, peer_of, ConnectionSlot, Open};
 use crate::event::event_loop::{Timers, Watchdog, ACCEPT_PAUSE, WOKEN_PER_TICK};
 use crate::event::Token;
 use crate::{Context, Model};
@@ -158,7 +157,7 @@ impl Model for UringModel {
             shutdown_waker,
             woken: VecDeque::new(),
             watchdog,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(Open::default()),
             stopped: false,
             failed: None,
         };
@@ -235,7 +234,7 @@ struct Proactor {
     /// Woken connections not called back yet, in the order they were woken.
     woken: VecDeque<Token>,
     watchdog: Watchdog,
-    open: Arc<AtomicUsize>,
+    open: Arc<Open>,
     stopped: bool,
     /// Why the loop stopped on its own, if it did.
     failed: Option<io::Error>,
@@ -410,7 +409,7 @@ impl Proactor {
         };
         let token = Token(self.next_token);
         self.next_token += 1;
-        let machine = connection(&self.context.app, self.doorbell.waker(token));
+        let machine = connection(&self.context.app, self.doorbell.waker(token), peer_of(&stream));
         self.conns.insert(token, Conn::new(token, stream, machine, slot));
         self.with_conn(token, "accept", |_, _| {});
     }
