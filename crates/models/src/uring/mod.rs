@@ -56,6 +56,13 @@
 //!
 //! After each input, the connection's machine is settled at once (`conn.rs`): its actions, its next send, its
 //! receive armed or cancelled, its deadline; what that queues goes to the kernel at the next step 2.
+//!
+//! # Stopping: a drain
+//! When the shutdown fires (its waker rings the doorbell), the multishot accept is cancelled and the listener
+//! closed, every connection is told once (`Connection::handle_shutdown`) and ends the way the machine says, and a
+//! deadline is set at `--drain-timeout`. The loop ends when the last connection is gone (its last completion
+//! reaped, its socket closed) or at that deadline, whichever is first; then everything still in flight is
+//! cancelled and reaped before the ring's memory goes.
 
 mod conn;
 mod doorbell;
@@ -83,7 +90,7 @@ use crate::{Context, Model};
 
 /// The listener's token (its accept, and the timer that resumes accepting after EMFILE).
 const LISTENER: Token = Token(0);
-/// The doorbell's and the shutdown waker's token.
+/// The doorbell's and the shutdown waker's token, and the drain deadline's timer.
 const LOOP: Token = Token(1);
 /// The first token of a connection; tokens are never reused, so a late completion or wake
 /// for a connection that is gone finds nothing.
@@ -144,7 +151,7 @@ impl Model for UringModel {
         );
         let mut proactor = Proactor {
             ring,
-            listener,
+            listener: Some(listener),
             accepting: false,
             accept_paused: false,
             context,
@@ -216,7 +223,8 @@ impl Tag {
 /// The loop and everything it serves.
 struct Proactor {
     ring: Ring,
-    listener: TcpListener,
+    /// `None` once the drain began.
+    listener: Option<TcpListener>,
     /// The multishot accept is in flight.
     accepting: bool,
     /// Out of descriptors with no reserve: accepting resumes on the listener's timer.
@@ -265,6 +273,9 @@ impl Proactor {
                 if token == LISTENER {
                     self.accept_paused = false;
                     self.arm_accept();
+                } else if token == LOOP {
+                    // The drain deadline.
+                    self.stopped = true;
                 } else {
                     self.with_conn(token, "timer", |conn, _| conn.on_timer());
                 }
@@ -282,8 +293,8 @@ impl Proactor {
             for _ in 0..WOKEN_PER_TICK {
                 let Some(token) = self.woken.pop_front() else { break };
                 if token == LOOP {
-                    if self.context.shutdown.poll(&self.shutdown_waker).is_ready() {
-                        self.stopped = true;
+                    if self.listener.is_some() && self.context.shutdown.poll(&self.shutdown_waker).is_ready() {
+                        self.start_draining();
                     }
                     continue;
                 }
@@ -293,10 +304,42 @@ impl Proactor {
                     }
                 });
             }
+            // Draining, and the last connection is gone (its last completion reaped).
+            if self.listener.is_none() && self.conns.is_empty() {
+                self.stopped = true;
+            }
         }
-        info!(open = self.conns.len(), "uring model: stopped; closing the open connections");
+        match self.conns.len() {
+            0 => info!("uring model: stopped; every connection has drained"),
+            open => warn!(open, "uring model: the drain deadline passed; closing the connections still open"),
+        }
         self.stop();
         self.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// The process is stopping: the multishot accept is cancelled and the listener closed
+    /// (the ring holds its own reference until the cancelled accept's last completion, so
+    /// no accept is left aiming at a reused descriptor), every connection is told, and the
+    /// drain deadline is set; the loop stops when the last connection is gone or then.
+    fn start_draining(&mut self) {
+        if self.accepting {
+            let target = Tag::new(Op::Accept, LISTENER).bits();
+            if let Err(e) = self.ring.cancel_op(target, Tag::new(Op::Cancel, LISTENER).bits()) {
+                debug!("cannot cancel the accept: {e}");
+            }
+        }
+        self.listener = None;
+        info!(open = self.conns.len(), "uring model: stopped accepting; draining the open connections");
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for token in tokens {
+            self.with_conn(token, "shutdown", |conn, _| {
+                if let Some(machine) = conn.machine() {
+                    machine.handle_shutdown(crate::common::now());
+                }
+            });
+        }
+        let deadline = self.context.shutdown.drain_deadline().unwrap_or_else(Instant::now);
+        self.timers.add(deadline, LOOP);
     }
 
     fn dispatch(&mut self, completion: Completion) {
@@ -411,15 +454,22 @@ impl Proactor {
         self.next_token += 1;
         let machine = connection(&self.context.app, self.doorbell.waker(token), peer_of(&stream));
         self.conns.insert(token, Conn::new(token, stream, machine, slot));
-        self.with_conn(token, "accept", |_, _| {});
+        // Accepted by the cancelled accept before its cancellation took: drained like the others.
+        let draining = self.listener.is_none();
+        self.with_conn(token, "accept", |conn, _| {
+            if let (true, Some(machine)) = (draining, conn.machine()) {
+                machine.handle_shutdown(crate::common::now());
+            }
+        });
     }
 
     /// Out of descriptors: answer the waiting connections 503 with the reserve descriptor
     /// while it lasts; when it cannot be had, stop accepting for a while (an accept that
     /// fails at once, again and again, would be a spin).
     fn out_of_descriptors(&mut self, error: &io::Error) {
+        let Some(listener) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else { return };
         for _ in 0..REFUSALS_PER_CALLBACK {
-            match refuse_with_reserve(self.listener.as_raw_fd(), &self.context.app) {
+            match refuse_with_reserve(listener, &self.context.app) {
                 Reserve::Refused => {}
                 Reserve::Drained => return,
                 Reserve::Unavailable => {
@@ -458,10 +508,11 @@ impl Proactor {
     }
 
     fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else { return };
         if self.accepting || self.accept_paused || self.stopped {
             return;
         }
-        match self.ring.accept_multishot(self.listener.as_raw_fd(), Tag::new(Op::Accept, LISTENER).bits()) {
+        match self.ring.accept_multishot(listener.as_raw_fd(), Tag::new(Op::Accept, LISTENER).bits()) {
             Ok(()) => self.accepting = true,
             Err(e) => {
                 warn!("cannot submit the accept: {e}; trying again in 100 ms");
