@@ -200,6 +200,11 @@ fn sqlite_reactor_sheds_posts_beyond_the_bounded_queue() {
 }
 
 #[test]
+fn sqlite_uring_sheds_posts_beyond_the_bounded_queue() {
+    a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "uring"]);
+}
+
+#[test]
 fn sqlite_threads_sheds_posts_beyond_the_bounded_queue() {
     a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "threads"]);
 }
