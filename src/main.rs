@@ -176,7 +176,8 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     idle_timeout: Option<f64>,
 
-    /// Seconds a request head may take to arrive in full (then 408).
+    /// Seconds a request, head and body, may take to arrive in full from its first byte
+    /// (then 408): what stops slowloris and bodies that stop short.
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
     head_timeout: f64,
 

@@ -30,6 +30,8 @@ mod page;
 mod security;
 #[path = "conformance/service.rs"]
 mod service;
+#[path = "conformance/slow.rs"]
+mod slow;
 #[path = "conformance/updates.rs"]
 mod updates;
 #[path = "conformance/websocket.rs"]
@@ -140,6 +142,11 @@ macro_rules! conformance {
                 the_page_sends_a_strict_content_security_policy,
                 a_client_over_post_rate_gets_429_or_1008_and_others_still_post,
                 behind_a_trusted_proxy_the_client_is_the_forwarded_address,
+            }
+            slow {
+                a_connection_that_never_sends_a_byte_is_closed_at_the_idle_deadline,
+                a_head_trickled_byte_by_byte_is_408_at_the_head_deadline_while_others_are_served,
+                a_body_that_stops_short_is_408_at_the_deadline_and_not_stored,
             }
             service {
                 healthz_is_ok,

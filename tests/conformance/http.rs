@@ -429,13 +429,6 @@ fn prefork_queues_connections_beyond_its_workers(model: Model) {
     waiting.read_response().assert_status(200);
 }
 
-/// `--workers N` from a model's arguments, when it is more than one process.
-fn workers_of(model: Model) -> Option<usize> {
-    let at = model.iter().position(|a| *a == "--workers")?;
-    let workers: usize = model.get(at + 1)?.parse().ok()?;
-    (workers > 1).then_some(workers)
-}
-
 /// The cap is per process, and the kernel chooses which worker accepts each connection:
 /// with N workers of 4 the first refusal may come anywhere up to connection 4N + 1, and
 /// must have come by then. Each connection is probed with a request; a refused one is

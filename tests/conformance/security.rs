@@ -99,10 +99,9 @@ pub fn the_page_sends_a_strict_content_security_policy(model: Model) {
     }
 }
 
-/// The worker processes of a model line (`--workers N`; 1 without it).
+/// The processes that serve a model line (`--workers N`; 1 without it).
 fn processes(model: Model) -> usize {
-    let at = model.iter().position(|arg| *arg == "--workers");
-    at.map_or(1, |i| model[i + 1].parse().expect("--workers N"))
+    workers_of(model).unwrap_or(1)
 }
 
 /// `--post-rate 3/1h`: a client may post three times, then every post route refuses it (429

@@ -30,6 +30,13 @@ pub use serde_json::{json, Value};
 /// extra arguments that model takes (`&["--model", "reactor", "--poller", "epoll"]`).
 pub type Model = &'static [&'static str];
 
+/// The worker processes of a model line (`--workers N`), if it has more than one.
+pub fn workers_of(model: Model) -> Option<usize> {
+    let at = model.iter().position(|a| *a == "--workers")?;
+    let workers: usize = model.get(at + 1)?.parse().ok()?;
+    (workers > 1).then_some(workers)
+}
+
 /// Whether the model runs as several processes (`--workers N`, `prefork`), each with its
 /// own memory, where what is kept per process (idempotency keys, a shortcut documented
 /// in docs/protocol.md) does not hold; if so, says the test is skipped.

@@ -423,7 +423,7 @@ impl Connection {
         match &mut self.state {
             State::Http(http) if at >= http.deadline => {
                 if http.head {
-                    let error = ProtocolError::new(StatusCode::REQUEST_TIMEOUT, "request head not received in time");
+                    let error = ProtocolError::new(StatusCode::REQUEST_TIMEOUT, "request not received in time (its head and body must arrive within --head-timeout of its first byte)");
                     self.refuse(&error);
                 } else {
                     // An idle keep-alive connection: closed without a word (RFC 9112 9.5).

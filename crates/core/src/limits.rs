@@ -17,7 +17,8 @@ pub struct Limits {
     pub max_target_bytes: usize,
     /// Largest request body (after de-chunking) in bytes; beyond it: 413.
     pub max_body_bytes: usize,
-    /// The whole request head must arrive within this time of its first byte; else 408.
+    /// The whole request, head and body, must arrive within this time of its first byte;
+    /// else 408 (slowloris, or a body that stops short).
     pub head_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub idle_timeout: Duration,

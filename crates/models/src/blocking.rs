@@ -143,6 +143,8 @@ pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context:
     let stop = context.shutdown.subscribe(&wait.waker());
     let mut drain_deadline = None;
     let mut buf = vec![0; READ_CHUNK];
+    // What the way of waiting was last told this connection serves (see `Wait::doing`).
+    let mut described = String::new();
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
@@ -191,8 +193,13 @@ pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context:
                     } else {
                         machine.handle_bytes(&buf[..n], now());
                     }
-                    if !machine.serving().is_empty() {
-                        wait.doing(format_args!("{}", machine.serving()));
+                    // Told on a new request only: a read that brings no request (the
+                    // client's FIN after an inline store call) must not wipe the note that
+                    // the watchdog reports for the callback that just ran.
+                    if machine.serving() != described {
+                        described.clear();
+                        described.push_str(machine.serving());
+                        wait.doing(format_args!("{described}"));
                     }
                     continue;
                 }
