@@ -72,7 +72,9 @@ struct ServeArgs {
     /// thread per connection), `pool` (a fixed pool of worker threads and a queue),
     /// `prefork` (worker processes serving one connection each), `reactor` (one thread,
     /// an event loop over select/poll/epoll, callbacks), `green` (one thread, the same
-    /// event loop, a stackful coroutine per connection running plain blocking code).
+    /// event loop, a stackful coroutine per connection running plain blocking code),
+    /// `uring` (one thread, a proactor over io_uring: operations handed to the kernel and
+    /// their completions handled; Linux 6.0 or later).
     #[arg(long, default_value = "async", value_name = "MODEL")]
     model: String,
 
@@ -82,7 +84,7 @@ struct ServeArgs {
     #[arg(long, value_enum, value_name = "POLLER")]
     poller: Option<PollerArg>,
 
-    /// The event loop's watchdog (reactor, green): log and count
+    /// The event loop's watchdog (reactor, green, uring): log and count
     /// (`c10k_slow_callbacks_total`) every callback or coroutine resume that holds the
     /// loop longer than this many milliseconds, with the route it was serving (default
     /// 100); 0 turns it off.
@@ -124,7 +126,8 @@ struct ServeArgs {
     /// database works), or `native` (a driver that cooperates with the model: mysql_async
     /// or tokio-postgres awaited by async's tasks; on green, each coroutine driving its own
     /// PostgreSQL connection over a green socket (MySQL: refused); the blocking driver on
-    /// the connection's own thread for threads, pool and prefork; refused on reactor).
+    /// the connection's own thread for threads, pool and prefork; refused on reactor and
+    /// uring).
     #[arg(long, value_enum, default_value_t = DbModeArg::Offload)]
     db_mode: DbModeArg,
 

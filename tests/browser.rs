@@ -67,10 +67,20 @@ static NEXT_PROFILE: AtomicUsize = AtomicUsize::new(0);
 /// other, both ways, once each and in order; a message that is markup is shown as text.
 #[test]
 fn two_tabs_chat_through_the_page() {
+    two_tabs_chat(MODEL);
+}
+
+/// The same on the completion-based model, whose WebSocket frames go out as ring operations.
+#[test]
+fn two_tabs_chat_through_the_page_on_uring() {
+    two_tabs_chat(&["--model", "uring"]);
+}
+
+fn two_tabs_chat(model: Model) {
     let Some(browsers) = Browsers::start() else {
         return;
     };
-    let server = Server::start(MODEL);
+    let server = Server::start(model);
     let url = page_url(&server);
 
     let ann = browsers.open("ann");
@@ -120,7 +130,8 @@ fn two_tabs_chat_through_the_page() {
             ""
         );
     }
-    if let Some(dir) = screenshot_dir() {
+    // The screenshots are the page's, taken once (on the default model).
+    if let Some(dir) = screenshot_dir().filter(|_| model == MODEL) {
         ann.screenshot(&dir.join("two-tabs-ann.png"));
         bob.screenshot(&dir.join("two-tabs-bob.png"));
         // And as on a phone: one column.

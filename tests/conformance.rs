@@ -195,6 +195,9 @@ conformance!(green, &["--model", "green"]);
 conformance!(green_poll, &["--model", "green", "--poller", "poll"]);
 conformance!(green_workers_2, &["--model", "green", "--workers", "2"]);
 conformance!(green_inline_db, &["--model", "green", "--db-mode", "inline"]);
+conformance!(uring, &["--model", "uring"]);
+conformance!(uring_inline_db, &["--model", "uring", "--db-mode", "inline"]);
+conformance!(uring_workers_2, &["--model", "uring", "--workers", "2"]);
 conformance!(async_workers_2, &["--model", "async", "--workers", "2"]);
 conformance!(threads_workers_2, &["--model", "threads", "--workers", "2"]);
 // Prefork serves one connection per worker at a time, as Apache 1 did: with 2 workers a
@@ -210,10 +213,12 @@ conformance!(mysql_threads_native, &["--model", "threads", "--db", "mysql", "--d
 conformance!(mysql_reactor, &["--model", "reactor", "--db", "mysql"]);
 conformance!(mysql_reactor_inline, &["--model", "reactor", "--db", "mysql", "--db-mode", "inline"]);
 conformance!(mysql_green, &["--model", "green", "--db", "mysql"]);
+conformance!(mysql_uring, &["--model", "uring", "--db", "mysql"]);
 conformance!(postgres_async, &["--model", "async", "--db", "postgres"]);
 conformance!(postgres_async_native, &["--model", "async", "--db", "postgres", "--db-mode", "native"]);
 conformance!(postgres_threads_native, &["--model", "threads", "--db", "postgres", "--db-mode", "native"]);
 conformance!(postgres_reactor, &["--model", "reactor", "--db", "postgres"]);
 conformance!(postgres_reactor_inline, &["--model", "reactor", "--db", "postgres", "--db-mode", "inline"]);
 conformance!(postgres_green, &["--model", "green", "--db", "postgres"]);
+conformance!(postgres_uring, &["--model", "uring", "--db", "postgres"]);
 conformance!(postgres_green_native, &["--model", "green", "--db", "postgres", "--db-mode", "native"]);

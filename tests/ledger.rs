@@ -156,6 +156,7 @@ ledger!(threads, &["--model", "threads"], in_memory: true);
 ledger!(pool, &["--model", "pool"], in_memory: true);
 ledger!(reactor_epoll, &["--model", "reactor", "--poller", "epoll"], in_memory: true);
 ledger!(green, &["--model", "green"], in_memory: true);
+ledger!(uring, &["--model", "uring"], in_memory: true);
 ledger!(prefork_8, &["--model", "prefork", "--workers", "8"], in_memory: false);
 ledger!(async_workers_2, &["--model", "async", "--workers", "2"], in_memory: false);
 // The database servers: `db` is a transaction in MariaDB/PostgreSQL, shared by the

@@ -116,11 +116,13 @@ deadline_tests! {
     sqlite_pool: &["--model", "pool"],
     sqlite_reactor: &["--model", "reactor"],
     sqlite_green: &["--model", "green"],
+    sqlite_uring: &["--model", "uring"],
     sqlite_async_workers_2: &["--model", "async", "--workers", "2"],
     sqlite_prefork: &["--model", "prefork", "--workers", "8"],
     mysql_async: &["--model", "async", "--db", "mysql"],
     mysql_async_native: &["--model", "async", "--db", "mysql", "--db-mode", "native"],
     mysql_reactor: &["--model", "reactor", "--db", "mysql"],
+    mysql_uring: &["--model", "uring", "--db", "mysql"],
     postgres_async: &["--model", "async", "--db", "postgres"],
     postgres_async_native: &["--model", "async", "--db", "postgres", "--db-mode", "native"],
     postgres_green_native: &["--model", "green", "--db", "postgres", "--db-mode", "native"],
@@ -195,6 +197,11 @@ fn sqlite_async_sheds_posts_beyond_the_bounded_queue() {
 #[test]
 fn sqlite_reactor_sheds_posts_beyond_the_bounded_queue() {
     a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "reactor"]);
+}
+
+#[test]
+fn sqlite_uring_sheds_posts_beyond_the_bounded_queue() {
+    a_stalled_store_sheds_the_posts_beyond_its_bounded_queue_at_once(&["--model", "uring"]);
 }
 
 #[test]

@@ -161,5 +161,6 @@ read_only_tests! {
     pool: &["--model", "pool"],
     reactor: &["--model", "reactor"],
     green: &["--model", "green"],
+    uring: &["--model", "uring"],
     threads_workers_2: &["--model", "threads", "--workers", "2"],
 }

@@ -81,7 +81,7 @@ fn storm(model: Model) {
 /// both sides.
 #[test]
 fn a_reconnect_storm_is_served_from_the_cache_on_every_model() {
-    for model in [&["--model", "async"][..], &["--model", "reactor"], &["--model", "green"], &["--model", "threads"]] {
+    for model in [&["--model", "async"][..], &["--model", "reactor"], &["--model", "green"], &["--model", "threads"], &["--model", "uring"]] {
         storm(model);
     }
 }

@@ -32,6 +32,7 @@ const PREFORK_4: Model = &["--model", "prefork", "--workers", "4"];
 const PREFORK_2: Model = &["--model", "prefork", "--workers", "2"];
 const ASYNC_2: Model = &["--model", "async", "--workers", "2"];
 const THREADS_2: Model = &["--model", "threads", "--workers", "2"];
+const URING_2: Model = &["--model", "uring", "--workers", "2"];
 
 /// How long the master may take to notice a death and start a replacement.
 const MASTER_DEADLINE: Duration = Duration::from_secs(10);
@@ -524,6 +525,7 @@ macro_rules! workers_test {
 workers_test!(prefork_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(PREFORK_4, 3));
 workers_test!(async_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(ASYNC_2, 8));
 workers_test!(threads_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(THREADS_2, 8));
+workers_test!(uring_relay_reaches_every_kind_of_subscriber: a_post_on_one_worker_reaches_subscribers_on_the_others_once_in_order(URING_2, 8));
 workers_test!(prefork_acknowledged_posts_are_readable_on_every_worker: an_acknowledged_post_can_be_read_back_at_once_from_every_worker(&["--model", "prefork", "--workers", "3"], 3));
 workers_test!(async_acknowledged_posts_are_readable_on_every_worker: an_acknowledged_post_can_be_read_back_at_once_from_every_worker(ASYNC_2, 2));
 workers_test!(prefork_concurrent_posts_arrive_once_in_order: concurrent_posts_on_every_worker_reach_every_subscriber_once_in_order(&["--model", "prefork", "--workers", "6"], 2));
@@ -532,11 +534,14 @@ workers_test!(prefork_sigkilled_worker_is_replaced: a_worker_killed_with_sigkill
 workers_test!(async_sigkilled_worker_is_replaced: a_worker_killed_with_sigkill_is_replaced_while_others_keep_serving(ASYNC_2));
 workers_test!(async_burst_spreads_over_workers: a_burst_of_connections_spreads_evenly_over_the_workers(&["--model", "async", "--workers", "4"], 4));
 workers_test!(reactor_burst_spreads_over_workers: a_burst_of_connections_spreads_evenly_over_the_workers(&["--model", "reactor", "--workers", "4"], 4));
+workers_test!(uring_burst_spreads_over_workers: a_burst_of_connections_spreads_evenly_over_the_workers(&["--model", "uring", "--workers", "4"], 4));
 workers_test!(prefork_sighup_replaces_workers: sighup_replaces_every_worker_and_the_chat_goes_on(PREFORK_2));
 workers_test!(async_sighup_replaces_workers: sighup_replaces_every_worker_and_the_chat_goes_on(ASYNC_2));
 workers_test!(prefork_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(PREFORK_2));
 workers_test!(async_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(ASYNC_2));
+workers_test!(uring_sigterm_stops_everything_with_status_0: sigterm_to_the_master_stops_every_worker_with_status_0(URING_2));
 workers_test!(prefork_sigterm_drains_the_worker_serving: sigterm_exits_idle_workers_at_once_and_drains_the_one_serving(PREFORK_2));
 workers_test!(threads_sigterm_drains_the_worker_serving: sigterm_exits_idle_workers_at_once_and_drains_the_one_serving(THREADS_2));
+workers_test!(uring_sigterm_drains_the_worker_serving: sigterm_exits_idle_workers_at_once_and_drains_the_one_serving(URING_2));
 workers_test!(prefork_workers_die_with_their_master: workers_exit_when_the_master_is_killed(PREFORK_2));
 workers_test!(threads_workers_die_with_their_master: workers_exit_when_the_master_is_killed(THREADS_2));

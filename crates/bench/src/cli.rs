@@ -24,7 +24,7 @@ pub struct BenchArgs {
     pub only: Vec<String>,
 
     /// Models to run, comma-separated (default: all): async, threads, pool, prefork,
-    /// reactor, green. Peers are chosen with --peers.
+    /// reactor, green, uring. Peers are chosen with --peers.
     #[arg(long, value_delimiter = ',', value_name = "MODEL[,MODEL]")]
     pub models: Vec<String>,
 
@@ -164,7 +164,7 @@ impl BenchArgs {
 }
 
 fn c10k_models_names() -> &'static [&'static str] {
-    &["async", "threads", "pool", "prefork", "reactor", "green"]
+    &["async", "threads", "pool", "prefork", "reactor", "green", "uring"]
 }
 
 /// Runs `c10k bench` with these flags.

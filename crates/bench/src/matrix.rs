@@ -10,7 +10,7 @@
 //! | `capacity` | idle SSE subscribers held, memory per connection, threads | "10,000 threads or processes" |
 //! | `idle` | idle keep-alive connections held by models and by nginx and Apache | nginx vs Apache, idle |
 //! | `c100k` | 100,000 idle subscribers on several worker processes | 100k goal |
-//! | `c1m` | how far past 100,000 the async model gets, bounded by free memory | toward 1,000,000 |
+//! | `c1m` | how far past 100,000 the async, reactor and uring models get, bounded by free memory | toward 1,000,000 |
 //! | `wakeup` | one connection's latency with K idle ones, per poller | select/poll vs epoll |
 //! | `dbstall` | unrelated requests' p99 and posts stored per second with a slow store: SQLite sleeping in c10k, and MariaDB/MySQL and PostgreSQL whose every store call waits on a 50 ms query; inline vs offload vs native | "block on the database" |
 //! | `ledger` | the bank's operations per second and p99 per `--locking` strategy, on many accounts and on two hot ones, per model, each run checked by `c10k ledger-check` | "fine grained has some real benefits, but can be hard and expensive" |
@@ -293,17 +293,19 @@ fn plaintext_models() -> Vec<(&'static str, Subject)> {
         ("prefork", Subject::model("prefork", &["--workers", "64"])),
         ("reactor", Subject::model("reactor", &["--poller", "epoll"])),
         ("green", Subject::model("green", &["--poller", "epoll"])),
+        ("uring", Subject::model("uring", &[])),
     ]
 }
 
-/// The models of the dbstall suite: the three with one serving thread (async on one
+/// The models of the dbstall suite: the four with one serving thread (async on one
 /// worker), and threads, whose connections each have their own.
-fn dbstall_models() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
+fn dbstall_models() -> [(&'static str, &'static str, &'static [&'static str]); 5] {
     [
         ("async", "async", &["--threads", "1"]),
         ("threads", "threads", &[]),
         ("reactor", "reactor", &[]),
         ("green", "green", &[]),
+        ("uring", "uring", &[]),
     ]
 }
 
@@ -342,9 +344,9 @@ pub const LEDGER_SEED: u64 = 1;
 
 /// The models of the ledger suite, each with the flags that put it on one core as in the
 /// other suites. Every ledger operation runs where the model runs store calls: the offload
-/// pool for all four (`--db-mode offload`, the default), so the locks are real OS-thread locks.
-fn ledger_models() -> [(&'static str, &'static [&'static str]); 4] {
-    [("async", &["--threads", "1"]), ("threads", &[]), ("reactor", &[]), ("green", &[])]
+/// pool for all five (`--db-mode offload`, the default), so the locks are real OS-thread locks.
+fn ledger_models() -> [(&'static str, &'static [&'static str]); 5] {
+    [("async", &["--threads", "1"]), ("threads", &[]), ("reactor", &[]), ("green", &[]), ("uring", &[])]
 }
 
 /// The peers of the plaintext suite, each on one worker (one core) where it has a choice.
@@ -370,6 +372,7 @@ pub const PIPELINE: usize = 16;
 fn pipelined_servers() -> Vec<(&'static str, Subject)> {
     vec![
         ("reactor", Subject::model("reactor", &["--poller", "epoll"])),
+        ("uring", Subject::model("uring", &[])),
         ("async", Subject::model("async", &["--threads", "1"])),
         ("green", Subject::model("green", &["--poller", "epoll"])),
         ("nginx", Subject::peer("nginx", Some(1))),
@@ -559,6 +562,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         ("async", Subject::model("async", &["--threads", "1"])),
         ("threads", Subject::model("threads", &[])),
         ("reactor", Subject::model("reactor", &[])),
+        ("uring", Subject::model("uring", &[])),
         ("green", Subject::model("green", &[])),
         ("tornado", Subject::peer("tornado", Some(1))),
         ("gevent", Subject::peer("gevent", Some(1))),
@@ -612,6 +616,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
     for (series, subject) in [
         ("async", Subject::model("async", &["--threads", "1"])),
         ("reactor", Subject::model("reactor", &[])),
+        ("uring", Subject::model("uring", &[])),
         ("green", Subject::model("green", &[])),
         ("threads", Subject::model("threads", &[])),
     ] {
@@ -642,6 +647,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         ("threads", Subject::model("threads", &[])),
         ("prefork", Subject::model("prefork", &["--workers", "256"])),
         ("reactor", Subject::model("reactor", &[])),
+        ("uring", Subject::model("uring", &[])),
         ("green", Subject::model("green", &[])),
         ("nginx", Subject::peer("nginx", Some(1))),
         ("apache-prefork", Subject::peer("apache-prefork", None)),
@@ -666,6 +672,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         ("async", "async", vec!["--threads", "1"]),
         ("threads", "threads", vec![]),
         ("reactor", "reactor", vec![]),
+        ("uring", "uring", vec![]),
         ("green", "green", vec![]),
     ] {
         // 18,000 is near the 19,000 cap that the 20,000 open-files limit leaves (every
@@ -706,6 +713,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
     for (series, model) in [
         ("async", "async"),
         ("reactor", "reactor"),
+        ("uring", "uring"),
         ("green", "green"),
         ("threads", "threads"),
     ] {
@@ -729,8 +737,9 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
 
     // c1m: the async model past 100,000, a step at a time; the runner stops at the first
     // step that fails or that would not fit in the memory left.
-    // The reactor too: it keeps the least per connection.
-    for (series, extra) in [("async", vec!["--threads", "1"]), ("reactor", vec![])] {
+    // The reactor too: it keeps the least per connection; and uring, whose idle connections
+    // hold no read buffer, against it.
+    for (series, extra) in [("async", vec!["--threads", "1"]), ("reactor", vec![]), ("uring", vec![])] {
         for k in scale.pick(vec![200_000usize, 400_000, 700_000, 1_000_000], vec![60]) {
             // 10,000 a worker: evenly spread (SO_REUSEPORT), with room under the 19,000
             // cap for the hash's unevenness.

@@ -396,7 +396,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
         "idle" => "Idle keep-alive connections: each sends one `GET /plaintext`, then sits idle; afterwards one more request on each: **held** counts those that answered. Memory is the server's process tree (PSS, so pages shared between forked workers count once) at its peak less before, per held connection; kernel memory is system-wide (both ends of each loopback connection).",
         "capacity" => "Idle SSE subscribers on one server process (the open-files limit is 20,000 per process), then one broadcast to all of them; memory as in `idle`. prefork holds one connection per process, so it runs with as many workers as connections.",
         "c100k" => "100,000 idle SSE subscribers on 8 worker processes (each with its own `SO_REUSEPORT` listener, about 12,500 connections each, 19,000 at most), from several client processes and source addresses; then one broadcast to all. `total/conn` is the drop of the machine's MemAvailable per connection: both ends, kernel and user space.",
-        "c1m" => "The async and reactor models past 100,000 subscribers, a step at a time; a step is skipped when the one before did not hold everyone, or when its projected memory (from the step before) would not fit in 70% of what is available.",
+        "c1m" => "The async, reactor and uring models past 100,000 subscribers, a step at a time; a step is skipped when the one before did not hold everyone, or when its projected memory (from the step before) would not fit in 70% of what is available.",
         _ => "",
     };
     let _ = writeln!(out, "{about}\n");

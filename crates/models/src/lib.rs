@@ -12,6 +12,7 @@
 //! | `prefork` ([`prefork`]) | Apache 1: processes, prefork | a worker process blocks in `accept`, then on its one connection |
 //! | `reactor` ([`reactor`], pollers and loop in [`event`]) | nginx, Twisted, Tornado: select/poll/epoll + callbacks | one thread waits in the poller; each connection is a callback |
 //! | `green` ([`green`]) | Stackless, gevent: "custom thread libraries: I/O-based schedulers" | a coroutine parks on the reactor's loop; the thread waits in the poller |
+//! | `uring` ([`uring`]) | "aio": completion, not readiness (io_uring) | one thread waits in `io_uring_enter` for operations the kernel has done |
 //!
 //! The blocking models share one connection driver (`blocking.rs`) written as straight-line
 //! code; each supplies how it sleeps: an OS thread in `poll(2)` (`threads`, `pool`,
@@ -42,6 +43,7 @@ mod shutdown;
 mod sys;
 mod thread_wait;
 pub mod threads;
+pub mod uring;
 
 use std::io;
 use std::net::TcpListener;
@@ -132,7 +134,7 @@ pub struct ModelOptions {
     /// `--poller`: the OS poller of the event loop (`reactor`, `green`; default epoll).
     pub poller: Option<event::PollerKind>,
     /// `--watchdog-ms`: callbacks (or coroutine resumes) that hold the event loop longer
-    /// are logged and counted (`reactor`, `green`; default [`DEFAULT_WATCHDOG_MS`]; 0: off).
+    /// are logged and counted (`reactor`, `green`, `uring`; default [`DEFAULT_WATCHDOG_MS`]; 0: off).
     pub watchdog_ms: Option<u64>,
 }
 
@@ -241,7 +243,7 @@ pub trait Model {
 }
 
 /// The names `--model` accepts, for `--help` and error messages.
-pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork", "reactor", "green"];
+pub const MODEL_NAMES: &[&str] = &["async", "threads", "pool", "prefork", "reactor", "green", "uring"];
 
 /// The model called `name`, built from `options`: refused, saying what to do, when there
 /// is no such model, when a flag was given that it does not take (naming the models that
@@ -298,6 +300,7 @@ fn build(name: &str, options: &ModelOptions) -> Option<Box<dyn Model>> {
         "prefork" => Box::new(prefork::PreforkModel::new()),
         "reactor" => Box::new(reactor::ReactorModel::new(options.poller(), options.watchdog())),
         "green" => Box::new(green::GreenModel::new(options.poller(), options.watchdog(), stack_size)),
+        "uring" => Box::new(uring::UringModel::new(options.watchdog())),
         _ => return None,
     })
 }

@@ -39,6 +39,17 @@ impl EventFd {
         Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
+    /// A blocking, close-on-exec eventfd, for a reader that never blocks on it itself: an
+    /// io_uring read, which waits by polling it. (On a non-blocking one, a kernel may end
+    /// such a read with `EAGAIN` at once instead of waiting.) Ringing it never blocks either:
+    /// the counter would have to reach 2^64 - 1.
+    pub(crate) fn blocking() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
+        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC))?;
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
     /// Rings the bell. Never blocks; ringing an already-rung bell is a no-op in effect.
     pub(crate) fn ring(&self) {
         let one: u64 = 1;

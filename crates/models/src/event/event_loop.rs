@@ -73,28 +73,40 @@ impl TimerKey {
 
 /// Pending timers in deadline order. A B-tree rather than a heap so that cancelling (every
 /// request re-arms its connection's idle timer) removes the entry instead of leaving it to
-/// rot until its deadline.
+/// rot until its deadline. (The `uring` model keeps its deadlines here too.)
 #[derive(Debug, Default)]
-struct Timers {
+pub(crate) struct Timers {
     queue: BTreeMap<TimerKey, Token>,
     next_id: u64,
 }
 
 impl Timers {
-    fn add(&mut self, at: Instant, token: Token) -> TimerKey {
+    /// Sets a timer for `token` at `at`.
+    pub(crate) fn add(&mut self, at: Instant, token: Token) -> TimerKey {
         let key = TimerKey { at, id: self.next_id };
         self.next_id += 1;
         self.queue.insert(key, token);
         key
     }
 
-    fn nearest(&self) -> Option<Instant> {
+    /// Cancels a timer; a no-op if it already ran.
+    pub(crate) fn cancel(&mut self, key: TimerKey) {
+        self.queue.remove(&key);
+    }
+
+    /// When the nearest timer is due.
+    pub(crate) fn nearest(&self) -> Option<Instant> {
         self.queue.first_key_value().map(|(key, _)| key.at)
+    }
+
+    /// What to give [`Timers::pop_expired`] as `before` for the timers set until now.
+    pub(crate) fn mark(&self) -> u64 {
+        self.next_id
     }
 
     /// The next timer due at `now` that was set before the tick began (`id < before`), so
     /// a callback that re-arms a timer in the past cannot keep step 4 going forever.
-    fn pop_expired(&mut self, now: Instant, before: u64) -> Option<Token> {
+    pub(crate) fn pop_expired(&mut self, now: Instant, before: u64) -> Option<Token> {
         let (key, _) = self.queue.first_key_value()?;
         if key.at > now || key.id >= before {
             return None;
@@ -205,6 +217,33 @@ impl Watchdog {
     pub(crate) fn new(threshold: Option<Duration>, hook: impl FnMut(&SlowCallback) + 'static) -> Watchdog {
         Watchdog { threshold, hook: Box::new(hook), slow: 0 }
     }
+
+    /// Whether callbacks are timed at all (a loop without a watchdog need not read the clock).
+    pub(crate) fn is_on(&self) -> bool {
+        self.threshold.is_some()
+    }
+
+    /// The callback `kind` of `token` began at `started` and has just ended: reported, with
+    /// what it was `doing` (asked only then), if it held the loop past the threshold.
+    pub(crate) fn observe(&mut self, kind: &'static str, token: Token, started: Instant, doing: impl FnOnce() -> String) {
+        let Some(threshold) = self.threshold else { return };
+        let took = started.elapsed();
+        if took < threshold {
+            return;
+        }
+        self.slow += 1;
+        let doing = doing();
+        let doing = if doing.is_empty() { "(not said)".to_string() } else { doing };
+        warn!(
+            callback = kind,
+            token = token.0,
+            doing = %doing,
+            took_ms = took.as_millis() as u64,
+            threshold_ms = threshold.as_millis() as u64,
+            "slow callback: it held the event loop, and every other connection waited"
+        );
+        (self.hook)(&SlowCallback { kind, token, doing, took });
+    }
 }
 
 enum Callback<M> {
@@ -259,7 +298,7 @@ impl<M: Send + 'static> Loop<M> {
                 self.dispatch(handler, Callback::Ready(event));
             }
             // 4. Run the expired timers (only those set before this tick: no livelock).
-            let (now, before) = (Instant::now(), self.timers.next_id);
+            let (now, before) = (Instant::now(), self.timers.mark());
             while let Some(token) = self.timers.pop_expired(now, before) {
                 self.dispatch(handler, Callback::Timer(token));
             }
@@ -301,22 +340,7 @@ impl<M: Send + 'static> Loop<M> {
                 ("message", token)
             }
         };
-        let Some(threshold) = self.watchdog.threshold else { return };
-        let took = started.elapsed();
-        if took < threshold {
-            return;
-        }
-        self.watchdog.slow += 1;
-        let doing = if self.doing.is_empty() { "(not said)".to_string() } else { self.doing.to_string() };
-        warn!(
-            callback = kind,
-            token = token.0,
-            doing = %doing,
-            took_ms = took.as_millis() as u64,
-            threshold_ms = threshold.as_millis() as u64,
-            "slow callback: it held the event loop, and every other connection waited"
-        );
-        (self.watchdog.hook)(&SlowCallback { kind, token, doing, took });
+        self.watchdog.observe(kind, token, started, || self.doing.to_string());
     }
 
     /// Says what the running callback is doing, for the watchdog's report.
@@ -367,7 +391,7 @@ impl<M: Send + 'static> Loop<M> {
 
     /// Cancels a timer; a no-op if it already ran.
     pub(crate) fn cancel_timer(&mut self, key: TimerKey) {
-        self.timers.queue.remove(&key);
+        self.timers.cancel(key);
     }
 
     /// A waker that calls [`Handler::on_woken`] for `token`, from any thread.

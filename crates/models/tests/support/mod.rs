@@ -1,4 +1,4 @@
-//! What the reactor's black-box tests share: a model served in this process on an
+//! What the event-loop models' black-box tests share: a model served in this process on an
 //! ephemeral loopback port (so a test can hand it a store of its own making), a store
 //! that runs a hook before each append (slow or gated on purpose), a capture of the
 //! server thread's log, and a tiny HTTP/1.1 client. Every read has a timeout, so a broken
@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,8 @@ use c10k_store::{OffloadPool, SqliteStore};
 /// How long any read waits for the server before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A `reactor` serving in a thread of this process. Stops (and joins) when dropped.
+/// A model (the `reactor` unless said otherwise) serving in a thread of this process.
+/// Stops (and joins) when dropped.
 pub struct InProcess {
     pub port: u16,
     pub log: LogCapture,
@@ -34,6 +36,11 @@ pub struct InProcess {
 impl InProcess {
     /// Starts the reactor on `poller` with `db_mode`, a watchdog of `watchdog`, and `store`.
     pub fn start(poller: PollerKind, db_mode: DbMode, watchdog: Option<Duration>, store: Arc<dyn Store>) -> InProcess {
+        InProcess::serve(Box::new(ReactorModel::new(poller, watchdog)), db_mode, store)
+    }
+
+    /// Starts `model` with `db_mode` and `store`.
+    pub fn serve(model: Box<dyn Model + Send>, db_mode: DbMode, store: Arc<dyn Store>) -> InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().unwrap().port();
         let app = Arc::new(App::new(Config::with_seed([7; 32])));
@@ -49,12 +56,8 @@ impl InProcess {
         let log = LogCapture::default();
         let subscriber = log.clone();
         let thread = thread::Builder::new()
-            .name("reactor-under-test".into())
-            .spawn(move || {
-                tracing::subscriber::with_default(subscriber, || {
-                    ReactorModel::new(poller, watchdog).serve(listener, context)
-                })
-            })
+            .name(format!("{}-under-test", model.name()))
+            .spawn(move || tracing::subscriber::with_default(subscriber, || model.serve(listener, context)))
             .unwrap();
         InProcess { port, log, shutdown, thread: Some(thread) }
     }
@@ -65,13 +68,68 @@ impl InProcess {
     }
 }
 
+/// Waits up to `timeout` for any of `streams` to be readable; the indices of those that are.
+pub fn readable(streams: &[&TcpStream], timeout: Duration) -> Vec<usize> {
+    let mut fds: Vec<libc::pollfd> =
+        streams.iter().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `fds` is a live array of fds.len() pollfd entries over sockets we own.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int) };
+    assert!(n >= 0, "poll failed: {}", std::io::Error::last_os_error());
+    fds.iter().enumerate().filter(|(_, f)| f.revents != 0).map(|(i, _)| i).collect()
+}
+
+/// How long the gate holds a store call at most (only a failing test gets there).
+const GATE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Serves `model` with `db_mode`, holds a post in the store, sends `GET /healthz`
+/// meanwhile, and tells which of the two responses arrived first. `window` is how long
+/// healthz is given to arrive while the post is held: long where it must arrive, short
+/// where it must not (a correct server passes whatever the machine's speed; only a wrong
+/// one is caught by the window).
+pub fn completion_order(model: Box<dyn Model + Send>, db_mode: DbMode, window: Duration) -> [&'static str; 2] {
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let started_tx = Mutex::new(started_tx);
+    let gate = Arc::new(Gate::default());
+    let held = Arc::clone(&gate);
+    let store = HookedStore::shared(move || {
+        let _ = started_tx.lock().unwrap().send(());
+        held.pass(GATE_LIMIT);
+    });
+    let server = InProcess::serve(model, db_mode, store);
+
+    let mut post = connect(server.port);
+    post.write_all(post_request("held at the gate").as_bytes()).unwrap();
+    started_rx.recv_timeout(READ_TIMEOUT).expect("the post never reached the store");
+
+    // The post is in flight, held in the store. Now an unrelated request:
+    let mut health = connect(server.port);
+    health.write_all(get_request("/healthz").as_bytes()).unwrap();
+    let order = if readable(&[&health], window) == [0] {
+        // Answered while the post was still held.
+        ["healthz", "post"]
+    } else {
+        gate.open();
+        // Whichever arrives first; both at once means the post was written first (the
+        // loop answers healthz only after it has read it, on a later callback).
+        match readable(&[&post, &health], READ_TIMEOUT).as_slice() {
+            [1] => ["healthz", "post"],
+            [] => panic!("neither response arrived within {READ_TIMEOUT:?}"),
+            _ => ["post", "healthz"],
+        }
+    };
+    gate.open();
+    assert_eq!(read_response(&mut health).status, 200);
+    assert_eq!(read_response(&mut post).status, 201);
+    order
+}
+
 impl Drop for InProcess {
     fn drop(&mut self) {
         self.shutdown.trigger();
         if let Some(thread) = self.thread.take() {
             let result = thread.join();
             if !thread::panicking() {
-                result.expect("the reactor thread panicked").expect("the reactor failed");
+                result.expect("the model's thread panicked").expect("the model failed");
             }
         }
     }
