@@ -143,3 +143,23 @@ pub(crate) fn tagged(response: &Response) -> Cow<'_, Response> {
         None => Cow::Borrowed(response),
     }
 }
+
+/// Hands `call` to the offload pool, which posts the result to `token` of an event loop
+/// through `remote` (the reactor's and the proactor's `--db-mode offload`). False when the
+/// pool's queue is full: the caller tells its connection the store is busy.
+pub(crate) fn offload_to_token(
+    context: &crate::Context,
+    remote: crate::event::inbox::Remote<c10k_core::chat::StoreDone>,
+    token: crate::event::Token,
+    call: c10k_core::chat::StoreCall,
+) -> bool {
+    let store = Arc::clone(&context.store);
+    let job = Box::new(move || remote.post(token, call.run(&*store)));
+    match context.offload.submit(job) {
+        Ok(()) => true,
+        Err(busy) => {
+            tracing::debug!("{busy}");
+            false
+        }
+    }
+}

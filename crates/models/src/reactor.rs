@@ -16,7 +16,7 @@ use c10k_core::chat::StoreDone;
 use c10k_core::conn::{Action, Connection};
 use tracing::{debug, info, warn};
 
-use crate::common::{connection, now, peer_of, ConnectionSlot};
+use crate::common::{connection, now, offload_to_token, peer_of, ConnectionSlot};
 use crate::event::event_loop::{Loop, TimerKey};
 use crate::event::shell::{self, Connections, Refused, FIRST_CONNECTION};
 use crate::event::{self, Interest, PollerKind, Token};
@@ -275,12 +275,7 @@ impl Conn {
                 self.machine.handle_store_done(done, now());
             }
             DbMode::Offload => {
-                let remote = cx.lp.remote();
-                let token = self.token;
-                let store = Arc::clone(&cx.context.store);
-                let job = Box::new(move || remote.post(token, call.run(&*store)));
-                if let Err(busy) = cx.context.offload.submit(job) {
-                    debug!("{busy}");
+                if !offload_to_token(cx.context, cx.lp.remote(), self.token, call) {
                     self.machine.handle_store_busy(now());
                 }
             }

@@ -9,8 +9,9 @@
 //! That is all a green-thread scheduler needs too: a parked coroutine is a token; its
 //! socket, its sleep and its cross-thread wake-up all come back as callbacks for it.
 //!
-//! Cross-thread: wakers and [`Remote::post`] push onto a mutex-protected inbox and ring the
-//! poller's [`Notifier`] (an eventfd) when the inbox goes from empty to non-empty. The loop
+//! Cross-thread: wakers and [`Remote::post`] push onto a mutex-protected inbox
+//! ([`super::inbox`]) and ring the poller's [`Notifier`](super::Notifier) (an eventfd) when the inbox goes
+//! from empty to non-empty. The loop
 //! takes the whole inbox under the lock and runs the callbacks after dropping it, so no
 //! callback ever runs with the lock held, and a waker woken from inside a callback (the hub
 //! wakes readers during an inline store call) just queues its token for the next step 5.
@@ -28,15 +29,15 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::mem;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
-use std::task::{Wake, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::{Capabilities, Event, Interest, Notifier, Poller, Token};
+pub(crate) use super::inbox::Remote;
+use super::inbox::{Inbox, Mailbox};
+use super::{Capabilities, Event, Interest, Poller, Token};
 
 /// Woken tokens called back per tick at most; the rest are carried to the next tick.
 pub(crate) const WOKEN_PER_TICK: usize = 128;
@@ -115,81 +116,6 @@ impl Timers {
     }
 }
 
-/// Work handed to the loop by other threads.
-struct Inbox<M> {
-    woken: Vec<Token>,
-    posted: Vec<(Token, M)>,
-}
-
-impl<M> Inbox<M> {
-    fn is_empty(&self) -> bool {
-        self.woken.is_empty() && self.posted.is_empty()
-    }
-}
-
-struct Shared<M> {
-    inbox: Mutex<Inbox<M>>,
-    notifier: Notifier,
-}
-
-impl<M> Shared<M> {
-    /// Adds to the inbox and rings the doorbell if the loop may be asleep. Ringing only on
-    /// the empty -> non-empty transition is enough: a non-empty inbox means a ring is
-    /// pending, or the loop has not reached step 5 of this tick yet.
-    fn push(&self, add: impl FnOnce(&mut Inbox<M>)) {
-        let was_empty = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            let was_empty = inbox.is_empty();
-            add(&mut inbox);
-            was_empty
-        };
-        if was_empty {
-            self.notifier.wake();
-        }
-    }
-
-    fn take(&self) -> Inbox<M> {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        Inbox { woken: mem::take(&mut inbox.woken), posted: mem::take(&mut inbox.posted) }
-    }
-}
-
-/// A thread-safe handle for posting results to a token of a loop.
-pub(crate) struct Remote<M> {
-    shared: Arc<Shared<M>>,
-}
-
-impl<M> Clone for Remote<M> {
-    fn clone(&self) -> Self {
-        Remote { shared: Arc::clone(&self.shared) }
-    }
-}
-
-impl<M: Send + 'static> Remote<M> {
-    /// Delivers `message` to [`Handler::on_message`] for `token` on the loop thread. If the
-    /// loop has stopped, the message is dropped with the loop.
-    pub(crate) fn post(&self, token: Token, message: M) {
-        self.shared.push(|inbox| inbox.posted.push((token, message)));
-    }
-}
-
-/// The waker of one token: pushes it onto the ready list and rings the loop.
-struct TokenWaker<M> {
-    token: Token,
-    shared: Arc<Shared<M>>,
-}
-
-impl<M: Send + 'static> Wake for TokenWaker<M> {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let token = self.token;
-        self.shared.push(|inbox| inbox.woken.push(token));
-    }
-}
-
 /// A callback that held the loop too long, for the watchdog's hook. (The reactor model
 /// only counts them; the log line already carries these details.)
 #[derive(Debug, Clone)]
@@ -257,7 +183,7 @@ enum Callback<M> {
 pub(crate) struct Loop<M> {
     poller: Box<dyn Poller>,
     timers: Timers,
-    shared: Arc<Shared<M>>,
+    mailbox: Mailbox<M>,
     watchdog: Watchdog,
     doing: Cow<'static, str>,
     stopped: bool,
@@ -268,12 +194,11 @@ pub(crate) struct Loop<M> {
 impl<M: Send + 'static> Loop<M> {
     /// A loop over `poller`, timed by `watchdog`.
     pub(crate) fn new(poller: Box<dyn Poller>, watchdog: Watchdog) -> Loop<M> {
-        let notifier = poller.notifier();
-        let inbox = Inbox { woken: Vec::new(), posted: Vec::new() };
+        let mailbox = Mailbox::new(poller.notifier().bell());
         Loop {
             poller,
             timers: Timers::default(),
-            shared: Arc::new(Shared { inbox: Mutex::new(inbox), notifier }),
+            mailbox,
             watchdog,
             doing: Cow::Borrowed(""),
             stopped: false,
@@ -305,7 +230,7 @@ impl<M: Send + 'static> Loop<M> {
             // 5. Run posted work: results posted by other threads, then tokens woken by
             //    wakers, at most WOKEN_PER_TICK (the rest on the next ticks, in order). The
             //    inbox is taken under its lock; the callbacks run after it is dropped.
-            let Inbox { woken, posted } = self.shared.take();
+            let Inbox { woken, posted } = self.mailbox.take();
             for (token, message) in posted {
                 self.dispatch(handler, Callback::Message(token, message));
             }
@@ -396,12 +321,12 @@ impl<M: Send + 'static> Loop<M> {
 
     /// A waker that calls [`Handler::on_woken`] for `token`, from any thread.
     pub(crate) fn waker(&self, token: Token) -> Waker {
-        Waker::from(Arc::new(TokenWaker { token, shared: Arc::clone(&self.shared) }))
+        self.mailbox.waker(token)
     }
 
     /// A handle other threads use to post messages to tokens.
     pub(crate) fn remote(&self) -> Remote<M> {
-        Remote { shared: Arc::clone(&self.shared) }
+        self.mailbox.remote()
     }
 }
 
@@ -409,7 +334,7 @@ impl<M: Send + 'static> Loop<M> {
 mod tests {
     //! The loop's own promises, on epoll (the pollers have their own contract tests).
 
-    use std::sync::mpsc;
+    use std::sync::{mpsc, Arc, Mutex};
     use std::thread;
 
     use super::*;

@@ -66,6 +66,7 @@
 
 mod epoll;
 pub(crate) mod event_loop;
+pub(crate) mod inbox;
 pub(crate) mod shell;
 mod poll;
 mod select;
@@ -171,6 +172,11 @@ impl Notifier {
 
     fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+
+    /// The eventfd itself, for the loop's inbox to ring.
+    pub(crate) fn bell(&self) -> Arc<EventFd> {
+        Arc::clone(&self.0)
     }
 
     /// Silences the bell after a wait saw it ring.

@@ -14,7 +14,6 @@
 use std::mem;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::time::Instant;
 
 use c10k_core::chat::{StoreCall, StoreDone};
@@ -352,12 +351,7 @@ impl Conn {
                 self.machine.handle_store_done(done, now());
             }
             DbMode::Offload => {
-                let remote = cx.remote.clone();
-                let token = self.token;
-                let store = Arc::clone(&cx.context.store);
-                let job = Box::new(move || remote.post(token, call.run(&*store)));
-                if let Err(busy) = cx.context.offload.submit(job) {
-                    debug!("{busy}");
+                if !crate::common::offload_to_token(cx.context, cx.remote.clone(), self.token, call) {
                     self.machine.handle_store_busy(now());
                 }
             }

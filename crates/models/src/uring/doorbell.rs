@@ -8,113 +8,44 @@
 //! loop takes the whole inbox under the lock once per tick and handles it after dropping
 //! the lock, so no callback runs with it held.
 
-use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
-use std::task::{Wake, Waker};
+use std::sync::Arc;
+use std::task::Waker;
 
+pub(crate) use crate::event::inbox::{Inbox, Remote};
+use crate::event::inbox::Mailbox;
 use crate::event::Token;
 use crate::sys::EventFd;
 
-/// What other threads handed the loop since it last looked.
-pub(crate) struct Inbox<M> {
-    /// Tokens whose waker was woken, in that order (duplicates possible).
-    pub(crate) woken: Vec<Token>,
-    /// Results posted to tokens.
-    pub(crate) posted: Vec<(Token, M)>,
-}
-
-impl<M> Inbox<M> {
-    fn is_empty(&self) -> bool {
-        self.woken.is_empty() && self.posted.is_empty()
-    }
-}
-
-struct Shared<M> {
-    inbox: Mutex<Inbox<M>>,
-    bell: EventFd,
-}
-
-impl<M> Shared<M> {
-    /// Adds to the inbox, ringing only on empty -> non-empty: a non-empty inbox means a ring
-    /// is pending, or the loop has not taken this tick's inbox yet.
-    fn push(&self, add: impl FnOnce(&mut Inbox<M>)) {
-        let was_empty = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            let was_empty = inbox.is_empty();
-            add(&mut inbox);
-            was_empty
-        };
-        if was_empty {
-            self.bell.ring();
-        }
-    }
-}
-
-/// The loop's side: makes wakers and remotes, and takes the inbox.
+/// The loop's side: makes wakers and remotes, and takes the inbox (the shared
+/// [`Mailbox`], on a blocking eventfd whose read the ring keeps in flight).
 pub(crate) struct Doorbell<M> {
-    shared: Arc<Shared<M>>,
+    mailbox: Mailbox<M>,
 }
 
 impl<M: Send + 'static> Doorbell<M> {
     /// A doorbell with an empty inbox.
     pub(crate) fn new() -> std::io::Result<Doorbell<M>> {
-        let inbox = Inbox { woken: Vec::new(), posted: Vec::new() };
-        Ok(Doorbell { shared: Arc::new(Shared { inbox: Mutex::new(inbox), bell: EventFd::blocking()? }) })
+        Ok(Doorbell { mailbox: Mailbox::new(Arc::new(EventFd::blocking()?)) })
     }
 
     /// The eventfd the loop keeps a read in flight on.
     pub(crate) fn fd(&self) -> RawFd {
-        self.shared.bell.as_raw_fd()
+        self.mailbox.bell().as_raw_fd()
     }
 
     /// Takes everything in the inbox.
     pub(crate) fn take(&self) -> Inbox<M> {
-        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        Inbox { woken: mem::take(&mut inbox.woken), posted: mem::take(&mut inbox.posted) }
+        self.mailbox.take()
     }
 
     /// A waker that puts `token` in the inbox, from any thread.
     pub(crate) fn waker(&self, token: Token) -> Waker {
-        Waker::from(Arc::new(TokenWaker { token, shared: Arc::clone(&self.shared) }))
+        self.mailbox.waker(token)
     }
 
     /// A handle that posts results to tokens, from any thread.
     pub(crate) fn remote(&self) -> Remote<M> {
-        Remote { shared: Arc::clone(&self.shared) }
-    }
-}
-
-/// Posts results to a loop's tokens; a result for a loop that has stopped is dropped with it.
-pub(crate) struct Remote<M> {
-    shared: Arc<Shared<M>>,
-}
-
-impl<M> Clone for Remote<M> {
-    fn clone(&self) -> Self {
-        Remote { shared: Arc::clone(&self.shared) }
-    }
-}
-
-impl<M: Send + 'static> Remote<M> {
-    /// Delivers `message` to `token` on the loop thread.
-    pub(crate) fn post(&self, token: Token, message: M) {
-        self.shared.push(|inbox| inbox.posted.push((token, message)));
-    }
-}
-
-struct TokenWaker<M> {
-    token: Token,
-    shared: Arc<Shared<M>>,
-}
-
-impl<M: Send + 'static> Wake for TokenWaker<M> {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let token = self.token;
-        self.shared.push(|inbox| inbox.woken.push(token));
+        self.mailbox.remote()
     }
 }
