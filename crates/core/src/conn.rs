@@ -311,7 +311,10 @@ pub struct Connection {
     state: State,
     /// Replies whose latency is not recorded yet (see "The latency clock").
     untimed: Untimeds,
-    action: Option<Action>,
+    /// A store call for the driver to run ([`Action::Store`]). Boxed: a store call is some
+    /// 260 bytes, and kept inline every connection would carry them while it waits (an idle
+    /// subscriber, most of the connections of a big server) for nothing.
+    store_call: Option<Box<StoreCall>>,
     /// The client closed its sending side.
     eof: bool,
     /// The time the latest input brought.
@@ -344,7 +347,7 @@ impl Connection {
             sent: 0,
             state: State::Http(Http { deadline, head: false }),
             untimed: Untimeds::default(),
-            action: None,
+            store_call: None,
             eof: false,
             now,
             date: DateCache { secs: u64::MAX, text: [b' '; 29] },
@@ -517,8 +520,8 @@ impl Connection {
     /// The next thing the driver must do, if any. Call until `None` after every input and
     /// every [`Connection::consume`].
     pub fn poll_action(&mut self) -> Option<Action> {
-        if let Some(action) = self.action.take() {
-            return Some(action);
+        if let Some(call) = self.store_call.take() {
+            return Some(Action::Store(*call));
         }
         match self.state {
             State::Closing { lingering: false, .. } if self.sent == self.out.len() => {
@@ -666,7 +669,7 @@ impl Connection {
             Outcome::Reply(response) => self.reply(&response, shape),
             Outcome::Store(call) => {
                 self.state = State::Storing(shape);
-                self.action = Some(Action::Store(call));
+                self.store_call = Some(Box::new(call));
             }
             Outcome::LongPoll(poll) => {
                 // The wait may last minutes: hold no buffer meanwhile.
@@ -845,7 +848,7 @@ impl Connection {
             Gone,
         }
         let cap = self.app.limits().max_outgoing_bytes;
-        let Connection { state, out, sent, app, waker, action, now, eof, .. } = self;
+        let Connection { state, out, sent, app, waker, store_call, now, eof, .. } = self;
         let State::WebSocket(ws) = state else { return };
         let mut frames = Vec::new();
         let end = 'pump: loop {
@@ -875,7 +878,7 @@ impl Connection {
                     }
                     WsAction::Store(call) => {
                         ws.storing = true;
-                        *action = Some(Action::Store(call));
+                        *store_call = Some(Box::new(call));
                     }
                     WsAction::Close(why) => break End::Fail(CloseCode::Policy, why),
                 },
