@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::machine::Machine;
 use crate::matrix::Cell;
 use crate::stats;
+use crate::syscalls::SyscallCount;
 use crate::BenchError;
 
 /// The version of this file's layout.
@@ -72,6 +73,10 @@ pub struct CellResult {
     /// 10.11.19`, `PostgreSQL 15.20`), for the cells on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// The server's system calls over one extra, unmeasured run (cells with
+    /// [`Cell::syscalls`]): per request, and which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<SyscallCount>,
 }
 
 /// One run of wrk against a cell's server, after c10k load's repeats (see [`crate::wrk`]).
