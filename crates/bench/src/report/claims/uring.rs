@@ -89,7 +89,7 @@ pub(super) fn uring_syscalls_goal(r: &Results) -> Goal {
     }
     let missed: Vec<&str> = fewer.iter().filter(|f| !f.1).map(|f| f.0).collect();
     let verdict = match (missed.is_empty(), fewer.len()) {
-        (false, _) => Verdict::scoped(Outcome::Missed, format!("{}", missed.join(" and "))),
+        (false, _) => Verdict::scoped(Outcome::Missed, missed.join(" and ")),
         (true, 2) => Verdict::new(Outcome::Met),
         (true, _) => Verdict::because(Outcome::Incomplete, format!("only {} counted", fewer[0].0)),
     };
