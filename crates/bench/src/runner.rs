@@ -676,11 +676,15 @@ fn memory_metrics(p: &Peaks, held: f64, m: &mut BTreeMap<String, f64>) {
 fn count_syscalls(action: &Action, ctx: &Ctx, server: &Server) -> SyscallCount {
     let pids = procfs::tree(server.root_pid());
     let counter = Counter::find();
+    let mut fell_back = None;
     let running = match syscalls::start(&counter, &pids) {
         Ok(r) => Ok(r),
         // perf present but unable to attach: strace may still attach.
         Err(perf) if matches!(counter, Counter::Perf(_)) => match Counter::find_strace() {
-            Some(strace) => syscalls::start(&strace, &pids).map_err(|e| format!("{perf}; then {e}")),
+            Some(strace) => {
+                fell_back = Some(format!("perf could not count ({perf}), so strace did"));
+                syscalls::start(&strace, &pids).map_err(|e| format!("{perf}; then {e}"))
+            }
             None => Err(format!("{perf}; strace missing")),
         },
         Err(e) => Err(e),
@@ -692,6 +696,7 @@ fn count_syscalls(action: &Action, ctx: &Ctx, server: &Server) -> SyscallCount {
     let sample = run_action(action, ctx, 0);
     let metric = |k: &str| sample.metrics.get(k).copied().unwrap_or(0.0);
     let mut count = running.finish(metric("requests"), metric("rps"));
+    count.problems.extend(fell_back);
     count.problems.extend(sample.problems);
     count
 }

@@ -24,11 +24,26 @@ pub const NAMED: &[&str] = &[
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait", "epoll_pwait",
     "epoll_pwait2", "epoll_ctl", "poll", "ppoll", "select", "pselect6", "accept", "accept4", "close", "shutdown",
     "io_uring_enter", "futex", "sched_yield", "clock_gettime", "clock_nanosleep", "nanosleep", "mmap", "munmap",
-    "madvise", "mprotect", "brk", "setsockopt", "getsockopt", "ioctl", "fcntl", "getrandom", "sendfile",
+    "madvise", "mprotect", "brk", "setsockopt", "getsockopt", "getpeername", "ioctl", "fcntl", "getrandom",
+    "sendfile64",
 ];
+
+/// Where the kernel lists its syscall tracepoints (tracefs, or under debugfs on older systems).
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"];
+
+/// The calls of [`NAMED`] this kernel has a tracepoint for: perf refuses to start on an
+/// unknown event (`sendfile` is `sendfile64` on x86-64, `select` is missing on arm64).
+/// Where tracefs cannot be read, all of them.
+fn tracepoints() -> Vec<&'static str> {
+    let Some(dir) = TRACEFS.iter().map(Path::new).find(|d| d.is_dir()) else { return NAMED.to_vec() };
+    NAMED.iter().copied().filter(|n| dir.join(format!("sys_enter_{n}")).is_dir()).collect()
+}
 
 /// How many of the commonest calls a cell's row names.
 pub const TOP: usize = 4;
+
+/// ...of those made at least this often per request.
+const MENTIONED: f64 = 0.005;
 
 /// How long perf may take to attach before the run starts anyway (it says so).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,8 +83,10 @@ impl SyscallCount {
 
     /// The `n` commonest calls, most first, each per request: `io_uring_enter 0.06`.
     pub fn top(&self, n: usize) -> Vec<(String, f64)> {
+        // Calls made once per connection (accept, setsockopt) round to 0.00 per request: left out.
+        let floor = MENTIONED * self.requests;
         let mut calls: Vec<(String, f64)> =
-            self.by_name.iter().filter(|(_, v)| **v > 0.0).map(|(k, v)| (k.clone(), *v)).collect();
+            self.by_name.iter().filter(|(_, v)| **v > 0.0 && **v >= floor).map(|(k, v)| (k.clone(), *v)).collect();
         calls.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         calls.truncate(n);
         let per = self.requests.max(1.0);
@@ -128,7 +145,7 @@ pub fn start(counter: &Counter, pids: &[u32]) -> Result<Running, String> {
         Counter::Perf(perf) => {
             let mut c = Command::new(perf);
             c.args(["stat", "-x,", "-o"]).arg(&out).args(["-e", "raw_syscalls:sys_enter"]);
-            for name in NAMED {
+            for name in tracepoints() {
                 c.args(["-e", &format!("syscalls:sys_enter_{name}")]);
             }
             // Counts until told to stop (SIGINT), at most ten minutes.
@@ -145,12 +162,20 @@ pub fn start(counter: &Counter, pids: &[u32]) -> Result<Running, String> {
         }
     };
     let command = shown(&cmd, &out);
+    let err_path = out.with_extension("err");
+    let stderr = std::fs::File::create(&err_path).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("cannot start {tool}: {e}"))?;
+    // What the tool said when it would not start: its first line.
+    let said = || {
+        let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("it said nothing").to_string()
+    };
     let mut running = Running { child, out, tool, command };
     // perf writes its header once the counters are open; strace says nothing: give it a moment.
     let t0 = Instant::now();
@@ -158,7 +183,10 @@ pub fn start(counter: &Counter, pids: &[u32]) -> Result<Running, String> {
         "perf" => {
             while t0.elapsed() < ATTACH_TIMEOUT && std::fs::metadata(&running.out).map_or(true, |m| m.len() == 0) {
                 if let Ok(Some(status)) = running.child.try_wait() {
-                    return Err(format!("perf stat exited at once ({status}): could it attach? (run as root, or lower kernel.perf_event_paranoid)"));
+                    return Err(format!(
+                        "perf stat exited at once ({status}: {}); it needs root or a lower kernel.perf_event_paranoid",
+                        said()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -167,8 +195,9 @@ pub fn start(counter: &Counter, pids: &[u32]) -> Result<Running, String> {
         _ => std::thread::sleep(Duration::from_millis(500)),
     }
     if let Ok(Some(status)) = running.child.try_wait() {
-        return Err(format!("{} exited before the run ({status})", running.tool));
+        return Err(format!("{} exited before the run ({status}: {})", running.tool, said()));
     }
+    let _ = std::fs::remove_file(&err_path);
     Ok(running)
 }
 
@@ -178,21 +207,30 @@ fn shown(cmd: &Command, out: &Path) -> String {
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().replace(&tmp, "$TMP/syscalls.txt")));
     // The per-call tracepoints make a long line: name them once.
     let joined = parts.join(" ");
-    let first = format!("-e syscalls:sys_enter_{}", NAMED[0]);
-    match joined.find(&first) {
+    let names = tracepoints();
+    match names.first().and_then(|n| joined.find(&format!("-e syscalls:sys_enter_{n}"))) {
         Some(at) => {
             let rest_at = joined.find(" -p ").unwrap_or(joined.len());
-            format!("{}-e syscalls:sys_enter_{{{}}}{}", &joined[..at], NAMED.join(","), &joined[rest_at..])
+            format!("{}-e syscalls:sys_enter_{{{}}}{}", &joined[..at], names.join(","), &joined[rest_at..])
         }
         None => joined,
     }
 }
 
 impl Running {
-    /// Stops the count (SIGINT, as ^C would: both tools then write their summary) and
-    /// reads it, with the run's requests and req/s.
+    /// Stops the count and reads it, with the run's requests and req/s. perf stops when its
+    /// workload (`sleep`) ends, so that is what is ended (perf stat with a workload does not
+    /// stop on SIGINT before it does); strace stops on SIGINT, as on ^C. Both then write
+    /// their summary.
     pub fn finish(mut self, requests: f64, rps: f64) -> SyscallCount {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let me = self.child.id();
+        let (signal, targets): (&str, Vec<u32>) = match self.tool {
+            "perf" => ("-TERM", crate::procfs::tree(me).into_iter().filter(|p| *p != me).collect()),
+            _ => ("-INT", vec![me]),
+        };
+        for pid in targets {
+            let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status();
+        }
         let t0 = Instant::now();
         let mut exited = false;
         while t0.elapsed() < Duration::from_secs(30) {
@@ -225,8 +263,8 @@ impl Running {
                 count.by_name = by_name;
                 if self.tool == "strace" {
                     count.problems.push(
-                        "counted with strace (perf missing): ptrace stops the server at every call, so it ran slower \
-                         and may have batched differently"
+                        "counted with strace: ptrace stops the server at every call, so it ran slower and may have \
+                         batched differently"
                             .into(),
                     );
                 }
