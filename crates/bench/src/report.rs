@@ -804,8 +804,8 @@ fn pipelined_table(out: &mut String, pipelined: &[&CellResult], single: &[&CellR
 fn syscalls_per_request(c: &CellResult) -> String {
     let Some(s) = &c.syscalls else { return "–".into() };
     match s.per_request() {
-        Some(v) if s.tool == "perf" => format!("{v:.2}"),
-        Some(v) => format!("{v:.2} ({})", s.tool),
+        Some(v) if s.tool == "perf" => crate::syscalls::per_request_text(v),
+        Some(v) => format!("{} ({})", crate::syscalls::per_request_text(v), s.tool),
         None => s.problems.first().map_or("not measured".into(), |p| p.replace('|', "\\|")),
     }
 }
@@ -813,7 +813,7 @@ fn syscalls_per_request(c: &CellResult) -> String {
 /// The commonest system calls of the counted run, per request: `recvfrom 1.00, sendto 1.00`.
 fn commonest_syscalls(c: &CellResult) -> String {
     let Some(s) = c.syscalls.as_ref().filter(|s| s.per_request().is_some()) else { return "–".into() };
-    s.top(crate::syscalls::TOP).iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+    s.top(crate::syscalls::TOP).iter().map(|(k, v)| format!("{k} {}", crate::syscalls::per_request_text(*v))).collect::<Vec<_>>().join(", ")
 }
 
 fn label(c: &CellResult) -> String {

@@ -42,8 +42,14 @@ fn tracepoints() -> Vec<&'static str> {
 /// How many of the commonest calls a cell's row names.
 pub const TOP: usize = 4;
 
-/// ...of those made at least this often per request.
+/// ...of those that are at least this share of all the calls.
 const MENTIONED: f64 = 0.005;
+
+/// A count per request as the tables show it: two decimals, three below 0.01 (a pipelined
+/// uring makes a few system calls per thousand requests).
+pub fn per_request_text(v: f64) -> String {
+    if v < 0.01 { format!("{v:.3}") } else { format!("{v:.2}") }
+}
 
 /// How long perf may take to attach before the run starts anyway (it says so).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,8 +89,8 @@ impl SyscallCount {
 
     /// The `n` commonest calls, most first, each per request: `io_uring_enter 0.06`.
     pub fn top(&self, n: usize) -> Vec<(String, f64)> {
-        // Calls made once per connection (accept, setsockopt) round to 0.00 per request: left out.
-        let floor = MENTIONED * self.requests;
+        // Calls made once per connection (accept, setsockopt) are a sliver of the total: left out.
+        let floor = MENTIONED * self.total;
         let mut calls: Vec<(String, f64)> =
             self.by_name.iter().filter(|(_, v)| **v > 0.0 && **v >= floor).map(|(k, v)| (k.clone(), *v)).collect();
         calls.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -39,8 +39,9 @@ fn plaintext<'a>(r: &'a Results, model: &str, suffix: &str) -> Option<&'a CellRe
 fn per_request_text(c: &CellResult) -> Option<(f64, String)> {
     let s = c.syscalls.as_ref()?;
     let v = s.per_request()?;
-    let top: Vec<String> = s.top(3).iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-    Some((v, format!("{v:.2} ({})", top.join(", "))))
+    let text = crate::syscalls::per_request_text;
+    let top: Vec<String> = s.top(3).iter().map(|(k, v)| format!("{k} {}", text(*v))).collect();
+    Some((v, format!("{} ({})", text(v), top.join(", "))))
 }
 
 /// Fewer system calls per request than epoll, judged on both plaintext runs; async's
