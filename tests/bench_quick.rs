@@ -61,6 +61,14 @@ fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
         .any(|d| d.join("wrk").is_file());
     for c in suites["plaintext"]["cells"].as_array().unwrap().iter().filter(|c| c["skipped"].is_null()) {
         let id = c["cell"]["id"].as_str().unwrap();
+        // The server's system calls, counted in one extra run, or a plain reason why not
+        // (perf and strace missing, or unable to attach).
+        let sys = &c["syscalls"];
+        let counted = sys["total"].as_f64().is_some_and(|v| v > 0.0) && sys["requests"].as_f64().is_some_and(|v| v > 0.0);
+        let said = sys["problems"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|p| p.starts_with("not measured: "))));
+        assert!(counted || said, "{id}: system calls neither counted nor said why not: {sys}");
         let wrk = &c["wrk"];
         if c["cell"]["action"]["scenario"]["pipeline"].as_u64() == Some(16) {
             // wrk cannot pipeline: the pipelined cells are c10k load's alone.
@@ -97,6 +105,8 @@ fn quick_bench_writes_results_report_and_plots_and_regenerates_them() {
         }
     }
     assert!(report.contains("| wrk req/s |") && report.contains("| c10k load / wrk |"), "the plaintext table has wrk's columns");
+    assert!(report.contains("| syscalls / request | commonest syscalls / request |"), "and the system calls' columns");
+    assert!(report.contains("uring: fewer system calls per plaintext request than reactor (epoll)"), "the uring goals are listed");
     assert!(report.contains("c10k load's plaintext req/s within 10% of wrk's"), "the goals say whether the generators agree");
     let pipelined: Vec<&serde_json::Value> = suites["plaintext"]["cells"]
         .as_array()

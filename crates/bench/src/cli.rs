@@ -306,6 +306,7 @@ fn skipped(cell: &Cell, reason: String) -> CellResult {
         started_unix_ms: 0,
         wrk: None,
         database: None,
+        syscalls: None,
     }
 }
 

@@ -16,7 +16,7 @@
 //! (one cell), [`holder`] (idle keep-alive connections for any server), [`procfs`]
 //! (memory and threads of a process tree), [`wrk`] (the second load generator, a
 //! cross-check on plaintext), [`results`] (the JSON), [`report`] (Markdown), [`plots`]
-//! (SVG), [`cli`] (flags).
+//! (SVG), [`syscalls`] (the server's system calls per request, plaintext), [`cli`] (flags).
 #![deny(missing_docs)]
 // Only server.rs sends signals with libc::kill; it says why at the block.
 #![deny(unsafe_code)]
@@ -32,6 +32,7 @@ pub mod results;
 pub mod runner;
 pub mod server;
 pub mod stats;
+pub mod syscalls;
 pub mod wrk;
 
 /// Why the bench could not do what it was asked. What goes wrong inside a cell is not an

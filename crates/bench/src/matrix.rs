@@ -4,7 +4,7 @@
 //!
 //! | suite | what it measures | talk claim or goal |
 //! |---|---|---|
-//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer; wrk once per server as a cross-check; then 16 pipelined requests per connection for the event-loop models, nginx, hyper and raw | nginx vs Apache; plaintext goal (judged pipelined); generators agree |
+//! | `plaintext` | keep-alive GET /plaintext req/s, every model and every peer; wrk once per server as a cross-check; then 16 pipelined requests per connection for the event-loop models, nginx, hyper and raw; the server's system calls per request in one extra run of each | nginx vs Apache; plaintext goal (judged pipelined); generators agree; uring against reactor and async |
 //! | `fanout` | long-poll fan-out: deliveries/s and latency against subscribers | fan-out goal, vs Tornado |
 //! | `ws` | WebSocket broadcast deliveries/s | 1M deliveries/s goal |
 //! | `capacity` | idle SSE subscribers held, memory per connection, threads | "10,000 threads or processes" |
@@ -245,6 +245,10 @@ pub struct Cell {
     /// (the plaintext suite).
     #[serde(default)]
     pub wrk: bool,
+    /// Count the server's system calls during one extra, unmeasured run (the plaintext
+    /// suite): system calls per request, readiness against completion.
+    #[serde(default)]
+    pub syscalls: bool,
 }
 
 /// Every suite name, in running order.
@@ -417,6 +421,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         needs_sysctl: false,
         profile: false,
         wrk: false,
+        syscalls: false,
     };
 
     // plaintext: every model and every peer, one core each, 64 keep-alive connections;
@@ -431,6 +436,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         let mut c = cell("plaintext", series.into(), series, None, subject, load(scenario, d));
         c.profile = series == "async";
         c.wrk = true;
+        c.syscalls = true;
         cells.push(c);
     }
     // The same connections with 16 requests in flight on each: the client's system calls
@@ -447,6 +453,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         let mut c = cell("plaintext", id, &pipelined_series(server), None, subject, load(scenario, d));
         // The plaintext goal is judged on these, on whichever model is best: profile each.
         c.profile = !c.subject.is_peer();
+        c.syscalls = true;
         cells.push(c);
     }
 

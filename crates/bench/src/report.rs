@@ -383,7 +383,12 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
              write, then their 16 answers, each checked), as TechEmpower's plaintext test does: with one request in \
              flight the client pays a write and a read per request and its core saturates first, so the first table \
              measures the client as much as the server; pipelined, the server's own cost per request sets the rate. \
-             wrk does not run on them (it cannot pipeline without a Lua script).",
+             wrk does not run on them (it cannot pipeline without a Lua script). \
+             **System calls per request**: after the repeats (and wrk), one more unmeasured run of the same load \
+             with the server's system calls counted by `perf stat -e raw_syscalls:sys_enter` and one \
+             `syscalls:sys_enter_NAME` tracepoint per common call (`strace -c -f` where perf is missing, which \
+             slows the server; the column then says so), divided by the requests that run answered; `other` is \
+             every call not counted by name. The server's calls only, not the client's.",
         "wakeup" => "The reactor on each poller with K idle keep-alive connections (each served one request, then left idle) while one more connection runs plaintext back to back: what each wake-up costs as idle connections grow. `select` cannot watch descriptors past 1024 (FD_SETSIZE): the server refuses those connections.",
         "dbstall" => "Posts (store calls, made slow) at a fixed rate beside `GET /healthz` probes at a fixed rate; the probes touch no store, and their latency is measured from when each was due (no coordinated omission). `inline` runs the store call on the serving thread, `offload` on the store's pool of 4 threads, `native` on a driver that cooperates with the model (async: mysql_async or tokio-postgres awaited by its tasks; green: each coroutine drives its own PostgreSQL connection over a green socket, and MySQL, which has no driver that takes a socket, is refused; threads: the blocking driver on the connection's own thread; the reactor has none and refuses it). First the SQLite store sleeping in c10k; then one table per database server, every store call first waiting on a query that takes 50 ms there (`--db-sleep-ms 50`), each cell on a scratch database of its own, dropped after. On the servers the posters (32) outnumber the 16 connections a server keeps to the database and offer more than those can store, so posts stored per second is the server's ceiling: about 20/s for one thread blocking inline, 80/s for offload's 4 threads, up to 320/s for 16 connections.",
         "ledger" => {
@@ -426,6 +431,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 "wrk p50 / p99",
                 "wrk server / client CPU",
                 "c10k load / wrk",
+                "syscalls / request",
+                "commonest syscalls / request",
                 "problems",
             ]);
             for c in &cells {
@@ -446,6 +453,8 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                     format!("{} / {}", w("p50_us", us), w("p99_us", us)),
                     format!("{} / {}", w("server_cpu_pct", pct), w("client_cpu_pct", pct)),
                     fx(ratio(c.median("rps"), c.wrk.as_ref().and_then(|w| w.metric("rps")))),
+                    syscalls_per_request(c),
+                    commonest_syscalls(c),
                     problems(c),
                 ]);
             }
@@ -625,6 +634,14 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                 if w.metric("rps").is_some() { "" } else { " (gave no figure: see the problems column)" }
             ))
         );
+        if let Some(s) = c.syscalls.as_ref().filter(|s| !s.command.is_empty()) {
+            let _ = writeln!(
+                out,
+                "  system calls, one extra run after the repeats ({} req/s while counted): `{}`",
+                thousands(s.rps),
+                s.command
+            );
+        }
         for n in &c.notes {
             let _ = writeln!(out, "  note: {}", n.lines().next().unwrap_or(""));
         }
@@ -755,6 +772,8 @@ fn pipelined_table(out: &mut String, pipelined: &[&CellResult], single: &[&CellR
         "× its one-in-flight req/s",
         "server CPU",
         "client CPU",
+        "syscalls / request",
+        "commonest syscalls / request",
         "problems",
     ]);
     for c in pipelined {
@@ -772,10 +791,29 @@ fn pipelined_table(out: &mut String, pipelined: &[&CellResult], single: &[&CellR
             fx(ratio(c.median("rps"), one)),
             med(c, "server_cpu_pct", pct),
             med(c, "client_cpu_pct", pct),
+            syscalls_per_request(c),
+            commonest_syscalls(c),
             problems(c),
         ]);
     }
     t.render(out);
+}
+
+/// The server's system calls per request in the cell's counted run: `0.19`, or why there
+/// is none (`not measured: perf and strace missing ...`), or `–` for a cell that counts none.
+fn syscalls_per_request(c: &CellResult) -> String {
+    let Some(s) = &c.syscalls else { return "–".into() };
+    match s.per_request() {
+        Some(v) if s.tool == "perf" => crate::syscalls::per_request_text(v),
+        Some(v) => format!("{} ({})", crate::syscalls::per_request_text(v), s.tool),
+        None => s.problems.first().map_or("not measured".into(), |p| p.replace('|', "\\|")),
+    }
+}
+
+/// The commonest system calls of the counted run, per request: `recvfrom 1.00, sendto 1.00`.
+fn commonest_syscalls(c: &CellResult) -> String {
+    let Some(s) = c.syscalls.as_ref().filter(|s| s.per_request().is_some()) else { return "–".into() };
+    s.top(crate::syscalls::TOP).iter().map(|(k, v)| format!("{k} {}", crate::syscalls::per_request_text(*v))).collect::<Vec<_>>().join(", ")
 }
 
 fn label(c: &CellResult) -> String {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::machine::Machine;
 use crate::matrix::Cell;
 use crate::stats;
+use crate::syscalls::SyscallCount;
 use crate::BenchError;
 
 /// The version of this file's layout.
@@ -72,6 +73,10 @@ pub struct CellResult {
     /// 10.11.19`, `PostgreSQL 15.20`), for the cells on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// The server's system calls over one extra, unmeasured run (cells with
+    /// [`Cell::syscalls`]): per request, and which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<SyscallCount>,
 }
 
 /// One run of wrk against a cell's server, after c10k load's repeats (see [`crate::wrk`]).
@@ -173,10 +178,17 @@ impl Results {
     }
 
     /// Merges a run of one suite in: a quick run replaces a full one (and the other way
-    /// round) whole; otherwise cells replace the cells of the same id.
+    /// round) whole; otherwise cells replace the cells of the same id. When some earlier
+    /// cells stay, the suite's command names both runs (`c10k bench ...; then c10k bench ...`).
     pub fn merge(&mut self, run: SuiteRun) {
         match self.suites.get_mut(&run.suite) {
             Some(old) if old.quick == run.quick => {
+                let kept = old.cells.iter().any(|c| !run.cells.iter().any(|n| n.cell.id == c.cell.id));
+                let command = if kept && !old.command.ends_with(&run.command) {
+                    format!("{}; then {}", old.command, run.command)
+                } else {
+                    run.command.clone()
+                };
                 for cell in run.cells {
                     match old.cells.iter_mut().find(|c| c.cell.id == cell.cell.id) {
                         Some(slot) => *slot = cell,
@@ -184,7 +196,7 @@ impl Results {
                     }
                 }
                 old.machine = run.machine;
-                old.command = run.command;
+                old.command = command;
             }
             _ => {
                 self.suites.insert(run.suite.clone(), run);
@@ -207,5 +219,52 @@ impl Results {
             .get(suite)
             .map(|s| s.cells.iter().filter(|c| c.ran()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::{suites, Scale};
+
+    fn run_of(command: &str, ids: &[&str]) -> SuiteRun {
+        let matrix = suites(Scale { quick: false, duration: 5.0, repeats: 3 });
+        let cells = ids
+            .iter()
+            .map(|id| {
+                let cell = matrix.iter().find(|c| c.suite == "plaintext" && c.id == *id).expect("cell").clone();
+                CellResult {
+                    cell,
+                    server_command: None,
+                    load_command: None,
+                    server_cpus: None,
+                    client_cpus: None,
+                    skipped: None,
+                    samples: vec![Sample::default()],
+                    notes: Vec::new(),
+                    profile: Vec::new(),
+                    loadavg: None,
+                    started_unix_ms: 0,
+                    wrk: None,
+                    database: None,
+                    syscalls: None,
+                }
+            })
+            .collect();
+        SuiteRun { suite: "plaintext".into(), quick: false, machine: Machine::default(), command: command.into(), cells }
+    }
+
+    #[test]
+    fn a_partial_run_keeps_the_other_cells_and_names_both_commands() {
+        let mut r = Results::default();
+        r.merge(run_of("c10k bench", &["async", "nginx"]));
+        r.merge(run_of("c10k bench --models uring,async", &["async", "uring"]));
+        let s = &r.suites["plaintext"];
+        let ids: Vec<&str> = s.cells.iter().map(|c| c.cell.id.as_str()).collect();
+        assert_eq!(ids, ["async", "nginx", "uring"]);
+        assert_eq!(s.command, "c10k bench; then c10k bench --models uring,async");
+        // A run that replaces every cell is the suite's only command.
+        r.merge(run_of("c10k bench --models uring,async,nginx", &["async", "nginx", "uring"]));
+        assert_eq!(r.suites["plaintext"].command, "c10k bench --models uring,async,nginx");
     }
 }

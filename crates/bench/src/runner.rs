@@ -19,6 +19,7 @@ use crate::matrix::{Action, Cell, Database, DbServer, Subject, LEDGER_SEED};
 use crate::procfs::{self, Peaks, Sampler};
 use crate::results::{CellResult, Sample, WrkRun};
 use crate::server::{self, Programs, Server};
+use crate::syscalls::{self, Counter, SyscallCount};
 
 /// How the runner behaves, from the command line.
 #[derive(Debug, Clone)]
@@ -215,6 +216,7 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
         started_unix_ms: now_ms(),
         wrk: None,
         database: None,
+        syscalls: None,
     };
     if let Subject::Peer { name, .. } = &cell.subject {
         if !options.install_peers && !server::peer_installed(name, programs) {
@@ -303,6 +305,10 @@ pub fn run_cell(cell: &Cell, programs: &Programs, options: &RunOptions) -> CellR
     }
     if cell.wrk {
         result.wrk = cross_check(cell, &ctx, &mut server, programs, client_cpus.as_deref());
+    }
+    if cell.syscalls && server.alive() {
+        // One run past the measured ones, so that counting cannot slow a measured repeat.
+        result.syscalls = Some(count_syscalls(&cell.action, &ctx, &server));
     }
     if options.perf && cell.profile && server.alive() {
         // One run past the measured ones (a ledger run's seed names its accounts).
@@ -663,6 +669,36 @@ fn memory_metrics(p: &Peaks, held: f64, m: &mut BTreeMap<String, f64>) {
             per(p.available_before_kib.saturating_sub(p.available_min_kib)),
         );
     }
+}
+
+/// One extra, unmeasured run of `action` with the server's system calls counted (perf, else
+/// strace; see [`crate::syscalls`]); a count that cannot be made says why instead.
+fn count_syscalls(action: &Action, ctx: &Ctx, server: &Server) -> SyscallCount {
+    let pids = procfs::tree(server.root_pid());
+    let counter = Counter::find();
+    let mut fell_back = None;
+    let running = match syscalls::start(&counter, &pids) {
+        Ok(r) => Ok(r),
+        // perf present but unable to attach: strace may still attach.
+        Err(perf) if matches!(counter, Counter::Perf(_)) => match Counter::find_strace() {
+            Some(strace) => {
+                fell_back = Some(format!("perf could not count ({perf}), so strace did"));
+                syscalls::start(&strace, &pids).map_err(|e| format!("{perf}; then {e}"))
+            }
+            None => Err(format!("{perf}; strace missing")),
+        },
+        Err(e) => Err(e),
+    };
+    let running = match running {
+        Ok(r) => r,
+        Err(e) => return SyscallCount::not_measured(e),
+    };
+    let sample = run_action(action, ctx, 0);
+    let metric = |k: &str| sample.metrics.get(k).copied().unwrap_or(0.0);
+    let mut count = running.finish(metric("requests"), metric("rps"));
+    count.problems.extend(fell_back);
+    count.problems.extend(sample.problems);
+    count
 }
 
 /// One extra, unmeasured run of `action` with `perf record` on the server's processes;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::machine::Machine;
 use crate::matrix::{suites, Scale};
 use crate::results::{CellResult, Results, Sample, SuiteRun, WrkRun};
+use crate::syscalls::SyscallCount;
 
 /// One cell as a test wants it to have run.
 pub(super) struct Run {
@@ -16,6 +17,7 @@ pub(super) struct Run {
     skipped: Option<String>,
     wrk: Option<WrkRun>,
     database: Option<String>,
+    syscalls: Option<SyscallCount>,
 }
 
 /// The cell `id` with one repeat of these metrics.
@@ -27,6 +29,7 @@ pub(super) fn run(id: &str, metrics: &[(&str, f64)]) -> Run {
         skipped: None,
         wrk: None,
         database: None,
+        syscalls: None,
     }
 }
 
@@ -53,6 +56,18 @@ impl Run {
     /// Its store was on this database server (`MariaDB 10.11.19`).
     pub(super) fn on(mut self, database: &str) -> Run {
         self.database = Some(database.into());
+        self
+    }
+
+    /// Its extra run made `total` system calls for `requests` requests, these the commonest.
+    pub(super) fn syscalls(mut self, total: f64, requests: f64, by_name: &[(&str, f64)]) -> Run {
+        self.syscalls = Some(SyscallCount {
+            tool: "perf".into(),
+            total,
+            requests,
+            by_name: by_name.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..SyscallCount::default()
+        });
         self
     }
 
@@ -101,6 +116,7 @@ pub(super) fn add(r: &mut Results, suite: &str, runs: Vec<Run>) {
                 started_unix_ms: 0,
                 wrk: run.wrk,
                 database: run.database,
+                syscalls: run.syscalls,
             }
         })
         .collect();

@@ -5,7 +5,7 @@
 //! states the threshold prints the same constant.
 //!
 //! Layout: [`verdict`] (the outcome as data, and its Markdown), `talk` (the talk's claims),
-//! `plaintext`, `delivery` and `memory` (one function per goal, with its tests), `limits`
+//! `plaintext`, `delivery`, `memory` and `uring` (one function per goal, with its tests), `limits`
 //! (what limits a cell: which side ran out of CPU, the perf profile).
 
 mod delivery;
@@ -13,6 +13,7 @@ mod limits;
 mod memory;
 mod plaintext;
 mod talk;
+mod uring;
 pub mod verdict;
 
 #[cfg(test)]
@@ -87,6 +88,9 @@ pub fn goals(r: &Results, baseline: &str) -> Vec<Goal> {
         delivery::fanout_goal(r),
         delivery::ws_goal(r),
         memory::c100k_goal(r),
+        uring::uring_syscalls_goal(r),
+        uring::uring_rps_goal(r),
+        uring::uring_idle_goal(r),
     ]
 }
 
