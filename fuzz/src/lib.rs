@@ -311,8 +311,12 @@ pub fn websocket_frames(data: &[u8]) {
                 assert!(payload.len() <= 125, "a control frame of 125 bytes at most (RFC 6455 5.5)");
                 if payload.len() >= 2 {
                     let code = u16::from_be_bytes([payload[0], payload[1]]);
-                    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
-                    assert!(sendable, "close code {code} is not one an endpoint may send (RFC 6455 7.4)");
+                    // RFC 6455 7.4.1 defines 1000-1003 and 1007-1011; IANA's WebSocket Close
+                    // Code Number registry adds 1012 (service restart), 1013 (try again
+                    // later) and 1014 (bad gateway); the server echoes a client's code
+                    // (RFC 6455 5.5.1), so a client that sends 1012 hears 1012 back.
+                    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+                    assert!(sendable, "close code {code} is not one an endpoint may send (RFC 6455 7.4, IANA registry)");
                     std::str::from_utf8(&payload[2..]).expect("a close reason is UTF-8");
                 }
             }
