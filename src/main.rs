@@ -212,6 +212,13 @@ struct ServeArgs {
     #[arg(long = "trusted-proxy", value_name = "IP")]
     trusted_proxies: Vec<std::net::IpAddr>,
 
+    /// Also serve `GET /ws/echo`, a WebSocket endpoint that sends every message back as it
+    /// came, for conformance tools that assume an echo server (bench/autobahn/run.sh runs
+    /// the Autobahn TestSuite against it). Same framing, limits and close handling as the
+    /// chat's endpoint. Off by default.
+    #[arg(long)]
+    websocket_echo: bool,
+
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_body: usize,
@@ -576,6 +583,7 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         allowed_origins: c10k_core::chat::origin::AllowedOrigins::parse(&args.allow_origins)?,
         post_rate: args.post_rate,
         trusted_proxies: args.trusted_proxies.clone(),
+        websocket_echo: args.websocket_echo,
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;

@@ -113,6 +113,7 @@ macro_rules! conformance {
                 every_other_framing_violation_is_closed_with_1002,
                 a_close_is_echoed_with_its_code,
                 a_ping_flood_keeps_the_servers_memory_bounded,
+                the_echo_endpoint_sends_every_message_back_only_when_enabled,
             }
             http {
                 every_response_has_date_and_content_length,

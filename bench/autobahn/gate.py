@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """The gate over an Autobahn TestSuite fuzzingclient report (wstest exits 0 whatever the
 cases gave, so this reads its index.json and per-case files). Writes SUMMARY.md beside
-the report and exits 1 if any case failed.
+the report and exits 1 if any case failed on either endpoint.
 
-A case passes when Autobahn calls it OK, NON-STRICT, INFORMATIONAL or UNIMPLEMENTED, both
-for its behaviour and for its close. Autobahn also assumes the server is an echo server: it
-sends data messages and expects them back. c10k's endpoint is a chat, not an echo: it
-answers each data message with one JSON text frame (an error frame, since Autobahn's
-payloads are not chat posts; docs/protocol.md). Such a case counts as passed ("answered,
-not echoed") only when exactly that differs: every received event matches an expected one
-except that each data message came back as one c10k error frame, and the close was clean
-or was c10k echoing the close code Autobahn itself sent after waiting in vain for its echo.
-Anything else, a wrong close code, a missing close, an answer to a frame that had to fail
-the connection, is a failure.
+run.sh points the fuzzingclient at two endpoints of one server, under two agent names:
 
-usage: gate.py REPORT_DIR [AGENT]"""
+- `echo`, `GET /ws/echo` (`--websocket-echo`): every message comes back as it was sent,
+  which is what Autobahn assumes of a server. A case passes only when Autobahn itself
+  calls it OK, NON-STRICT, INFORMATIONAL or UNIMPLEMENTED, both for its behaviour and for
+  its close: this is the strict count, and it must be 0 failed.
+- `chat`, `/api/rooms/autobahn/ws`: the chat's own endpoint, which answers each data
+  message with one JSON text frame (an error frame, since Autobahn's payloads are not chat
+  posts; docs/protocol.md), not an echo. A case also passes here ("answered, not echoed")
+  when exactly that differs: every received event matches an expected one except that
+  each data message came back as one c10k error frame, and the close was clean or was
+  c10k echoing the close code Autobahn itself sent after waiting in vain for its echo.
+  Anything else, a wrong close code, a missing close, an answer to a frame that had to
+  fail the connection, is a failure.
+
+usage: gate.py REPORT_DIR"""
 import glob, json, os, sys
 
 PASS = {"OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED"}
@@ -40,47 +44,69 @@ def answered_not_echoed(case):
     return case.get("localCloseCode") is not None and case.get("localCloseCode") == case.get("remoteCloseCode")
 
 
-def main():
-    report = sys.argv[1]
-    agent = sys.argv[2] if len(sys.argv) > 2 else "c10k"
-    index = json.load(open(os.path.join(report, "index.json")))[agent]
+def judge(report, index, lenient):
+    """The cases of one agent, sorted into passed, answered-not-echoed and failed."""
     strict, answered, failed = [], [], []
     for case_id, entry in index.items():
         case = json.load(open(os.path.join(report, entry["reportfile"])))
         if case["behavior"] in PASS and case["behaviorClose"] in PASS_CLOSE:
             strict.append(case_id)
-        elif answered_not_echoed(case):
+        elif lenient and answered_not_echoed(case):
             answered.append(case_id)
         else:
             failed.append((case_id, case["behavior"], case["behaviorClose"], case["description"], case["result"]))
+    return strict, answered, failed
 
-    def key(case_id):
-        return [int(p) for p in case_id.split(".")]
 
+def key(case_id):
+    return [int(p) for p in case_id.split(".")]
+
+
+def section(title, index, strict, answered, failed, lenient):
     groups = {}
     for case_id in strict + answered:
         groups.setdefault(case_id.split(".")[0], [0, 0])[0 if case_id in strict else 1] += 1
-    lines = [
-        "# Autobahn TestSuite (fuzzingclient) against c10k's WebSocket endpoint",
-        "",
-        f"{len(index)} cases: {len(strict)} passed as Autobahn judges an echo server, "
-        f"{len(answered)} passed but answered with a chat error frame instead of an echo, "
-        f"{len(failed)} failed.",
-        "",
-        "| category | passed | answered, not echoed |",
-        "|---|---|---|",
-    ]
-    for group in sorted(groups, key=int):
-        lines.append(f"| {group}.* | {groups[group][0]} | {groups[group][1]} |")
+    if lenient:
+        summary = (f"{len(index)} cases: {len(strict)} passed as Autobahn judges an echo server, "
+                   f"{len(answered)} passed but answered with a chat error frame instead of an echo, "
+                   f"{len(failed)} failed.")
+        table = ["| category | passed | answered, not echoed |", "|---|---|---|"]
+        table += [f"| {g}.* | {groups[g][0]} | {groups[g][1]} |" for g in sorted(groups, key=int)]
+    else:
+        summary = f"{len(index)} cases, judged by Autobahn alone: {len(strict)} passed, {len(failed)} failed."
+        table = ["| category | passed |", "|---|---|"]
+        table += [f"| {g}.* | {groups[g][0]} |" for g in sorted(groups, key=int)]
+    lines = ["", f"## {title}", "", summary, ""] + table
     if failed:
-        lines += ["", "## Failed", ""]
+        lines += ["", "Failed:", ""]
         for case_id, behaviour, close, description, result in sorted(failed, key=lambda f: key(f[0])):
             lines.append(f"- {case_id}: {behaviour} / {close}: {description} ({result})")
-    lines += ["", f"{len(strict) + len(answered)} passed, {len(failed)} failed"]
+    return lines
+
+
+ENDPOINTS = [
+    ("echo", "The echo endpoint, `/ws/echo`", False),
+    ("chat", "The chat endpoint, `/api/rooms/{room}/ws`", True),
+]
+
+
+def main():
+    report = sys.argv[1]
+    index = json.load(open(os.path.join(report, "index.json")))
+    lines = ["# Autobahn TestSuite (fuzzingclient) against c10k's WebSocket endpoints"]
+    total_failed = 0
+    for agent, title, lenient in ENDPOINTS:
+        if agent not in index:
+            print(f"!! the report has no agent {agent!r} (run.sh names the endpoints echo and chat)")
+            sys.exit(1)
+        strict, answered, failed = judge(report, index[agent], lenient)
+        total_failed += len(failed)
+        lines += section(title, index[agent], strict, answered, failed, lenient)
+    lines += ["", f"{total_failed} failed"]
     text = "\n".join(lines) + "\n"
     open(os.path.join(report, "SUMMARY.md"), "w").write(text)
     print(text, end="")
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if total_failed else 0)
 
 
 if __name__ == "__main__":

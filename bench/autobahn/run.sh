@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The Autobahn TestSuite's fuzzingclient against c10k's WebSocket endpoint
-# (/api/rooms/autobahn/ws), then gate.py over its report: exits 1 if any case failed.
+# The Autobahn TestSuite's fuzzingclient against c10k's two WebSocket endpoints, the echo
+# (/ws/echo, served with --websocket-echo: what Autobahn expects of a server) and the
+# chat's (/api/rooms/autobahn/ws), then gate.py over its report: exits 1 if any case
+# failed (gate.py says how each endpoint is judged).
 #
 #   bench/autobahn/run.sh [MODEL ARGS...]     e.g. bench/autobahn/run.sh --model reactor
 #
@@ -38,7 +40,7 @@ fi
 cargo build --quiet --bin c10k
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 rm -rf "$work/reports" "$work/db.sqlite3"*
-target/debug/c10k serve --listen "127.0.0.1:$port" --db "$work/db.sqlite3" "$@" >"$work/server.log" 2>&1 &
+target/debug/c10k serve --listen "127.0.0.1:$port" --db "$work/db.sqlite3" --websocket-echo "$@" >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -49,13 +51,16 @@ done
 cat >"$work/fuzzingclient.json" <<JSON
 {
   "outdir": "$PWD/$work/reports",
-  "servers": [{"agent": "c10k", "url": "ws://127.0.0.1:$port/api/rooms/autobahn/ws"}],
+  "servers": [
+    {"agent": "echo", "url": "ws://127.0.0.1:$port/ws/echo"},
+    {"agent": "chat", "url": "ws://127.0.0.1:$port/api/rooms/autobahn/ws"}
+  ],
   "cases": ["*"],
   "exclude-cases": ["9.*", "12.*", "13.*"],
   "exclude-agent-cases": {}
 }
 JSON
-echo "== wstest -m fuzzingclient against ws://127.0.0.1:$port/api/rooms/autobahn/ws ($*)"
+echo "== wstest -m fuzzingclient against ws://127.0.0.1:$port/ws/echo and /api/rooms/autobahn/ws ($*)"
 (cd "$work" && timeout 1200 "$PWD/venv/bin/wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1) ||
   { echo "!! wstest failed; see $work/wstest.log"; tail -20 "$work/wstest.log"; exit 1; }
 kill $server 2>/dev/null || true

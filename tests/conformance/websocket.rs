@@ -301,7 +301,12 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// Opens a socket on `room`, writes `frames` as they are, and asserts that the server closes
 /// it with `code` (RFC 6455 7.4.1) and then hangs up.
 fn assert_closed_with(port: u16, room: &str, what: &str, frames: &[Frame], code: u16) {
-    let mut ws = RawWs::connect(port, &format!("/api/rooms/{room}/ws"));
+    assert_closed_with_on(port, &format!("/api/rooms/{room}/ws"), what, frames, code);
+}
+
+/// [`assert_closed_with`] on any WebSocket path.
+fn assert_closed_with_on(port: u16, path: &str, what: &str, frames: &[Frame], code: u16) {
+    let mut ws = RawWs::connect(port, path);
     ws.send(frames).unwrap_or_else(|e| panic!("{what}: writing the frames failed: {e}"));
     match ws.closed() {
         Closed::Code(got, reason) => assert_eq!(got, code, "{what}: closed with {got} ({reason:?}), not {code}"),
@@ -489,4 +494,40 @@ pub fn a_ping_flood_keeps_the_servers_memory_bounded(model: Model) {
     let pongs = ws.seen.iter().filter(|f| f.opcode == op::PONG).count();
     assert!(pongs * 127 < FLOOD / 2, "the server stopped answering well before the flood ended: {pongs} pongs");
     assert_eq!(get(port, "/healthz").status, 200, "the server still serves");
+}
+
+/// `--websocket-echo` serves `GET /ws/echo`, which sends every message back as it came:
+/// text and binary, whole or reassembled from fragments with a ping between them, through
+/// the same framing and limits as the chat's endpoint (an oversized message is 1009 there
+/// too). Without the flag the route does not exist.
+pub fn the_echo_endpoint_sends_every_message_back_only_when_enabled(model: Model) {
+    let plain = Server::start(model);
+    assert_eq!(get(plain.port(), "/ws/echo").status, 404, "no echo endpoint without --websocket-echo");
+    drop(plain);
+
+    let server = Server::start_with_args(model, &["--websocket-echo"]);
+    let port = server.port();
+    let mut ws = RawWs::connect(port, "/ws/echo");
+    let binary: Vec<u8> = (0..=255).collect();
+    ws.send(&[
+        Frame::text("hello, échos"),
+        Frame::new(op::BINARY, binary.clone()),
+        Frame::text("frag").more(),
+        Frame::new(op::PING, "between"),
+        Frame::new(op::CONTINUATION, "mented"),
+    ])
+    .expect("writing the frames");
+    let mut next = |what: &str| ws.next_frame().unwrap_or_else(|e| panic!("{what}: {e}")).unwrap_or_else(|| panic!("{what}: the stream ended"));
+    let text = next("the text echo");
+    assert_eq!((text.opcode, text.payload.as_slice()), (op::TEXT, "hello, échos".as_bytes()));
+    let echoed = next("the binary echo");
+    assert_eq!((echoed.opcode, echoed.payload), (op::BINARY, binary));
+    let pong = next("the pong of the ping between the fragments");
+    assert_eq!((pong.opcode, pong.payload.as_slice()), (op::PONG, b"between".as_slice()));
+    let whole = next("the reassembled message");
+    assert_eq!((whole.opcode, whole.payload.as_slice(), whole.fin), (op::TEXT, b"fragmented".as_slice(), true));
+    ws.send(&[Frame::close(1000, b"done")]).expect("writing the close");
+    assert_eq!(ws.closed(), Closed::Code(1000, "done".into()), "the close is echoed");
+
+    assert_closed_with_on(port, "/ws/echo", "a binary frame of 64 KiB + 1", &[Frame::new(op::BINARY, vec![0; MAX_MESSAGE + 1])], 1009);
 }

@@ -111,7 +111,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::Message;
 
 use crate::chat::{error_frame, App, EventStream, LongPoll, Now, Outcome, StoreCall, StoreDone, StreamStatus};
-use crate::chat::{WebSocketAccept, WsAction, WsSession};
+use crate::chat::{WebSocketAccept, WsAction, WsEndpoint, WsSession};
 use crate::http::{http_date, Encoding, Event, ProtocolError, Request, RequestDecoder, Response, StatusCode};
 
 /// How long a closing connection may take to have its last bytes taken, and then how long
@@ -214,12 +214,12 @@ struct Streaming {
     stalled: bool,
 }
 
-/// A WebSocket: the framing (tungstenite, driven on buffers), the chat session, and the
-/// client's bytes not read yet (kept while a post's store call is out, so that acks go in
-/// order).
+/// A WebSocket: the framing (tungstenite, driven on buffers), what answers its messages
+/// (the chat session, or the echo), and the client's bytes not read yet (kept while a
+/// post's store call is out, so that acks go in order).
 struct Ws {
     framing: WebSocketContext,
-    session: WsSession,
+    endpoint: WsEndpoint,
     inbox: VecDeque<u8>,
     storing: bool,
 }
@@ -821,7 +821,7 @@ impl Connection {
     // ---- WebSocket ------------------------------------------------------------------------
 
     fn upgrade(&mut self, accept: WebSocketAccept) {
-        let WebSocketAccept { response, session } = accept;
+        let WebSocketAccept { response, endpoint } = accept;
         self.encode_head(&response);
         // The first frames may have come with the upgrade request.
         let early = self.decoder.take_buffered();
@@ -832,7 +832,7 @@ impl Connection {
             // Frames go straight to `out`, which is the one buffer, and the one capped.
             .write_buffer_size(0);
         let framing = WebSocketContext::from_partially_read(early, Role::Server, Some(config));
-        self.state = State::WebSocket(Box::new(Ws { framing, session, inbox: VecDeque::new(), storing: false }));
+        self.state = State::WebSocket(Box::new(Ws { framing, endpoint, inbox: VecDeque::new(), storing: false }));
         self.ws_pump(&[]);
     }
 
@@ -853,15 +853,17 @@ impl Connection {
         let mut frames = Vec::new();
         let end = 'pump: loop {
             // Until `Pending`, which is what leaves the waker with the hub.
-            while let Poll::Ready(status) = ws.session.poll_outgoing(waker, &mut frames) {
-                for frame in frames.drain(..) {
-                    let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
-                }
-                if let StreamStatus::Close(why) = status {
-                    break 'pump End::Close(why);
-                }
-                if out.len() - *sent > cap {
-                    break 'pump End::Close(OUTGOING_FULL);
+            if let WsEndpoint::Chat(session) = &mut ws.endpoint {
+                while let Poll::Ready(status) = session.poll_outgoing(waker, &mut frames) {
+                    for frame in frames.drain(..) {
+                        let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
+                    }
+                    if let StreamStatus::Close(why) = status {
+                        break 'pump End::Close(why);
+                    }
+                    if out.len() - *sent > cap {
+                        break 'pump End::Close(OUTGOING_FULL);
+                    }
                 }
             }
             if out.len() - *sent > cap {
@@ -872,19 +874,27 @@ impl Connection {
             }
             let mut pipe = Pipe { inbox: &mut ws.inbox, input: &mut input, eof: *eof, out };
             match ws.framing.read(&mut pipe) {
-                Ok(Message::Text(text)) => match ws.session.handle_text(app, text.as_str(), *now) {
-                    WsAction::Reply(frame) => {
-                        let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
+                Ok(Message::Text(text)) => match &mut ws.endpoint {
+                    WsEndpoint::Chat(session) => match session.handle_text(app, text.as_str(), *now) {
+                        WsAction::Reply(frame) => {
+                            let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
+                        }
+                        WsAction::Store(call) => {
+                            ws.storing = true;
+                            *store_call = Some(Box::new(call));
+                        }
+                        WsAction::Close(why) => break End::Fail(CloseCode::Policy, why),
+                    },
+                    WsEndpoint::Echo => {
+                        let _ = ws.framing.write(&mut Sink(out), Message::Text(text));
                     }
-                    WsAction::Store(call) => {
-                        ws.storing = true;
-                        *store_call = Some(Box::new(call));
-                    }
-                    WsAction::Close(why) => break End::Fail(CloseCode::Policy, why),
                 },
-                Ok(Message::Binary(_)) => {
-                    let frame = error_frame(BINARY_NOT_UNDERSTOOD, None);
-                    let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
+                Ok(Message::Binary(data)) => {
+                    let answer = match ws.endpoint {
+                        WsEndpoint::Chat(_) => Message::text(error_frame(BINARY_NOT_UNDERSTOOD, None)),
+                        WsEndpoint::Echo => Message::Binary(data),
+                    };
+                    let _ = ws.framing.write(&mut Sink(out), answer);
                 }
                 // A ping's pong is queued, and flushed below; a close is echoed, and the
                 // next read ends the connection.

@@ -73,6 +73,9 @@ pub struct Config {
     pub post_rate: Option<rate::PostRate>,
     /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
     pub trusted_proxies: Vec<core::net::IpAddr>,
+    /// Serve the WebSocket echo endpoint `GET /ws/echo` (`--websocket-echo`; see
+    /// [`WsEndpoint::Echo`]). Off by default: a public server has no use for it.
+    pub websocket_echo: bool,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             allowed_origins: origin::AllowedOrigins::default(),
             post_rate: None,
             trusted_proxies: Vec::new(),
+            websocket_echo: false,
         }
     }
 }
@@ -113,7 +117,7 @@ pub enum Outcome {
     LongPoll(LongPoll),
     /// Write the stream's head, then its events until the client leaves (see [`EventStream`]).
     Events(EventStream),
-    /// Write the 101 response head, then speak WebSocket (see [`WsSession`]).
+    /// Write the 101 response head, then speak WebSocket (see [`WsEndpoint`]).
     WebSocket(WebSocketAccept),
 }
 
@@ -122,8 +126,22 @@ pub enum Outcome {
 pub struct WebSocketAccept {
     /// The 101 response; write it with `Response::encode_head`.
     pub response: Response,
-    /// The session to drive once the protocol is switched.
-    pub session: WsSession,
+    /// What answers the client's messages once the protocol is switched.
+    pub endpoint: WsEndpoint,
+}
+
+/// What answers a WebSocket's messages.
+#[derive(Debug)]
+pub enum WsEndpoint {
+    /// A room's chat session: its messages out, the client's posts in (docs/protocol.md).
+    Chat(WsSession),
+    /// `GET /ws/echo` (only with [`Config::websocket_echo`]): every text and binary message
+    /// comes back as it was sent. It exists for conformance tools, the Autobahn TestSuite
+    /// first: they assume an echo server, and through it they test c10k's framing (the
+    /// same connection machine, limits and close handling as the chat's endpoint) case by
+    /// case, binary and fragmented messages included, where the chat answers each message
+    /// with a JSON frame of its own.
+    Echo,
 }
 
 /// What happens with a stored message once the store has it.
@@ -560,6 +578,13 @@ impl App {
                 }
             }
             ["plaintext"] if get => self.reply("plaintext", Response::text(StatusCode::OK, "Hello, World!")),
+            ["ws", "echo"] if get && self.config.websocket_echo => {
+                self.metrics.request("ws_echo");
+                match upgrade_response(&request) {
+                    Ok(response) => Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Echo }),
+                    Err(refusal) => Outcome::Reply(refusal),
+                }
+            }
             ["cpu"] if get => self.reply("cpu", cpu_response(&request)),
             ["metrics"] if get => {
                 let format = Format::negotiate(request.headers.get("accept"));
@@ -943,33 +968,38 @@ impl App {
     }
 
     fn websocket(&self, request: &Request, room: RoomId) -> Outcome {
-        if !request.is_websocket_upgrade() {
-            return Outcome::Reply(
-                api_error(StatusCode::UPGRADE_REQUIRED, "this route speaks WebSocket only (RFC 6455)")
-                    .header("Upgrade", "websocket"),
-            );
-        }
-        if request.headers.get("sec-websocket-version") != Some("13") {
-            return Outcome::Reply(
-                api_error(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported")
-                    .header("Sec-WebSocket-Version", "13"),
-            );
-        }
-        let Some(key) = request.headers.get("sec-websocket-key").filter(|k| !k.is_empty()) else {
-            return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+        let response = match upgrade_response(request) {
+            Ok(response) => response,
+            Err(refusal) => return Outcome::Reply(refusal),
         };
         let cursor = match parse_after(Args::query(request).get("after")) {
             Ok(c) => c,
             Err(e) => return Outcome::Reply(e),
         };
-        let response = Response::new(StatusCode::SWITCHING_PROTOCOLS)
-            .header("Upgrade", "websocket")
-            .header("Connection", "Upgrade")
-            .header("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key.as_bytes()));
         let client = self.post_client(request);
         let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client);
-        Outcome::WebSocket(WebSocketAccept { response, session })
+        Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Chat(session) })
     }
+}
+
+/// The 101 answer to a WebSocket opening handshake (RFC 6455 4.2.2), or the refusal of a
+/// request that is not one a version-13 server can accept.
+fn upgrade_response(request: &Request) -> Result<Response, Response> {
+    if !request.is_websocket_upgrade() {
+        return Err(api_error(StatusCode::UPGRADE_REQUIRED, "this route speaks WebSocket only (RFC 6455)")
+            .header("Upgrade", "websocket"));
+    }
+    if request.headers.get("sec-websocket-version") != Some("13") {
+        return Err(api_error(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported")
+            .header("Sec-WebSocket-Version", "13"));
+    }
+    let Some(key) = request.headers.get("sec-websocket-key").filter(|k| !k.is_empty()) else {
+        return Err(api_error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+    };
+    Ok(Response::new(StatusCode::SWITCHING_PROTOCOLS)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key.as_bytes())))
 }
 
 /// The answer to a post (HTTP routes) stored as `posted`, now or, for a `replay`, before.
