@@ -348,6 +348,19 @@ fn cases() -> Vec<Case> {
             vec![Fail(431)],
         ),
         case("431: 101 header fields", format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", fields(100)), vec![Fail(431)]),
+        // A request line that ends only past the 32 KiB head limit is judged on the first
+        // 32 KiB, where it has not ended, whatever the reads (the fuzzer found that one read
+        // said 414 and many said 431): its target there decides.
+        case(
+            "431: a long method, the line ending beyond the head limit, the target short within it",
+            format!("{} /{} HTTP/1.1\r\nHost: x\r\n\r\n", "M".repeat(32 * 1024 - 100), "a".repeat(8192)),
+            vec![Fail(431)],
+        ),
+        case(
+            "414: a line ending beyond the head limit whose target passes 8 KiB within it",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(40 * 1024)),
+            vec![Fail(414)],
+        ),
         // --- 501, 505 ---------------------------------------------------------------------
         case(
             "501: a transfer coding other than chunked",

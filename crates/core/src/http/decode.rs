@@ -285,6 +285,19 @@ impl RequestDecoder {
         Ok(Event::Request(pending.request))
     }
 
+    /// The error for a head that goes past `caps.head` bytes, judged on those bytes alone
+    /// (so the same whatever the reads were): a request line that has not ended within them
+    /// and whose target already passes its own limit there is a long target (414), anything
+    /// else a large head (431).
+    fn over_the_head_limit(&self, avail: &[u8]) -> ProtocolError {
+        let caps = self.caps;
+        if !self.line_seen && target_len(&avail[..caps.head.min(avail.len())]) > caps.target {
+            target_too_long()
+        } else {
+            head_too_large()
+        }
+    }
+
     /// Parses the head once it has all arrived; `None` until then.
     fn read_head(&mut self) -> Result<Option<Pending>, ProtocolError> {
         // RFC 9112 2.2: "In the interest of robustness, a server that is expecting to
@@ -312,8 +325,14 @@ impl RequestDecoder {
         // RFC 9112 3.2: "A server that receives a request-target longer than any URI it
         // wishes to parse MUST respond with a 414 (URI Too Long) status code."
         // Checked as soon as the request line is complete, before the headers arrive.
+        //
+        // Only the first `caps.head` bytes are ever looked at for the line's end: what the
+        // decoder answers must not depend on how the bytes were cut into reads, and a read
+        // that brings the head past its limit may bring the line's end or not. A line that
+        // does not end within the head limit is judged by [`Self::over_the_head_limit`].
         if !self.line_seen {
-            if let Some(lf) = find(avail, self.scan, b'\n') {
+            let window = &avail[..avail.len().min(caps.head)];
+            if let Some(lf) = find(window, self.scan, b'\n') {
                 self.line_seen = true;
                 if target_len(&avail[..lf]) > caps.target {
                     return Err(target_too_long());
@@ -333,17 +352,13 @@ impl RequestDecoder {
             Scan::More(resume) => {
                 self.scan = resume;
                 if avail.len() > caps.head {
-                    // A request line too long to end within the head limit is a long target.
-                    if !self.line_seen && target_len(avail) > caps.target {
-                        return Err(target_too_long());
-                    }
-                    return Err(head_too_large());
+                    return Err(self.over_the_head_limit(avail));
                 }
                 return Ok(None);
             }
         };
         if end > caps.head {
-            return Err(head_too_large());
+            return Err(self.over_the_head_limit(avail));
         }
 
         let pending = parse_head(&avail[..end], caps)?;
