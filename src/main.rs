@@ -223,6 +223,12 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_body: usize,
 
+    /// Most bytes a streaming subscriber (Server-Sent Events, WebSocket) may leave unread;
+    /// the next message for one that has is not sent: it is disconnected with a reason (an
+    /// `error` event, or close 1008) and resumes from its last id when it reconnects.
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
+    max_outgoing: u64,
+
     /// Most open connections in this process; the next ones get 503 and are closed.
     /// Default: the open-files limit (`ulimit -Hn`; the server raises its soft limit to
     /// it) minus a twentieth of it (32 to 1,000) kept for the store, the listener and the
@@ -431,6 +437,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         },
         head_timeout: seconds("head-timeout", args.head_timeout)?,
         max_body_bytes: args.max_body,
+        max_outgoing_bytes: usize::try_from(args.max_outgoing).unwrap_or(usize::MAX),
         max_connections: connection_cap(args.max_connections),
         post_timeout: seconds("db-post-timeout", args.db_post_timeout).and_then(|t| {
             if t.is_zero() { Err("--db-post-timeout must be more than 0 seconds".to_string()) } else { Ok(t) }

@@ -20,6 +20,16 @@ pub struct Conn {
     addr: SocketAddr,
 }
 
+/// A socket to 127.0.0.1:`port` whose receive buffer is asked to be `bytes` before it
+/// connects (so the window it offers is small from the start; Linux doubles the number).
+pub fn connect_with_receive_buffer(port: u16, bytes: usize) -> TcpStream {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    socket.into()
+}
+
 impl Conn {
     /// Connects to the server on 127.0.0.1:`port`.
     pub fn open(port: u16) -> Conn {
@@ -40,6 +50,12 @@ impl Conn {
         socket.bind(&SocketAddr::from((source, 0)).into()).unwrap_or_else(|e| panic!("cannot bind to {source}: {e}"));
         socket.connect(&addr.into()).unwrap_or_else(|e| panic!("cannot connect to {addr} from {source}: {e}"));
         Conn::ready(socket.into(), addr)
+    }
+
+    /// Connects to 127.0.0.1:`port` with a receive buffer of about `bytes` (see
+    /// [`connect_with_receive_buffer`]).
+    pub fn open_with_receive_buffer(port: u16, bytes: usize) -> Conn {
+        Conn::ready(connect_with_receive_buffer(port, bytes), SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }
 
     fn ready(stream: TcpStream, addr: SocketAddr) -> Conn {
@@ -164,6 +180,25 @@ impl Conn {
                 "after {after} the server must close the connection, but it kept it open for {READ_TIMEOUT:?}"
             ),
             Err(e) => panic!("after {after}: reading failed ({e}) instead of seeing a close"),
+        }
+    }
+
+    /// Reads until the server ends the connection (end of stream, or a reset after it had
+    /// sent everything), and returns what came; a server that keeps it open past the read
+    /// timeout fails the test.
+    pub fn read_to_close(&mut self, waiting_for: &str) -> Vec<u8> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return std::mem::take(&mut self.buf),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset) => return std::mem::take(&mut self.buf),
+                Err(e) if is_timeout(&e) => panic!(
+                    "the server kept the connection open past {READ_TIMEOUT:?} while we waited for {waiting_for}; received: {} bytes",
+                    self.buf.len()
+                ),
+                Err(e) => panic!("reading failed ({e}) while we waited for {waiting_for}"),
+            }
         }
     }
 

@@ -111,6 +111,19 @@ impl EventStream {
             .collect()
     }
 
+    /// Reads the stream to its end (the server closes it) and returns the events not read
+    /// yet, the last one whole or not at all.
+    pub fn rest_until_closed(mut self) -> Vec<Event> {
+        let bytes = self.conn.read_to_close("the end of the event stream");
+        if self.chunked {
+            self.raw.extend_from_slice(&bytes);
+            dechunk(&mut self.raw, &mut self.text);
+        } else {
+            self.text.extend_from_slice(&bytes);
+        }
+        std::iter::from_fn(|| self.parse_block()).collect()
+    }
+
     /// Every event read so far.
     pub fn seen(&self) -> &[Event] {
         &self.seen

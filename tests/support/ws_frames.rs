@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
-use super::http::{find, READ_TIMEOUT};
+use super::http::{connect_with_receive_buffer, find, READ_TIMEOUT};
 
 /// Opcodes (RFC 6455 5.2: "%x0 denotes a continuation frame ... %x1 a text frame ... %x2 a
 /// binary frame ... %x8 a connection close ... %x9 a ping ... %xA a pong").
@@ -115,8 +115,18 @@ pub struct RawWs {
 impl RawWs {
     /// Upgrades `GET {path}` on 127.0.0.1:`port`; fails the test unless the answer is 101.
     pub fn connect(port: u16, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        let stream = TcpStream::connect(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("cannot connect to 127.0.0.1:{port}: {e}"));
+        RawWs::upgrade(stream, port, path)
+    }
+
+    /// The same, on a socket whose receive buffer is asked to be `bytes` (the kernel doubles
+    /// it, RFC 7323 window scaling aside): a subscriber that stops reading fills it soon.
+    pub fn connect_with_receive_buffer(port: u16, path: &str, bytes: usize) -> RawWs {
+        RawWs::upgrade(connect_with_receive_buffer(port, bytes), port, path)
+    }
+
+    fn upgrade(mut stream: TcpStream, port: u16, path: &str) -> RawWs {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();

@@ -122,7 +122,7 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// What a client is told when its store call could not even be queued.
 const STORE_BUSY: &str = "the store is busy; try again shortly";
-/// Why a WebSocket subscriber that leaves too much unread is closed.
+/// Why a subscriber (WebSocket or event stream) that leaves too much unread is closed.
 const OUTGOING_FULL: &str = "subscriber too slow: its outgoing buffer is full";
 /// The answer to a binary frame (the protocol is JSON text frames).
 const BINARY_NOT_UNDERSTOOD: &str = "binary frames are not understood; send JSON text";
@@ -204,14 +204,11 @@ struct Waiting {
     shape: Shape,
 }
 
-/// An event stream, its next heartbeat, and whether it stopped polling because the client
-/// left [`Limits::max_outgoing_bytes`](crate::limits::Limits) unread (the hub's bounded
-/// history then catches a subscriber that cannot keep up, and says so).
+/// An event stream and its next heartbeat.
 #[derive(Debug)]
 struct Streaming {
     events: EventStream,
     heartbeat: Instant,
-    stalled: bool,
 }
 
 /// A WebSocket: the framing (tungstenite, driven on buffers), what answers its messages
@@ -308,6 +305,11 @@ pub struct Connection {
     /// Bytes for the client; `out[sent..]` is what the driver has not written yet.
     out: Vec<u8>,
     sent: usize,
+    /// Of `out[sent..]`, how many bytes are the history a subscriber was sent on subscribing
+    /// (and the response head): they are written whole, whatever their size, and the cap on
+    /// what a subscriber may leave unread counts only what comes after them (see
+    /// [`Connection::unread_allowed`]).
+    history_unread: usize,
     state: State,
     /// Replies whose latency is not recorded yet (see "The latency clock").
     untimed: Untimeds,
@@ -345,6 +347,7 @@ impl Connection {
             decoder,
             out: Vec::new(),
             sent: 0,
+            history_unread: 0,
             state: State::Http(Http { deadline, head: false }),
             untimed: Untimeds::default(),
             store_call: None,
@@ -548,15 +551,13 @@ impl Connection {
     /// The socket took the first `n` bytes of [`Connection::transmit`].
     pub fn consume(&mut self, n: usize) {
         self.sent = (self.sent + n).min(self.out.len());
+        self.history_unread = self.history_unread.saturating_sub(n);
         if self.sent == self.out.len() {
             // All written: give the buffer back, since the next bytes may be minutes away
             // (an idle keep-alive, a long-poll), and with many thousands of connections a
             // buffer kept for each is most of their memory.
             self.out = Vec::new();
             self.sent = 0;
-        }
-        if matches!(&self.state, State::Events(streaming) if streaming.stalled) {
-            self.pump_events();
         }
     }
 
@@ -681,8 +682,8 @@ impl Connection {
                 self.decoder.release_idle_buffer();
                 self.encode_head(events.head());
                 let heartbeat = self.now.instant + EventStream::HEARTBEAT_INTERVAL;
-                self.state = State::Events(Box::new(Streaming { events, heartbeat, stalled: false }));
-                self.pump_events();
+                self.state = State::Events(Box::new(Streaming { events, heartbeat }));
+                self.send_history(Connection::pump_events);
             }
             Outcome::WebSocket(accept) => self.upgrade(accept),
         }
@@ -788,19 +789,29 @@ impl Connection {
         }
     }
 
-    /// Writes the events that are ready; stops polling while the client leaves the output
-    /// cap unread (see [`Streaming`]).
+    /// Writes the events that are ready, unless the client has left
+    /// [`Limits::max_outgoing_bytes`](crate::limits::Limits) unread: then the next message
+    /// for it disconnects it, with an `error` event that says why (the rule of the WebSocket
+    /// endpoint too, and Centrifugo's `client_queue_max_size`). What is unread is bounded
+    /// by the cap and one batch, whatever the room does; a batch is always written whole,
+    /// so that the history a new subscriber is sent may be longer than the cap. The client
+    /// resumes from its `Last-Event-ID` (a browser's `EventSource` does it by itself).
     fn pump_events(&mut self) {
-        let cap = self.app.limits().max_outgoing_bytes;
+        let allowed = self.unread_allowed();
         let State::Events(streaming) = &mut self.state else { return };
         let mut wrote = false;
         let mut close = false;
         loop {
-            if self.out.len() - self.sent >= cap {
-                streaming.stalled = true;
+            if self.out.len() - self.sent >= allowed {
+                // Polled only to learn whether a message is ready (and to leave the waker
+                // with the hub if none is): what it writes is dropped with the subscriber.
+                let mut dropped = Vec::new();
+                if let Poll::Ready(_) = streaming.events.poll_events(&self.waker, &mut dropped) {
+                    EventStream::write_error(&mut self.out, OUTGOING_FULL);
+                    close = true;
+                }
                 break;
             }
-            streaming.stalled = false;
             match streaming.events.poll_events(&self.waker, &mut self.out) {
                 Poll::Pending => break,
                 Poll::Ready(StreamStatus::Open) => wrote = true,
@@ -818,6 +829,23 @@ impl Connection {
         }
     }
 
+    /// How many bytes a subscriber may have left unread when its next message is ready:
+    /// [`Limits::max_outgoing_bytes`](crate::limits::Limits) on top of what is left of the
+    /// history it was sent on subscribing.
+    fn unread_allowed(&self) -> usize {
+        self.app.limits().max_outgoing_bytes.saturating_add(self.history_unread)
+    }
+
+    /// Runs a subscriber's first pump, which writes the response head and the history the
+    /// hub holds for it, with no cap: a new subscriber is sent all of it, however long (a
+    /// room's 200 messages may pass the cap). What it wrote is then counted apart from the
+    /// cap until the socket has taken it.
+    fn send_history(&mut self, first_pump: impl FnOnce(&mut Connection)) {
+        self.history_unread = usize::MAX;
+        first_pump(self);
+        self.history_unread = self.out.len() - self.sent;
+    }
+
     // ---- WebSocket ------------------------------------------------------------------------
 
     fn upgrade(&mut self, accept: WebSocketAccept) {
@@ -833,7 +861,7 @@ impl Connection {
             .write_buffer_size(0);
         let framing = WebSocketContext::from_partially_read(early, Role::Server, Some(config));
         self.state = State::WebSocket(Box::new(Ws { framing, endpoint, inbox: VecDeque::new(), storing: false }));
-        self.ws_pump(&[]);
+        self.send_history(|c| c.ws_pump(&[]));
     }
 
     /// Moves frames both ways until neither can proceed: the room's messages out, the
@@ -847,26 +875,32 @@ impl Connection {
             Fail(CloseCode, String),
             Gone,
         }
-        let cap = self.app.limits().max_outgoing_bytes;
+        let allowed = self.unread_allowed();
         let Connection { state, out, sent, app, waker, store_call, now, eof, .. } = self;
         let State::WebSocket(ws) = state else { return };
         let mut frames = Vec::new();
         let end = 'pump: loop {
-            // Until `Pending`, which is what leaves the waker with the hub.
+            // Until `Pending`, which is what leaves the waker with the hub. A message ready
+            // while the client leaves more than it may unread is not sent: the client is
+            // disconnected, as an event stream is (see `pump_events`).
             if let WsEndpoint::Chat(session) = &mut ws.endpoint {
                 while let Poll::Ready(status) = session.poll_outgoing(waker, &mut frames) {
+                    if out.len() - *sent >= allowed {
+                        frames.clear();
+                        break 'pump End::Close(OUTGOING_FULL);
+                    }
                     for frame in frames.drain(..) {
                         let _ = ws.framing.write(&mut Sink(out), Message::text(frame));
                     }
                     if let StreamStatus::Close(why) = status {
                         break 'pump End::Close(why);
                     }
-                    if out.len() - *sent > cap {
-                        break 'pump End::Close(OUTGOING_FULL);
-                    }
                 }
             }
-            if out.len() - *sent > cap {
+            // A client that sends more (pings, posts) while leaving past the cap unread
+            // what they are answered with is closed too, before its next frame is read.
+            let more_from_the_client = !input.is_empty() || !ws.inbox.is_empty();
+            if more_from_the_client && out.len() - *sent > allowed {
                 break End::Close(OUTGOING_FULL);
             }
             if ws.storing {

@@ -222,6 +222,101 @@ fn an_event_stream_sends_a_heartbeat_when_idle_and_events_when_woken() {
     assert_eq!(c.poll_timeout(), Some(world.at(31.0).instant), "an event puts the heartbeat off");
 }
 
+/// Posts 1000-character messages to room `r` until `c` stops streaming (at most 20).
+fn post_until_not_streaming(world: &World, c: &mut Connection, at: f64) -> Vec<String> {
+    let (mut poster, _) = world.connect();
+    let mut bodies = Vec::new();
+    while c.doing() != "closing" && bodies.len() < 20 {
+        let body = format!("{} {}", bodies.len(), "x".repeat(1000));
+        poster.handle_bytes(post("r", &body).as_bytes(), world.at(at));
+        world.settle(&mut poster, world.at(at));
+        drain(&mut poster, world.at(at).instant);
+        c.handle_wake(world.at(at));
+        bodies.push(body);
+    }
+    bodies
+}
+
+#[test]
+fn an_event_stream_that_leaves_the_cap_unread_is_disconnected_with_a_reason_by_the_next_message() {
+    let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
+    // A history longer than the cap: a new subscriber is sent all of it, and the cap counts
+    // what comes after it.
+    let (mut poster, _) = world.connect();
+    for _ in 0..6 {
+        poster.handle_bytes(post("r", &"h".repeat(1000)).as_bytes(), world.at(0.0));
+        world.settle(&mut poster, world.at(0.0));
+        drain(&mut poster, world.at(0.0).instant);
+    }
+    let (mut c, woken) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
+    let history = String::from_utf8_lossy(c.transmit(world.at(1.0).instant)).into_owned();
+    assert_eq!(history.matches("event: message").count(), 6, "the whole history, past the cap: {history}");
+    assert!(history.len() > 4096);
+
+    // The client reads none of it. Four more messages fit under the cap; the one that
+    // finds it full is not sent, and the stream ends saying why.
+    let bodies = post_until_not_streaming(&world, &mut c, 2.0);
+    assert_eq!(bodies.len(), 5, "closed by the first message past the cap");
+    assert!(woken.0.load(Ordering::SeqCst) >= 5, "the stream over its cap still waits on the hub");
+    let all = String::from_utf8_lossy(c.transmit(world.at(2.0).instant)).into_owned();
+    assert_eq!(all.matches("event: message").count(), 6 + 4, "{all}");
+    assert!(!all.contains(&bodies[4]), "the message that found the buffer full is not sent");
+    assert!(
+        all.ends_with("event: error\ndata: {\"error\":\"subscriber too slow: its outgoing buffer is full\"}\n\n"),
+        "the last event says why: {}",
+        &all[all.len().saturating_sub(200)..]
+    );
+    assert_eq!(world.app.hub().waiting(), 0, "its subscription is gone");
+    c.handle_timeout(world.at(2.0 + CLOSE_GRACE.as_secs_f64()));
+    assert_eq!(world.settle(&mut c, world.at(8.0)), ["close"], "unread past the grace: closed");
+}
+
+#[test]
+fn a_websocket_subscriber_is_sent_a_history_longer_than_the_cap_whole() {
+    let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
+    let (mut poster, _) = world.connect();
+    for _ in 0..6 {
+        poster.handle_bytes(post("r", &"h".repeat(1000)).as_bytes(), world.at(0.0));
+        world.settle(&mut poster, world.at(0.0));
+        drain(&mut poster, world.at(0.0).instant);
+    }
+    let (mut c, _) = world.connect();
+    c.handle_bytes(UPGRADE, world.at(1.0));
+    assert_eq!(c.doing(), "WebSocket", "not closed for a history longer than the cap");
+    let sent = c.transmit(world.at(1.0).instant).to_vec();
+    let frames_at = sent.windows(4).position(|w| w == b"\r\n\r\n").expect("the 101 head") + 4;
+    let history = Client(WebSocketContext::new(Role::Client, None)).messages(&sent[frames_at..]);
+    assert_eq!(history.len(), 6, "{history:?}");
+    assert!(sent.len() > 4096);
+    // Still unread: four more messages fit under the cap, the fifth closes it.
+    let bodies = post_until_not_streaming(&world, &mut c, 2.0);
+    assert_eq!(bodies.len(), 5, "closed by the first message past the cap, the history aside");
+}
+
+#[test]
+fn an_event_stream_that_reads_in_time_gets_every_message() {
+    let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
+    let (mut poster, _) = world.connect();
+    let (mut c, _) = world.connect();
+    c.handle_bytes(b"GET /api/rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n", world.at(0.0));
+    drain(&mut c, world.at(0.0).instant);
+    let body = "x".repeat(1000);
+    let mut received = 0;
+    for i in 0..20 {
+        poster.handle_bytes(post("r", &body).as_bytes(), world.at(1.0));
+        world.settle(&mut poster, world.at(1.0));
+        drain(&mut poster, world.at(1.0).instant);
+        c.handle_wake(world.at(1.0));
+        // It reads every other message: never more than two unread, under the cap.
+        if i % 2 == 1 {
+            received += drain(&mut c, world.at(1.0).instant).matches("event: message").count();
+        }
+    }
+    assert_eq!(received, 20);
+    assert_eq!(c.doing(), "event stream");
+}
+
 /// The client's half of a WebSocket, on buffers.
 struct Client(WebSocketContext);
 

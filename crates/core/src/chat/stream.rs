@@ -214,14 +214,20 @@ impl EventStream {
         &self.head
     }
 
+    /// Appends the last event of a stream the server ends: `event: error` with
+    /// `{"error": why}`.
+    pub fn write_error(out: &mut Vec<u8>, why: &str) {
+        out.extend_from_slice(b"event: error\ndata: ");
+        out.extend_from_slice(to_json(&json!({ "error": why })).as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+
     /// Appends the events that are ready to `out`.
     pub fn poll_events(&mut self, waker: &Waker, out: &mut Vec<u8>) -> Poll<StreamStatus> {
         let batch = match self.feed.poll(waker) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(FeedItem::FellBehind) => {
-                out.extend_from_slice(b"event: error\ndata: ");
-                out.extend_from_slice(to_json(&json!({ "error": TOO_SLOW })).as_bytes());
-                out.extend_from_slice(b"\n\n");
+                EventStream::write_error(out, TOO_SLOW);
                 return Poll::Ready(StreamStatus::Close(TOO_SLOW));
             }
             Poll::Ready(FeedItem::Batch(batch)) => batch,
