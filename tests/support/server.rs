@@ -93,8 +93,6 @@ pub struct Server {
     extra_args: Vec<String>,
     /// An open-files limit (soft and hard) for the server process, if not the default.
     file_limit: Option<u64>,
-    /// Environment variables set for the server process (e.g. `MALLOC_ARENA_MAX`).
-    env: Vec<(String, String)>,
     dir: PathBuf,
     /// The scratch database of a `--db mysql|postgres` model; outlives restarts.
     database: Option<ScratchDatabase>,
@@ -135,31 +133,10 @@ impl Server {
             longpoll_wait_secs,
             extra_args,
             file_limit: None,
-            env: Vec::new(),
             database: scratch_database(model),
             db_url: None,
             host: None,
             dir,
-            process: None,
-        };
-        server.spawn();
-        server
-    }
-
-    /// Starts `model` with more flags and with the environment variables `env` set for
-    /// the server process (e.g. `MALLOC_ARENA_MAX=1`, for a test that measures its memory).
-    #[allow(dead_code)] // not every test binary that includes this module uses it
-    pub fn start_with_env(model: Model, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut server = Server {
-            model,
-            longpoll_wait_secs: LONGPOLL_WAIT_SECS,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            file_limit: None,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            database: scratch_database(model),
-            db_url: None,
-            host: None,
-            dir: fresh_dir(),
             process: None,
         };
         server.spawn();
@@ -175,7 +152,6 @@ impl Server {
             longpoll_wait_secs: LONGPOLL_WAIT_SECS,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             file_limit: Some(limit),
-            env: Vec::new(),
             database: scratch_database(model),
             db_url: None,
             host: None,
@@ -202,7 +178,6 @@ impl Server {
             longpoll_wait_secs: LONGPOLL_WAIT_SECS,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             file_limit: None,
-            env: Vec::new(),
             database: Some(database),
             db_url,
             host,
@@ -227,7 +202,6 @@ impl Server {
             longpoll_wait_secs: LONGPOLL_WAIT_SECS,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             file_limit: None,
-            env: Vec::new(),
             database: None,
             db_url: Some(db_url.into()),
             host,
@@ -383,7 +357,6 @@ impl Server {
             .args(["--longpoll-wait", &self.longpoll_wait_secs.to_string()])
             .args(model_args(self.model))
             .args(&self.extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
