@@ -94,6 +94,8 @@ posts = {
     "nested": b'{"body": "x", "extra": [[[[{}]]]]}',
     "truncated": b'{"body": "x',
     "not-utf8": b'{"body": "\xff"}',
+    "nul-in-body": b'{"body": "a\\u0000b", "from": "ann"}',
+    "nul-in-from": b'{"body": "hi", "from": "\\u0000"}',
 }
 for name, data in sorted(posts.items()):
     write("message_json", name, data)

@@ -366,6 +366,8 @@ pub fn message_json(data: &[u8]) {
     let body = posted.get("body").and_then(|b| b.as_str());
     assert!(posted.is_object() && body.is_some(), "stored a post that is not an object with a string body: {posted}");
     assert_eq!(stored.len(), 1, "one post, one message");
+    // docs/protocol.md, "Message text": no store is handed a NUL (PostgreSQL cannot keep one).
+    assert!(!stored[0].body.contains('\0') && !stored[0].from.contains('\0'), "stored a NUL: {:?}", stored[0]);
     assert_eq!(Some(stored[0].body.as_str()), body, "the body is stored exactly");
     assert_eq!(answer["body"].as_str(), body, "the answer carries the stored body: {answer}");
     let from = posted.get("from").and_then(|f| f.as_str()).unwrap_or("");

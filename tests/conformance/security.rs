@@ -7,6 +7,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::support::sse::whatwg_events;
 use crate::support::ws_frames::{Closed, Frame, RawWs};
 use crate::support::*;
 
@@ -188,4 +189,211 @@ pub fn behind_a_trusted_proxy_the_client_is_the_forwarded_address(model: Model) 
     };
     refused_after("one forwarded client", &|_| "198.51.100.200".to_string(), proxy);
     refused_after("a stranger's X-Forwarded-For", &|attempt| format!("192.0.2.{attempt}"), stranger);
+}
+
+/// Message text a browser must show as text: (what it is, the body, the link targets its
+/// HTML may have). Posted as is on both post routes, so none starts or ends with white
+/// space (Tornado's route strips it); the exact `html` of a `<script>` body is pinned in
+/// `new_message::escapes_html_in_the_body_and_lt_slash_in_the_json`.
+const HOSTILE_BODIES: &[(&str, &str, &[&str])] = &[
+    ("a script element", "<script>alert(1)</script>", &[]),
+    ("an img with an onerror handler", "<img src=x onerror=alert(1)>", &[]),
+    ("a quote that would end an attribute", "x\" onmouseover=\"alert(1)' onfocus='alert(2)", &[]),
+    ("a javascript: URL", "javascript:alert(1)", &[]),
+    ("a javascript: URL beside a real one", "JavaScript:alert(1)//http://example.com/ok", &["http://example.com/ok"]),
+    ("a right-to-left override", "abc\u{202e}fed", &[]),
+    ("CR, LF and CRLF", "one\rtwo\nthree\r\nfour", &[]),
+    ("an SSE event in the body", "hi\r\n\r\nevent: x\ndata: y\n\nid: 99\r\rdata: z", &[]),
+];
+
+/// The sender of the native posts: markup too, shown on the page.
+const HOSTILE_FROM: &str = "<b onclick=alert(3)>eve</b>";
+
+/// Reads an HTML fragment the server made of message text as a browser would, and returns
+/// its text and its link targets. Fails unless the only markup in it is `<a href="...">`
+/// and `</a>` with an `http(s)://` target, and every `"`, `'` and `>` of the text is
+/// escaped (so that the text can end neither an element nor an attribute).
+fn read_inert_html(fragment: &str, what: &str) -> (String, Vec<String>) {
+    let unescape = |s: &str| {
+        let raw = ['<', '>', '"', '\''];
+        assert!(!s.contains(raw), "{what}: unescaped markup characters in {s:?} (fragment {fragment:?})");
+        s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+    };
+    let (mut text, mut links) = (String::new(), Vec::new());
+    let mut rest = fragment;
+    while let Some(at) = rest.find('<') {
+        text.push_str(&unescape(&rest[..at]));
+        rest = &rest[at..];
+        if let Some(anchor) = rest.strip_prefix("<a href=\"") {
+            let (href, after) = anchor.split_once("\">").unwrap_or_else(|| panic!("{what}: an unclosed <a> in {fragment:?}"));
+            let href = unescape(href);
+            assert!(href.starts_with("http://") || href.starts_with("https://"), "{what}: a link to {href:?} in {fragment:?}");
+            links.push(href);
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("</a>") {
+            rest = after;
+        } else {
+            panic!("{what}: markup other than a link in a message: {fragment:?}");
+        }
+    }
+    text.push_str(&unescape(rest));
+    (text, links)
+}
+
+/// The part of `text` between `prefix` and the `suffix` that follows it.
+fn between<'a>(text: &'a str, prefix: &str, suffix: &str, what: &str) -> &'a str {
+    let start = text.find(prefix).unwrap_or_else(|| panic!("{what}: no {prefix:?} in:\n{text}")) + prefix.len();
+    let len = text[start..].find(suffix).unwrap_or_else(|| panic!("{what}: no {suffix:?} after {prefix:?} in:\n{text}"));
+    &text[start..start + len]
+}
+
+/// Asserts that raw JSON the server wrote has no `</` (it could close a `<script>`).
+fn assert_no_lt_slash(raw: &str, what: &str) {
+    assert!(!raw.contains("</"), "{what}: the raw JSON must write every `</` as `<\\/`:\n{raw}");
+}
+
+/// Every hostile body, posted by the native API and by Tornado's form, comes back intact
+/// as text from every output: the native JSON answer and history, Tornado's JSON (its
+/// `html` escaped and linkified to `http(s)` targets only, `</` written `<\/`) and
+/// long-poll, the page loaded after the posts, the event stream and the WebSocket. The
+/// event stream, read as the WHATWG standard reads it (a lone CR ends a line), carries
+/// each message as exactly one `message` event: CR and LF in a body are escaped in its
+/// JSON and cannot end a `data:` line, let alone start an event of their own.
+pub fn hostile_text_comes_back_as_text_from_every_output(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    let xsrf = Xsrf::fetch(port);
+    // (id, body, links, sender) of every post, in id order.
+    let mut posted: Vec<(u64, &str, &[&str], &str)> = Vec::new();
+    for &(what, body, links) in HOSTILE_BODIES {
+        let reply = Request::post("/api/rooms/main/messages").json(&json!({"body": body, "from": HOSTILE_FROM})).send(port);
+        reply.assert_status(201);
+        assert_no_lt_slash(&reply.text(), what);
+        let message = reply.json();
+        assert_eq!((message["body"].as_str(), message["from"].as_str()), (Some(body), Some(HOSTILE_FROM)), "{what}: {reply}");
+        posted.push((message["id"].as_u64().expect("a numeric id"), body, links, HOSTILE_FROM));
+
+        let reply = tornado_post_request(&xsrf, body).send(port);
+        reply.assert_status(200);
+        assert_no_lt_slash(&reply.text(), what);
+        let message = reply.json();
+        assert_eq!(message["body"], body, "{what}: {reply}");
+        let id = message["id"].as_str().expect("a string id").to_string();
+        let html = message["html"].as_str().expect("html");
+        let inner = between(html, &format!("<div class=\"message\" id=\"m{id}\">"), "</div>\n", what);
+        assert!(html.ends_with(&format!("{inner}</div>\n")), "{what}: one element: {html:?}");
+        assert_eq!(read_inert_html(inner, what), (body.to_string(), links.iter().map(|l| l.to_string()).collect()), "{what}");
+        posted.push((id.parse().expect("a numeric string id"), body, links, ""));
+    }
+    let bodies: Vec<&str> = posted.iter().map(|p| p.1).collect();
+
+    let history = Request::get("/api/rooms/main/messages").send(port);
+    assert_no_lt_slash(&history.text(), "the native history");
+    let stored: Vec<Value> = history.json()["messages"].as_array().expect("messages").iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(stored, bodies, "the native history");
+
+    let updates = updates_request(&xsrf, None).send(port);
+    assert_no_lt_slash(&updates.text(), "Tornado's long-poll");
+    let cached: Vec<Value> = updates_messages(&updates).iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(cached, bodies, "Tornado's long-poll");
+
+    let page = get(port, "/");
+    page.assert_status(200);
+    let page = page.text();
+    for &(id, body, links, from) in &posted {
+        let what = format!("message {id} on the page");
+        let element = between(&page, &format!("<div class=\"message\" id=\"m{id}\">"), "</p></div>\n", &what);
+        let shown_from = between(element, "<span class=\"from\" dir=\"auto\">", "</span>", &what);
+        let expected_from = if from.is_empty() { "anonymous" } else { from };
+        assert_eq!(read_inert_html(shown_from, &what), (expected_from.to_string(), Vec::new()), "{what}: the sender");
+        // The body is a paragraph of its own with `dir="auto"`: a bidirectional override
+        // in it ends with the paragraph (Unicode's bidi algorithm) and cannot reorder the
+        // page around it.
+        let (_, shown_body) = element.split_once("<p class=\"body\" dir=\"auto\">").unwrap_or_else(|| panic!("{what}: no body paragraph: {element}"));
+        let links = links.iter().map(|l| l.to_string()).collect();
+        assert_eq!(read_inert_html(shown_body, &what), (body.to_string(), links), "{what}: the body");
+    }
+
+    let mut events = EventStream::open(port, "/api/rooms/main/events", None);
+    let streamed: Vec<Value> = (0..posted.len()).map(|_| events.next_message()["body"].clone()).collect();
+    assert_eq!(streamed, bodies, "the event stream");
+    let transcript = String::from_utf8_lossy(events.transcript()).into_owned();
+    assert_no_lt_slash(&transcript, "the event stream");
+    let dispatched = whatwg_events(events.transcript());
+    let read: Vec<(String, String, Value)> = dispatched
+        .iter()
+        .map(|e| {
+            let message: Value = serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("an event whose data is not one message ({err}): {e:?}\nstream: {transcript:?}"));
+            (e.event_type.clone(), e.last_event_id.clone(), message["body"].clone())
+        })
+        .collect();
+    let expected: Vec<(String, String, Value)> =
+        posted.iter().map(|&(id, body, ..)| ("message".to_string(), id.to_string(), json!(body))).collect();
+    assert_eq!(read, expected, "an EventSource sees one message event per post, body intact; stream: {transcript:?}");
+
+    let mut ws = Ws::connect(port, "/api/rooms/main/ws");
+    let sent: Vec<Value> = (0..posted.len()).map(|_| ws.next_message()["body"].clone()).collect();
+    assert_eq!(sent, bodies, "the WebSocket");
+}
+
+/// A JSON string with a lone surrogate escape (`"\ud800"`, `"\udc00"`, a high one before
+/// a non-surrogate) names no Unicode character: the native API answers 400 saying the
+/// JSON is not valid, the WebSocket an error frame saying so, and nothing is stored. A
+/// surrogate pair is one character and is stored. Tornado's form has no escapes: bytes
+/// that are not UTF-8 (the surrogate's would-be bytes `%ED%A0%80`) are decoded as a
+/// browser decodes a form, each maximal bad sequence a U+FFFD, and stored so.
+pub fn a_lone_surrogate_escape_is_refused_and_bad_utf8_in_a_form_is_stored_as_u_fffd(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    for escaped in [r"a\ud800b", r"\udc00", r"\ud800\u0041", r"a\ud800"] {
+        let raw = format!(r#"{{"body": "{escaped}", "from": "x"}}"#);
+        let reply = Request::post("/api/rooms/main/messages").body("application/json", raw.clone()).send(port);
+        assert_eq!(reply.status, 400, "{raw}:\n{reply}");
+        let error = reply.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("not valid JSON") && error.contains("escape"), "{raw}: the refusal says why: {error:?}");
+    }
+    let mut ws = Ws::connect(port, "/api/rooms/main/ws");
+    ws.send_text(r#"{"type": "post", "body": "a\ud800b", "ref": 1}"#);
+    let error = ws.next_frame();
+    assert_eq!(error["type"], "error", "{error}");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("not valid JSON") && e.contains("escape")), "{error}");
+    assert_eq!(api_messages(port, "main", "")["last_id"], 0, "nothing with a lone surrogate was stored");
+
+    let pair = Request::post("/api/rooms/main/messages").body("application/json", r#"{"body": "a\ud83d\ude00b"}"#).send(port);
+    pair.assert_status(201);
+    assert_eq!(pair.json()["body"], "a\u{1f600}b", "{pair}");
+    let xsrf = Xsrf::fetch(port);
+    let form = format!("body=a%ED%A0%80b&_xsrf={}", crate::support::http::percent_encode(&xsrf.field));
+    let reply = Request::post("/a/message/new").cookie(&xsrf.cookie_header()).body("application/x-www-form-urlencoded", form).send(port);
+    reply.assert_status(200);
+    assert_eq!(reply.json()["body"], "a\u{fffd}\u{fffd}\u{fffd}b", "{reply}");
+    let stored: Vec<Value> = api_messages(port, "main", "")["messages"].as_array().expect("messages").iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(stored, [json!("a\u{1f600}b"), json!("a\u{fffd}\u{fffd}\u{fffd}b")]);
+}
+
+/// A NUL (U+0000) never reaches the store, whatever the store (PostgreSQL cannot keep one
+/// in `text`; on `--db postgres` a post holding one was answered 503 forever): the native
+/// API answers 400 and the WebSocket an error frame (with the post's `ref`), both saying
+/// the message contains a NUL character; Tornado's form, as Tornado does, turns it (and
+/// U+0001-U+0008, U+000E-U+001F) into a space. Later posts are stored as ever.
+pub fn a_nul_is_refused_by_the_api_and_the_websocket_and_a_space_on_tornados_form(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    for post in [json!({"body": "a\u{0}b"}), json!({"body": "hi", "from": "e\u{0}ve"})] {
+        let reply = Request::post("/api/rooms/main/messages").json(&post).send(port);
+        assert_eq!(reply.status, 400, "{post}:\n{reply}");
+        assert!(reply.json()["error"].as_str().is_some_and(|e| e.contains("contains a NUL character")), "{post}: says why:\n{reply}");
+    }
+    let mut ws = Ws::connect(port, "/api/rooms/main/ws");
+    ws.send_json(&json!({"type": "post", "body": "a\u{0}b", "ref": "nul"}));
+    let error = ws.next_frame();
+    assert_eq!((&error["type"], &error["ref"]), (&json!("error"), &json!("nul")), "{error}");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("message body contains a NUL character")), "{error}");
+
+    let xsrf = Xsrf::fetch(port);
+    let message = tornado_post(port, &xsrf, "a\u{0}b\u{1}c\u{1f}d\te");
+    assert_eq!(message["body"], "a b c d\te", "{message}");
+    api_post(port, "main", "after");
+    let stored: Vec<Value> = api_messages(port, "main", "")["messages"].as_array().expect("messages").iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(stored, [json!("a b c d\te"), json!("after")], "only the mapped message and the later one were stored");
 }

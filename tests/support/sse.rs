@@ -1,6 +1,10 @@
 //! A Server-Sent Events reader: opens `GET .../events`, then parses the stream into
 //! `id:` / `event:` / `data:` blocks, skipping comment-only blocks (heartbeats). The
 //! stream may be chunked or delimited by the connection's close: both are read.
+//!
+//! [`whatwg_events`] parses a whole transcript of a stream as a browser's `EventSource`
+//! does, to the letter of the standard (a lone CR ends a line too), for tests whose point
+//! is what a browser would see.
 
 use serde_json::Value;
 
@@ -34,6 +38,8 @@ pub struct EventStream {
     text: Vec<u8>,
     /// Every event read so far, for failure messages.
     seen: Vec<Event>,
+    /// Every byte of the stream so far (de-chunked), parsed or not: see [`whatwg_events`].
+    transcript: Vec<u8>,
 }
 
 impl EventStream {
@@ -68,7 +74,13 @@ impl EventStream {
             raw: Vec::new(),
             text: Vec::new(),
             seen: Vec::new(),
+            transcript: Vec::new(),
         }
+    }
+
+    /// Every byte of the stream received so far, de-chunked (what an `EventSource` reads).
+    pub fn transcript(&self) -> &[u8] {
+        &self.transcript
     }
 
     /// The next event with a `data:` or `event:` field; comment-only blocks are skipped.
@@ -175,18 +187,90 @@ impl EventStream {
             String::from_utf8_lossy(&self.text)
         );
         let bytes = self.conn.read_more(&waiting_for);
+        let parsed_before = self.text.len();
         if !self.chunked {
             self.text.extend_from_slice(&bytes);
+            self.transcript.extend_from_slice(&bytes);
             return;
         }
         self.raw.extend_from_slice(&bytes);
         let open = dechunk(&mut self.raw, &mut self.text);
+        self.transcript.extend_from_slice(&self.text[parsed_before..]);
         assert!(
             open || !self.text.is_empty(),
             "the server ended the event stream; events so far: {:#?}",
             self.seen
         );
     }
+}
+
+/// An event as a browser's `EventSource` dispatches it (a `MessageEvent`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatched {
+    /// The event's type: its `event:` field, `message` without one.
+    pub event_type: String,
+    /// Its `data:` lines joined with LF.
+    pub data: String,
+    /// The last event ID at dispatch: the latest `id:` field so far, carried across events.
+    pub last_event_id: String,
+}
+
+/// The events a browser dispatches for `stream`, read by WHATWG HTML, "Server-sent events",
+/// 9.2.6 "Interpreting an event stream":
+///
+/// ```text
+/// stream        = [ bom ] *event
+/// event         = *( comment / field ) end-of-line
+/// comment       = colon *any-char end-of-line
+/// field         = 1*name-char [ colon [ space ] *any-char ] end-of-line
+/// end-of-line   = ( cr lf / cr / lf )
+/// ```
+///
+/// "If the line is empty, dispatch the event"; a line starting with `:` is ignored;
+/// otherwise the field name is up to the first `:` and the value after it, less one
+/// leading space. `event` sets the event type buffer, `data` appends its value and an LF
+/// to the data buffer, `id` (unless it holds U+0000) sets the last event ID buffer, other
+/// fields are ignored. To dispatch: with an empty data buffer, reset the buffers and
+/// dispatch nothing; else drop the data's last LF. "Once the end of the file is reached,
+/// any pending data must be discarded": a trailing incomplete line or event is not
+/// dispatched.
+pub fn whatwg_events(stream: &[u8]) -> Vec<Dispatched> {
+    let text = String::from_utf8_lossy(stream);
+    let mut rest = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let (mut event_type, mut data, mut last_event_id) = (String::new(), String::new(), String::new());
+    let mut dispatched = Vec::new();
+    while let Some(end) = rest.find(['\r', '\n']) {
+        let line = &rest[..end];
+        let eol = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[end + eol..];
+        if line.is_empty() {
+            if !data.is_empty() {
+                data.pop();
+                let event_type = if event_type.is_empty() { "message".to_string() } else { event_type.clone() };
+                dispatched.push(Dispatched { event_type, data: data.clone(), last_event_id: last_event_id.clone() });
+            }
+            data.clear();
+            event_type.clear();
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event_type = value.to_string(),
+            "data" => {
+                data.push_str(value);
+                data.push('\n');
+            }
+            "id" if !value.contains('\0') => last_event_id = value.to_string(),
+            _ => {}
+        }
+    }
+    dispatched
 }
 
 /// Moves every complete chunk of a chunked body from the front of `raw` to `out`.
@@ -220,7 +304,32 @@ fn block_end(text: &[u8]) -> Option<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::dechunk;
+    use super::{dechunk, whatwg_events, Dispatched};
+
+    fn event(event_type: &str, data: &str, last_event_id: &str) -> Dispatched {
+        Dispatched { event_type: event_type.into(), data: data.into(), last_event_id: last_event_id.into() }
+    }
+
+    /// The standard's own examples (9.2.6), and the corners a line-splitter gets wrong:
+    /// a lone CR ends a line, the id carries over, a block without data dispatches nothing,
+    /// and an unfinished event at the end is dropped.
+    #[test]
+    fn a_stream_is_read_as_the_whatwg_standard_reads_it() {
+        let cases: [(&[u8], Vec<Dispatched>); 6] = [
+            (b"data: YHOO\ndata: +2\ndata: 10\n\n", vec![event("message", "YHOO\n+2\n10", "")]),
+            (
+                b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
+                vec![event("message", "first event", "1"), event("message", "second event", ""), event("message", " third event", "")],
+            ),
+            (b"data\n\ndata\ndata\n\ndata:", vec![event("message", "", ""), event("message", "\n", "")]),
+            (b"\xef\xbb\xbfid: 7\revent: x\rdata: a\r\rdata: b\r\n\r\n", vec![event("x", "a", "7"), event("message", "b", "7")]),
+            (b"event: lonely\nid: 3\n\ndata: after\n\n", vec![event("message", "after", "3")]),
+            (b"data: done\n\ndata: not finished\n", vec![event("message", "done", "")]),
+        ];
+        for (stream, expected) in cases {
+            assert_eq!(whatwg_events(stream), expected, "{:?}", String::from_utf8_lossy(stream));
+        }
+    }
 
     /// The stream may arrive cut anywhere: the same bytes come out whatever the cuts.
     #[test]

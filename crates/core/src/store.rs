@@ -94,9 +94,11 @@ impl fmt::Display for MessageId {
 /// A message as posted, before the store gives it an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
-    /// The text, as the poster typed it (never HTML: it is escaped on the way out).
+    /// The text, as the poster typed it (never HTML: it is escaped on the way out). It
+    /// never holds U+0000, which the routes refuse or map before a store sees it
+    /// (PostgreSQL cannot keep one; see `chat::text`).
     pub body: String,
-    /// The poster's nickname; empty when anonymous.
+    /// The poster's nickname; empty when anonymous. Never holds U+0000 either.
     pub from: String,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub time_ms: u64,

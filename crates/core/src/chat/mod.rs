@@ -16,6 +16,7 @@ pub mod rate;
 mod page;
 pub mod render;
 mod stream;
+pub mod text;
 pub mod xsrf;
 
 use std::sync::{Arc, OnceLock};
@@ -726,8 +727,15 @@ impl App {
         if body.chars().count() > MAX_MESSAGE_CHARS {
             return Err("'body' is longer than 4096 characters");
         }
+        // Refused here, before any store sees it: PostgreSQL cannot hold it (see [`text`]).
+        if text::has_nul(&body) {
+            return Err(text::NUL_IN_BODY);
+        }
         if from.chars().count() > MAX_NICK_CHARS {
             return Err("'from' is longer than 64 characters");
+        }
+        if text::has_nul(&from) {
+            return Err(text::NUL_IN_FROM);
         }
         let deadline = arrived.map(|at| at + self.config.limits.post_timeout);
         Ok(NewMessage { body, from, time_ms: now_ms, deadline, key: None })
@@ -762,8 +770,9 @@ impl App {
         if let Err(refused) = self.check_xsrf(request, &form) {
             return Outcome::Reply(refused);
         }
-        // Tornado's get_argument strips white space and accepts an empty value.
-        let Some(body) = form.get("body").map(|b| b.trim().to_string()) else {
+        // Tornado's get_argument maps control characters to spaces (so no NUL reaches a
+        // store, see [`text`]), strips white space and accepts an empty value.
+        let Some(body) = form.get("body").map(text::tornado_argument) else {
             return Outcome::Reply(Response::text(StatusCode::BAD_REQUEST, "Missing argument body\n"));
         };
         if body.chars().count() > MAX_MESSAGE_CHARS {

@@ -303,7 +303,7 @@ impl WsSession {
         // frame, its `ref` (if any) is echoed in the error and the client can match it.
         let frame: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
             Ok(f) => f,
-            Err(e) => return WsAction::Reply(error_frame(&format!("not a JSON object: {e}"), None)),
+            Err(e) => return WsAction::Reply(error_frame(&not_a_frame(&e), None)),
         };
         let reference = frame.get("ref").cloned();
         let text_field = |name: &str| match frame.get(name) {
@@ -375,6 +375,17 @@ impl WsSession {
             Ok(super::Posted::KeyReused) => error_frame(super::NotStored::Mismatch.why(), reference),
             Err(e) => error_frame(&format!("not stored: {e}; try again"), reference),
         }
+    }
+}
+
+/// Why a text frame is no client frame: it is not JSON at all (say so, and where, a
+/// lone surrogate escape such as `\ud800` included), or JSON but not an object.
+fn not_a_frame(e: &serde_json::Error) -> String {
+    const SHAPE: &str = r#"send a JSON object such as {"type": "post", "body": "hi"}"#;
+    if e.is_data() {
+        format!("the frame must be a JSON object ({e}); {SHAPE}")
+    } else {
+        format!("the frame is not valid JSON ({e}); {SHAPE}")
     }
 }
 
