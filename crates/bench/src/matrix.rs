@@ -586,6 +586,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
                 rate: 0.0,
                 room: None,
                 drain_secs: 10.0,
+                ..BroadcastConfig::default()
             });
             let mut c = cell(
                 "fanout",
@@ -605,6 +606,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
             rate: scale.pick(2.0, 10.0),
             room: None,
             drain_secs: 10.0,
+            ..BroadcastConfig::default()
         });
         let mut paced = cell(
             "fanout",
@@ -634,6 +636,7 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
                 rate: 0.0,
                 room: None,
                 drain_secs: 10.0,
+                ..BroadcastConfig::default()
             });
             let mut c = cell(
                 "ws",
@@ -645,6 +648,26 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
             );
             c.profile = series == "async" && n == 1000;
             cells.push(c);
+        }
+        // Subscribers that stop reading (issue 12 D): the same readers and 4 KB messages
+        // without and with 20 stalled subscribers in the room, side by side. The stalled
+        // ones fill their socket buffers and then the server's cap (`--max-outgoing`, 1 MiB)
+        // and are disconnected; the readers' p99 should not move.
+        let (readers, messages) = scale.pick((100, 1500), (5, 20));
+        for stalled in [0, scale.pick(20, 2)] {
+            let scenario = Scenario::WsBroadcast(BroadcastConfig {
+                subscribers: readers,
+                messages,
+                drain_secs: 10.0,
+                stalled,
+                body_bytes: 4000,
+                ..BroadcastConfig::default()
+            });
+            let (id, name) = match stalled {
+                0 => (format!("{series}@{readers}/4KB"), format!("{series} (4 KB bodies)")),
+                k => (format!("{series}@{readers}/4KB+{k}stalled"), format!("{series} (4 KB bodies, {k} stalled)")),
+            };
+            cells.push(cell("ws", id, &name, Some(readers as f64), subject.clone(), load(scenario, 60.0)));
         }
     }
 

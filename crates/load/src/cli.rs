@@ -117,6 +117,14 @@ pub struct BroadcastArgs {
     /// Seconds subscribers wait for missing messages after the last post.
     #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = parse_seconds)]
     pub drain: f64,
+    /// Also open this many subscribers that read nothing after subscribing (ws-broadcast and
+    /// sse-broadcast): compare the others' latency with a run without them.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub stalled: usize,
+    /// Pad each message's body to this many bytes (at most 4000, the server's limit is 4096
+    /// characters).
+    #[arg(long, default_value_t = 0, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(0..=4000))]
+    pub body_bytes: u16,
 }
 
 /// Flags of `idle-capacity`.
@@ -196,6 +204,8 @@ impl ScenarioArgs {
             rate: a.rate,
             room: a.room,
             drain_secs: a.drain,
+            stalled: a.stalled,
+            body_bytes: usize::from(a.body_bytes),
         };
         match self {
             ScenarioArgs::Plaintext(a) => Scenario::Plaintext(PlaintextConfig {

@@ -159,8 +159,10 @@ impl Tally {
     }
 }
 
+/// `"SEQ SENT_US"`, and after another space the padding of `--body-bytes`, if any.
 fn parse_body(body: &str) -> Option<(u64, u64)> {
-    let (seq, sent) = body.split_once(' ')?;
+    let mut fields = body.splitn(3, ' ');
+    let (seq, sent) = (fields.next()?, fields.next()?);
     Some((seq.parse().ok()?, sent.parse().ok()?))
 }
 
@@ -333,6 +335,59 @@ async fn subscriber(
     Some(tally)
 }
 
+/// The receive buffer a stalled subscriber asks for (Linux doubles it).
+const STALLED_RECEIVE_BUFFER: u32 = 4096;
+
+/// Opens `count` subscribers of `room` over `via` that read their answer's head and then
+/// nothing more (see [`BroadcastConfig::stalled`]); they are held until dropped.
+async fn open_stalled(ctx: &Ctx, via: Via, room: &str, count: usize) -> Result<Vec<tokio::net::TcpStream>, LoadError> {
+    let request = match via {
+        Via::Sse => format!("GET /api/rooms/{room}/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", ctx.host),
+        Via::Ws => format!(
+            "GET /api/rooms/{room}/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            ctx.host
+        ),
+        Via::LongPoll if count > 0 => {
+            return Err(LoadError::Config("--stalled needs ws-broadcast or sse-broadcast: a long-poll reads each answer".into()))
+        }
+        Via::LongPoll => return Ok(Vec::new()),
+    };
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        match ctx.bounded(open_one_stalled(ctx.addr, &request)).await {
+            Ok(stream) => held.push(stream),
+            Err(e) => ctx.errors.count(format!("stalled subscriber: {}", e.kind())),
+        }
+    }
+    Ok(held)
+}
+
+/// One stalled subscriber: a small receive buffer, the request, the answer's head (the
+/// history may come with it: it stays unread like the rest).
+async fn open_one_stalled(addr: std::net::SocketAddr, request: &str) -> Result<tokio::net::TcpStream, ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(ClientError::Connect)?;
+    socket.set_recv_buffer_size(STALLED_RECEIVE_BUFFER).map_err(ClientError::Connect)?;
+    let mut stream = socket.connect(addr).await.map_err(ClientError::Connect)?;
+    stream.write_all(request.as_bytes()).await.map_err(ClientError::Io)?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.map_err(ClientError::Io)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        head.push(byte[0]);
+    }
+    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.1 101") {
+        Ok(stream)
+    } else {
+        let status = String::from_utf8_lossy(&head).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Err(ClientError::Status(status))
+    }
+}
+
 /// The room's newest id, where subscribers start from (so old history is not counted).
 pub(crate) async fn last_id(ctx: &Ctx, room: &str) -> Result<u64, LoadError> {
     #[derive(Deserialize)]
@@ -372,13 +427,15 @@ pub(crate) struct PostRun {
 /// Posts messages `0..messages` one after another on one keep-alive connection (`conn`,
 /// opened before the subscribers so that a server at its connection cap still takes the
 /// posts; a new one if it breaks), at `rate` per second (0: each as soon as the previous
-/// one is acknowledged), starting no post after `until`.
+/// one is acknowledged), starting no post after `until`; each body is padded to
+/// `body_bytes` (0: not padded).
 pub(crate) async fn post_messages(
     ctx: &Ctx,
     conn: Option<Conn>,
     room: &str,
     messages: u64,
     rate: f64,
+    body_bytes: usize,
     until: Instant,
 ) -> PostRun {
     let path = format!("/api/rooms/{room}/messages");
@@ -414,7 +471,12 @@ pub(crate) async fn post_messages(
         if seq == 0 {
             first_post_unix_us = sent;
         }
-        let body = serde_json::json!({ "body": format!("{seq} {sent}"), "from": FROM }).to_string();
+        let mut text = format!("{seq} {sent}");
+        if body_bytes > text.len() + 1 {
+            text.push(' ');
+            text.extend(std::iter::repeat_n('x', body_bytes - text.len()));
+        }
+        let body = serde_json::json!({ "body": text, "from": FROM }).to_string();
         let started = Instant::now();
         match ctx.bounded(c.request(&post_json(&path, &ctx.host, &body))).await {
             Ok(reply) if reply.status == 201 => {
@@ -523,9 +585,12 @@ pub(crate) async fn run(ctx: &Ctx, via: Via, config: &BroadcastConfig) -> Result
         hard_at: ctx.hard_at,
     };
     let group = Group::open(spec, ctx.errors.clone(), latency.clone(), delivered).await;
+    let stalled = open_stalled(ctx, via, &room, config.stalled).await?;
     tokio::time::sleep(settle_time(via, group.subscribed)).await;
     let began = Instant::now();
-    let posts = post_messages(ctx, Some(poster), &room, config.messages, config.rate, ctx.stop_at).await;
+    let posts =
+        post_messages(ctx, Some(poster), &room, config.messages, config.rate, config.body_bytes, ctx.stop_at).await;
+    drop(stalled);
     group.posted(Posted {
         acked: posts.acked.clone(),
         first_post_unix_us: posts.first_post_unix_us,

@@ -85,7 +85,7 @@ pub(crate) async fn run(ctx: &Ctx, config: &IdleConfig) -> Result<Findings, Load
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss("after");
 
-    let posts = broadcast::post_messages(ctx, Some(poster), &room, 1, 0.0, ctx.hard_at).await;
+    let posts = broadcast::post_messages(ctx, Some(poster), &room, 1, 0.0, 0, ctx.hard_at).await;
     let posted = Posted {
         acked: posts.acked.clone(),
         first_post_unix_us: posts.first_post_unix_us,

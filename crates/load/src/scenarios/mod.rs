@@ -211,11 +211,21 @@ pub struct BroadcastConfig {
     pub room: Option<String>,
     /// Seconds subscribers keep waiting for missing messages after the last post.
     pub drain_secs: f64,
+    /// Subscribers of the same room (over the same transport; long-poll has none) that
+    /// subscribe with a 4 KiB receive buffer and then read nothing, as a client that stopped
+    /// reading does: what they cost the others is what the run measures beside a run
+    /// without them. They are not counted in the deliveries.
+    #[serde(default)]
+    pub stalled: usize,
+    /// Each message's body is padded with `x` to this many bytes (0: no padding), so that
+    /// stalled subscribers fill their buffers, and the server's cap on them, sooner.
+    #[serde(default)]
+    pub body_bytes: usize,
 }
 
 impl Default for BroadcastConfig {
     fn default() -> Self {
-        BroadcastConfig { subscribers: 100, messages: 100, rate: 0.0, room: None, drain_secs: 5.0 }
+        BroadcastConfig { subscribers: 100, messages: 100, rate: 0.0, room: None, drain_secs: 5.0, stalled: 0, body_bytes: 0 }
     }
 }
 
