@@ -51,6 +51,23 @@ enum Command {
     /// Run the benchmark matrix (models, pollers, scenarios, sizes, peers) and write
     /// bench/RESULTS.md, plots and results.json.
     Bench(c10k_bench::cli::BenchArgs),
+    /// Print the store's epoch, or give it a new one with --rotate: after restoring a
+    /// backup or truncating the messages, so that clients resuming from ids they read
+    /// before are told to start afresh instead of being given other messages under those
+    /// ids (docs/protocol.md, "Epochs"). Servers read the epoch when they start: restart
+    /// them after a rotation.
+    Epoch(EpochArgs),
+}
+
+#[derive(Args, Debug)]
+struct EpochArgs {
+    /// The store, as `c10k serve --db` takes it (a SQLite path, a mysql:// or postgres://
+    /// URL). Its tables are created if missing, as `serve` would.
+    #[arg(long, default_value = "c10k.sqlite3", value_name = "PATH|URL")]
+    db: String,
+    /// Replace the epoch with a new random one, and print it.
+    #[arg(long)]
+    rotate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +317,16 @@ fn main() -> ExitCode {
         Command::Bench(args) => c10k_bench::cli::run(args),
         Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
         Command::QueueCheck(args) => c10k_load::queue::run_cli(args),
+        Command::Epoch(args) => match epoch(&args) {
+            Ok(epoch) => {
+                println!("{epoch}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("c10k epoch: {message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -309,6 +336,17 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `c10k epoch`: the store's epoch, replaced first with `--rotate`.
+fn epoch(args: &EpochArgs) -> Result<String, String> {
+    let store = c10k_store::open(&args.db).map_err(|e| e.to_string())?;
+    if args.rotate {
+        let fresh = c10k_store::fresh_epoch();
+        store.set_epoch(&fresh).map_err(|e| e.to_string())?;
+        info!(db = %args.db, epoch = %fresh, "rotated the store's epoch; restart the servers on it");
+    }
+    store.epoch().map_err(|e| e.to_string())?.ok_or_else(|| format!("{} keeps no epoch", args.db))
 }
 
 /// Parses `--listen`: an IP:PORT, a HOST:PORT resolved now (its first IPv4 address, if

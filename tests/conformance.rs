@@ -87,6 +87,8 @@ macro_rules! conformance {
                 a_post_retried_with_its_idempotency_key_is_stored_once,
                 get_messages_before_an_id_pages_back_past_the_cache_newest_first,
                 a_retry_after_a_restart_gets_the_stored_message,
+                a_cursor_from_another_epoch_is_reset_on_every_transport,
+                a_new_database_is_a_new_epoch_and_resuming_into_it_is_reset,
             }
             events {
                 resume_with_last_event_id_gives_the_missed_messages_once_then_live_ones,

@@ -126,14 +126,16 @@ const Chat = (() => {
   // when all fail, or one that was open drops, it waits (backoff) and starts over from
   // WebSocket, resuming after cb.after().
   // env: {WebSocket, EventSource, fetch, AbortController, setTimeout, clearTimeout, now, wsOrigin}
-  // cb: {after() -> id or 0, messages(list), reset(lastId), ack(ref, msg), error(ref, text, retry),
+  // cb: {after() -> id or 0, epoch() -> the store's epoch the cursor is in ('' if unknown),
+  //      messages(list), reset(lastId, epoch), ack(ref, msg), error(ref, text, retry),
   //      status({transport, state: 'connecting'|'live'|'retrying', delay, why}), dropped(transport)}
   function live(room, env, cb) {
     const path = `/api/rooms/${encodeURIComponent(room)}`;
     const parse = s => { try { return JSON.parse(s); } catch { return null; } };
     const query = (extra = {}) => {   // no `after` at first: the whole history, never a reset
-      const q = new URLSearchParams(), a = cb.after();
+      const q = new URLSearchParams(), a = cb.after(), e = cb.epoch ? cb.epoch() : '';
       if (a > 0) q.set('after', a);
+      if (a > 0 && e) q.set('epoch', e);   // another epoch's cursor gets the explicit reset
       for (const [k, v] of Object.entries(extra)) q.set(k, v);
       return String(q) ? `?${q}` : '';
     };
@@ -190,7 +192,7 @@ const Chat = (() => {
         const f = parse(e.data);
         if (!f || g !== gen) return;
         if (f.type === 'message') cb.messages([f.message]);
-        else if (f.type === 'reset') cb.reset(f.last_id);
+        else if (f.type === 'reset') cb.reset(f.last_id, f.epoch);
         else if (f.type === 'ack') cb.ack(f.ref, f.message);
         else if (f.type === 'error') cb.error(f.ref, f.error, f.retry === true);
       };
@@ -202,7 +204,7 @@ const Chat = (() => {
       catch (e) { fail(g, false, e.message); return; }
       es.onopen = () => { open = true; opened(g); };
       es.addEventListener('message', e => { const m = parse(e.data); if (m && g === gen) cb.messages([m]); });
-      es.addEventListener('reset', e => { const r = parse(e.data); if (g === gen) cb.reset(r && r.last_id); });
+      es.addEventListener('reset', e => { const r = parse(e.data); if (g === gen) cb.reset(r && r.last_id, r && r.epoch); });
       // Both a lost connection and the server's `event: error` (which has data) land here.
       // We reconnect ourselves (with backoff and our own resume point), not EventSource.
       es.onerror = e => {
@@ -218,9 +220,10 @@ const Chat = (() => {
         const wait = open ? POLL_WAIT : 0;   // the first poll answers at once: proves it works
         const t0 = env.now();
         const timer = env.setTimeout(() => c.abort(), (wait + 15) * 1000);
-        let j = null;
+        let j = null, epoch = null;
         try {
           const r = await env.fetch(`${path}/messages${query({ wait })}`, { signal: c.signal, cache: 'no-store' });
+          epoch = r.headers && r.headers.get ? r.headers.get('X-C10k-Epoch') : null;
           j = await r.json().catch(() => null);
           if (!r.ok || !j || !Array.isArray(j.messages)) throw new Error((j && j.error) || `HTTP ${r.status}`);
         } catch (e) {
@@ -231,7 +234,7 @@ const Chat = (() => {
         }
         if (g !== gen) return;
         if (!open) { open = true; opened(g); }
-        if (j.reset) cb.reset(j.last_id);
+        if (j.reset) cb.reset(j.last_id, epoch);
         if (j.messages.length) cb.messages(j.messages);
         else if (wait > 0 && env.now() - t0 < 1000) await new Promise(res => env.setTimeout(res, 1000));   // never spin
       }
@@ -292,6 +295,8 @@ function startPage() {
   };
 
   let room = null, feed = C.emptyFeed(), conn = null, tookOver = false, refSeq = 0, isLive = false;
+  // The store's epoch, from the page; ids are resumed in it (docs/protocol.md, "Epochs").
+  let epoch = (document.querySelector('meta[name="c10k-epoch"]') || {}).content || '';
   // Your posts until confirmed: {ref, key, room, body, from, afterId, via, state, why, timer}.
   // Each has an idempotency key, so sending it again cannot store it twice (the server
   // answers a repeated key with the message it stored: docs/protocol.md).
@@ -617,7 +622,9 @@ function startPage() {
   function connectRoom(r) {
     conn = C.live(r, env, {
       after: () => feed.lastId,
-      reset: () => { feed = C.emptyFeed(); older.done = false; renderAll(); },   // history follows
+      epoch: () => epoch,
+      // History follows; a new epoch (the database was replaced or restored) is adopted.
+      reset: (lastId, newEpoch) => { if (newEpoch) epoch = newEpoch; feed = C.emptyFeed(); older.done = false; renderAll(); },
       messages: list => {
         const res = C.merge(feed, list, true);
         show(res);

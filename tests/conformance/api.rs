@@ -419,3 +419,78 @@ pub fn a_retry_after_a_restart_gets_the_stored_message(model: Model) {
     assert_eq!(again.json(), stored.json());
     assert_eq!(api_ids(&api_messages(port, "main", "?limit=10")["messages"]), [2, 1], "the form post once");
 }
+
+/// Epochs (docs/protocol.md): the store's epoch is said by `GET /api/rooms` and the page, and
+/// in `X-C10k-Epoch` on the native poll, the event stream and the WebSocket upgrade. A
+/// cursor given with another epoch (`?epoch=`) is answered with the explicit reset, then
+/// the history held, on all three transports alike, whatever its id; with the store's own
+/// epoch, or none, it resumes as usual.
+pub fn a_cursor_from_another_epoch_is_reset_on_every_transport(model: Model) {
+    let server = Server::start(model);
+    let port = server.port();
+    for body in ["one", "two", "three"] {
+        api_post(port, "epochs", body);
+    }
+    let ours = store_epoch(port);
+    assert!(ours.len() == 16 && ours.bytes().all(|b| b.is_ascii_hexdigit()), "an epoch is 16 hex digits: {ours}");
+    let theirs = if ours == "0123456789abcdef" { "fedcba9876543210" } else { "0123456789abcdef" };
+
+    // Long-poll.
+    let same = Request::get(&format!("{}?after=2&epoch={ours}", messages_path("epochs"))).send(port);
+    same.assert_status(200);
+    assert_eq!(same.header("X-C10k-Epoch"), Some(ours.as_str()));
+    assert_eq!((api_ids(&same.json()["messages"]), same.json()["reset"].clone()), (vec![3], json!(false)));
+    let other = api_messages(port, "epochs", &format!("?after=2&epoch={theirs}"));
+    assert_eq!(other["reset"], true, "another epoch's cursor is reset: {other}");
+    assert_eq!(api_ids(&other["messages"]), [1, 2, 3], "then the history held");
+    let nothing_read = api_messages(port, "epochs", &format!("?after=0&epoch={theirs}"));
+    assert_eq!((nothing_read["reset"].clone(), api_ids(&nothing_read["messages"])), (json!(false), vec![1, 2, 3]), "a cursor of 0 claims nothing");
+    let no_epoch = api_messages(port, "epochs", "?after=2");
+    assert_eq!((no_epoch["reset"].clone(), api_ids(&no_epoch["messages"])), (json!(false), vec![3]), "no epoch given: as before");
+
+    // Server-Sent Events, resuming with Last-Event-ID.
+    let reset = json!({"room": "epochs", "last_id": 3, "epoch": ours});
+    let mut stream = EventStream::open(port, &format!("/api/rooms/epochs/events?epoch={theirs}"), Some("2"));
+    assert_eq!(stream.head.header("X-C10k-Epoch"), Some(ours.as_str()));
+    let first = stream.next_event();
+    assert_eq!((first.event.as_deref(), first.json()), (Some("reset"), reset.clone()), "{first:?}");
+    assert_eq!(stream.next_ids(3), [1, 2, 3]);
+    let mut resumed = EventStream::open(port, &format!("/api/rooms/epochs/events?epoch={ours}"), Some("2"));
+    assert_eq!(resumed.next_ids(1), [3], "the store's own epoch resumes");
+
+    // WebSocket.
+    let mut ws = Ws::connect(port, &format!("/api/rooms/epochs/ws?after=2&epoch={theirs}"));
+    let mut frame_reset = reset.clone();
+    frame_reset["type"] = json!("reset");
+    assert_eq!(ws.next_frame(), frame_reset);
+    assert_eq!(ws.next_ids(3), [1, 2, 3]);
+    let mut ws_resumed = Ws::connect(port, &format!("/api/rooms/epochs/ws?after=2&epoch={ours}"));
+    assert_eq!(ws_resumed.next_ids(1), [3]);
+
+    // The page says it, for its script.
+    let page = get(port, "/").text();
+    assert!(page.contains(&format!("<meta name=\"c10k-epoch\" content=\"{ours}\">")), "the page names the epoch");
+}
+
+/// The reason epochs exist: a server restarted on a new database gives ids from 1 again,
+/// and a client that resumes "after 2" with the old epoch must not take the new 3 for the
+/// one after its old 2. It gets the reset, then the new history.
+pub fn a_new_database_is_a_new_epoch_and_resuming_into_it_is_reset(model: Model) {
+    let mut first = Server::start(model);
+    let port = first.port();
+    for body in ["old one", "old two"] {
+        api_post(port, "epochs", body);
+    }
+    let old = store_epoch(port);
+    first.stop();
+    let second = Server::start(model);
+    let port = second.port();
+    for body in ["new one", "new two", "new three"] {
+        api_post(port, "epochs", body);
+    }
+    assert_ne!(store_epoch(port), old, "a new database has a new epoch");
+    let resumed = api_messages(port, "epochs", &format!("?after=2&epoch={old}"));
+    assert_eq!(resumed["reset"], true, "{resumed}");
+    let bodies: Vec<&str> = resumed["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["new one", "new two", "new three"]);
+}

@@ -164,7 +164,7 @@ pub fn after_beyond_the_newest_id_starts_with_a_reset_frame(model: Model) {
     let mut ws = Ws::connect(port, &format!("{WS}?after=99"));
     assert_eq!(
         ws.next_frame(),
-        json!({"type": "reset", "room": "main", "last_id": 2})
+        json!({"type": "reset", "room": "main", "last_id": 2, "epoch": store_epoch(port)})
     );
     assert_eq!(ws.next_ids(2), [1, 2], "after the reset, the history held");
 }
@@ -215,7 +215,7 @@ pub fn after_an_id_no_longer_held_never_skips_silently(model: Model) {
     if first["type"] == "reset" {
         assert_eq!(
             first,
-            json!({"type": "reset", "room": "main", "last_id": 5})
+            json!({"type": "reset", "room": "main", "last_id": 5, "epoch": store_epoch(port)})
         );
         let first_held = ws.next_message()["id"].as_u64().unwrap();
         ids.push(first_held);

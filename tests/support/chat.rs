@@ -72,6 +72,17 @@ pub fn api_messages(port: u16, room: &str, query: &str) -> Value {
     reply.json()
 }
 
+/// The store's epoch, as `GET /api/rooms` says it (a server on a store made by this build
+/// always has one): what reset payloads carry and resuming clients give back.
+#[track_caller]
+pub fn store_epoch(port: u16) -> String {
+    let reply = Request::get("/api/rooms").send(port);
+    reply.assert_status(200);
+    let epoch = reply.json()["epoch"].as_str().unwrap_or_else(|| panic!("GET /api/rooms gave no epoch: {}", reply.text())).to_string();
+    assert_eq!(reply.header("X-C10k-Epoch"), Some(epoch.as_str()), "the header says the same epoch");
+    epoch
+}
+
 /// The ids of native messages (numbers).
 pub fn api_ids(messages: &Value) -> Vec<u64> {
     let Some(list) = messages.as_array() else {

@@ -63,6 +63,18 @@ pub enum Cursor {
     /// Tornado's rule: everything after the message with this id if the cache holds it,
     /// otherwise the whole cache. Any string is accepted (Tornado's ids were uuids).
     Tornado(Option<String>),
+    /// A position given in another epoch of the store (a client that last read before the
+    /// database was replaced or restored): it says nothing about this history, so the read
+    /// says `reset` and starts from the oldest held, whatever the id was.
+    OtherEpoch,
+}
+
+impl Cursor {
+    /// Whether a read from here that cannot continue must say so: a client that has read
+    /// something (a numeric cursor past 0) or that read in another epoch.
+    fn claims_a_position(&self) -> bool {
+        matches!(self, Cursor::After(id) if id.0 > 0) || matches!(self, Cursor::OtherEpoch)
+    }
 }
 
 /// What one read returns.
@@ -181,7 +193,7 @@ impl Hub {
             Some(r) => r.read(cursor, self.ahead_waits()),
             None => Batch {
                 messages: Vec::new(),
-                reset: matches!(cursor, Cursor::After(id) if id.0 > 0) && !self.ahead_waits(),
+                reset: cursor.claims_a_position() && (!self.ahead_waits() || *cursor == Cursor::OtherEpoch),
                 last_id: MessageId(0),
             },
         }
@@ -224,6 +236,7 @@ impl Room {
         let all = || self.history.iter().cloned().collect::<Vec<_>>();
         let (messages, reset) = match cursor {
             Cursor::Start => (all(), false),
+            Cursor::OtherEpoch => (all(), true),
             Cursor::After(after) => {
                 let oldest = self.history.front().map_or(self.last_id.next(), |m| m.message.id);
                 if *after > self.last_id && ahead_waits {
@@ -287,7 +300,7 @@ impl Subscription {
             Some(room) => room.read(&self.cursor, ahead_waits),
             None => Batch {
                 messages: Vec::new(),
-                reset: matches!(self.cursor, Cursor::After(id) if id.0 > 0) && !ahead_waits,
+                reset: self.cursor.claims_a_position() && (!ahead_waits || self.cursor == Cursor::OtherEpoch),
                 last_id: MessageId(0),
             },
         };

@@ -187,6 +187,23 @@ pub trait Store: Send + Sync {
         self.round_trip()
     }
 
+    /// The store's epoch: a random name its history got when it was created, kept with it,
+    /// and changed (by `c10k epoch --rotate`) when the history can no longer be trusted to
+    /// continue the one clients have seen: a restored backup, a truncated table. A resume
+    /// cursor is an id *in an epoch*; a client that resumes with another epoch is sent the
+    /// explicit reset (docs/protocol.md). `None`: this store keeps no epoch (the memory
+    /// store of the core's tests), and cursors are taken as they come.
+    fn epoch(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// Replaces the store's epoch with `epoch` (see [`Store::epoch`]); servers read it when
+    /// they start.
+    fn set_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        let _ = epoch;
+        Err(StoreError("this store keeps no epoch".into()))
+    }
+
     /// One round trip to the store that changes nothing (SQLite: `SELECT 1`): the real
     /// scheduling point that `--locking none` puts between its read and its write, and the
     /// work the lock-based strategies do while they hold their locks. The default asks for

@@ -98,6 +98,23 @@ enum Server {
     Postgres,
 }
 
+/// A new epoch for a store (see [`Store::epoch`]): 64 random bits from `/dev/urandom` as 16
+/// hex digits. Should that device be unreadable, the clock's nanoseconds and the process id
+/// stand in: an epoch must differ from the last one, not be secret.
+pub fn fresh_epoch() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    let bits = match random {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+        }
+    };
+    format!("{bits:016x}")
+}
+
 /// The kind of store a `--db` value names, as the info metric shows it: `mysql`,
 /// `postgres` or `sqlite` (a `slow:MILLIS:` prefix names the store behind it).
 pub fn kind_of(url_or_path: &str) -> &'static str {

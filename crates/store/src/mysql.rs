@@ -73,6 +73,20 @@ pub(crate) mod sql {
             balance BIGINT NOT NULL CHECK (balance >= 0)
         ) ENGINE=InnoDB",
     ];
+    /// The store's epoch (`Store::epoch`), made with the tables or, for tables an older
+    /// build made, at the first start of this one (no schema version needed: older builds
+    /// never read it).
+    pub const META: &str = "CREATE TABLE IF NOT EXISTS c10k_meta (
+            name  VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+            value VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL
+        ) ENGINE=InnoDB";
+    /// Gives a store without an epoch its first one.
+    pub const INSERT_EPOCH: &str = "INSERT IGNORE INTO c10k_meta (name, value) VALUES ('epoch', ?)";
+    /// The epoch.
+    pub const READ_EPOCH: &str = "SELECT value FROM c10k_meta WHERE name = 'epoch'";
+    /// Replaces it (`c10k epoch --rotate`).
+    pub const WRITE_EPOCH: &str =
+        "INSERT INTO c10k_meta (name, value) VALUES ('epoch', ?) ON DUPLICATE KEY UPDATE value = VALUES(value)";
     /// Whether version 2's column exists (it may, if a migration stopped before recording
     /// its version: MySQL commits each `ALTER TABLE` on its own).
     pub const HAS_KEY_COLUMN: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS
@@ -263,6 +277,8 @@ fn migrate(conn: &mut Conn, what: &str, timeout: Duration) -> Result<(), StoreEr
         for statement in sql::SCHEMA_V1 {
             conn.query_drop(statement).map_err(fail)?;
         }
+        conn.query_drop(sql::META).map_err(fail)?;
+        conn.exec_drop(sql::INSERT_EPOCH, (crate::fresh_epoch(),)).map_err(fail)?;
         let found: Option<u32> = conn.query_first(sql::READ_VERSION).map_err(fail)?;
         server::check_version(found, what)?;
         if found.unwrap_or(0) < 2 {
@@ -382,6 +398,14 @@ impl Store for MySqlStore {
 
     fn round_trip(&self) -> Result<(), StoreError> {
         self.pool.run(|conn| conn.query_drop("SELECT 1").map_err(classify))
+    }
+
+    fn epoch(&self) -> Result<Option<String>, StoreError> {
+        self.pool.run(|conn| conn.query_first(sql::READ_EPOCH).map_err(classify))
+    }
+
+    fn set_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        self.pool.run(|conn| conn.exec_drop(sql::WRITE_EPOCH, (epoch,)).map_err(classify))
     }
 }
 

@@ -72,6 +72,19 @@ const SCHEMA_V2: &str = "
     ALTER TABLE c10k_messages ADD COLUMN IF NOT EXISTS idem_key TEXT COLLATE \"C\";
     CREATE UNIQUE INDEX IF NOT EXISTS c10k_messages_idem_key ON c10k_messages (room, idem_key);
 ";
+/// The store's epoch (`Store::epoch`), made with the tables or, for tables an older build
+/// made, at the first start of this one (no schema version needed: older builds never read
+/// it).
+const META: &str = "
+    CREATE TABLE IF NOT EXISTS c10k_meta (
+        name  TEXT COLLATE \"C\" PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+";
+const INSERT_EPOCH: &str = "INSERT INTO c10k_meta (name, value) VALUES ('epoch', $1) ON CONFLICT (name) DO NOTHING";
+const READ_EPOCH: &str = "SELECT value FROM c10k_meta WHERE name = 'epoch'";
+const WRITE_EPOCH: &str =
+    "INSERT INTO c10k_meta (name, value) VALUES ('epoch', $1) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
 /// The unique index of version 2, as a violation names it.
 const KEY_INDEX: &str = "c10k_messages_idem_key";
 /// Serialises migrations of one database (any fixed number: it names the lock).
@@ -396,6 +409,8 @@ async fn migrate(client: &Client, what: &str, timeout: Duration) -> Result<(), S
         within(timeout, client.batch_execute(MIGRATION_LOCK)).await.map_err(fail)?;
         within(timeout, client.batch_execute(SCHEMA_V1)).await.map_err(fail)?;
         within(timeout, client.batch_execute(SCHEMA_V2)).await.map_err(fail)?;
+        within(timeout, client.batch_execute(META)).await.map_err(fail)?;
+        within(timeout, client.execute(INSERT_EPOCH, &[&crate::fresh_epoch()])).await.map_err(fail)?;
         let found: Option<i32> =
             within(timeout, client.query_opt(READ_VERSION, &[])).await.map_err(fail)?.map(|row| row.get(0));
         let found = found.map(|v| v.max(0) as u32);
@@ -567,6 +582,25 @@ impl Store for PostgresStore {
         self.pool.run(|conn| {
             conn.call(async |live| {
                 within(timeout, live.client.execute(&live.ledger.select_one, &[])).await.map(drop).map_err(|e| classify(e, false))
+            })
+        })
+    }
+
+    fn epoch(&self) -> Result<Option<String>, StoreError> {
+        let timeout = self.timeout;
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                let row = within(timeout, live.client.query_opt(READ_EPOCH, &[])).await.map_err(|e| classify(e, false))?;
+                Ok(row.map(|row| row.get(0)))
+            })
+        })
+    }
+
+    fn set_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        let timeout = self.timeout;
+        self.pool.run(|conn| {
+            conn.call(async |live| {
+                within(timeout, live.client.execute(WRITE_EPOCH, &[&epoch])).await.map(drop).map_err(|e| classify(e, false))
             })
         })
     }

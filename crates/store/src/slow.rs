@@ -27,6 +27,14 @@ impl SlowStore {
 }
 
 impl Store for SlowStore {
+    fn epoch(&self) -> Result<Option<String>, StoreError> {
+        self.inner.epoch()
+    }
+
+    fn set_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        self.inner.set_epoch(epoch)
+    }
+
     fn append(&self, room: &RoomId, message: &NewMessage) -> Result<Appended, StoreError> {
         self.wait();
         self.inner.append(room, message)

@@ -417,7 +417,7 @@ fn configure(conn: &Connection, path: &Path, durability: Durability) -> Result<(
 
 /// The schema version this build writes (SQLite's `PRAGMA user_version`); an older file
 /// is migrated to it at open, a newer one refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2: each message may keep its poster's idempotency key, unique in its room (a
 /// partial index: messages without a key take no room in it).
@@ -425,6 +425,16 @@ const SCHEMA_V2: &str = "
     ALTER TABLE messages ADD COLUMN idem_key TEXT;
     CREATE UNIQUE INDEX IF NOT EXISTS messages_idem_key ON messages (room, idem_key) WHERE idem_key IS NOT NULL;
 ";
+
+/// Version 3: the store's epoch (see [`Store::epoch`]), one random name made with the file
+/// (or with its migration from version 2: its cursors were given without one).
+const SCHEMA_V3: &str = "
+    CREATE TABLE IF NOT EXISTS meta (
+        name  TEXT NOT NULL PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+";
+const INSERT_EPOCH: &str = "INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', ?1)";
 
 /// Creates the tables or brings them to [`SCHEMA_VERSION`], in one `BEGIN IMMEDIATE`
 /// transaction, so that workers opening the file together migrate it once. A file at the
@@ -448,6 +458,10 @@ fn migrate(conn: &Connection, what: &str) -> Result<(), StoreError> {
         if version < 2 {
             conn.execute_batch(SCHEMA_V1)?;
             conn.execute_batch(SCHEMA_V2)?;
+        }
+        if version < 3 {
+            conn.execute_batch(SCHEMA_V3)?;
+            conn.execute(INSERT_EPOCH, [crate::fresh_epoch()])?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         conn.execute_batch("COMMIT")
@@ -640,6 +654,20 @@ impl Store for SqliteStore {
                 }
             }
         }
+    }
+
+    fn epoch(&self) -> Result<Option<String>, StoreError> {
+        let conn = self.checkout()?;
+        conn.query_row("SELECT value FROM meta WHERE name = 'epoch'", [], |row| row.get(0))
+            .optional()
+            .map_err(|e| sql_error("cannot read the store's epoch", e))
+    }
+
+    fn set_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        let conn = self.checkout()?;
+        conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('epoch', ?1)", [epoch])
+            .map(drop)
+            .map_err(|e| sql_error("cannot set the store's epoch", e))
     }
 
     fn readiness(&self) -> Result<(), StoreError> {

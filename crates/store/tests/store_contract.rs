@@ -287,6 +287,30 @@ store_test!(rooms_lists_each_room_with_a_message_once, |store| {
     assert_eq!(rooms, [room("games"), room("main")]);
 });
 
+store_test!(the_epoch_is_made_once_kept_and_replaced_when_asked, |store| {
+    let epoch = store.epoch().unwrap().expect("a store made by this build has an epoch");
+    assert_eq!(epoch.len(), 16, "{epoch}");
+    assert!(epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{epoch}");
+    store.append(&room("main"), &msg("1")).unwrap();
+    assert_eq!(store.epoch().unwrap().as_deref(), Some(epoch.as_str()), "posting leaves it");
+    let next = c10k_store::fresh_epoch();
+    assert_ne!(next, epoch);
+    store.set_epoch(&next).unwrap();
+    assert_eq!(store.epoch().unwrap(), Some(next));
+});
+
+/// The epoch belongs to the database, not to a process: a second store on the same file
+/// (a restart, another worker) reads the same one, until it is rotated.
+#[test]
+fn the_epoch_outlives_the_store_that_made_it() {
+    let dir = ScratchDir::new("epoch-reopened");
+    let first = SqliteStore::open(&dir.db()).unwrap().epoch().unwrap();
+    assert!(first.is_some());
+    assert_eq!(SqliteStore::open(&dir.db()).unwrap().epoch().unwrap(), first);
+    let other = ScratchDir::new("epoch-other");
+    assert_ne!(SqliteStore::open(&other.db()).unwrap().epoch().unwrap(), first, "a new database, a new epoch");
+}
+
 #[test]
 fn open_explains_what_to_do_when_the_directory_is_missing() {
     let dir = ScratchDir::new("missing-dir");
@@ -341,6 +365,7 @@ fn a_version_1_file_is_migrated_and_a_newer_one_refused() {
     let keyed_now = store.append(&main, &keyed("keyed", "k")).unwrap();
     assert_eq!((keyed_now.replayed, keyed_now.message.id), (false, MessageId(2)));
     assert!(store.append(&main, &keyed("keyed", "k")).unwrap().replayed);
+    assert!(store.epoch().unwrap().is_some(), "version 3 gave it an epoch");
     drop(store);
     let conn = rusqlite::Connection::open(dir.db()).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();

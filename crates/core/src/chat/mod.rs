@@ -442,6 +442,9 @@ pub struct App {
     on_stored: OnceLock<OnStored>,
     replays: Arc<Replays>,
     posts: rate::PostLimiter,
+    /// The store's epoch, read by [`App::load_history`] (see [`Store::epoch`]); unset for a
+    /// store that keeps none.
+    epoch: OnceLock<Arc<str>>,
 }
 
 /// Why a keyed post is answered without a store call.
@@ -494,6 +497,39 @@ impl App {
             config,
             on_stored: OnceLock::new(),
             replays: Arc::default(),
+            epoch: OnceLock::new(),
+        }
+    }
+
+    /// The epoch of the store this process serves, if it keeps one: what the native routes
+    /// send as `X-C10k-Epoch` and in their reset payloads, and what a resuming client's
+    /// `?epoch=` is compared with (docs/protocol.md, "Epochs").
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.get().map(|epoch| &**epoch)
+    }
+
+    /// The same, for the streams that put it in their reset payloads.
+    pub(crate) fn epoch_shared(&self) -> Option<Arc<str>> {
+        self.epoch.get().cloned()
+    }
+
+    /// Where a resuming client stands: its cursor, unless it says it read in another epoch
+    /// than the store's (`?epoch=`), in which case its id means nothing here
+    /// ([`Cursor::OtherEpoch`]: the explicit reset, then the history held). A client that
+    /// gives no epoch, or a store that keeps none, is taken at its word.
+    fn in_epoch(&self, cursor: Cursor, args: &Args) -> Cursor {
+        let theirs = args.get("epoch").map(str::trim).filter(|e| !e.is_empty());
+        match (&cursor, theirs, self.epoch()) {
+            (Cursor::After(id), Some(theirs), Some(ours)) if id.0 > 0 && theirs != ours => Cursor::OtherEpoch,
+            _ => cursor,
+        }
+    }
+
+    /// `response` with the store's epoch in `X-C10k-Epoch`, if it keeps one.
+    pub(crate) fn with_epoch(&self, response: Response) -> Response {
+        match self.epoch() {
+            Some(epoch) => response.header("X-C10k-Epoch", epoch),
+            None => response,
         }
     }
 
@@ -505,8 +541,12 @@ impl App {
         self.on_stored.set(OnStored(Arc::from(hook))).is_ok()
     }
 
-    /// Fills every room's history from the store. Blocking; call before serving.
+    /// Reads the store's epoch and fills every room's history from the store. Blocking;
+    /// call before serving.
     pub fn load_history(&self, store: &dyn Store) -> Result<(), StoreError> {
+        if let Some(epoch) = store.epoch()? {
+            let _ = self.epoch.set(Arc::from(epoch));
+        }
         for room in store.rooms()? {
             let recent = store.recent(&room, self.config.history)?;
             self.hub.preload(&room, recent);
@@ -600,7 +640,11 @@ impl App {
             ["api", "rooms"] if get => {
                 let rooms: Vec<_> =
                     self.hub.rooms().into_iter().map(|(r, last)| json!({"room": r, "last_id": last})).collect();
-                self.reply("rooms", json_response(StatusCode::OK, to_json(&json!({ "rooms": rooms }))))
+                let body = match self.epoch() {
+                    Some(epoch) => json!({ "rooms": rooms, "epoch": epoch }),
+                    None => json!({ "rooms": rooms }),
+                };
+                self.reply("rooms", self.with_epoch(json_response(StatusCode::OK, to_json(&body))))
             }
             ["api", "rooms", room, rest] => {
                 let room = match RoomId::new(room) {
@@ -749,7 +793,7 @@ impl App {
         };
         let masked = self.xsrf.mask(&token, now.unix_ms / 1000);
         let messages = self.hub.read(&RoomId::main(), &Cursor::Start).messages;
-        let mut response = page::render(&masked, &messages);
+        let mut response = page::render(&masked, self.epoch(), &messages);
         if set_cookie {
             response = response.header("Set-Cookie", format!("_xsrf={masked}; Path=/; SameSite=Lax"));
         }
@@ -809,7 +853,7 @@ impl App {
         let room = RoomId::main();
         let batch = self.hub.read(&room, &cursor);
         if !batch.messages.is_empty() {
-            return Outcome::Reply(batch_response(PollStyle::Tornado, &room, &batch));
+            return Outcome::Reply(batch_response(PollStyle::Tornado, &room, &batch, None));
         }
         let deadline = now.instant + self.config.limits.longpoll_wait;
         Outcome::LongPoll(LongPoll::new(self, self.hub.subscribe(room, cursor), deadline, PollStyle::Tornado))
@@ -830,9 +874,10 @@ impl App {
                 return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'wait' must be a number of seconds >= 0"))
             }
         };
+        let cursor = self.in_epoch(cursor, &args);
         let batch = self.hub.read(&room, &cursor);
         if !batch.messages.is_empty() || batch.reset || wait.is_zero() {
-            return Outcome::Reply(batch_response(PollStyle::Native, &room, &batch));
+            return Outcome::Reply(batch_response(PollStyle::Native, &room, &batch, self.epoch()));
         }
         Outcome::LongPoll(LongPoll::new(
             self,
@@ -966,12 +1011,16 @@ impl App {
 
     fn events(&self, request: &Request, room: RoomId) -> Outcome {
         // Last-Event-ID, sent by a reconnecting EventSource, wins over `?after=`.
+        let args = Args::query(request);
         let cursor = match request.headers.get("last-event-id") {
             Some(id) if !id.is_empty() => parse_after(Some(id)),
-            _ => parse_after(Args::query(request).get("after")),
+            _ => parse_after(args.get("after")),
         };
         match cursor {
-            Ok(cursor) => Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor))),
+            Ok(cursor) => {
+                let cursor = self.in_epoch(cursor, &args);
+                Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor)))
+            }
             Err(e) => Outcome::Reply(e),
         }
     }
@@ -981,10 +1030,12 @@ impl App {
             Ok(response) => response,
             Err(refusal) => return Outcome::Reply(refusal),
         };
-        let cursor = match parse_after(Args::query(request).get("after")) {
-            Ok(c) => c,
+        let args = Args::query(request);
+        let cursor = match parse_after(args.get("after")) {
+            Ok(c) => self.in_epoch(c, &args),
             Err(e) => return Outcome::Reply(e),
         };
+        let response = self.with_epoch(response);
         let client = self.post_client(request);
         let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client);
         Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Chat(session) })

@@ -1,7 +1,9 @@
 //! The chat page and its assets, embedded in the binary (no build step, nothing fetched
-//! from outside the machine). `index.html` is a template with two holes: `{{XSRF}}` (the
-//! masked token, for the no-JavaScript form) and `{{MESSAGES}}` (room `main`'s cached
-//! messages as Tornado's HTML fragments, so the page shows history before any script runs).
+//! from outside the machine). `index.html` is a template with three holes: `{{XSRF}}` (the
+//! masked token, for the no-JavaScript form), `{{EPOCH}}` (the store's epoch, which the
+//! script gives back when it resumes; empty for a store that keeps none) and `{{MESSAGES}}`
+//! (room `main`'s cached messages as Tornado's HTML fragments, so the page shows history
+//! before any script runs).
 
 use std::sync::Arc;
 
@@ -15,8 +17,8 @@ pub(crate) const CHAT_JS: (&str, &str) = (include_str!("../../../../web/chat.js"
 /// The page's style sheet.
 pub(crate) const CHAT_CSS: (&str, &str) = (include_str!("../../../../web/chat.css"), "text/css; charset=utf-8");
 
-/// Renders the page with a masked XSRF token and the cached messages.
-pub(crate) fn render(masked_token: &str, messages: &[Arc<Rendered>]) -> Response {
+/// Renders the page with a masked XSRF token, the store's epoch and the cached messages.
+pub(crate) fn render(masked_token: &str, epoch: Option<&str>, messages: &[Arc<Rendered>]) -> Response {
     // One wrapper around them, so that without JavaScript the style sheet can open the
     // list scrolled to its end (a reversed flex column of one child); none when empty, so
     // that the box is `:empty` and says so.
@@ -28,7 +30,10 @@ pub(crate) fn render(masked_token: &str, messages: &[Arc<Rendered>]) -> Response
         }
         html.push_str("</div>");
     }
-    let page = INDEX_HTML.replacen("{{XSRF}}", &escape_html(masked_token), 1).replacen("{{MESSAGES}}", &html, 1);
+    let page = INDEX_HTML
+        .replacen("{{XSRF}}", &escape_html(masked_token), 1)
+        .replacen("{{EPOCH}}", &escape_html(epoch.unwrap_or_default()), 1)
+        .replacen("{{MESSAGES}}", &html, 1);
     Response::with_body(StatusCode::OK, "text/html; charset=UTF-8", page)
         .header("Cache-Control", "no-store")
         .header("Content-Security-Policy", CONTENT_SECURITY_POLICY)

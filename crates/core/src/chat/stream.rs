@@ -63,12 +63,15 @@ pub struct LongPoll {
     subscription: Subscription,
     deadline: Instant,
     style: PollStyle,
+    /// The store's epoch, for the native answer's `X-C10k-Epoch`.
+    epoch: Option<Arc<str>>,
     _held: Held,
 }
 
 impl LongPoll {
     pub(crate) fn new(app: &App, subscription: Subscription, deadline: Instant, style: PollStyle) -> LongPoll {
-        LongPoll { subscription, deadline, style, _held: Held::new(app.metrics.subscriber_gauge("longpoll")) }
+        let epoch = app.epoch_shared();
+        LongPoll { subscription, deadline, style, epoch, _held: Held::new(app.metrics.subscriber_gauge("longpoll")) }
     }
 
     /// When to give up and call [`LongPoll::timeout`].
@@ -81,7 +84,7 @@ impl LongPoll {
         let route = self.style.route();
         self.subscription
             .poll_next(waker)
-            .map(|batch| batch_response(self.style, self.subscription.room(), &batch).timed(route))
+            .map(|batch| batch_response(self.style, self.subscription.room(), &batch, self.epoch.as_deref()).timed(route))
     }
 
     /// The response when the deadline passed with nothing to send.
@@ -96,6 +99,7 @@ impl LongPoll {
                     PollStyle::Native,
                     self.subscription.room(),
                     &Batch { messages: Vec::new(), reset: false, last_id },
+                    self.epoch.as_deref(),
                 )
             }
         };
@@ -103,8 +107,9 @@ impl LongPoll {
     }
 }
 
-/// The response for one batch in a long-poll's shape.
-pub(crate) fn batch_response(style: PollStyle, room: &RoomId, batch: &Batch) -> Response {
+/// The response for one batch in a long-poll's shape; a native one says the store's epoch
+/// in `X-C10k-Epoch`, if it keeps one.
+pub(crate) fn batch_response(style: PollStyle, room: &RoomId, batch: &Batch, epoch: Option<&str>) -> Response {
     let mut body = String::with_capacity(64 + batch.messages.iter().map(|m| m.json.len() + 1).sum::<usize>());
     match style {
         PollStyle::Tornado => {
@@ -120,7 +125,11 @@ pub(crate) fn batch_response(style: PollStyle, room: &RoomId, batch: &Batch) -> 
             body.push_str(&format!("],\"reset\":{},\"last_id\":{}}}", batch.reset, batch.last_id));
         }
     }
-    json_response(StatusCode::OK, body)
+    let response = json_response(StatusCode::OK, body);
+    match (style, epoch) {
+        (PollStyle::Native, Some(epoch)) => response.header("X-C10k-Epoch", epoch),
+        _ => response,
+    }
 }
 
 fn join(out: &mut String, messages: &[Arc<Rendered>], form: impl Fn(&Rendered) -> &str) {
@@ -178,6 +187,22 @@ impl Feed {
     }
 }
 
+/// What a reset says (an SSE `reset` event's data, a WebSocket `reset` frame with its
+/// `type`): the room, its newest id, and the store's epoch when it keeps one, which the
+/// client gives back as `?epoch=` when it resumes.
+fn reset_payload(frame_type: Option<&str>, room: &RoomId, last_id: crate::store::MessageId, epoch: Option<&str>) -> serde_json::Value {
+    let mut payload = serde_json::Map::new();
+    if let Some(frame_type) = frame_type {
+        payload.insert("type".into(), frame_type.into());
+    }
+    payload.insert("room".into(), room.as_str().into());
+    payload.insert("last_id".into(), last_id.0.into());
+    if let Some(epoch) = epoch {
+        payload.insert("epoch".into(), epoch.into());
+    }
+    serde_json::Value::Object(payload)
+}
+
 const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its position; reconnect to resume";
 
 /// A Server-Sent Events stream (WHATWG HTML, "Server-sent events").
@@ -190,6 +215,8 @@ const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its p
 pub struct EventStream {
     feed: Feed,
     head: Response,
+    /// The store's epoch, for the reset event.
+    epoch: Option<Arc<str>>,
     _held: Held,
 }
 
@@ -205,7 +232,9 @@ impl EventStream {
             .header("Cache-Control", "no-cache")
             .header("X-Accel-Buffering", "no")
             .header("Connection", "close");
-        EventStream { feed: Feed::new(subscription), head, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+        let head = app.with_epoch(head);
+        let epoch = app.epoch_shared();
+        EventStream { feed: Feed::new(subscription), head, epoch, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
     }
 
     /// The response head to write first (with `Response::encode_head`): the stream has no
@@ -234,7 +263,7 @@ impl EventStream {
         };
         if batch.reset {
             out.extend_from_slice(b"event: reset\ndata: ");
-            let reset = json!({ "room": self.feed.room(), "last_id": batch.last_id });
+            let reset = reset_payload(None, self.feed.room(), batch.last_id, self.epoch.as_deref());
             out.extend_from_slice(to_json(&reset).as_bytes());
             out.extend_from_slice(b"\n\n");
         }
@@ -272,12 +301,15 @@ pub struct WsSession {
     room: RoomId,
     /// Who is on the other end, for the post rate limit.
     client: Option<super::rate::ClientKey>,
+    /// The store's epoch, for the reset frame.
+    epoch: Option<Arc<str>>,
     _held: Held,
 }
 
 impl WsSession {
     pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription, client: Option<super::rate::ClientKey>) -> WsSession {
-        WsSession { feed: Feed::new(subscription), room, client, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+        let epoch = app.epoch_shared();
+        WsSession { feed: Feed::new(subscription), room, client, epoch, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
     }
 
     /// Appends the frames that are ready (one per message, after a reset frame if any).
@@ -288,7 +320,7 @@ impl WsSession {
             Poll::Ready(FeedItem::Batch(batch)) => batch,
         };
         if batch.reset {
-            out.push(to_json(&json!({ "type": "reset", "room": self.room, "last_id": batch.last_id })));
+            out.push(to_json(&reset_payload(Some("reset"), &self.room, batch.last_id, self.epoch.as_deref())));
         }
         for m in &batch.messages {
             out.push(message_frame(m));
