@@ -1,7 +1,7 @@
 //! The command line as a new user meets it: the address forms `--listen` takes, and the
 //! flags that must be refused with a message saying what to write instead of being taken
 //! silently (`--max-connections 0`, `c10k bench --peers nosuch`, `--repeats 0`,
-//! `--report-only` with nothing to report). `c10k load`'s durations are tested beside its
+//! `--report-only` with nothing to report), and `c10k epoch`. `c10k load`'s durations are tested beside its
 //! scenarios (tests/load_scenarios.rs).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -116,4 +116,30 @@ fn bench_flags_that_would_measure_nothing_are_refused() {
     let out_arg = out.to_string_lossy().into_owned();
     refused(&["bench", "--report-only", "--out", &out_arg], "run c10k bench without --report-only first");
     assert!(!out.join("RESULTS.md").exists(), "no empty RESULTS.md is written");
+}
+
+#[test]
+fn epoch_prints_the_stores_epoch_and_rotate_replaces_it() {
+    let db = fresh_dir().join("chat.sqlite3");
+    let db = db.to_str().expect("a UTF-8 path");
+    let read = |args: &[&str]| {
+        let out = run(args);
+        assert!(out.status.success(), "c10k {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let epoch = String::from_utf8(out.stdout).expect("UTF-8").trim().to_string();
+        assert!(epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()), "an epoch: {epoch:?}");
+        epoch
+    };
+    let first = read(&["epoch", "--db", db]);
+    assert_eq!(read(&["epoch", "--db", db]), first, "kept with the database");
+    let rotated = read(&["epoch", "--db", db, "--rotate"]);
+    assert_ne!(rotated, first);
+    assert_eq!(read(&["epoch", "--db", db]), rotated);
+}
+
+#[test]
+fn epoch_of_a_database_that_cannot_be_opened_says_why() {
+    let out = run(&["epoch", "--db", "/nonexistent-dir/chat.sqlite3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("c10k epoch:") && err.contains("check the directory exists"), "{err}");
 }
