@@ -237,17 +237,22 @@ fn post_until_not_streaming(world: &World, c: &mut Connection, at: f64) -> Vec<S
     bodies
 }
 
-#[test]
-fn an_event_stream_that_leaves_the_cap_unread_is_disconnected_with_a_reason_by_the_next_message() {
-    let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
-    // A history longer than the cap: a new subscriber is sent all of it, and the cap counts
-    // what comes after it.
+/// Six 1000-character messages in room `r`, at time 0: a history longer than a 4 KiB cap.
+fn post_a_history_of_six_thousand_bytes(world: &World) {
     let (mut poster, _) = world.connect();
     for _ in 0..6 {
         poster.handle_bytes(post("r", &"h".repeat(1000)).as_bytes(), world.at(0.0));
         world.settle(&mut poster, world.at(0.0));
         drain(&mut poster, world.at(0.0).instant);
     }
+}
+
+#[test]
+fn an_event_stream_that_leaves_the_cap_unread_is_disconnected_with_a_reason_by_the_next_message() {
+    let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
+    // A history longer than the cap: a new subscriber is sent all of it, and the cap counts
+    // what comes after it.
+    post_a_history_of_six_thousand_bytes(&world);
     let (mut c, woken) = world.connect();
     c.handle_bytes(b"GET /api/rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n", world.at(1.0));
     let history = String::from_utf8_lossy(c.transmit(world.at(1.0).instant)).into_owned();
@@ -275,12 +280,7 @@ fn an_event_stream_that_leaves_the_cap_unread_is_disconnected_with_a_reason_by_t
 #[test]
 fn a_websocket_subscriber_is_sent_a_history_longer_than_the_cap_whole() {
     let world = World::with(|config| config.limits.max_outgoing_bytes = 4096);
-    let (mut poster, _) = world.connect();
-    for _ in 0..6 {
-        poster.handle_bytes(post("r", &"h".repeat(1000)).as_bytes(), world.at(0.0));
-        world.settle(&mut poster, world.at(0.0));
-        drain(&mut poster, world.at(0.0).instant);
-    }
+    post_a_history_of_six_thousand_bytes(&world);
     let (mut c, _) = world.connect();
     c.handle_bytes(UPGRADE, world.at(1.0));
     assert_eq!(c.doing(), "WebSocket", "not closed for a history longer than the cap");
