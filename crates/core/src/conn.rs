@@ -325,6 +325,10 @@ pub struct Connection {
     serving: String,
     /// [`Connection::handle_shutdown`] was given: every answer closes the connection.
     draining: bool,
+    /// When a connection that waited for this machine (in a worker pool's queue) was
+    /// accepted: the bytes its first request finds may have come as early as that, so that
+    /// request's head deadline counts from it ([`Connection::queued_since`]).
+    queued_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -356,6 +360,7 @@ impl Connection {
             date: DateCache { secs: u64::MAX, text: [b' '; 29] },
             serving: String::new(),
             draining: false,
+            queued_since: None,
         }
     }
 
@@ -369,6 +374,16 @@ impl Connection {
     /// post rate limit. A driver that cannot tell leaves it out: that client is not limited.
     pub fn from_peer(mut self, peer: Option<IpAddr>) -> Connection {
         self.peer = peer;
+        self
+    }
+
+    /// Says the connection was accepted at `accepted` and waited (in a queue for a free
+    /// worker) before this machine was made for it: its first request must be whole by
+    /// `accepted` + the head timeout, as if it had been read from the start. Otherwise a
+    /// slow client's deadline would begin only when a worker took it, and a pool kept busy
+    /// by slow heads would close them in waves, each a deadline late.
+    pub fn queued_since(mut self, accepted: Instant) -> Connection {
+        self.queued_since = Some(accepted);
         self
     }
 
@@ -645,7 +660,8 @@ impl Connection {
                         // Between requests, perhaps for long: hold no buffer meanwhile.
                         self.decoder.release_idle_buffer();
                     } else if !http.head {
-                        *http = Http { deadline: self.now.instant + limits.head_timeout, head: true };
+                        let began = self.queued_since.take().map_or(self.now.instant, |at| at.min(self.now.instant));
+                        *http = Http { deadline: began + limits.head_timeout, head: true };
                     }
                     return;
                 }
@@ -655,6 +671,7 @@ impl Connection {
     }
 
     fn on_request(&mut self, mut request: Request) {
+        self.queued_since = None;
         request.peer = self.peer;
         let shape = Shape::of(&request, self.now.instant);
         self.serving.clear();

@@ -157,6 +157,27 @@ fn a_head_that_does_not_arrive_in_time_is_408() {
 }
 
 #[test]
+fn a_connection_that_waited_in_a_queue_has_its_first_head_deadline_from_its_accept() {
+    let world = World::new();
+    // Accepted at 0, taken by a worker at 6: what it sent is an unfinished head.
+    let (c, _) = world.connect();
+    let mut c = c.queued_since(world.at(0.0).instant);
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\n", world.at(6.0));
+    assert_eq!(c.poll_timeout(), Some(world.at(10.0).instant), "10 s from the accept, not from the worker");
+    c.handle_timeout(world.at(10.0));
+    assert!(drain(&mut c, world.at(10.0).instant).starts_with("HTTP/1.1 408 "));
+
+    // One whose request is whole when the worker takes it, however late, is served; its
+    // next request's deadline counts from that request's own first byte.
+    let (c, _) = world.connect();
+    let mut c = c.queued_since(world.at(0.0).instant);
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", world.at(12.0));
+    assert!(drain(&mut c, world.at(12.0).instant).starts_with("HTTP/1.1 200 "));
+    c.handle_bytes(b"GET /healthz HTTP/1.1\r\n", world.at(13.0));
+    assert_eq!(c.poll_timeout(), Some(world.at(23.0).instant));
+}
+
+#[test]
 fn a_long_poll_waits_holding_no_buffer_and_answers_when_the_hub_wakes_it() {
     let world = World::new();
     let (mut poller, woken) = world.connect();

@@ -137,9 +137,18 @@ impl Giant {
 /// shutdown subscription woken with this handler's own waker; from then on it drains
 /// (`Connection::handle_shutdown`), and is dropped if it is still open at the drain
 /// deadline.
-pub(crate) fn serve_connection<C: Conn, W: Wait>(mut conn: C, wait: &W, context: &Context, giant: &Giant) -> io::Result<()> {
+pub(crate) fn serve_connection<C: Conn, W: Wait>(
+    mut conn: C,
+    queued_since: Option<Instant>,
+    wait: &W,
+    context: &Context,
+    giant: &Giant,
+) -> io::Result<()> {
     conn.set_nonblocking(true)?;
     let mut machine = connection(&context.app, wait.waker(), conn.peer());
+    if let Some(accepted) = queued_since {
+        machine = machine.queued_since(accepted);
+    }
     let stop = context.shutdown.subscribe(&wait.waker());
     let mut drain_deadline = None;
     let mut buf = vec![0; READ_CHUNK];

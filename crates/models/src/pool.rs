@@ -13,6 +13,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tracing::{debug, warn};
 
@@ -39,7 +40,9 @@ impl PoolModel {
     }
 }
 
-type Queue = Arc<Mutex<Receiver<(TcpStream, ConnectionSlot)>>>;
+/// Accepted connections waiting for a worker, with when each was accepted (its first
+/// request's head deadline counts from then: `Connection::queued_since`).
+type Queue = Arc<Mutex<Receiver<(TcpStream, ConnectionSlot, Instant)>>>;
 
 impl Model for PoolModel {
     fn name(&self) -> &'static str {
@@ -56,7 +59,7 @@ impl Model for PoolModel {
     }
 
     fn serve(&self, listener: TcpListener, context: Context) -> io::Result<()> {
-        let (sender, receiver) = sync_channel::<(TcpStream, ConnectionSlot)>(self.queue);
+        let (sender, receiver) = sync_channel::<(TcpStream, ConnectionSlot, Instant)>(self.queue);
         let receiver: Queue = Arc::new(Mutex::new(receiver));
         for i in 0..self.threads {
             let receiver = Arc::clone(&receiver);
@@ -67,9 +70,9 @@ impl Model for PoolModel {
                 .stack_size(self.stack_size)
                 .spawn(move || worker(receiver, context, giant))?;
         }
-        accept_loop(listener, &context, |stream, slot| match sender.try_send((stream, slot)) {
+        accept_loop(listener, &context, |stream, slot| match sender.try_send((stream, slot, Instant::now())) {
             Ok(()) => {}
-            Err(TrySendError::Full((stream, _slot)) | TrySendError::Disconnected((stream, _slot))) => {
+            Err(TrySendError::Full((stream, _slot, _)) | TrySendError::Disconnected((stream, _slot, _))) => {
                 warn!("every worker is busy and the queue is full; answering 503");
                 refuse(stream, &context.app.busy("every worker is busy; try again shortly"));
             }
@@ -88,8 +91,8 @@ fn worker(queue: Queue, context: Context, giant: Giant) {
     loop {
         // The lock is held only while taking one connection off the queue.
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok((stream, slot)) = next else { return };
-        if let Err(e) = serve_connection(stream, &wait, &context, &giant) {
+        let Ok((stream, slot, accepted)) = next else { return };
+        if let Err(e) = serve_connection(stream, Some(accepted), &wait, &context, &giant) {
             debug!("connection ended: {e}");
         }
         drop(slot);

@@ -61,7 +61,7 @@ impl Model for ThreadsModel {
                 .stack_size(self.stack_size)
                 .spawn(move || {
                     let _slot = slot;
-                    let result = ThreadWait::new().and_then(|wait| serve_connection(stream, &wait, &context, &giant));
+                    let result = ThreadWait::new().and_then(|wait| serve_connection(stream, None, &wait, &context, &giant));
                     if let Err(e) = result {
                         debug!("connection ended: {e}");
                     }

@@ -126,7 +126,7 @@ impl Connections for Server {
             }
             let wait = GreenWait::new(fiber).with_native(native);
             let stream = GreenStream::new(conn, fiber);
-            if let Err(e) = serve_connection(stream, &wait, &context, &Giant::new(false)) {
+            if let Err(e) = serve_connection(stream, None, &wait, &context, &Giant::new(false)) {
                 debug!("connection ended: {e}");
             }
         });

@@ -119,7 +119,7 @@ pub(super) fn serve(listener: TcpListener, context: Context) -> io::Result<()> {
                 let _ = stream.set_nodelay(true);
                 match ConnectionSlot::take(&open, &context.app) {
                     Some(slot) => {
-                        if let Err(e) = serve_connection(stream, &wait, &context, &giant) {
+                        if let Err(e) = serve_connection(stream, None, &wait, &context, &giant) {
                             debug!("connection ended: {e}");
                         }
                         drop(slot);
