@@ -32,6 +32,8 @@ pub struct Hub {
     history: usize,
     /// A cursor beyond the newest id waits instead of resetting ([`Hub::wait_for_ahead_cursors`]).
     ahead_waits: AtomicBool,
+    /// The store's epoch, which the histories held here belong to ([`Hub::set_epoch`]).
+    epoch: std::sync::OnceLock<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +111,23 @@ pub enum Published {
 impl Hub {
     /// An empty hub keeping the last `history` messages of each room (at least 1).
     pub fn new(history: usize) -> Hub {
-        Hub { state: Mutex::new(State::default()), history: history.max(1), ahead_waits: AtomicBool::new(false) }
+        Hub {
+            state: Mutex::new(State::default()),
+            history: history.max(1),
+            ahead_waits: AtomicBool::new(false),
+            epoch: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Names the store's epoch (see `Store::epoch`), once, at start-up: the ids of every
+    /// room here are ids in it. A second call is ignored.
+    pub fn set_epoch(&self, epoch: &str) {
+        let _ = self.epoch.set(Arc::from(epoch));
+    }
+
+    /// The store's epoch, if it keeps one.
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.get().map(|epoch| &**epoch)
     }
 
     /// From now on, a reader whose cursor lies beyond a room's newest id waits for the room
@@ -278,6 +296,11 @@ impl Subscription {
     /// The room read.
     pub fn room(&self) -> &RoomId {
         &self.room
+    }
+
+    /// The epoch the room's ids are in ([`Hub::epoch`]).
+    pub fn epoch(&self) -> Option<&str> {
+        self.hub.epoch()
     }
 
     /// The room's newest id now.

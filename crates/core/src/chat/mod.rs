@@ -442,9 +442,6 @@ pub struct App {
     on_stored: OnceLock<OnStored>,
     replays: Arc<Replays>,
     posts: rate::PostLimiter,
-    /// The store's epoch, read by [`App::load_history`] (see [`Store::epoch`]); unset for a
-    /// store that keeps none.
-    epoch: OnceLock<Arc<str>>,
 }
 
 /// Why a keyed post is answered without a store call.
@@ -497,7 +494,6 @@ impl App {
             config,
             on_stored: OnceLock::new(),
             replays: Arc::default(),
-            epoch: OnceLock::new(),
         }
     }
 
@@ -505,12 +501,7 @@ impl App {
     /// send as `X-C10k-Epoch` and in their reset payloads, and what a resuming client's
     /// `?epoch=` is compared with (docs/protocol.md, "Epochs").
     pub fn epoch(&self) -> Option<&str> {
-        self.epoch.get().map(|epoch| &**epoch)
-    }
-
-    /// The same, for the streams that put it in their reset payloads.
-    pub(crate) fn epoch_shared(&self) -> Option<Arc<str>> {
-        self.epoch.get().cloned()
+        self.hub.epoch()
     }
 
     /// Where a resuming client stands: its cursor, unless it says it read in another epoch
@@ -545,7 +536,7 @@ impl App {
     /// call before serving.
     pub fn load_history(&self, store: &dyn Store) -> Result<(), StoreError> {
         if let Some(epoch) = store.epoch()? {
-            let _ = self.epoch.set(Arc::from(epoch));
+            self.hub.set_epoch(&epoch);
         }
         for room in store.rooms()? {
             let recent = store.recent(&room, self.config.history)?;

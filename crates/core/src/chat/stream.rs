@@ -63,15 +63,12 @@ pub struct LongPoll {
     subscription: Subscription,
     deadline: Instant,
     style: PollStyle,
-    /// The store's epoch, for the native answer's `X-C10k-Epoch`.
-    epoch: Option<Arc<str>>,
     _held: Held,
 }
 
 impl LongPoll {
     pub(crate) fn new(app: &App, subscription: Subscription, deadline: Instant, style: PollStyle) -> LongPoll {
-        let epoch = app.epoch_shared();
-        LongPoll { subscription, deadline, style, epoch, _held: Held::new(app.metrics.subscriber_gauge("longpoll")) }
+        LongPoll { subscription, deadline, style, _held: Held::new(app.metrics.subscriber_gauge("longpoll")) }
     }
 
     /// When to give up and call [`LongPoll::timeout`].
@@ -84,7 +81,7 @@ impl LongPoll {
         let route = self.style.route();
         self.subscription
             .poll_next(waker)
-            .map(|batch| batch_response(self.style, self.subscription.room(), &batch, self.epoch.as_deref()).timed(route))
+            .map(|batch| batch_response(self.style, self.subscription.room(), &batch, self.subscription.epoch()).timed(route))
     }
 
     /// The response when the deadline passed with nothing to send.
@@ -99,7 +96,7 @@ impl LongPoll {
                     PollStyle::Native,
                     self.subscription.room(),
                     &Batch { messages: Vec::new(), reset: false, last_id },
-                    self.epoch.as_deref(),
+                    self.subscription.epoch(),
                 )
             }
         };
@@ -215,8 +212,6 @@ const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its p
 pub struct EventStream {
     feed: Feed,
     head: Response,
-    /// The store's epoch, for the reset event.
-    epoch: Option<Arc<str>>,
     _held: Held,
 }
 
@@ -233,8 +228,7 @@ impl EventStream {
             .header("X-Accel-Buffering", "no")
             .header("Connection", "close");
         let head = app.with_epoch(head);
-        let epoch = app.epoch_shared();
-        EventStream { feed: Feed::new(subscription), head, epoch, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+        EventStream { feed: Feed::new(subscription), head, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
     }
 
     /// The response head to write first (with `Response::encode_head`): the stream has no
@@ -263,7 +257,7 @@ impl EventStream {
         };
         if batch.reset {
             out.extend_from_slice(b"event: reset\ndata: ");
-            let reset = reset_payload(None, self.feed.room(), batch.last_id, self.epoch.as_deref());
+            let reset = reset_payload(None, self.feed.room(), batch.last_id, self.feed.subscription.epoch());
             out.extend_from_slice(to_json(&reset).as_bytes());
             out.extend_from_slice(b"\n\n");
         }
@@ -301,15 +295,12 @@ pub struct WsSession {
     room: RoomId,
     /// Who is on the other end, for the post rate limit.
     client: Option<super::rate::ClientKey>,
-    /// The store's epoch, for the reset frame.
-    epoch: Option<Arc<str>>,
     _held: Held,
 }
 
 impl WsSession {
     pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription, client: Option<super::rate::ClientKey>) -> WsSession {
-        let epoch = app.epoch_shared();
-        WsSession { feed: Feed::new(subscription), room, client, epoch, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+        WsSession { feed: Feed::new(subscription), room, client, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
     }
 
     /// Appends the frames that are ready (one per message, after a reset frame if any).
@@ -320,7 +311,7 @@ impl WsSession {
             Poll::Ready(FeedItem::Batch(batch)) => batch,
         };
         if batch.reset {
-            out.push(to_json(&reset_payload(Some("reset"), &self.room, batch.last_id, self.epoch.as_deref())));
+            out.push(to_json(&reset_payload(Some("reset"), &self.room, batch.last_id, self.feed.subscription.epoch())));
         }
         for m in &batch.messages {
             out.push(message_frame(m));
