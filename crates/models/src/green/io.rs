@@ -10,6 +10,13 @@
 //!
 //! [`GreenWait`] is the driver's sleep: park on (optionally) the socket, a deadline, and
 //! the coroutine's waker, and say which of them ended the park.
+//!
+//! **Fairness.** A coroutine whose socket operations never block (a client that pipelines
+//! without pause) must still let the others run: after 64 operations in a row without a
+//! park it yields for one tick. In blocking mode that yield happens inside the operation;
+//! in non-blocking mode (the driver's) it waits for the driver's next [`Wait::pause`],
+//! because the driver reads into one buffer shared by every coroutine of the thread and
+//! must not be parked while it holds it.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
@@ -66,6 +73,12 @@ where
                     self.fiber.park(Park { socket: interest, other: None, deadline, wakeable: false });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result if self.nonblocking => {
+                    // The driver may be reading into its thread's shared buffer: no park
+                    // here; it yields between steps ([`Wait::pause`]).
+                    self.fiber.count();
+                    return result;
+                }
                 result => {
                     self.fiber.spend();
                     return result;
@@ -184,6 +197,10 @@ impl Wait for GreenWait<'_> {
             Resumed::Deadline => Woke::Deadline,
             Resumed::Woken => Woke::Waker,
         })
+    }
+
+    fn pause(&self) {
+        self.fiber.yield_if_spent();
     }
 
     fn doing(&self, what: std::fmt::Arguments<'_>) {

@@ -123,9 +123,20 @@ impl Fiber<'_> {
 
     /// Counts one socket operation that did not park, and yields once the budget is spent.
     pub(crate) fn spend(&self) {
-        let spent = self.budget.get() + 1;
-        self.budget.set(spent);
-        if spent >= BUDGET {
+        self.count();
+        self.yield_if_spent();
+    }
+
+    /// Counts one socket operation that did not park, without yielding: for an operation
+    /// whose caller may hold what another coroutine needs (the driver's shared read
+    /// buffer); the caller yields later, through [`Fiber::yield_if_spent`].
+    pub(crate) fn count(&self) {
+        self.budget.set(self.budget.get() + 1);
+    }
+
+    /// Yields to the others if the budget of operations without parking is spent.
+    pub(crate) fn yield_if_spent(&self) {
+        if self.budget.get() >= BUDGET {
             self.park(Park::yield_now());
         }
     }

@@ -194,6 +194,39 @@ fn in_non_blocking_mode_a_read_returns_would_block_instead_of_parking() {
 }
 
 #[test]
+fn a_coroutine_whose_non_blocking_reads_never_block_yields_at_the_drivers_pause() {
+    // The driver's shape: non-blocking reads (which never park, the buffer may be shared),
+    // then `Wait::pause` between steps. A socket with plenty to read never blocks, so only
+    // the budget lets the other coroutine run before the reader is done.
+    const READS: usize = 300;
+    let (mut lp, mut harness) = new_loop(PollerKind::Epoll, Watchdog::new(None, |_| {}));
+    let (a, b) = pair();
+    (&*b).write_all(&[b'x'; READS]).unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let reads = Rc::clone(&log);
+    spawn(&mut lp, &mut harness, &a, move |fiber, mut stream| {
+        stream.set_nonblocking(true).unwrap();
+        let wait = GreenWait::new(fiber);
+        for _ in 0..READS {
+            let mut byte = [0u8; 1];
+            assert_eq!(stream.read(&mut byte).unwrap(), 1);
+            reads.borrow_mut().push('r');
+            wait.pause();
+        }
+    });
+    let other = Rc::clone(&log);
+    let (c, _d) = pair();
+    spawn(&mut lp, &mut harness, &c, move |_, _| other.borrow_mut().push('o'));
+    lp.run(&mut harness).unwrap();
+    let log = log.borrow();
+    let other_ran_after = log.iter().position(|&c| c == 'o').expect("the other coroutine ran");
+    assert!(
+        other_ran_after < READS,
+        "the other coroutine ran only after all {READS} reads: the reader never yielded"
+    );
+}
+
+#[test]
 fn a_wait_on_a_quiet_socket_ends_at_its_deadline_and_says_so() {
     let (mut lp, mut harness) = new_loop(PollerKind::Select, Watchdog::new(None, |_| {}));
     let (a, _b) = pair();
