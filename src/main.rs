@@ -246,6 +246,16 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
     max_outgoing: u64,
 
+    /// The kernel's send buffer for each connection (`SO_SNDBUF`, as `getsockopt` reports
+    /// it), set on the listener so that every accepted socket inherits it. It bounds what
+    /// a subscriber that stopped reading holds in the kernel before `--max-outgoing` counts
+    /// in user space: with the kernel's autotuning (0) that can be 4 MiB a socket
+    /// (`net.ipv4.tcp_wmem`), all of it copied while the others wait. 256 KiB keeps a
+    /// chat's messages flowing at loopback and LAN speeds; raise it for bulk transfers over
+    /// long round trips.
+    #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES", value_parser = parse_send_buffer)]
+    send_buffer: u64,
+
     /// Most open connections in this process; the next ones get 503 and are closed.
     /// Default: the open-files limit (`ulimit -Hn`; the server raises its soft limit to
     /// it) minus a twentieth of it (32 to 1,000) kept for the store, the listener and the
@@ -518,7 +528,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         c10k_bus::attach_with(&app, &store, bus, args.bus_drop_every).map_err(|e| e.to_string())?;
     }
 
-    let listener = bind(args.listen, args.backlog, false)?;
+    let listener = bind(args.listen, args.backlog, args.send_buffer, false)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, "serving");
     announce(local);
@@ -542,9 +552,9 @@ fn serve_workers(
     // store, no pool, no runtime. Only the listeners, which the workers inherit: one
     // shared for prefork, one per worker otherwise (see c10k_models::prefork's docs).
     let listeners = if model.forks() {
-        vec![bind(args.listen, args.backlog, false)?]
+        vec![bind(args.listen, args.backlog, args.send_buffer, false)?]
     } else {
-        bind_per_worker(args.listen, args.backlog, workers)?
+        bind_per_worker(args.listen, args.backlog, args.send_buffer, workers)?
     };
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     info!(model = model.name(), db = %args.db, workers, "serving with worker processes");
@@ -666,17 +676,22 @@ fn db_mode(args: &ServeArgs) -> DbMode {
 /// Binds with a large backlog (std's 128 drops connections in a c10k burst).
 /// `count` listeners on one address with `SO_REUSEPORT`, so the kernel spreads incoming
 /// connections over them. Port 0 picks a free port for the first; the rest join it.
-fn bind_per_worker(addr: SocketAddr, backlog: i32, count: usize) -> Result<Vec<TcpListener>, String> {
-    let first = bind(addr, backlog, true)?;
+fn bind_per_worker(addr: SocketAddr, backlog: i32, send_buffer: u64, count: usize) -> Result<Vec<TcpListener>, String> {
+    let first = bind(addr, backlog, send_buffer, true)?;
     let joined = first.local_addr().map_err(|e| e.to_string())?;
     let mut listeners = vec![first];
     for _ in 1..count {
-        listeners.push(bind(joined, backlog, true)?);
+        listeners.push(bind(joined, backlog, send_buffer, true)?);
     }
     Ok(listeners)
 }
 
-fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> Result<TcpListener, String> {
+/// A listener on `addr`. `send_buffer` (bytes, 0: the kernel's autotuning) is set on the
+/// listening socket, which Linux copies into every socket it accepts: no system call per
+/// connection. The kernel doubles what it is given (the rest is its bookkeeping) and
+/// reports the doubled size, so half is asked for; past `net.core.wmem_max` it caps it,
+/// and the server says so.
+fn bind(addr: SocketAddr, backlog: i32, send_buffer: u64, reuse_port: bool) -> Result<TcpListener, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let explain = |e: std::io::Error| {
         format!("cannot listen on {addr}: {e}; pick another address with --listen (port 0 picks a free one)")
@@ -686,9 +701,30 @@ fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> Result<TcpListener,
     if reuse_port {
         socket.set_reuse_port(true).map_err(explain)?;
     }
+    if send_buffer > 0 {
+        let asked = usize::try_from(send_buffer / 2).unwrap_or(usize::MAX);
+        socket.set_send_buffer_size(asked).map_err(|e| format!("cannot set --send-buffer {send_buffer}: {e}"))?;
+        match socket.send_buffer_size() {
+            Ok(got) if (got as u64) < send_buffer => tracing::warn!(
+                asked = send_buffer,
+                got,
+                "the kernel capped --send-buffer at net.core.wmem_max; raise it (sysctl -w net.core.wmem_max=...) to get more"
+            ),
+            _ => {}
+        }
+    }
     socket.bind(&addr.into()).map_err(explain)?;
     socket.listen(backlog.max(1)).map_err(explain)?;
     Ok(socket.into())
+}
+
+/// `--send-buffer`: 0 (the kernel's autotuning) or at least 8 KiB.
+fn parse_send_buffer(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text.parse().map_err(|_| format!("'{text}' is not a number of bytes (e.g. 262144, or 0 for the kernel's autotuning)"))?;
+    if bytes != 0 && bytes < 8 * 1024 {
+        return Err(format!("{bytes} bytes is too small a send buffer: give at least 8192, or 0 for the kernel's autotuning"));
+    }
+    Ok(bytes)
 }
 
 /// 32 bytes from the kernel's random source, for XSRF tokens.
@@ -699,4 +735,36 @@ fn seed() -> Result<[u8; 32], String> {
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(|e| format!("cannot read /dev/urandom for XSRF tokens: {e}"))?;
     Ok(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts one connection on `listener` and says what send buffer the kernel gave it.
+    fn accepted_send_buffer(listener: &TcpListener) -> usize {
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&accepted).send_buffer_size().unwrap()
+    }
+
+    #[test]
+    fn every_accepted_socket_inherits_the_listeners_send_buffer() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let fixed = bind(loopback, 16, 64 * 1024, false).unwrap();
+        assert_eq!(accepted_send_buffer(&fixed), 64 * 1024, "the size asked for, as getsockopt reports it");
+        let autotuned = bind(loopback, 16, 0, false).unwrap();
+        assert_ne!(accepted_send_buffer(&autotuned), 64 * 1024, "0 leaves the kernel's default");
+        for listener in bind_per_worker(loopback, 16, 32 * 1024, 2).unwrap() {
+            assert_eq!(socket2::SockRef::from(&listener).send_buffer_size().unwrap(), 32 * 1024);
+        }
+    }
+
+    #[test]
+    fn a_send_buffer_is_zero_or_at_least_8_kib() {
+        assert_eq!(parse_send_buffer("0"), Ok(0));
+        assert_eq!(parse_send_buffer("262144"), Ok(262_144));
+        assert!(parse_send_buffer("4096").unwrap_err().contains("at least 8192"));
+        assert!(parse_send_buffer("lots").unwrap_err().contains("not a number"));
+    }
 }
