@@ -220,11 +220,27 @@ struct ServeArgs {
     /// /64), or what a --trusted-proxy forwarded. Off by default, since `c10k load` and
     /// `c10k bench` post from one address as fast as they can. Each worker process
     /// (--workers) counts on its own.
-    #[arg(long, value_name = "COUNT/PERIOD", value_parser = c10k_core::chat::rate::PostRate::parse)]
-    post_rate: Option<c10k_core::chat::rate::PostRate>,
+    #[arg(long, value_name = "COUNT/PERIOD", value_parser = c10k_core::chat::rate::Rate::parse)]
+    post_rate: Option<c10k_core::chat::rate::Rate>,
+
+    /// Limit each WebSocket connection to COUNT posts at once and COUNT per PERIOD after
+    /// that, on top of --post-rate: over it, the socket is closed with 1008. Set it
+    /// stricter than --post-rate when many people share one address (a NAT): one
+    /// connection is one tab. Off by default.
+    #[arg(long, value_name = "COUNT/PERIOD", value_parser = c10k_core::chat::rate::Rate::parse)]
+    connection_post_rate: Option<c10k_core::chat::rate::Rate>,
+
+    /// Limit each client to COUNT new streams (SSE `GET .../events`, WebSocket `GET .../ws`)
+    /// at once and COUNT per PERIOD after that: over it, the stream is refused before it
+    /// starts with 429 and Retry-After (a reconnect loop, or one address opening thousands
+    /// of sockets). Long-polls are not counted: their clients poll again after every
+    /// message. A client is as for --post-rate. Off by default.
+    #[arg(long, value_name = "COUNT/PERIOD", value_parser = c10k_core::chat::rate::Rate::parse)]
+    connect_rate: Option<c10k_core::chat::rate::Rate>,
 
     /// The address of a proxy in front (e.g. nginx on 127.0.0.1, deploy/nginx.conf) whose
-    /// `X-Forwarded-For` names the client for --post-rate; repeat it for more. Anyone else's
+    /// `X-Forwarded-For` names the client for --post-rate and --connect-rate; repeat it for
+    /// more. Anyone else's
     /// X-Forwarded-For is ignored.
     #[arg(long = "trusted-proxy", value_name = "IP")]
     trusted_proxies: Vec<std::net::IpAddr>,
@@ -637,6 +653,8 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         process: Some(Arc::new(c10k_models::process::ProcSelf::new())),
         allowed_origins: c10k_core::chat::origin::AllowedOrigins::parse(&args.allow_origins)?,
         post_rate: args.post_rate,
+        connection_post_rate: args.connection_post_rate,
+        connect_rate: args.connect_rate,
         trusted_proxies: args.trusted_proxies.clone(),
         websocket_echo: args.websocket_echo,
     };

@@ -145,6 +145,8 @@ macro_rules! conformance {
                 the_page_sends_a_strict_content_security_policy,
                 a_client_over_post_rate_gets_429_or_1008_and_others_still_post,
                 behind_a_trusted_proxy_the_client_is_the_forwarded_address,
+                a_client_over_connect_rate_is_refused_new_streams_and_still_long_polls,
+                a_websocket_over_connection_post_rate_is_closed_1008_and_a_new_one_posts,
                 hostile_text_comes_back_as_text_from_every_output,
                 a_lone_surrogate_escape_is_refused_and_bad_utf8_in_a_form_is_stored_as_u_fffd,
                 a_nul_is_refused_by_the_api_and_the_websocket_and_a_space_on_tornados_form,

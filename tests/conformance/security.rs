@@ -191,6 +191,94 @@ pub fn behind_a_trusted_proxy_the_client_is_the_forwarded_address(model: Model) 
     refused_after("a stranger's X-Forwarded-For", &|attempt| format!("192.0.2.{attempt}"), stranger);
 }
 
+/// `--connect-rate 2/1h`: a client may open two streams (SSE or WebSocket), then the next
+/// is refused before it starts (429 with `Retry-After`, and for WebSocket no 101), while a
+/// client from another address still connects and long-polls, which are not streams, are
+/// still answered. Each worker process counts on its own, as for `--post-rate`.
+pub fn a_client_over_connect_rate_is_refused_new_streams_and_still_long_polls(model: Model) {
+    let server = Server::start_with_args(model, &["--connect-rate", "2/1h"]);
+    let port = server.port();
+    let events = || Request::get("/api/rooms/main/events").header("Accept", "text/event-stream");
+    let mut admitted: std::collections::HashMap<String, usize> = Default::default();
+    // Each stream is closed once it opened: it counted when it started (and prefork has a
+    // process per open stream only).
+    let mut opened = 0;
+    let refused = loop {
+        let mut conn = Conn::open(port);
+        conn.send_request(&events());
+        let head = conn.read_head();
+        if head.status == 429 {
+            break head;
+        }
+        assert_eq!(head.status, 200, "a stream within the limit opens:\n{head}");
+        assert!(head.is_event_stream(), "{head}");
+        let worker = head.header("X-C10k-Worker").unwrap_or("the only process").to_string();
+        let count = admitted.entry(worker.clone()).or_default();
+        *count += 1;
+        assert!(*count <= 2, "{worker} opened stream {count} of a client limited to 2");
+        opened += 1;
+        assert!(opened <= 2 * processes(model), "{opened} streams opened with {} processes", processes(model));
+    };
+    if processes(model) == 1 {
+        assert_eq!(opened, 2, "the third stream of a burst of 2 is the refused one");
+    }
+    let retry: u64 = refused.header("Retry-After").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no Retry-After seconds:\n{refused}"));
+    assert!((1..=1800).contains(&retry), "a token is back within 30 minutes, not {retry} s:\n{refused}");
+
+    if processes(model) == 1 {
+        let mut conn = Conn::open(port);
+        let upgrade = conn.request(&websocket_upgrade());
+        assert_eq!(upgrade.status, 429, "a WebSocket over the limit gets no 101:\n{upgrade}");
+        assert!(upgrade.text().contains("connecting too fast"), "the refusal says why:\n{upgrade}");
+        let posted = api_post(port, "main", "posts are not streams");
+        let after = posted["id"].as_u64().expect("an id") - 1;
+        let polled = api_messages(port, "main", &format!("?after={after}"));
+        assert_eq!(polled["messages"][0]["body"], "posts are not streams", "a long-poll is answered: {polled}");
+        let metrics = get(port, "/metrics").text();
+        assert!(metrics.contains("route=\"connect_limited\""), "/metrics counts the refusals:\n{metrics}");
+    }
+    let mut next_door = Conn::open_from(port, Ipv4Addr::new(127, 0, 0, 2));
+    next_door.send_request(&events());
+    let head = next_door.read_head();
+    assert_eq!(head.status, 200, "another client still connects:\n{head}");
+}
+
+/// `--connection-post-rate 2/1h`: a WebSocket connection may post twice, then its third post
+/// closes it with 1008 and stores nothing; a new connection from the same address has its
+/// own bucket and posts again (no `--post-rate` here).
+pub fn a_websocket_over_connection_post_rate_is_closed_1008_and_a_new_one_posts(model: Model) {
+    let server = Server::start_with_args(model, &["--connection-post-rate", "2/1h"]);
+    let port = server.port();
+    let post = |ws: &mut Ws, body: &str| {
+        ws.send_json(&json!({"type": "post", "body": body, "ref": body}));
+        loop {
+            let frame = ws.next_frame();
+            if frame["type"] == "ack" {
+                assert_eq!(frame["ref"], body, "{frame}");
+                break;
+            }
+        }
+    };
+    let mut ws = Ws::connect(port, "/api/rooms/main/ws");
+    post(&mut ws, "one");
+    post(&mut ws, "two");
+    let mut raw = RawWs::connect(port, "/api/rooms/main/ws");
+    for body in ["three", "four", "five"] {
+        raw.send(&[Frame::text(json!({"type": "post", "body": body}).to_string())]).expect("writing a post frame");
+    }
+    // The raw connection has a bucket of its own: three posts, the third over it.
+    match raw.closed() {
+        Closed::Code(1008, reason) => {
+            assert!(reason.contains("posting too fast") && reason.contains("on this connection"), "{reason:?}")
+        }
+        other => panic!("the third post on one connection is closed with 1008, not {other:?}; frames: {:#?}", raw.seen),
+    }
+    let mut again = Ws::connect(port, "/api/rooms/main/ws");
+    post(&mut again, "six");
+    let stored: Vec<Value> = api_messages(port, "main", "")["messages"].as_array().expect("messages").iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(stored, ["one", "two", "three", "four", "six"], "nothing refused was stored");
+}
+
 /// Message text a browser must show as text: (what it is, the body, the link targets its
 /// HTML may have). Posted as is on both post routes, so none starts or ends with white
 /// space (Tornado's route strips it); the exact `html` of a `<script>` body is pinned in

@@ -94,7 +94,7 @@ fn websocket(app: &App) -> WsSession {
 }
 
 /// The error frame a WebSocket client is sent for `text`, which must not be stored.
-fn ws_error(app: &App, session: &WsSession, text: &str) -> Value {
+fn ws_error(app: &App, session: &mut WsSession, text: &str) -> Value {
     match session.handle_text(app, text, now()) {
         WsAction::Reply(frame) => {
             let frame: Value = serde_json::from_str(&frame).unwrap();
@@ -129,11 +129,11 @@ fn the_native_api_refuses_a_nul_in_the_body_or_sender_with_400_saying_why() {
 #[test]
 fn a_websocket_post_with_a_nul_gets_an_error_frame_with_its_ref() {
     let app = App::new(Config::with_seed([3; 32]));
-    let session = websocket(&app);
-    let frame = ws_error(&app, &session, &json!({"type": "post", "body": "a\u{0}b", "ref": 7}).to_string());
+    let mut session = websocket(&app);
+    let frame = ws_error(&app, &mut session, &json!({"type": "post", "body": "a\u{0}b", "ref": 7}).to_string());
     assert_eq!(frame["error"], NUL_IN_BODY, "{frame}");
     assert_eq!(frame["ref"], 7, "{frame}");
-    let frame = ws_error(&app, &session, &json!({"type": "post", "body": "hi", "from": "\u{0}"}).to_string());
+    let frame = ws_error(&app, &mut session, &json!({"type": "post", "body": "hi", "from": "\u{0}"}).to_string());
     assert_eq!(frame["error"], NUL_IN_FROM, "{frame}");
 }
 
@@ -157,15 +157,15 @@ fn tornados_form_route_maps_control_characters_to_spaces_as_tornado_does() {
 #[test]
 fn a_websocket_text_frame_that_is_not_json_is_told_so() {
     let app = App::new(Config::with_seed([3; 32]));
-    let session = websocket(&app);
+    let mut session = websocket(&app);
     for not_json in ["this is not JSON", "{\"type\": \"post\", \"body\": \"\\ud800\"}", "{\"type\":"] {
-        let frame = ws_error(&app, &session, not_json);
+        let frame = ws_error(&app, &mut session, not_json);
         let error = frame["error"].as_str().unwrap_or_default();
         assert!(error.contains("not valid JSON"), "{not_json:?}: {frame}");
         assert!(error.contains(r#"{"type": "post", "body": "hi"}"#), "it says what to send: {frame}");
     }
     for not_an_object in ["[1, 2]", "\"post\"", "42"] {
-        let frame = ws_error(&app, &session, not_an_object);
+        let frame = ws_error(&app, &mut session, not_an_object);
         let error = frame["error"].as_str().unwrap_or_default();
         assert!(error.contains("must be a JSON object"), "{not_an_object:?}: {frame}");
     }

@@ -1,13 +1,13 @@
-//! The post rate limit's token buckets (`c10k_core::chat::rate`), on a clock that moves
-//! only when told: the conformance suite checks the routes, this the arithmetic.
+//! The rate limits' token buckets (`c10k_core::chat::rate`), on a clock that moves only
+//! when told: the conformance suite checks the routes, this the arithmetic.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use c10k_core::chat::rate::{Admission, ClientKey, PostLimiter, PostRate, MAX_CLIENTS};
+use c10k_core::chat::rate::{Admission, Bucket, ClientKey, Limited, Rate, RateLimiter, MAX_CLIENTS};
 
-fn limiter(text: &str) -> PostLimiter {
-    PostLimiter::new(Some(PostRate::parse(text).unwrap()), vec!["127.0.0.1".parse().unwrap()])
+fn limiter(text: &str) -> RateLimiter {
+    RateLimiter::new(Limited::Posts, Some(Rate::parse(text).unwrap()), vec!["127.0.0.1".parse().unwrap()])
 }
 
 fn key(address: &str) -> Option<ClientKey> {
@@ -16,13 +16,13 @@ fn key(address: &str) -> Option<ClientKey> {
 
 #[test]
 fn a_rate_is_count_per_period() {
-    assert_eq!(PostRate::parse("5/s"), Ok(PostRate { count: 5, period: Duration::from_secs(1) }));
-    assert_eq!(PostRate::parse("30/m"), Ok(PostRate { count: 30, period: Duration::from_secs(60) }));
-    assert_eq!(PostRate::parse("20/10s"), Ok(PostRate { count: 20, period: Duration::from_secs(10) }));
-    assert_eq!(PostRate::parse("3/500ms"), Ok(PostRate { count: 3, period: Duration::from_millis(500) }));
+    assert_eq!(Rate::parse("5/s"), Ok(Rate { count: 5, period: Duration::from_secs(1) }));
+    assert_eq!(Rate::parse("30/m"), Ok(Rate { count: 30, period: Duration::from_secs(60) }));
+    assert_eq!(Rate::parse("20/10s"), Ok(Rate { count: 20, period: Duration::from_secs(10) }));
+    assert_eq!(Rate::parse("3/500ms"), Ok(Rate { count: 3, period: Duration::from_millis(500) }));
     for bad in ["5", "five/s", "0/s", "5/0s", "5/fortnight", "-1/s", "/s"] {
-        let error = PostRate::parse(bad).unwrap_err();
-        assert!(error.contains("--post-rate"), "{bad}: {error}");
+        let error = Rate::parse(bad).unwrap_err();
+        assert!(error.contains(&format!("{bad:?}")) && error.contains("COUNT"), "{bad}: {error}");
     }
 }
 
@@ -46,7 +46,7 @@ fn a_burst_of_count_passes_then_one_per_refill() {
 
 #[test]
 fn no_rate_or_no_address_admits_everything() {
-    let open = PostLimiter::new(None, Vec::new());
+    let open = RateLimiter::new(Limited::Connects, None, Vec::new());
     let limited = limiter("1/h");
     let now = Instant::now();
     for _ in 0..100 {
@@ -80,4 +80,31 @@ fn the_table_is_bounded_and_drops_refilled_buckets_first() {
     // A second later every bucket is full again: the table makes room.
     assert_eq!(limiter.admit(key("192.0.2.1"), start + Duration::from_secs(1)), Admission::Admit);
     assert_eq!(limiter.clients(), 1);
+}
+
+#[test]
+fn a_connections_own_bucket_refills_like_a_clients() {
+    let rate = Rate::parse("2/2s").unwrap();
+    let start = Instant::now();
+    let mut bucket = Bucket::full(rate, start);
+    assert_eq!(bucket.take(rate, start), Ok(()));
+    assert_eq!(bucket.take(rate, start), Ok(()));
+    let wait = bucket.take(rate, start).expect_err("the third of a burst of 2");
+    assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "a token comes back each second: {wait:?}");
+    assert_eq!(bucket.take(rate, start + Duration::from_secs(1)), Ok(()));
+    assert!(bucket.take(rate, start + Duration::from_secs(1)).is_err());
+    // Long unused, it holds no more than its size.
+    let later = start + Duration::from_secs(3600);
+    assert_eq!(bucket.take(rate, later), Ok(()));
+    assert_eq!(bucket.take(rate, later), Ok(()));
+    assert!(bucket.take(rate, later).is_err());
+}
+
+#[test]
+fn a_refusal_says_what_was_too_fast_and_when_to_come_back() {
+    let rate = Some(Rate::parse("3/m").unwrap());
+    let posts = Limited::Posts.refusal(rate, Duration::from_millis(19_960));
+    assert_eq!(posts, "posting too fast (at most 3 per 60s): try again in 20.0 s");
+    let connects = Limited::Connects.refusal(rate, Duration::ZERO);
+    assert_eq!(connects, "connecting too fast (at most 3 per 60s): try again in 0.1 s");
 }

@@ -71,7 +71,11 @@ pub struct Config {
     /// Web origins allowed besides the request's own (`--allow-origin`; see [`origin`]).
     pub allowed_origins: origin::AllowedOrigins,
     /// The per-client post rate limit (`--post-rate`; `None`: none; see [`rate`]).
-    pub post_rate: Option<rate::PostRate>,
+    pub post_rate: Option<rate::Rate>,
+    /// The per-connection post rate limit of a WebSocket (`--connection-post-rate`).
+    pub connection_post_rate: Option<rate::Rate>,
+    /// The per-client limit on new SSE and WebSocket streams (`--connect-rate`).
+    pub connect_rate: Option<rate::Rate>,
     /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
     pub trusted_proxies: Vec<core::net::IpAddr>,
     /// Serve the WebSocket echo endpoint `GET /ws/echo` (`--websocket-echo`; see
@@ -92,6 +96,8 @@ impl Config {
             process: None,
             allowed_origins: origin::AllowedOrigins::default(),
             post_rate: None,
+            connection_post_rate: None,
+            connect_rate: None,
             trusted_proxies: Vec::new(),
             websocket_echo: false,
         }
@@ -441,7 +447,8 @@ pub struct App {
     config: Config,
     on_stored: OnceLock<OnStored>,
     replays: Arc<Replays>,
-    posts: rate::PostLimiter,
+    posts: rate::RateLimiter,
+    connects: rate::RateLimiter,
 }
 
 /// Why a keyed post is answered without a store call.
@@ -490,7 +497,8 @@ impl App {
             hub: Arc::new(Hub::new(config.history)),
             xsrf: xsrf::Xsrf::new(config.seed),
             metrics: Metrics::new(config.server.clone(), config.process.clone()),
-            posts: rate::PostLimiter::new(config.post_rate, config.trusted_proxies.clone()),
+            posts: rate::RateLimiter::new(rate::Limited::Posts, config.post_rate, config.trusted_proxies.clone()),
+            connects: rate::RateLimiter::new(rate::Limited::Connects, config.connect_rate, config.trusted_proxies.clone()),
             config,
             on_stored: OnceLock::new(),
             replays: Arc::default(),
@@ -654,11 +662,11 @@ impl App {
                     ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, now)),
                     ("events", true, _) => {
                         self.metrics.request("api_events");
-                        self.events(&request, room)
+                        self.events(&request, room, now.instant)
                     }
                     ("ws", true, _) => {
                         self.metrics.request("api_ws");
-                        self.websocket(&request, room)
+                        self.websocket(&request, room, now.instant)
                     }
                     ("messages", _, _) => Outcome::Reply(not_allowed("GET, HEAD, POST")),
                     ("events" | "ws", _, _) => Outcome::Reply(not_allowed("GET, HEAD")),
@@ -959,7 +967,7 @@ impl App {
         self.keyed_post(room, key, message, AfterStore::NativePost)
     }
 
-    /// Who sent `request`, for the post rate limit ([`rate`]).
+    /// Who sent `request`, for the rate limits ([`rate`]).
     fn post_client(&self, request: &Request) -> Option<rate::ClientKey> {
         self.posts.client(request.peer, request.headers.get("x-forwarded-for"))
     }
@@ -967,25 +975,53 @@ impl App {
     /// Takes a post token of `client` at `now`; when it has none, why, for the client: a
     /// 429 with `Retry-After`, the whole seconds until a token is back (RFC 9110 10.2.3).
     fn over_rate(&self, client: Option<rate::ClientKey>, now: Instant) -> Option<Response> {
-        self.rate_refusal(client, now).map(|(why, wait)| {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            api_error(StatusCode::TOO_MANY_REQUESTS, &why).header("Retry-After", seconds.to_string())
-        })
+        self.rate_refusal(client, now).map(|(why, wait)| too_many(&why, wait))
     }
 
     /// `over_rate` for any transport: the reason and the wait, or `None` to go on.
     pub(crate) fn rate_refusal(&self, client: Option<rate::ClientKey>, now: Instant) -> Option<(String, std::time::Duration)> {
-        match self.posts.admit(client, now) {
+        self.admit(&self.posts, client, now, ("rate_untracked", "rate_limited"))
+    }
+
+    /// A connect token of the client of `request` (a new SSE or WebSocket stream) at `now`,
+    /// or the 429 that refuses the stream before it starts.
+    fn over_connect_rate(&self, request: &Request, now: Instant) -> Option<Response> {
+        let client = self.post_client(request);
+        self.admit(&self.connects, client, now, ("connect_untracked", "connect_limited")).map(|(why, wait)| too_many(&why, wait))
+    }
+
+    /// Takes a token of `client` from `limiter`, counting an untracked client or a
+    /// refusal under the two names given.
+    fn admit(
+        &self,
+        limiter: &rate::RateLimiter,
+        client: Option<rate::ClientKey>,
+        now: Instant,
+        (untracked, refused): (&'static str, &'static str),
+    ) -> Option<(String, std::time::Duration)> {
+        match limiter.admit(client, now) {
             rate::Admission::Admit => None,
             rate::Admission::Untracked => {
-                self.metrics.request("rate_untracked");
+                self.metrics.request(untracked);
                 None
             }
             rate::Admission::Refuse(wait) => {
-                self.metrics.request("rate_limited");
-                Some((self.posts.refusal(wait), wait))
+                self.metrics.request(refused);
+                Some((limiter.refusal(wait), wait))
             }
         }
+    }
+
+    /// A WebSocket connection's own post bucket (`--connection-post-rate`), full.
+    pub(crate) fn connection_post_bucket(&self, now: Instant) -> Option<(rate::Rate, rate::Bucket)> {
+        self.config.connection_post_rate.map(|rate| (rate, rate::Bucket::full(rate, now)))
+    }
+
+    /// Counts a post that a connection's own bucket refused, and says why.
+    pub(crate) fn connection_rate_refusal(&self, wait: std::time::Duration) -> String {
+        self.metrics.request("connection_rate_limited");
+        let why = rate::Limited::Posts.refusal(self.config.connection_post_rate, wait);
+        format!("{why} (on this connection)")
     }
 
     /// Stores a post under its idempotency key, if it has one, or answers it at once
@@ -1000,7 +1036,7 @@ impl App {
         }
     }
 
-    fn events(&self, request: &Request, room: RoomId) -> Outcome {
+    fn events(&self, request: &Request, room: RoomId, now: Instant) -> Outcome {
         // Last-Event-ID, sent by a reconnecting EventSource, wins over `?after=`.
         let args = Args::query(request);
         let cursor = match request.headers.get("last-event-id") {
@@ -1009,6 +1045,9 @@ impl App {
         };
         match cursor {
             Ok(cursor) => {
+                if let Some(refused) = self.over_connect_rate(request, now) {
+                    return Outcome::Reply(refused);
+                }
                 let cursor = self.in_epoch(cursor, &args);
                 Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor)))
             }
@@ -1016,7 +1055,7 @@ impl App {
         }
     }
 
-    fn websocket(&self, request: &Request, room: RoomId) -> Outcome {
+    fn websocket(&self, request: &Request, room: RoomId, now: Instant) -> Outcome {
         let response = match upgrade_response(request) {
             Ok(response) => response,
             Err(refusal) => return Outcome::Reply(refusal),
@@ -1026,9 +1065,12 @@ impl App {
             Ok(c) => self.in_epoch(c, &args),
             Err(e) => return Outcome::Reply(e),
         };
+        if let Some(refused) = self.over_connect_rate(request, now) {
+            return Outcome::Reply(refused);
+        }
         let response = self.with_epoch(response);
         let client = self.post_client(request);
-        let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client);
+        let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client, now);
         Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Chat(session) })
     }
 }
@@ -1098,6 +1140,13 @@ pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
 
 fn api_error(status: StatusCode, error: &str) -> Response {
     json_response(status, to_json(&json!({ "error": error })))
+}
+
+/// 429 with `Retry-After`, the whole seconds until a token is back (RFC 9110 10.2.3, RFC
+/// 6585 4).
+fn too_many(why: &str, wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    api_error(StatusCode::TOO_MANY_REQUESTS, why).header("Retry-After", seconds.to_string())
 }
 
 fn not_allowed(allow: &'static str) -> Response {

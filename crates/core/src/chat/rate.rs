@@ -1,29 +1,42 @@
-//! The per-client post rate limit (`--post-rate COUNT/PERIOD`).
+//! The rate limits: posts per client (`--post-rate COUNT/PERIOD`), posts per WebSocket
+//! connection (`--connection-post-rate`), and new streams per client (`--connect-rate`).
 //!
-//! One token bucket per client (nginx's `limit_req`, Centrifugo's client message limits):
-//! a client holds at most COUNT tokens, a post takes one, and they come back at COUNT per
-//! PERIOD, so a client may post a burst of COUNT at once and then COUNT per PERIOD for
-//! ever. A post without a token is refused: HTTP `429 Too Many Requests` with
-//! `Retry-After` (the seconds until a token is back), and over WebSocket the close code
-//! 1008 (policy violation, RFC 6455 7.4.1) with the same reason, since a frame has no
-//! status of its own. Nothing is stored for a refused post.
+//! Each is a token bucket (nginx's `limit_req`, Centrifugo's client message and connection
+//! limits): a bucket holds at most COUNT tokens, a post (or a new stream) takes one, and
+//! they come back at COUNT per PERIOD, so a burst of COUNT passes at once and then COUNT per
+//! PERIOD for ever. Without a token:
+//! - a post is refused: HTTP `429 Too Many Requests` with `Retry-After` (the seconds until
+//!   a token is back), and over WebSocket the close code 1008 (policy violation, RFC 6455
+//!   7.4.1) with the same reason, since a frame has no status of its own. Nothing is stored;
+//! - a new stream (an SSE `GET .../events` or a WebSocket upgrade `GET .../ws`) is refused
+//!   before it starts, with the same 429 and `Retry-After` (a WebSocket handshake answered
+//!   with anything but 101 fails, RFC 6455 4.1). A long-poll is not a new stream: its client
+//!   polls again after every message by design, and a limit on that would cut delivery.
+//!
+//! **Why both per client and per connection.** Many people may share one address (a
+//! campus NAT, a mobile carrier's), so the per-client buckets are set generously; a single
+//! WebSocket connection is one person's tab, so its own bucket can be strict. A connection
+//! is also not free to hand back: a client that reconnects to get a fresh connection bucket
+//! spends a connect token (with `--connect-rate` on). HTTP posts have no per-connection
+//! bucket: a client chooses its HTTP connections, and replacing one costs nothing.
 //!
 //! **Who is a client.** The address the connection came from (an IPv6 address by its /64,
 //! the block one subscriber is given), or, when that address is a proxy named by
 //! `--trusted-proxy` (nginx in front, deploy/nginx.conf), the last address of the
 //! `X-Forwarded-For` the proxy added. A connection whose driver gives no address (the
-//! core's own tests) is not limited.
+//! core's own tests) is not limited per client.
 //!
-//! **Bounds.** The table holds at most [`MAX_CLIENTS`] buckets. A bucket that has filled up
-//! again is the same as none, so when the table is full those are dropped first; if every
-//! one is still in use, the new client is let through untracked (counted as
-//! `rate_untracked` in `/metrics`): a flood from that many addresses is not one client
-//! posting too fast, and no memory grows with it.
+//! **Bounds.** A per-client table holds at most [`MAX_CLIENTS`] buckets. A bucket that has
+//! filled up again is the same as none, so when the table is full those are dropped first;
+//! if every one is still in use, the new client is let through untracked (counted as
+//! `rate_untracked` or `connect_untracked` in `/metrics`): a flood from that many addresses
+//! is not one client going too fast, and no memory grows with it. A connection's bucket is
+//! two numbers in its WebSocket session.
 //!
-//! **Off by default.** `c10k load` and `c10k bench` post from one address as fast as the
-//! server goes; a limit that is on by default would measure the limit. Each worker process
-//! (`--workers N`) keeps its own table, so one client's burst spread over N workers may
-//! reach N × COUNT (the kernel spreads connections, not clients, over them).
+//! **Off by default.** `c10k load` and `c10k bench` post and connect from one address as
+//! fast as the server goes; a limit that is on by default would measure the limit. Each
+//! worker process (`--workers N`) keeps its own tables, so one client's burst spread over N
+//! workers may reach N × COUNT (the kernel spreads connections, not clients, over them).
 
 use core::net::IpAddr;
 use std::collections::HashMap;
@@ -33,20 +46,22 @@ use std::time::{Duration, Instant};
 /// The most clients whose buckets are kept at once.
 pub const MAX_CLIENTS: usize = 65_536;
 
-/// `--post-rate`: at most `count` posts at once, and `count` per `period` after that.
+/// `--post-rate`, `--connection-post-rate`, `--connect-rate`: at most `count` at once, and
+/// `count` per `period` after that.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PostRate {
-    /// The bucket's size: the burst a client may post at once.
+pub struct Rate {
+    /// The bucket's size: the burst that passes at once.
     pub count: u32,
     /// The time in which `count` tokens come back.
     pub period: Duration,
 }
 
-impl PostRate {
+impl Rate {
     /// Parses `COUNT/PERIOD`: `5/s`, `30/m`, `20/10s`, `100/1h` (a period as `--idle-timeout`
-    /// takes it, or just a unit: `s`, `m`, `h`).
-    pub fn parse(text: &str) -> Result<PostRate, String> {
-        let explain = || format!("--post-rate {text:?}: write COUNT/PERIOD, e.g. 5/s, 30/m or 20/10s");
+    /// takes it, or just a unit: `s`, `m`, `h`). The error says what to write (clap names
+    /// the flag before it).
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let explain = || format!("{text:?} is no rate: write COUNT/PERIOD, e.g. 5/s, 30/m or 20/10s");
         let (count, period) = text.split_once('/').ok_or_else(explain)?;
         let count: u32 = count.trim().parse().map_err(|_| explain())?;
         let period = period.trim();
@@ -57,9 +72,9 @@ impl PostRate {
             _ => parse_period(period).ok_or_else(explain)?,
         };
         if count == 0 || period.is_zero() {
-            return Err(format!("--post-rate {text:?}: COUNT and PERIOD must be above zero (leave the flag out for no limit)"));
+            return Err(format!("{text:?}: COUNT and PERIOD must be above zero (leave the flag out for no limit)"));
         }
-        Ok(PostRate { count, period })
+        Ok(Rate { count, period })
     }
 
     /// How long one token takes to come back.
@@ -116,17 +131,63 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-/// One client's bucket: the tokens it had at `at`.
+/// One bucket: the tokens it had at `at`.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-/// What [`PostLimiter::admit`] decided.
+impl Bucket {
+    /// A full bucket of `rate` at `now`.
+    pub fn full(rate: Rate, now: Instant) -> Bucket {
+        Bucket { tokens: f64::from(rate.count), at: now }
+    }
+
+    /// The tokens it holds at `now`, refilled at `rate` since it was last used.
+    fn tokens_at(&self, rate: Rate, now: Instant) -> f64 {
+        let refilled = now.saturating_duration_since(self.at).as_secs_f64() / rate.refill().as_secs_f64();
+        (self.tokens + refilled).min(f64::from(rate.count))
+    }
+
+    /// Takes a token at `now`, or says how long until there is one.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        let tokens = self.tokens_at(rate, now);
+        if tokens >= 1.0 {
+            *self = Bucket { tokens: tokens - 1.0, at: now };
+            Ok(())
+        } else {
+            *self = Bucket { tokens, at: now };
+            Err(Duration::from_secs_f64((1.0 - tokens) * rate.refill().as_secs_f64()))
+        }
+    }
+}
+
+/// What a limiter counts, for its refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Posts, on every post route (`--post-rate`, `--connection-post-rate`).
+    Posts,
+    /// New streams: SSE and WebSocket subscriptions (`--connect-rate`).
+    Connects,
+}
+
+impl Limited {
+    /// Why a client was refused, for the 429 body and the 1008 close reason.
+    pub fn refusal(self, rate: Option<Rate>, wait: Duration) -> String {
+        let doing = match self {
+            Limited::Posts => "posting",
+            Limited::Connects => "connecting",
+        };
+        let rate = rate.map_or_else(String::new, |r| format!(" (at most {} per {:?})", r.count, r.period));
+        format!("{doing} too fast{rate}: try again in {:.1} s", wait.as_secs_f64().max(0.1))
+    }
+}
+
+/// What [`RateLimiter::admit`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// The post goes on (a token was taken, or the client is not tracked).
+    /// It goes on (a token was taken, or there is no limit or no address).
     Admit,
     /// The client is not tracked: the table was full of clients in the middle of a burst.
     Untracked,
@@ -134,24 +195,25 @@ pub enum Admission {
     Refuse(Duration),
 }
 
-/// The buckets of every client, shared by every connection of the process.
+/// The buckets of every client for one limit, shared by every connection of the process.
 #[derive(Debug)]
-pub struct PostLimiter {
-    rate: Option<PostRate>,
+pub struct RateLimiter {
+    limited: Limited,
+    rate: Option<Rate>,
     trusted_proxies: Vec<IpAddr>,
     buckets: Mutex<HashMap<ClientKey, Bucket>>,
 }
 
-impl PostLimiter {
-    /// A limiter at `rate` (`None`: every post is admitted), taking `X-Forwarded-For` from
-    /// the `trusted_proxies` only.
-    pub fn new(rate: Option<PostRate>, trusted_proxies: Vec<IpAddr>) -> PostLimiter {
+impl RateLimiter {
+    /// A limiter of `limited` at `rate` (`None`: everything is admitted), taking
+    /// `X-Forwarded-For` from the `trusted_proxies` only.
+    pub fn new(limited: Limited, rate: Option<Rate>, trusted_proxies: Vec<IpAddr>) -> RateLimiter {
         let trusted_proxies = trusted_proxies.into_iter().map(canonical).collect();
-        PostLimiter { rate, trusted_proxies, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter { limited, rate, trusted_proxies, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// The limit, if any.
-    pub fn rate(&self) -> Option<PostRate> {
+    pub fn rate(&self) -> Option<Rate> {
         self.rate
     }
 
@@ -169,29 +231,21 @@ impl PostLimiter {
     pub fn admit(&self, client: Option<ClientKey>, now: Instant) -> Admission {
         let (Some(rate), Some(client)) = (self.rate, client) else { return Admission::Admit };
         let full = f64::from(rate.count);
-        let per_token = rate.refill().as_secs_f64();
-        let refilled = |bucket: &Bucket| (bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() / per_token).min(full);
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !buckets.contains_key(&client) && buckets.len() >= MAX_CLIENTS {
-            buckets.retain(|_, bucket| refilled(bucket) < full);
+            buckets.retain(|_, bucket| bucket.tokens_at(rate, now) < full);
             if buckets.len() >= MAX_CLIENTS {
                 return Admission::Untracked;
             }
         }
-        let bucket = buckets.entry(client).or_insert(Bucket { tokens: full, at: now });
-        let tokens = refilled(bucket);
-        if tokens >= 1.0 {
-            *bucket = Bucket { tokens: tokens - 1.0, at: now };
-            Admission::Admit
-        } else {
-            *bucket = Bucket { tokens, at: now };
-            Admission::Refuse(Duration::from_secs_f64((1.0 - tokens) * per_token))
+        match buckets.entry(client).or_insert_with(|| Bucket::full(rate, now)).take(rate, now) {
+            Ok(()) => Admission::Admit,
+            Err(wait) => Admission::Refuse(wait),
         }
     }
 
-    /// Why a post was refused, for the 429 body and the 1008 close reason.
+    /// Why a client was refused, for the 429 body and the 1008 close reason.
     pub fn refusal(&self, wait: Duration) -> String {
-        let rate = self.rate.map_or_else(String::new, |r| format!(" (at most {} per {:?})", r.count, r.period));
-        format!("posting too fast{rate}: try again in {:.1} s", wait.as_secs_f64().max(0.1))
+        self.limited.refusal(self.rate, wait)
     }
 }

@@ -295,12 +295,15 @@ pub struct WsSession {
     room: RoomId,
     /// Who is on the other end, for the post rate limit.
     client: Option<super::rate::ClientKey>,
+    /// This connection's own post bucket (`--connection-post-rate`), if it has one.
+    own_posts: Option<(super::rate::Rate, super::rate::Bucket)>,
     _held: Held,
 }
 
 impl WsSession {
-    pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription, client: Option<super::rate::ClientKey>) -> WsSession {
-        WsSession { feed: Feed::new(subscription), room, client, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+    pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription, client: Option<super::rate::ClientKey>, now: Instant) -> WsSession {
+        let own_posts = app.connection_post_bucket(now);
+        WsSession { feed: Feed::new(subscription), room, client, own_posts, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
     }
 
     /// Appends the frames that are ready (one per message, after a reset frame if any).
@@ -320,7 +323,7 @@ impl WsSession {
     }
 
     /// Interprets a text frame from the client.
-    pub fn handle_text(&self, app: &App, text: &str, now: Now) -> WsAction {
+    pub fn handle_text(&mut self, app: &App, text: &str, now: Now) -> WsAction {
         let now_ms = now.unix_ms;
         // Fields are read one by one from a JSON object, so that whatever is wrong with a
         // frame, its `ref` (if any) is echoed in the error and the client can match it.
@@ -355,6 +358,11 @@ impl WsSession {
             Ok(message) => message,
             Err(why) => return WsAction::Reply(error_frame(why, reference)),
         };
+        if let Some((rate, bucket)) = &mut self.own_posts {
+            if let Err(wait) = bucket.take(*rate, now.instant) {
+                return WsAction::Close(app.connection_rate_refusal(wait));
+            }
+        }
         if let Some((why, _)) = app.rate_refusal(self.client, now.instant) {
             return WsAction::Close(why);
         }
