@@ -100,7 +100,7 @@ impl Connections for Server {
             return Err(Refused { stream, error, why: "this server cannot watch more connections; try again shortly" });
         }
         let machine = connection(&self.context.app, lp.waker(token), peer_of(&stream));
-        let conn = Conn { token, stream, fd, machine, registered: Interest::READABLE, timer: None, _slot: slot };
+        let conn = Conn { token, stream, fd, machine, registered: Interest::READABLE, write_ready: true, timer: None, _slot: slot };
         self.conns.insert(token, conn);
         // Only arm the idle timer: the request is read in a callback of its own when the
         // poller reports it, so that the watchdog times (and names) each connection's
@@ -111,10 +111,14 @@ impl Connections for Server {
 
     fn on_ready(&mut self, lp: &mut Loop<StoreDone>, event: event::Event) {
         // Writing is `settle`'s, after every callback.
+        let writable = event.writable;
         if event.readable {
-            self.with_conn(lp, event.token, Conn::read);
+            self.with_conn(lp, event.token, |conn, cx| {
+                conn.write_ready |= writable;
+                conn.read(cx);
+            });
         } else {
-            self.with_conn(lp, event.token, |_, _| {});
+            self.with_conn(lp, event.token, |conn, _| conn.write_ready |= writable);
         }
     }
 
@@ -185,6 +189,11 @@ struct Conn {
     machine: Connection,
     /// What the poller is asked to report now.
     registered: Interest,
+    /// False from a write that would have blocked until the poller reports the socket
+    /// writable (nginx's `wev->ready`): a subscriber that stopped reading gets every
+    /// message queued in its machine (which cuts it at `--max-outgoing`) without a
+    /// `write` that fails with `EAGAIN` for each one.
+    write_ready: bool,
     /// The loop timer for the machine's deadline.
     timer: Option<TimerKey>,
     _slot: ConnectionSlot,
@@ -227,14 +236,27 @@ impl Conn {
                     Action::Close => return false,
                 }
             }
+            // Called even when the write is skipped: it times the replies made ready.
             let pending = self.machine.transmit(Instant::now());
             if pending.is_empty() {
                 break;
             }
+            // Not writable since the last `EAGAIN`, and the poller will say when it is (it
+            // is level-triggered, so a socket that became writable meanwhile is reported
+            // at the next wait): skip the write. Without write interest registered, try.
+            if !self.write_ready && self.registered.writable {
+                break;
+            }
             match (&self.stream).write(pending) {
                 Ok(0) => return false,
-                Ok(n) => self.machine.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    self.machine.consume(n);
+                    self.write_ready = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_ready = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!(token = self.token.0, "write: {e}");
