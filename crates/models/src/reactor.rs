@@ -111,15 +111,12 @@ impl Connections for Server {
 
     fn on_ready(&mut self, lp: &mut Loop<StoreDone>, event: event::Event) {
         // Writing is `settle`'s, after every callback.
-        let writable = event.writable;
-        if event.readable {
-            self.with_conn(lp, event.token, |conn, cx| {
-                conn.write_ready |= writable;
+        self.with_conn(lp, event.token, |conn, cx| {
+            conn.write_ready |= event.writable;
+            if event.readable {
                 conn.read(cx);
-            });
-        } else {
-            self.with_conn(lp, event.token, |conn, _| conn.write_ready |= writable);
-        }
+            }
+        });
     }
 
     fn on_timer(&mut self, lp: &mut Loop<StoreDone>, token: Token) {

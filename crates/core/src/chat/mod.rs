@@ -983,10 +983,9 @@ impl App {
         self.admit(&self.posts, client, now, ("rate_untracked", "rate_limited"))
     }
 
-    /// A connect token of the client of `request` (a new SSE or WebSocket stream) at `now`,
-    /// or the 429 that refuses the stream before it starts.
-    fn over_connect_rate(&self, request: &Request, now: Instant) -> Option<Response> {
-        let client = self.post_client(request);
+    /// A connect token of `client` (for a new SSE or WebSocket stream) at `now`, or the 429
+    /// that refuses the stream before it starts.
+    fn over_connect_rate(&self, client: Option<rate::ClientKey>, now: Instant) -> Option<Response> {
         self.admit(&self.connects, client, now, ("connect_untracked", "connect_limited")).map(|(why, wait)| too_many(&why, wait))
     }
 
@@ -1012,16 +1011,19 @@ impl App {
         }
     }
 
-    /// A WebSocket connection's own post bucket (`--connection-post-rate`), full.
-    pub(crate) fn connection_post_bucket(&self, now: Instant) -> Option<(rate::Rate, rate::Bucket)> {
-        self.config.connection_post_rate.map(|rate| (rate, rate::Bucket::full(rate, now)))
+    /// A WebSocket connection's own post bucket (`--connection-post-rate`), full; `None`
+    /// without the flag.
+    pub(crate) fn connection_post_bucket(&self, now: Instant) -> Option<rate::Bucket> {
+        self.config.connection_post_rate.map(|rate| rate::Bucket::full(rate, now))
     }
 
-    /// Counts a post that a connection's own bucket refused, and says why.
-    pub(crate) fn connection_rate_refusal(&self, wait: std::time::Duration) -> String {
+    /// Takes a post token of a connection's own `bucket` at `now`; when it has none, counts
+    /// the refusal and says why, for the 1008 close.
+    pub(crate) fn connection_rate_refusal(&self, bucket: &mut rate::Bucket, now: Instant) -> Option<String> {
+        let rate = self.config.connection_post_rate?;
+        let wait = bucket.take(rate, now).err()?;
         self.metrics.request("connection_rate_limited");
-        let why = rate::Limited::Posts.refusal(self.config.connection_post_rate, wait);
-        format!("{why} (on this connection)")
+        Some(format!("{} (on this connection)", rate::Limited::Posts.refusal(Some(rate), wait)))
     }
 
     /// Stores a post under its idempotency key, if it has one, or answers it at once
@@ -1045,7 +1047,7 @@ impl App {
         };
         match cursor {
             Ok(cursor) => {
-                if let Some(refused) = self.over_connect_rate(request, now) {
+                if let Some(refused) = self.over_connect_rate(self.post_client(request), now) {
                     return Outcome::Reply(refused);
                 }
                 let cursor = self.in_epoch(cursor, &args);
@@ -1065,11 +1067,11 @@ impl App {
             Ok(c) => self.in_epoch(c, &args),
             Err(e) => return Outcome::Reply(e),
         };
-        if let Some(refused) = self.over_connect_rate(request, now) {
+        let client = self.post_client(request);
+        if let Some(refused) = self.over_connect_rate(client, now) {
             return Outcome::Reply(refused);
         }
         let response = self.with_epoch(response);
-        let client = self.post_client(request);
         let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client, now);
         Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Chat(session) })
     }

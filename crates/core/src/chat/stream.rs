@@ -296,7 +296,7 @@ pub struct WsSession {
     /// Who is on the other end, for the post rate limit.
     client: Option<super::rate::ClientKey>,
     /// This connection's own post bucket (`--connection-post-rate`), if it has one.
-    own_posts: Option<(super::rate::Rate, super::rate::Bucket)>,
+    own_posts: Option<super::rate::Bucket>,
     _held: Held,
 }
 
@@ -358,10 +358,8 @@ impl WsSession {
             Ok(message) => message,
             Err(why) => return WsAction::Reply(error_frame(why, reference)),
         };
-        if let Some((rate, bucket)) = &mut self.own_posts {
-            if let Err(wait) = bucket.take(*rate, now.instant) {
-                return WsAction::Close(app.connection_rate_refusal(wait));
-            }
+        if let Some(why) = self.own_posts.as_mut().and_then(|bucket| app.connection_rate_refusal(bucket, now.instant)) {
+            return WsAction::Close(why);
         }
         if let Some((why, _)) = app.rate_refusal(self.client, now.instant) {
             return WsAction::Close(why);
