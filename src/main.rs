@@ -57,6 +57,59 @@ enum Command {
     /// ids (docs/protocol.md, "Epochs"). Servers read the epoch when they start: restart
     /// them after a rotation.
     Epoch(EpochArgs),
+    /// Make a token for `serve --auth-secret` (HS256, signed with the same secret): for
+    /// trying private rooms, for tests, and as the model of what an application server
+    /// hands its users. Prints the token.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The secret `serve` checks tokens with (or C10K_AUTH_SECRET).
+    #[arg(long, env = "C10K_AUTH_SECRET", value_name = "SECRET", hide_env_values = true)]
+    auth_secret: String,
+    /// Who the token is for (`sub`).
+    #[arg(long, value_name = "USER")]
+    sub: String,
+    /// The name its posts carry (`name`; default: the sub).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// A room (or `prefix-*`, or `*`) and what the token may do there: `staff=read,post`,
+    /// `news=read`; repeat it for more.
+    #[arg(long = "room", value_name = "ROOM=PERMS", value_parser = parse_room_grant)]
+    rooms: Vec<(String, Vec<String>)>,
+    /// How long the token lasts (e.g. 15m, 1h, 3600).
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = c10k_load::cli::parse_seconds)]
+    ttl: f64,
+    /// The audience (`aud`), for a server run with --auth-audience.
+    #[arg(long, value_name = "AUD")]
+    audience: Option<String>,
+}
+
+/// `staff=read,post` as `--room` takes it.
+fn parse_room_grant(text: &str) -> Result<(String, Vec<String>), String> {
+    let Some((room, permissions)) = text.split_once('=') else {
+        return Err(format!("'{text}': write ROOM=PERMS, e.g. staff=read,post or news=read"));
+    };
+    c10k_core::chat::auth::RoomPattern::parse(room)?;
+    let permissions: Vec<String> = permissions.split(',').map(|p| p.trim().to_string()).collect();
+    if let Some(other) = permissions.iter().find(|p| !matches!(p.as_str(), "read" | "post")) {
+        return Err(format!("'{text}': unknown permission '{other}'; give read, post or read,post"));
+    }
+    Ok((room.to_string(), permissions))
+}
+
+/// The token `c10k token` prints.
+fn token(args: &TokenArgs) -> Result<String, String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?;
+    let token = c10k_core::chat::auth::NewToken {
+        sub: args.sub.clone(),
+        name: args.name.clone(),
+        rooms: args.rooms.iter().cloned().collect(),
+        expires_s: now.as_secs() + args.ttl.ceil() as u64,
+        audience: args.audience.clone(),
+    };
+    c10k_core::chat::auth::mint(args.auth_secret.as_bytes(), &token).map_err(|e| format!("--auth-secret: {e}"))
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +305,33 @@ struct ServeArgs {
     #[arg(long)]
     websocket_echo: bool,
 
+    /// Verify the JSON Web Tokens clients present (`Authorization: Bearer TOKEN`, or
+    /// `?access_token=TOKEN` where a browser cannot set a header) with this HMAC secret
+    /// (HS256/384/512, at least 32 bytes: `openssl rand -base64 32`). Give it in the
+    /// environment, C10K_AUTH_SECRET, rather than on the command line, which others on the
+    /// machine can read. Rooms stay open to all unless --private-room names them; a token's
+    /// holder posts under its name and is rate-limited as one user. `c10k token` makes
+    /// tokens; docs/protocol.md, "Tokens", says what they hold.
+    #[arg(long, env = "C10K_AUTH_SECRET", value_name = "SECRET", hide_env_values = true, conflicts_with = "auth_jwks")]
+    auth_secret: Option<String>,
+
+    /// Verify tokens with the public keys of this JWK set (RFC 7517; RSA, EC P-256/P-384,
+    /// Ed25519; a token's `kid` picks the key), as an identity provider publishes them. Each
+    /// key accepts only its own algorithm.
+    #[arg(long, value_name = "FILE")]
+    auth_jwks: Option<std::path::PathBuf>,
+
+    /// A room that only tokens granting it may read or post in (`staff`), every room with a
+    /// prefix (`team-*`), or `*` for all; repeat it for more. Needs --auth-secret or
+    /// --auth-jwks.
+    #[arg(long = "private-room", value_name = "ROOM", value_parser = c10k_core::chat::auth::RoomPattern::parse)]
+    private_rooms: Vec<c10k_core::chat::auth::RoomPattern>,
+
+    /// The audience tokens must name in `aud`; without it, a token that has an `aud` is
+    /// refused (it was made for another service).
+    #[arg(long, value_name = "AUD")]
+    auth_audience: Option<String>,
+
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_body: usize,
@@ -343,6 +423,16 @@ fn main() -> ExitCode {
         Command::Bench(args) => c10k_bench::cli::run(args),
         Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
         Command::QueueCheck(args) => c10k_load::queue::run_cli(args),
+        Command::Token(args) => match token(&args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("c10k token: {message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Epoch(args) => match epoch(&args) {
             Ok(epoch) => {
                 println!("{epoch}");
@@ -657,11 +747,35 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         connect_rate: args.connect_rate,
         trusted_proxies: args.trusted_proxies.clone(),
         websocket_echo: args.websocket_echo,
+        auth: auth(args)?,
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
     let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
     Ok((store, app, offload, native))
+}
+
+/// The token checks `--auth-secret`, `--auth-jwks`, `--private-room` and `--auth-audience`
+/// ask for, if any.
+fn auth(args: &ServeArgs) -> Result<Option<Arc<c10k_core::chat::auth::Auth>>, String> {
+    use c10k_core::chat::auth::Auth;
+    let auth = match (&args.auth_secret, &args.auth_jwks) {
+        (Some(secret), _) => Auth::with_secret(secret.as_bytes()).map_err(|e| format!("--auth-secret: {e}"))?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--auth-jwks {}: cannot read it: {e}", path.display()))?;
+            Auth::with_jwks(&text).map_err(|e| format!("--auth-jwks {}: {e}", path.display()))?
+        }
+        (None, None) if !args.private_rooms.is_empty() || args.auth_audience.is_some() => {
+            return Err("--private-room and --auth-audience need a key to check tokens with: \
+                        give --auth-secret (or C10K_AUTH_SECRET) or --auth-jwks FILE"
+                .to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    let auth = auth.with_private_rooms(args.private_rooms.clone()).with_audience(args.auth_audience.clone());
+    info!(private_rooms = ?auth.private_rooms(), "checking tokens");
+    Ok(Some(Arc::new(auth)))
 }
 
 /// What the info metric names: the model, its poller (the event-loop models' only), the

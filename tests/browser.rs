@@ -445,6 +445,55 @@ fn rooms_keep_their_messages_apart() {
         .any(|b| b.starts_with("other:")));
 }
 
+/// `--private-room staff`: a tab opened with `?access_token=` of a token that grants the
+/// room goes live there, posts under the token's name and sees the others' posts, and the
+/// token leaves the address bar; a tab without one is told the room is private and shows
+/// none of its messages.
+#[test]
+fn a_private_room_opens_to_a_tab_with_a_token_only() {
+    use c10k_core::chat::auth::{mint, NewToken};
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    const SECRET: &str = "browser-test-secret-of-32-bytes-at-least";
+    let server = Server::start_with_args(MODEL, &["--auth-secret", SECRET, "--private-room", "staff"]);
+    let port = server.port();
+    let url = page_url(&server);
+    let token = |sub: &str, name: &str| {
+        let rooms = [("staff".to_string(), vec!["read".to_string(), "post".to_string()])].into();
+        let new = NewToken { sub: sub.into(), name: Some(name.into()), rooms, expires_s: now_ms() / 1000 + 600, audience: None };
+        mint(SECRET.as_bytes(), &new).expect("a token")
+    };
+
+    let member = browsers.open("member");
+    member.goto(&format!("{url}?access_token={}#staff", token("dana", "Dana")));
+    member.wait_live("WebSocket");
+    assert_eq!(member.js("return location.search + location.hash", json!([])), "#staff", "the token left the address bar");
+    member.send_with_button("for staff only");
+    let shown = member.wait_for_message("for staff only");
+    assert_eq!(shown.from.as_deref(), Some("Dana"), "a post carries the token's name");
+
+    let outsider = browsers.open("outsider");
+    outsider.goto(&format!("{url}#staff"));
+    outsider.wait_until("the status line to say the room is private", |tab| {
+        let (state, text) = tab.status();
+        if state != "live" && text.contains("private") {
+            Ok(())
+        } else {
+            Err(format!("[{state}] {text}"))
+        }
+    });
+    let colleague = Request::post("/api/rooms/staff/messages")
+        .header("Authorization", &format!("Bearer {}", token("eli", "Eli")))
+        .json(&json!({"body": "from a colleague"}))
+        .send(port);
+    assert_eq!(colleague.status, 201, "{colleague}");
+    member.wait_for_message("from a colleague");
+    member.wait_no_pending();
+    assert_eq!(bodies(&member.messages()), ["for staff only", "from a colleague"]);
+    assert!(outsider.messages().is_empty(), "the tab without a token shows nothing of the room: {:?}", bodies(&outsider.messages()));
+}
+
 /// The status line says which transport is live: WebSocket normally; SSE when WebSocket
 /// cannot connect (as behind a proxy that refuses the upgrade); long-poll when neither
 /// WebSocket nor EventSource can. Messages flow both ways over each.

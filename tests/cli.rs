@@ -143,3 +143,33 @@ fn epoch_of_a_database_that_cannot_be_opened_says_why() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("c10k epoch:") && err.contains("check the directory exists"), "{err}");
 }
+
+#[test]
+fn auth_flags_that_cannot_work_are_refused_with_what_to_do() {
+    let refused_without_secret = |args: &[&str], hint: &str| {
+        let output = Command::new(C10K).args(args).env_remove("C10K_AUTH_SECRET").output().expect("c10k runs");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "c10k {args:?} should be refused; it said: {stderr}");
+        assert!(stderr.contains(hint), "c10k {args:?} should say {hint:?}; it said: {stderr}");
+    };
+    let dir = fresh_dir();
+    let db = dir.join("chat.sqlite3");
+    let db = db.to_str().expect("a UTF-8 path");
+    refused_without_secret(&["serve", "--listen", "127.0.0.1:0", "--db", db, "--private-room", "staff"], "--auth-secret");
+    refused_without_secret(&["serve", "--listen", "127.0.0.1:0", "--db", db, "--auth-secret", "short"], "openssl rand");
+    refused_without_secret(&["serve", "--listen", "127.0.0.1:0", "--db", db, "--private-room", "a b", "--auth-secret", "x"], "no room pattern");
+    let jwks = dir.join("keys.json");
+    std::fs::write(&jwks, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).expect("a file");
+    refused_without_secret(&["serve", "--listen", "127.0.0.1:0", "--db", db, "--auth-jwks", jwks.to_str().unwrap()], "public keys");
+    refused_without_secret(&["token", "--auth-secret", "short", "--sub", "x"], "at least 32");
+    refused_without_secret(&["token", "--auth-secret", "0123456789abcdef0123456789abcdef", "--sub", "x", "--room", "staff=write"], "unknown permission");
+    let minted = Command::new(C10K)
+        .args(["token", "--sub", "dana", "--room", "staff=read,post", "--ttl", "10m"])
+        .env("C10K_AUTH_SECRET", "0123456789abcdef0123456789abcdef")
+        .output()
+        .expect("c10k runs");
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let token = String::from_utf8(minted.stdout).expect("UTF-8");
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

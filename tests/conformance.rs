@@ -18,6 +18,8 @@ mod support;
 
 #[path = "conformance/api.rs"]
 mod api;
+#[path = "conformance/auth.rs"]
+mod auth;
 #[path = "conformance/events.rs"]
 mod events;
 #[path = "conformance/http.rs"]
@@ -40,6 +42,12 @@ mod websocket;
 macro_rules! conformance {
     ($model:ident, $args:expr) => {
         conformance!(@expand $model, $args, {
+            auth {
+                a_private_room_refuses_every_transport_without_a_good_token,
+                a_token_reads_and_posts_where_it_is_granted_and_no_further,
+                a_stream_ends_when_its_token_expires_and_a_fresh_token_resumes_it,
+                a_private_main_guards_tornados_routes_and_the_pages_history,
+            }
             page {
                 has_a_hidden_xsrf_input_and_sets_a_script_readable_cookie,
                 keeps_the_xsrf_cookie_a_browser_already_has,

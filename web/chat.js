@@ -127,6 +127,7 @@ const Chat = (() => {
   // WebSocket, resuming after cb.after().
   // env: {WebSocket, EventSource, fetch, AbortController, setTimeout, clearTimeout, now, wsOrigin}
   // cb: {after() -> id or 0, epoch() -> the store's epoch the cursor is in ('' if unknown),
+  //      token() -> the access token for a private room ('' if none),
   //      messages(list), reset(lastId, epoch), ack(ref, msg), error(ref, text, retry),
   //      status({transport, state: 'connecting'|'live'|'retrying', delay, why}), dropped(transport)}
   function live(room, env, cb) {
@@ -137,6 +138,9 @@ const Chat = (() => {
       if (a > 0) q.set('after', a);
       if (a > 0 && e) q.set('epoch', e);   // another epoch's cursor gets the explicit reset
       for (const [k, v] of Object.entries(extra)) q.set(k, v);
+      // EventSource and WebSocket cannot send an Authorization header (RFC 6750 2.3).
+      const t = cb.token ? cb.token() : '';
+      if (t) q.set('access_token', t);
       return String(q) ? `?${q}` : '';
     };
     let level = 0, attempt = 0, gen = 0, openedAt = 0, stopped = false, waiting = false;
@@ -295,6 +299,23 @@ function startPage() {
   };
 
   let room = null, feed = C.emptyFeed(), conn = null, tookOver = false, refSeq = 0, isLive = false;
+  // A token for private rooms (docs/protocol.md, "Tokens"): opened as /?access_token=T, kept
+  // for this tab only, and taken out of the address bar so it is not bookmarked or shared.
+  const token = (() => {
+    const params = new URLSearchParams(location.search);
+    let t = params.get('access_token');
+    try {
+      if (t) sessionStorage.setItem('c10k.token', t);
+      else t = sessionStorage.getItem('c10k.token');
+    } catch { /* private mode: this page load only */ }
+    if (params.has('access_token')) {
+      params.delete('access_token');
+      const q = String(params);
+      history.replaceState(null, '', location.pathname + (q ? '?' + q : '') + location.hash);
+    }
+    return t || '';
+  })();
+  const authHeaders = h => (token ? { ...h, Authorization: `Bearer ${token}` } : h);
   // The store's epoch, from the page; ids are resumed in it (docs/protocol.md, "Epochs").
   let epoch = (document.querySelector('meta[name="c10k-epoch"]') || {}).content || '';
   // Your posts until confirmed: {ref, key, room, body, from, afterId, via, state, why, timer}.
@@ -383,7 +404,7 @@ function startPage() {
     older.busy = true;
     inbox.setAttribute('aria-busy', 'true');
     try {
-      const res = await env.fetch(url, { headers: { Accept: 'application/json' } });
+      const res = await env.fetch(url, { headers: authHeaders({ Accept: 'application/json' }) });
       if (!res.ok) {
         const why = await res.json().then(j => j.error, () => null);
         throw new Error(why || `HTTP ${res.status}`);
@@ -480,7 +501,7 @@ function startPage() {
     try {
       r = await fetch(`/api/rooms/${encodeURIComponent(p.room)}/messages`, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Idempotency-Key': p.key },
+        headers: authHeaders({ 'Content-Type': 'application/json', 'Idempotency-Key': p.key }),
         body: JSON.stringify(p.from ? { body: p.body, from: p.from } : { body: p.body }),
       });
     } catch {
@@ -623,6 +644,7 @@ function startPage() {
     conn = C.live(r, env, {
       after: () => feed.lastId,
       epoch: () => epoch,
+      token: () => token,
       // History follows; a new epoch (the database was replaced or restored) is adopted.
       reset: (lastId, newEpoch) => { if (newEpoch) epoch = newEpoch; feed = C.emptyFeed(); older.done = false; renderAll(); },
       messages: list => {

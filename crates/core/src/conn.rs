@@ -112,6 +112,7 @@ use tungstenite::Message;
 
 use crate::chat::{error_frame, App, EventStream, LongPoll, Now, Outcome, StoreCall, StoreDone, StreamStatus};
 use crate::chat::{WebSocketAccept, WsAction, WsEndpoint, WsSession};
+use crate::chat::auth::{TOKEN_EXPIRED, TOKEN_EXPIRED_CLOSE};
 use crate::http::{http_date, Encoding, Event, ProtocolError, Request, RequestDecoder, Response, StatusCode};
 
 /// How long a closing connection may take to have its last bytes taken, and then how long
@@ -219,6 +220,16 @@ struct Ws {
     endpoint: WsEndpoint,
     inbox: VecDeque<u8>,
     storing: bool,
+}
+
+impl Ws {
+    /// When the chat session's token expires, if it has one.
+    fn expires(&self) -> Option<Instant> {
+        match &self.endpoint {
+            WsEndpoint::Chat(session) => session.expires(),
+            WsEndpoint::Echo => None,
+        }
+    }
 }
 
 /// Where a connection is in its life; each variant holds what its next input needs.
@@ -459,9 +470,16 @@ impl Connection {
                 self.reply(&poll.timeout(), shape);
                 self.advance();
             }
+            State::Events(streaming) if streaming.events.expires().is_some_and(|expires| at >= expires) => {
+                EventStream::write_error(&mut self.out, TOKEN_EXPIRED);
+                self.close();
+            }
             State::Events(streaming) if at >= streaming.heartbeat => {
                 self.out.extend_from_slice(EventStream::HEARTBEAT);
                 streaming.heartbeat = at + EventStream::HEARTBEAT_INTERVAL;
+            }
+            State::WebSocket(ws) if !ws.storing && ws.expires().is_some_and(|expires| at >= expires) => {
+                self.ws_close(CloseCode::from(TOKEN_EXPIRED_CLOSE), TOKEN_EXPIRED.to_string());
             }
             State::Closing { until, .. } if at >= *until => self.state = State::Closed,
             _ => {}
@@ -581,7 +599,11 @@ impl Connection {
         match &self.state {
             State::Http(http) => Some(http.deadline),
             State::LongPoll(waiting) => Some(waiting.poll.deadline()),
-            State::Events(streaming) => Some(streaming.heartbeat),
+            State::Events(streaming) => {
+                Some(streaming.events.expires().map_or(streaming.heartbeat, |expires| expires.min(streaming.heartbeat)))
+            }
+            // Its token's expiry, once no post of its is being stored (its ack goes first).
+            State::WebSocket(ws) if !ws.storing => ws.expires(),
             State::Closing { until, .. } => Some(*until),
             State::Storing(_) | State::WebSocket(_) | State::Closed => None,
         }

@@ -9,6 +9,7 @@
 //! Every model drives the same outcomes; that is the whole contract between the
 //! application and the concurrency models.
 
+pub mod auth;
 pub mod form;
 mod idempotency;
 pub mod origin;
@@ -81,6 +82,9 @@ pub struct Config {
     /// Serve the WebSocket echo endpoint `GET /ws/echo` (`--websocket-echo`; see
     /// [`WsEndpoint::Echo`]). Off by default: a public server has no use for it.
     pub websocket_echo: bool,
+    /// Tokens and private rooms (`--auth-secret`, `--auth-jwks`, `--private-room`; see
+    /// [`auth`]). `None`: every room is open and tokens are not read.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl Config {
             connect_rate: None,
             trusted_proxies: Vec::new(),
             websocket_echo: false,
+            auth: None,
         }
     }
 }
@@ -637,8 +642,22 @@ impl App {
             ["a", "message", "new"] if post => self.routed("tornado_new", self.tornado_new(&request, now)),
             ["a", "message", "updates"] if post => self.routed("tornado_updates", self.tornado_updates(&request, now)),
             ["api", "rooms"] if get => {
-                let rooms: Vec<_> =
-                    self.hub.rooms().into_iter().map(|(r, last)| json!({"room": r, "last_id": last})).collect();
+                // Only the rooms the client may read: a private room's name is its own.
+                let grant = match self.verified_token(&request, now) {
+                    Ok(grant) => grant,
+                    Err(refused) => return Outcome::Reply(refused),
+                };
+                let readable = |room: &RoomId| match &self.config.auth {
+                    Some(auth) => auth.permits(grant.as_ref(), room, auth::Access::Read).is_ok(),
+                    None => true,
+                };
+                let rooms: Vec<_> = self
+                    .hub
+                    .rooms()
+                    .into_iter()
+                    .filter(|(r, _)| readable(r))
+                    .map(|(r, last)| json!({"room": r, "last_id": last}))
+                    .collect();
                 let body = match self.epoch() {
                     Some(epoch) => json!({ "rooms": rooms, "epoch": epoch }),
                     None => json!({ "rooms": rooms }),
@@ -650,23 +669,28 @@ impl App {
                     Ok(r) => r,
                     Err(e) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, &e.to_string())),
                 };
+                let access = if post { auth::Access::Post } else { auth::Access::Read };
+                let grant = match self.authorize(&request, &room, access, now) {
+                    Ok(grant) => grant,
+                    Err(refused) => return Outcome::Reply(refused),
+                };
                 match (*rest, get, post) {
                     ("messages", true, _) => {
                         let args = Args::query(&request);
                         if args.get("before").is_some() || args.get("limit").is_some() {
                             self.routed("api_history", self.history_page(&args, room))
                         } else {
-                            self.routed("api_poll", self.native_poll(&request, room, now))
+                            self.routed("api_poll", self.native_poll(&request, room, grant.as_ref(), now))
                         }
                     }
-                    ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, now)),
+                    ("messages", _, true) => self.routed("api_post", self.native_post(&request, room, grant.as_ref(), now)),
                     ("events", true, _) => {
                         self.metrics.request("api_events");
-                        self.events(&request, room, now.instant)
+                        self.events(&request, room, grant.as_ref(), now)
                     }
                     ("ws", true, _) => {
                         self.metrics.request("api_ws");
-                        self.websocket(&request, room, now.instant)
+                        self.websocket(&request, room, grant, now)
                     }
                     ("messages", _, _) => Outcome::Reply(not_allowed("GET, HEAD, POST")),
                     ("events" | "ws", _, _) => Outcome::Reply(not_allowed("GET, HEAD")),
@@ -791,7 +815,12 @@ impl App {
             None => (self.xsrf.new_token().to_vec(), true),
         };
         let masked = self.xsrf.mask(&token, now.unix_ms / 1000);
-        let messages = self.hub.read(&RoomId::main(), &Cursor::Start).messages;
+        // Room main's history, unless it is private and the request brings no token for it:
+        // the page itself is public, and its script asks for the token.
+        let messages = match self.authorize(request, &RoomId::main(), auth::Access::Read, now) {
+            Ok(_) => self.hub.read(&RoomId::main(), &Cursor::Start).messages,
+            Err(_) => Vec::new(),
+        };
         let mut response = page::render(&masked, self.epoch(), &messages);
         if set_cookie {
             response = response.header("Set-Cookie", format!("_xsrf={masked}; Path=/; SameSite=Lax"));
@@ -813,6 +842,10 @@ impl App {
         if let Err(refused) = self.check_xsrf(request, &form) {
             return Outcome::Reply(refused);
         }
+        let grant = match self.authorize(request, &RoomId::main(), auth::Access::Post, now) {
+            Ok(grant) => grant,
+            Err(refused) => return Outcome::Reply(refused),
+        };
         // Tornado's get_argument maps control characters to spaces (so no NUL reaches a
         // store, see [`text`]), strips white space and accepts an empty value.
         let Some(body) = form.get("body").map(text::tornado_argument) else {
@@ -834,10 +867,11 @@ impl App {
             }
         };
         let deadline = Some(now.instant + self.config.limits.post_timeout);
-        let message = NewMessage { body, from: String::new(), time_ms: now.unix_ms, deadline, key: None };
+        let from = grant.as_ref().map(|g| g.name.clone()).unwrap_or_default();
+        let message = NewMessage { body, from, time_ms: now.unix_ms, deadline, key: None };
         // Tornado's client sends no key; a client of ours may, as a header or a form field.
         let key = request.headers.get("idempotency-key").or_else(|| form.get("key")).map(str::to_string);
-        if let Some(refused) = self.over_rate(self.post_client(request), now.instant) {
+        if let Some(refused) = self.over_rate(self.post_client(request, grant.as_ref()), now.instant) {
             return Outcome::Reply(refused);
         }
         self.keyed_post(RoomId::main(), key, message, AfterStore::TornadoNew { redirect })
@@ -848,17 +882,21 @@ impl App {
         if let Err(refused) = self.check_xsrf(request, &form) {
             return Outcome::Reply(refused);
         }
-        let cursor = Cursor::Tornado(form.get("cursor").map(str::to_string));
         let room = RoomId::main();
+        let grant = match self.authorize(request, &room, auth::Access::Read, now) {
+            Ok(grant) => grant,
+            Err(refused) => return Outcome::Reply(refused),
+        };
+        let cursor = Cursor::Tornado(form.get("cursor").map(str::to_string));
         let batch = self.hub.read(&room, &cursor);
         if !batch.messages.is_empty() {
             return Outcome::Reply(batch_response(PollStyle::Tornado, &room, &batch, None));
         }
-        let deadline = now.instant + self.config.limits.longpoll_wait;
+        let deadline = until_expiry(now.instant + self.config.limits.longpoll_wait, grant.as_ref(), now);
         Outcome::LongPoll(LongPoll::new(self, self.hub.subscribe(room, cursor), deadline, PollStyle::Tornado))
     }
 
-    fn native_poll(&self, request: &Request, room: RoomId, now: Now) -> Outcome {
+    fn native_poll(&self, request: &Request, room: RoomId, grant: Option<&auth::Grant>, now: Now) -> Outcome {
         let args = Args::query(request);
         let cursor = match parse_after(args.get("after")) {
             Ok(c) => c,
@@ -881,7 +919,7 @@ impl App {
         Outcome::LongPoll(LongPoll::new(
             self,
             self.hub.subscribe(room, cursor),
-            now.instant + wait,
+            until_expiry(now.instant + wait, grant, now),
             PollStyle::Native,
         ))
     }
@@ -924,7 +962,7 @@ impl App {
         Outcome::Store(StoreCall(Job::History(HistoryPage { room, before, limit })))
     }
 
-    fn native_post(&self, request: &Request, room: RoomId, now: Now) -> Outcome {
+    fn native_post(&self, request: &Request, room: RoomId, grant: Option<&auth::Grant>, now: Now) -> Outcome {
         let content_type = request.headers.get("content-type").map(media_type).unwrap_or_default();
         if content_type != "application/json" {
             return Outcome::Reply(api_error(
@@ -951,6 +989,8 @@ impl App {
             Some(serde_json::Value::String(s)) => s,
             Some(_) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'from' must be a string")),
         };
+        // A token's holder posts under the token's name, whatever it says it is.
+        let from = grant.map_or(from, |g| g.name.clone());
         let key = match (request.headers.get("idempotency-key"), post.key) {
             (Some(header), _) => Some(header.to_string()),
             (None, None | Some(serde_json::Value::Null)) => None,
@@ -961,15 +1001,55 @@ impl App {
             Ok(message) => message,
             Err(why) => return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, why)),
         };
-        if let Some(refused) = self.over_rate(self.post_client(request), now.instant) {
+        if let Some(refused) = self.over_rate(self.post_client(request, grant), now.instant) {
             return Outcome::Reply(refused);
         }
         self.keyed_post(room, key, message, AfterStore::NativePost)
     }
 
-    /// Who sent `request`, for the rate limits ([`rate`]).
-    fn post_client(&self, request: &Request) -> Option<rate::ClientKey> {
-        self.posts.client(request.peer, request.headers.get("x-forwarded-for"))
+    /// Who sent `request`, for the rate limits ([`rate`]): the token's user, or else the
+    /// address.
+    fn post_client(&self, request: &Request, grant: Option<&auth::Grant>) -> Option<rate::ClientKey> {
+        match grant {
+            Some(grant) => Some(rate::ClientKey::User(grant.user_hash(&self.config.seed))),
+            None => self.posts.client(request.peer, request.headers.get("x-forwarded-for")),
+        }
+    }
+
+    /// The token `request` carries, verified (`Ok(None)`: none, or auth is off), or the 401
+    /// that refuses a bad one.
+    fn verified_token(&self, request: &Request, now: Now) -> Result<Option<auth::Grant>, Response> {
+        let Some(auth) = &self.config.auth else { return Ok(None) };
+        let token = auth::bearer_token(request).map_err(|refusal| self.auth_refused(&refusal))?;
+        token.map(|token| auth.verify(&token, now.unix_ms)).transpose().map_err(|refusal| self.auth_refused(&refusal))
+    }
+
+    /// [`App::verified_token`], and whether it lets its holder do `access` in `room`: the
+    /// grant (`None` without a token), or the 401 or 403 that refuses the request.
+    fn authorize(&self, request: &Request, room: &RoomId, access: auth::Access, now: Now) -> Result<Option<auth::Grant>, Response> {
+        let grant = self.verified_token(request, now)?;
+        match &self.config.auth {
+            Some(auth) => auth.permits(grant.as_ref(), room, access).map(|()| grant).map_err(|refusal| self.auth_refused(&refusal)),
+            None => Ok(grant),
+        }
+    }
+
+    /// A frame's permission check for a WebSocket's post: the reason it may not, if not.
+    pub(crate) fn post_refusal(&self, grant: Option<&auth::Grant>, room: &RoomId) -> Option<String> {
+        let auth = self.config.auth.as_ref()?;
+        let refusal = auth.permits(grant, room, auth::Access::Post).err()?;
+        self.metrics.request("auth_forbidden");
+        Some(refusal.why().to_string())
+    }
+
+    /// The answer to a refused token, counted: 401 or 403 with a `WWW-Authenticate`
+    /// challenge (RFC 6750 3) and the reason.
+    fn auth_refused(&self, refusal: &auth::Refusal) -> Response {
+        self.metrics.request(match refusal {
+            auth::Refusal::Forbidden(_) => "auth_forbidden",
+            auth::Refusal::NoToken(_) | auth::Refusal::BadToken(_) => "auth_refused",
+        });
+        api_error(refusal.status(), refusal.why()).header("WWW-Authenticate", refusal.challenge())
     }
 
     /// Takes a post token of `client` at `now`; when it has none, why, for the client: a
@@ -1038,7 +1118,7 @@ impl App {
         }
     }
 
-    fn events(&self, request: &Request, room: RoomId, now: Instant) -> Outcome {
+    fn events(&self, request: &Request, room: RoomId, grant: Option<&auth::Grant>, now: Now) -> Outcome {
         // Last-Event-ID, sent by a reconnecting EventSource, wins over `?after=`.
         let args = Args::query(request);
         let cursor = match request.headers.get("last-event-id") {
@@ -1047,17 +1127,18 @@ impl App {
         };
         match cursor {
             Ok(cursor) => {
-                if let Some(refused) = self.over_connect_rate(self.post_client(request), now) {
+                if let Some(refused) = self.over_connect_rate(self.post_client(request, grant), now.instant) {
                     return Outcome::Reply(refused);
                 }
                 let cursor = self.in_epoch(cursor, &args);
-                Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor)))
+                let expires = grant.map(|g| token_expiry(g, now));
+                Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor), expires))
             }
             Err(e) => Outcome::Reply(e),
         }
     }
 
-    fn websocket(&self, request: &Request, room: RoomId, now: Instant) -> Outcome {
+    fn websocket(&self, request: &Request, room: RoomId, grant: Option<auth::Grant>, now: Now) -> Outcome {
         let response = match upgrade_response(request) {
             Ok(response) => response,
             Err(refusal) => return Outcome::Reply(refusal),
@@ -1067,14 +1148,27 @@ impl App {
             Ok(c) => self.in_epoch(c, &args),
             Err(e) => return Outcome::Reply(e),
         };
-        let client = self.post_client(request);
-        if let Some(refused) = self.over_connect_rate(client, now) {
+        let client = self.post_client(request, grant.as_ref());
+        if let Some(refused) = self.over_connect_rate(client, now.instant) {
             return Outcome::Reply(refused);
         }
         let response = self.with_epoch(response);
-        let session = WsSession::new(self, room.clone(), self.hub.subscribe(room, cursor), client, now);
+        let expires = grant.as_ref().map(|g| token_expiry(g, now));
+        let subscription = self.hub.subscribe(room.clone(), cursor);
+        let session = WsSession::new(self, room, subscription, client, grant, expires, now.instant);
         Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Chat(session) })
     }
+}
+
+/// When a token's `exp` comes, on the model's monotonic clock.
+fn token_expiry(grant: &auth::Grant, now: Now) -> Instant {
+    now.instant + Duration::from_millis(grant.expires_ms.saturating_sub(now.unix_ms))
+}
+
+/// `deadline`, or the token's expiry if that comes first: a long-poll answers at `exp` as
+/// at its deadline, and the client's next poll is told its token expired.
+fn until_expiry(deadline: Instant, grant: Option<&auth::Grant>, now: Now) -> Instant {
+    grant.map_or(deadline, |g| deadline.min(token_expiry(g, now)))
 }
 
 /// The 101 answer to a WebSocket opening handshake (RFC 6455 4.2.2), or the refusal of a

@@ -97,9 +97,15 @@ fn parse_period(text: &str) -> Option<Duration> {
     (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
-/// Who a client is, for the limit: an IPv4 address, or an IPv6 address's /64.
+/// Who a client is, for the limit: an IPv4 address, or an IPv6 address's /64; or, when it
+/// presents a token ([`super::auth`]), the token's user, wherever it connects from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
+pub enum ClientKey {
+    /// No token: the address.
+    Address(IpAddr),
+    /// A token's `sub`, hashed ([`super::auth::Grant::user_hash`]).
+    User(u64),
+}
 
 impl ClientKey {
     /// The client behind `peer`: the peer itself, or, when the peer is a trusted proxy, the
@@ -112,7 +118,7 @@ impl ClientKey {
             }
             _ => peer,
         };
-        ClientKey(match canonical(client) {
+        ClientKey::Address(match canonical(client) {
             IpAddr::V6(v6) => {
                 let mut octets = v6.octets();
                 octets[8..].fill(0);

@@ -212,6 +212,8 @@ const TOO_SLOW: &str = "subscriber too slow: the room's history moved past its p
 pub struct EventStream {
     feed: Feed,
     head: Response,
+    /// When the client's token expires, if it gave one ([`super::auth`]).
+    expires: Option<Instant>,
     _held: Held,
 }
 
@@ -221,14 +223,20 @@ impl EventStream {
     /// How often to send [`EventStream::HEARTBEAT`] when idle.
     pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 
-    pub(crate) fn new(app: &App, subscription: Subscription) -> EventStream {
+    pub(crate) fn new(app: &App, subscription: Subscription, expires: Option<Instant>) -> EventStream {
         let head = Response::new(StatusCode::OK)
             .header("Content-Type", "text/event-stream")
             .header("Cache-Control", "no-cache")
             .header("X-Accel-Buffering", "no")
             .header("Connection", "close");
         let head = app.with_epoch(head);
-        EventStream { feed: Feed::new(subscription), head, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+        EventStream { feed: Feed::new(subscription), head, expires, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+    }
+
+    /// When the stream must end because the client's token expires: then write
+    /// [`EventStream::write_error`] with [`super::auth::TOKEN_EXPIRED`] and close.
+    pub fn expires(&self) -> Option<Instant> {
+        self.expires
     }
 
     /// The response head to write first (with `Response::encode_head`): the stream has no
@@ -297,13 +305,32 @@ pub struct WsSession {
     client: Option<super::rate::ClientKey>,
     /// This connection's own post bucket (`--connection-post-rate`), if it has one.
     own_posts: Option<super::rate::Bucket>,
+    /// The client's token, if it gave one: what it may post, and under which name.
+    grant: Option<super::auth::Grant>,
+    /// When that token expires.
+    expires: Option<Instant>,
     _held: Held,
 }
 
 impl WsSession {
-    pub(crate) fn new(app: &App, room: RoomId, subscription: Subscription, client: Option<super::rate::ClientKey>, now: Instant) -> WsSession {
+    pub(crate) fn new(
+        app: &App,
+        room: RoomId,
+        subscription: Subscription,
+        client: Option<super::rate::ClientKey>,
+        grant: Option<super::auth::Grant>,
+        expires: Option<Instant>,
+        now: Instant,
+    ) -> WsSession {
         let own_posts = app.connection_post_bucket(now);
-        WsSession { feed: Feed::new(subscription), room, client, own_posts, _held: Held::new(app.metrics.subscriber_gauge("ws")) }
+        let _held = Held::new(app.metrics.subscriber_gauge("ws"));
+        WsSession { feed: Feed::new(subscription), room, client, own_posts, grant, expires, _held }
+    }
+
+    /// When the session must end because the client's token expires: then close with
+    /// [`super::auth::TOKEN_EXPIRED_CLOSE`] and [`super::auth::TOKEN_EXPIRED`].
+    pub fn expires(&self) -> Option<Instant> {
+        self.expires
     }
 
     /// Appends the frames that are ready (one per message, after a reset frame if any).
@@ -353,6 +380,11 @@ impl WsSession {
             Some(serde_json::Value::String(key)) => Some(key.as_str()),
             Some(_) => return WsAction::Reply(error_frame("'key' must be a string", reference)),
         };
+        if let Some(why) = app.post_refusal(self.grant.as_ref(), &self.room) {
+            return WsAction::Reply(error_frame(&why, reference));
+        }
+        // A token's holder posts under the token's name, whatever it says it is.
+        let from = self.grant.as_ref().map_or(from, |grant| grant.name.clone());
         // A frame comes with no monotonic clock reading: the store bounds its wait itself.
         let mut message = match app.validate_post(body, from, now_ms, None) {
             Ok(message) => message,

@@ -20,6 +20,8 @@ impl StatusCode {
     pub const FOUND: StatusCode = StatusCode(302);
     /// 400 Bad Request.
     pub const BAD_REQUEST: StatusCode = StatusCode(400);
+    /// 401 Unauthorized: no credentials, or bad ones (RFC 9110 15.5.2).
+    pub const UNAUTHORIZED: StatusCode = StatusCode(401);
     /// 403 Forbidden.
     pub const FORBIDDEN: StatusCode = StatusCode(403);
     /// 404 Not Found.
@@ -64,6 +66,7 @@ impl StatusCode {
             302 => "Found",
             304 => "Not Modified",
             400 => "Bad Request",
+            401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
