@@ -5,6 +5,7 @@
 //! the model: in this process, or with `--workers N` (and always for `prefork`) in worker
 //! processes under the prefork master, which must fork before any thread exists.
 
+mod admin;
 mod signals;
 
 use std::io::{IsTerminal, Write};
@@ -57,6 +58,10 @@ enum Command {
     /// ids (docs/protocol.md, "Epochs"). Servers read the epoch when they start: restart
     /// them after a rotation.
     Epoch(EpochArgs),
+    /// Print the admin view of a server run with --admin-token: its nodes (every node of a
+    /// cluster that shares a bus), what each serves, the rooms with their members and
+    /// message rates, and the last errors.
+    Admin(admin::AdminArgs),
     /// Make a token for `serve --auth-secret` (HS256, signed with the same secret): for
     /// trying private rooms, for tests, and as the model of what an application server
     /// hands its users. Prints the token.
@@ -332,6 +337,13 @@ struct ServeArgs {
     #[arg(long, value_name = "AUD")]
     auth_audience: Option<String>,
 
+    /// Serve the admin view, `GET /admin` (a page) and `GET /api/admin` (JSON; `c10k
+    /// admin` prints it), to requests with `Authorization: Bearer TOKEN`: the nodes, the
+    /// rooms with their members and rates, the last errors. At least 16 characters; give
+    /// it in the environment (C10K_ADMIN_TOKEN). Off by default.
+    #[arg(long, env = "C10K_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
     /// Largest request body in bytes (then 413).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_body: usize,
@@ -410,19 +422,30 @@ enum DbModeArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            // async-nats logs every reconnection attempt at info: the bus logs an outage once.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = admin::ERRORS.set(Arc::default());
+    tracing_subscriber::registry()
+        // async-nats logs every reconnection attempt at info: the bus logs an outage once.
+        .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()))
+        .with(admin::KeepErrors)
         .init();
     match cli.command {
         Command::Load(args) => c10k_load::cli::run(args),
         Command::Bench(args) => c10k_bench::cli::run(args),
         Command::LedgerCheck(args) => c10k_load::ledger::run_cli(args),
         Command::QueueCheck(args) => c10k_load::queue::run_cli(args),
+        Command::Admin(args) => match admin::run(&args) {
+            Ok(view) => {
+                println!("{view}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("c10k admin: {message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Token(args) => match token(&args) {
             Ok(token) => {
                 println!("{token}");
@@ -748,11 +771,48 @@ fn start_app(args: &ServeArgs, limits: &Limits, processes: usize, native: Option
         trusted_proxies: args.trusted_proxies.clone(),
         websocket_echo: args.websocket_echo,
         auth: auth(args)?,
+        admin_token: admin_token(args)?,
+        errors: admin::ERRORS.get().cloned(),
     };
     let app = Arc::new(App::new(config));
     app.load_history(&*store).map_err(|e| format!("cannot load history from {}: {e}", args.db))?;
+    start_presence_ticker(&app)?;
     let offload = Arc::new(OffloadPool::new(args.store_threads, args.store_queue.max(1)));
     Ok((store, app, offload, native))
+}
+
+/// `--admin-token`, checked.
+fn admin_token(args: &ServeArgs) -> Result<Option<String>, String> {
+    match &args.admin_token {
+        Some(token) if token.chars().count() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(
+            "--admin-token must be at least 16 characters with no white space: make one with `openssl rand -hex 16`".to_string(),
+        ),
+        token => Ok(token.clone()),
+    }
+}
+
+/// How often presence is flushed (each room at most once per
+/// `c10k_core::presence::FLUSH_INTERVAL`).
+const PRESENCE_TICK: Duration = Duration::from_millis(250);
+
+/// Starts the thread that flushes presence: rooms' updates to their subscribers, this
+/// process's reports to the bus (the core has no clock and no thread of its own).
+fn start_presence_ticker(app: &Arc<App>) -> Result<(), String> {
+    let app = Arc::downgrade(app);
+    std::thread::Builder::new()
+        .name("c10k-presence".into())
+        .spawn(move || {
+            while let Some(app) = app.upgrade() {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                app.presence_tick(c10k_core::chat::Now { instant: std::time::Instant::now(), unix_ms });
+                drop(app);
+                std::thread::sleep(PRESENCE_TICK);
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the presence thread: {e}"))
 }
 
 /// The token checks `--auth-secret`, `--auth-jwks`, `--private-room` and `--auth-audience`

@@ -494,6 +494,92 @@ fn a_private_room_opens_to_a_tab_with_a_token_only() {
     assert!(outsider.messages().is_empty(), "the tab without a token shows nothing of the room: {:?}", bodies(&outsider.messages()));
 }
 
+/// Two tabs show each other in the room's presence list, and see a third tab join and
+/// leave; a tab that changes its nickname is shown under the new one.
+#[test]
+fn tabs_show_who_is_in_the_room() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    let server = Server::start(MODEL);
+    let url = page_url(&server);
+    // A nickname typed in is who the tab is present as (it reconnects under it).
+    let rename = |tab: &Tab<'_>, name: &str| {
+        tab.js("const n = document.getElementById('nick'); n.value = arguments[0]; n.dispatchEvent(new Event('change'));", json!([name]));
+    };
+    let open_as = |name: &'static str| {
+        let tab = browsers.open(name);
+        tab.goto(&format!("{url}#lobby"));
+        tab.wait_live("WebSocket");
+        rename(&tab, name);
+        tab
+    };
+    let members = |tab: &Tab<'_>| -> Vec<String> {
+        let v = tab.js("return [...document.querySelectorAll('#members li')].map(li => li.textContent)", json!([]));
+        v.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
+    };
+    let wait_members = |tab: &Tab<'_>, want: &[&str]| {
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        tab.wait_until(&format!("{}'s presence list to be {want:?}", tab.name), |tab| {
+            let mut shown = members(tab);
+            shown.sort();
+            if shown == want { Ok(()) } else { Err(format!("{shown:?}")) }
+        });
+    };
+    let ann = open_as("ann");
+    let bea = open_as("bea");
+    wait_members(&ann, &["ann", "bea"]);
+    wait_members(&bea, &["ann", "bea"]);
+    {
+        let cy = open_as("cy");
+        wait_members(&ann, &["ann", "bea", "cy"]);
+        wait_members(&cy, &["ann", "bea", "cy"]);
+    }
+    wait_members(&ann, &["ann", "bea"]);
+    wait_members(&bea, &["ann", "bea"]);
+    rename(&bea, "bee");
+    wait_members(&ann, &["ann", "bee"]);
+}
+
+/// The admin page, given the admin token, shows the nodes (two worker processes) and the
+/// rooms with their members; a wrong token is told so.
+#[test]
+fn the_admin_page_shows_the_nodes_and_rooms() {
+    let Some(browsers) = Browsers::start() else {
+        return;
+    };
+    const ADMIN: &str = "browser-admin-token-0123";
+    let server = Server::start_with_args(&["--model", "async", "--workers", "2"], &["--admin-token", ADMIN]);
+    let port = server.port();
+    api_post(port, "ops", "for the operators");
+    let chat = browsers.open("chat");
+    chat.goto(&format!("{}#ops", page_url(&server)));
+    chat.wait_live("WebSocket");
+
+    let admin = browsers.open("admin");
+    admin.goto(&format!("http://127.0.0.1:{port}/admin"));
+    admin.type_into("#admin-token", "not-the-token-at-all");
+    admin.click("#token-form button");
+    admin.wait_until("the page to say the token is wrong", |tab| {
+        let text = tab.text("#admin-status");
+        if text.contains("not the admin token") { Ok(()) } else { Err(text) }
+    });
+    admin.type_into("#admin-token", ADMIN);
+    admin.click("#token-form button");
+    admin.wait_until("two nodes and room ops with its connection", |tab| {
+        let nodes = tab.js("return document.querySelectorAll('#nodes tbody tr').length", json!([]));
+        let ops = tab.js(
+            "const r = [...document.querySelectorAll('#admin-rooms tbody tr')].find(tr => tr.cells[0].textContent === 'ops'); \
+             return r ? [...r.cells].map(c => c.textContent) : null;",
+            json!([]),
+        );
+        // The chat tab has no nickname: one connection, no named user; one message.
+        if nodes == 2 && ops[3] == "1" && ops[4] == "1" { Ok(()) } else { Err(format!("{nodes} nodes, ops: {ops}")) }
+    });
+    assert!(admin.text("#nodes").contains("async"), "{}", admin.text("#nodes"));
+}
+
 /// The status line says which transport is live: WebSocket normally; SSE when WebSocket
 /// cannot connect (as behind a proxy that refuses the upgrade); long-poll when neither
 /// WebSocket nor EventSource can. Messages flow both ways over each.

@@ -23,13 +23,16 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-/// Starts `c10k serve --listen LISTEN`, waits for the address it prints, checks /healthz
-/// answers 200 there, stops it; returns the printed URL.
-fn serve_and_probe(listen: &str) -> String {
-    let dir = fresh_dir();
+/// Starts `c10k serve ARGS --db DIR/chat.sqlite3` (no C10K_* token in its environment)
+/// and returns it with the first line it printed (empty if none within 20 s).
+fn serve(args: &[&str], dir: &std::path::Path) -> (std::process::Child, String) {
     let mut child = Command::new(C10K)
-        .args(["serve", "--listen", listen, "--db"])
+        .arg("serve")
+        .args(args)
+        .arg("--db")
         .arg(dir.join("chat.sqlite3"))
+        .env_remove("C10K_ADMIN_TOKEN")
+        .env_remove("C10K_AUTH_SECRET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -42,8 +45,16 @@ fn serve_and_probe(listen: &str) -> String {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(Duration::from_secs(20));
-    let url = line.as_deref().unwrap_or("").trim().strip_prefix("c10k listening on ").map(str::to_string);
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    (child, line)
+}
+
+/// Starts `c10k serve --listen LISTEN`, waits for the address it prints, checks /healthz
+/// answers 200 there, stops it; returns the printed URL.
+fn serve_and_probe(listen: &str) -> String {
+    let dir = fresh_dir();
+    let (mut child, line) = serve(&["--listen", listen], &dir);
+    let url = line.trim().strip_prefix("c10k listening on ").map(str::to_string);
     let answer = url.as_deref().and_then(|url| {
         let host = url.strip_prefix("http://")?.trim_end_matches('/');
         let mut conn = TcpStream::connect(host).ok()?;
@@ -171,5 +182,45 @@ fn auth_flags_that_cannot_work_are_refused_with_what_to_do() {
     assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
     let token = String::from_utf8(minted.stdout).expect("UTF-8");
     assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admin_prints_the_view_of_a_server_and_refuses_a_wrong_token() {
+    const TOKEN: &str = "cli-admin-token-0123456";
+    let dir = fresh_dir();
+    // A bus nobody answers on: its outage is logged, and the view lists the warning.
+    let (mut child, line) = serve(&["--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--bus", "redis://127.0.0.1:1"], &dir);
+    let url = line.trim().strip_prefix("c10k listening on ").unwrap_or_else(|| panic!("no URL printed: {line:?}")).to_string();
+    let admin = |token: &str, json: bool| {
+        let mut args = vec!["admin", "--url", url.as_str(), "--admin-token", token];
+        if json {
+            args.push("--json");
+        }
+        Command::new(C10K).args(&args).env_remove("C10K_ADMIN_TOKEN").output().expect("c10k admin runs")
+    };
+    let tables = admin(TOKEN, false);
+    let text = String::from_utf8_lossy(&tables.stdout).into_owned();
+    assert!(tables.status.success(), "{}", String::from_utf8_lossy(&tables.stderr));
+    assert!(text.contains("nodes (1):") && text.contains("async") && text.contains("rooms ("), "{text}");
+    let json = admin(TOKEN, true);
+    let view: serde_json::Value = serde_json::from_slice(&json.stdout).expect("--json prints JSON");
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(1), "{view}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let logged = loop {
+        let view: serde_json::Value = serde_json::from_slice(&admin(TOKEN, true).stdout).expect("JSON");
+        if let Some(first) = view["errors"].as_array().and_then(|e| e.first()).cloned() {
+            break first;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bus outage's warning never showed in the view: {view}");
+    };
+    assert_eq!(logged["level"], "WARN", "{logged}");
+    assert!(logged["message"].as_str().is_some_and(|m| m.contains("redis")), "{logged}");
+    let wrong = admin("not-the-admin-token", false);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let _ = child.kill();
+    let _ = child.wait();
+    refused(&["serve", "--listen", "127.0.0.1:0", "--admin-token", "short"], "at least 16 characters");
     let _ = std::fs::remove_dir_all(&dir);
 }

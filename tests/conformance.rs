@@ -16,6 +16,8 @@
 
 mod support;
 
+#[path = "conformance/admin.rs"]
+mod admin;
 #[path = "conformance/api.rs"]
 mod api;
 #[path = "conformance/auth.rs"]
@@ -28,6 +30,8 @@ mod http;
 mod new_message;
 #[path = "conformance/page.rs"]
 mod page;
+#[path = "conformance/presence.rs"]
+mod presence;
 #[path = "conformance/security.rs"]
 mod security;
 #[path = "conformance/service.rs"]
@@ -42,11 +46,17 @@ mod websocket;
 macro_rules! conformance {
     ($model:ident, $args:expr) => {
         conformance!(@expand $model, $args, {
+            admin {
+                the_admin_view_shows_the_nodes_and_rooms_to_the_admin_token_only,
+            }
             auth {
                 a_private_room_refuses_every_transport_without_a_good_token,
                 a_token_reads_and_posts_where_it_is_granted_and_no_further,
                 a_stream_ends_when_its_token_expires_and_a_fresh_token_resumes_it,
                 a_private_main_guards_tornados_routes_and_the_pages_history,
+            }
+            presence {
+                subscribers_are_told_who_is_in_the_room_and_who_comes_and_goes,
             }
             page {
                 has_a_hidden_xsrf_input_and_sets_a_script_readable_cookie,

@@ -179,6 +179,53 @@ fn readiness_goes_red_while_the_bus_is_down(model: Model, kind: BusKind) {
     readyz_becomes(&node, 200, "the bus was started again");
 }
 
+/// The names a presence snapshot lists.
+fn present(snapshot: &Value) -> Vec<String> {
+    snapshot["members"].as_array().map_or(Vec::new(), |m| m.iter().filter_map(|m| m["name"].as_str().map(String::from)).collect())
+}
+
+/// Waits until `node`'s `GET .../presence` of room `lobby` lists `names`, paced by
+/// long-polls that a presence change answers.
+fn presence_becomes(node: &Server, names: &[&str], within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let snapshot = get(node.port(), "/api/rooms/lobby/presence").json();
+        if present(&snapshot) == names {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: node {} never listed {names:?}: {snapshot}", node.port());
+        let seen = snapshot["version"].as_u64().unwrap_or(0);
+        api_messages(node.port(), "lobby", &format!("?after=0&wait=2&presence={seen}"));
+    }
+}
+
+/// Presence across nodes: a member on each node is listed on both; one that leaves is
+/// gone from both; the members of a node killed with `kill -9` leave the other's view
+/// within the 30 s its reports count for; the admin view lists both nodes meanwhile.
+fn presence_is_shared_by_the_nodes(model: Model, kind: BusKind) {
+    let bus = BusServer::started(kind);
+    let (a, mut b) = two_nodes(model, &bus.url(), &["--admin-token", "nodes-admin-token-0123"]);
+    let _ann = Ws::connect(a.port(), "/api/rooms/lobby/ws?nick=ann");
+    let bob = Ws::connect(b.port(), "/api/rooms/lobby/ws?nick=bob");
+    let _cy = Ws::connect(b.port(), "/api/rooms/lobby/ws?nick=cy");
+    for node in [&a, &b] {
+        presence_becomes(node, &["ann", "bob", "cy"], Duration::from_secs(20), "a member on each node");
+    }
+    let view = Request::get("/api/admin").header("Authorization", "Bearer nodes-admin-token-0123").send(b.port()).json();
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(2), "the admin view lists both nodes: {view:#}");
+    drop(bob);
+    for node in [&a, &b] {
+        presence_becomes(node, &["ann", "cy"], Duration::from_secs(20), "bob left node b");
+    }
+    b.kill_9();
+    presence_becomes(&a, &["ann"], presence_ttl() + Duration::from_secs(15), "node b was killed");
+}
+
+/// How long a node's presence report counts (c10k_core::presence::REMOTE_TTL).
+fn presence_ttl() -> Duration {
+    c10k_core::presence::REMOTE_TTL
+}
+
 macro_rules! nodes {
     ($($name:ident: $model:expr, $bus:expr;)*) => {
         $(
@@ -214,6 +261,11 @@ macro_rules! nodes {
                 #[test]
                 fn readiness_goes_red_while_the_bus_is_down_and_green_after() {
                     if !skipped(MODEL, $bus) { readiness_goes_red_while_the_bus_is_down(MODEL, $bus) }
+                }
+
+                #[test]
+                fn presence_is_shared_across_nodes_and_a_killed_nodes_members_expire() {
+                    if !skipped(MODEL, $bus) { presence_is_shared_by_the_nodes(MODEL, $bus) }
                 }
 
                 #[test]

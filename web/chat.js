@@ -128,6 +128,8 @@ const Chat = (() => {
   // env: {WebSocket, EventSource, fetch, AbortController, setTimeout, clearTimeout, now, wsOrigin}
   // cb: {after() -> id or 0, epoch() -> the store's epoch the cursor is in ('' if unknown),
   //      token() -> the access token for a private room ('' if none),
+  //      nick() -> the name to be present under ('' for anonymous),
+  //      presence(event) with each presence snapshot or diff (docs/protocol.md, "Presence"),
   //      messages(list), reset(lastId, epoch), ack(ref, msg), error(ref, text, retry),
   //      status({transport, state: 'connecting'|'live'|'retrying', delay, why}), dropped(transport)}
   function live(room, env, cb) {
@@ -141,6 +143,8 @@ const Chat = (() => {
       // EventSource and WebSocket cannot send an Authorization header (RFC 6750 2.3).
       const t = cb.token ? cb.token() : '';
       if (t) q.set('access_token', t);
+      const n = cb.nick ? cb.nick() : '';
+      if (n) q.set('nick', n);
       return String(q) ? `?${q}` : '';
     };
     let level = 0, attempt = 0, gen = 0, openedAt = 0, stopped = false, waiting = false;
@@ -188,7 +192,7 @@ const Chat = (() => {
 
     function openWS(g) {
       let open = false;
-      try { ws = new env.WebSocket(`${env.wsOrigin}${path}/ws${query()}`); }
+      try { ws = new env.WebSocket(`${env.wsOrigin}${path}/ws${query({ presence: 1 })}`); }
       catch (e) { fail(g, false, e.message); return; }
       ws.onopen = () => { open = true; opened(g); };
       ws.onclose = e => fail(g, open, e.reason || (open ? 'connection closed' : 'could not connect'));
@@ -199,16 +203,18 @@ const Chat = (() => {
         else if (f.type === 'reset') cb.reset(f.last_id, f.epoch);
         else if (f.type === 'ack') cb.ack(f.ref, f.message);
         else if (f.type === 'error') cb.error(f.ref, f.error, f.retry === true);
+        else if (f.type === 'presence' && cb.presence) cb.presence(f);
       };
     }
 
     function openSSE(g) {
       let open = false;
-      try { es = new env.EventSource(`${path}/events${query()}`); }
+      try { es = new env.EventSource(`${path}/events${query({ presence: 1 })}`); }
       catch (e) { fail(g, false, e.message); return; }
       es.onopen = () => { open = true; opened(g); };
       es.addEventListener('message', e => { const m = parse(e.data); if (m && g === gen) cb.messages([m]); });
       es.addEventListener('reset', e => { const r = parse(e.data); if (g === gen) cb.reset(r && r.last_id, r && r.epoch); });
+      es.addEventListener('presence', e => { const p = parse(e.data); if (p && g === gen && cb.presence) cb.presence(p); });
       // Both a lost connection and the server's `event: error` (which has data) land here.
       // We reconnect ourselves (with backoff and our own resume point), not EventSource.
       es.onerror = e => {
@@ -226,7 +232,8 @@ const Chat = (() => {
         const timer = env.setTimeout(() => c.abort(), (wait + 15) * 1000);
         let j = null, epoch = null;
         try {
-          const r = await env.fetch(`${path}/messages${query({ wait })}`, { signal: c.signal, cache: 'no-store' });
+          const presence = cb.presenceVersion ? cb.presenceVersion() : 0;
+          const r = await env.fetch(`${path}/messages${query({ wait, presence })}`, { signal: c.signal, cache: 'no-store' });
           epoch = r.headers && r.headers.get ? r.headers.get('X-C10k-Epoch') : null;
           j = await r.json().catch(() => null);
           if (!r.ok || !j || !Array.isArray(j.messages)) throw new Error((j && j.error) || `HTTP ${r.status}`);
@@ -240,7 +247,8 @@ const Chat = (() => {
         if (!open) { open = true; opened(g); }
         if (j.reset) cb.reset(j.last_id, epoch);
         if (j.messages.length) cb.messages(j.messages);
-        else if (wait > 0 && env.now() - t0 < 1000) await new Promise(res => env.setTimeout(res, 1000));   // never spin
+        if (j.presence && cb.presence) cb.presence(j.presence);
+        else if (!j.presence && wait > 0 && env.now() - t0 < 1000) await new Promise(res => env.setTimeout(res, 1000));   // never spin
       }
     }
 
@@ -257,9 +265,27 @@ const Chat = (() => {
     };
   }
 
+  // Who is in a room, from presence events: a snapshot (`members`) replaces the view, a
+  // diff (`joined`, `left`) updates it; returns the new view. view: {version, names: Map
+  // name -> since, users, connections, anonymous, more}.
+  function applyPresence(view, p) {
+    const next = { version: p.version, names: new Map(view.names), users: p.users, connections: p.connections,
+      anonymous: p.anonymous || 0, more: view.more || 0 };
+    if (Array.isArray(p.members)) {
+      next.names = new Map(p.members.map(m => [m.name, m.since]));
+      next.more = p.more || 0;
+    } else {
+      for (const j of p.joined || []) next.names.set(j.name, j.since);
+      for (const n of p.left || []) next.names.delete(n);
+      next.more = Math.max(0, p.users - next.names.size);
+    }
+    return next;
+  }
+  const emptyPresence = () => ({ version: 0, names: new Map(), users: 0, connections: 0, anonymous: 0, more: 0 });
+
   return {
     MAX_BODY, TRANSPORTS, validRoom, roomFromHash, backoff, bodyError, isMessage, humanError, newKey,
-    emptyFeed, merge, mergeOlder, olderUrl, linkify, live,
+    emptyFeed, merge, mergeOlder, olderUrl, linkify, live, applyPresence, emptyPresence,
   };
 })();
 
@@ -289,6 +315,20 @@ function startPage() {
   const roomList = $('rooms'), roomForm = $('room-form'), roomInput = $('room-name'), roomError = $('room-error');
   const statusEl = $('status'), statusText = $('status-text'), retryBtn = $('retry-now'), roomTitle = $('room-title');
   const newBelow = $('new-below');
+  const membersList = $('members'), membersMore = $('members-more');
+  let presence = C.emptyPresence();
+  function renderPresence() {
+    const names = [...presence.names.entries()].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1));
+    membersList.replaceChildren(...names.map(([name]) => {
+      const li = el('li', name === nick() ? 'me' : null, name);
+      li.dir = 'auto';
+      return li;
+    }));
+    const extra = [];
+    if (presence.more > 0) extra.push(`and ${presence.more} more`);
+    if (presence.anonymous > 0) extra.push(`${presence.anonymous} anonymous`);
+    membersMore.textContent = extra.join(', ');
+  }
 
   const env = {
     WebSocket: window.WebSocket, EventSource: window.EventSource, AbortController: window.AbortController,
@@ -641,10 +681,20 @@ function startPage() {
   });
 
   function connectRoom(r) {
+    presence = C.emptyPresence();
+    renderPresence();
     conn = C.live(r, env, {
       after: () => feed.lastId,
       epoch: () => epoch,
       token: () => token,
+      nick: () => nick(),
+      presenceVersion: () => presence.version,
+      presence: p => {
+        // A snapshot always; a diff only on top of the version it follows.
+        if (r !== room || !(Array.isArray(p.members) || p.previous === presence.version)) return;
+        presence = C.applyPresence(presence, p);
+        renderPresence();
+      },
       // History follows; a new epoch (the database was replaced or restored) is adopted.
       reset: (lastId, newEpoch) => { if (newEpoch) epoch = newEpoch; feed = C.emptyFeed(); older.done = false; renderAll(); },
       messages: list => {
@@ -703,6 +753,15 @@ function startPage() {
     renderPending();
     connectRoom(r);
   }
+
+  // A new nickname is who this tab is present as: reconnect under it (resuming after the
+  // last message, so nothing is missed or shown twice).
+  nickInput.addEventListener('change', () => {
+    if (!conn || room === null) return;
+    unconfirmWsPosts(room);
+    conn.stop();
+    connectRoom(room);
+  });
 
   window.addEventListener('hashchange', switchRoom);
   switchRoom();

@@ -34,7 +34,10 @@
 //! - **Wire format.** Lines. A message is the native API's JSON object (`{"id": 7,
 //!   "room": "main", "body": ..., "from": ..., "time": ...}`, which never contains a raw
 //!   newline); the others are `ready` and `ack` (worker to master) and `done N` (master to
-//!   worker).
+//!   worker), and presence reports, `P {json}` ([`c10k_core::presence`]), which the master
+//!   copies to every other worker as it copies messages, but which nobody acknowledges or
+//!   waits for (a lost one is repeated by the next heartbeat). On Redis and NATS a report
+//!   is a payload `P {json}` on the rooms' channel or subject.
 //! - **Ordering.** Lines from one worker reach each other worker in the order sent; lines
 //!   from two workers interleave arbitrarily, and two offload threads of one worker may
 //!   send in either order. Gap filling makes that harmless.
@@ -153,6 +156,9 @@ pub trait Node: Send + Sync {
     fn heads(&self) -> Vec<Message> {
         Vec::new()
     }
+
+    /// Takes in another process's presence report (the JSON after a `P ` line's prefix).
+    fn presence(&self, _report: &[u8]) {}
 }
 
 impl<F: Fn(Message) + Send + Sync> Node for F {
@@ -176,6 +182,11 @@ pub trait Bus: Send + Sync {
     /// Starts handing messages from the other processes to `node`, on a thread the bus
     /// starts. Called once.
     fn subscribe(&self, node: Arc<dyn Node>) -> Result<(), BusError>;
+
+    /// Tells the other processes this one's presence in a room: a `P {json}\n` line made by
+    /// [`c10k_core::presence::Presence::tick`]. Never waits; a report the bus cannot take
+    /// now is dropped (the next heartbeat repeats it).
+    fn publish_presence(&self, _line: &[u8]) {}
 }
 
 /// How a network bus behaves, beside its URL.
@@ -235,6 +246,11 @@ impl Bus for Both {
     fn subscribe(&self, node: Arc<dyn Node>) -> Result<(), BusError> {
         self.0.subscribe(Arc::clone(&node))?;
         self.1.subscribe(node)
+    }
+
+    fn publish_presence(&self, line: &[u8]) {
+        self.0.publish_presence(line);
+        self.1.publish_presence(line);
     }
 }
 
@@ -322,6 +338,12 @@ impl Node for AppNode {
         Ok(())
     }
 
+    fn presence(&self, report: &[u8]) {
+        if let Err(e) = self.app.apply_report(report, std::time::Instant::now()) {
+            warn!("bus: {e}");
+        }
+    }
+
     fn heads(&self) -> Vec<Message> {
         if self.drop_every.is_some() {
             return Vec::new();
@@ -363,6 +385,8 @@ pub fn attach_with(
     };
     bus.subscribe(Arc::new(node))?;
     let name = bus.name();
+    let presence_bus = Arc::clone(&bus);
+    app.set_on_presence(Box::new(move |line| presence_bus.publish_presence(line)));
     app.set_on_stored(Box::new(move |message| {
         if let Err(e) = bus.publish(message) {
             warn!(bus = name, room = %message.room, id = %message.id, "{e}");

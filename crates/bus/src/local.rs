@@ -105,6 +105,14 @@ impl Bus for LocalRelay {
         Ok(())
     }
 
+    /// Sends a presence line to the master, which copies it to the other workers. A line
+    /// that cannot be written at once is dropped (the next heartbeat repeats it).
+    fn publish_presence(&self, line: &[u8]) {
+        if let Err(e) = lock(&self.writer).stream.write_all(line) {
+            debug!("relay: a presence report was not sent: {e}");
+        }
+    }
+
     /// Starts the relay thread: it publishes each forwarded message through `node`,
     /// then acknowledges it, and wakes the publishes whose message every worker has.
     fn subscribe(&self, node: Arc<dyn Node>) -> Result<(), BusError> {
@@ -127,6 +135,11 @@ impl Bus for LocalRelay {
                         }
                         None => warn!("relay: a malformed `done` line"),
                     }
+                    continue;
+                }
+                if let Some(report) = line.strip_prefix(b"P ") {
+                    // Presence is not acknowledged: nobody waits for it.
+                    node.presence(report);
                     continue;
                 }
                 match wire::decode(&line) {

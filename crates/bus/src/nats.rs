@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc as tokio_mpsc;
 use tracing::warn;
 
-use crate::outage::{backoff, Outage, Outbox};
+use crate::outage::{backoff, Outage, Outbox, Reports};
 use crate::{wire, Bus, BusError, Node, Options};
 
 /// How long one connection attempt may take.
@@ -37,6 +37,7 @@ struct Shared {
     addr: String,
     subject: String,
     outbox: Outbox,
+    reports: Reports,
     metrics: BusMetrics,
     options: Options,
     node: OnceLock<Arc<dyn Node>>,
@@ -60,6 +61,7 @@ impl NatsBus {
             addr: addr.into(),
             subject: subject.into(),
             outbox: Outbox::default(),
+            reports: Reports::default(),
             metrics,
             options,
             node: OnceLock::new(),
@@ -81,6 +83,14 @@ impl Bus for NatsBus {
             let _ = wake.send(());
         }
         Ok(())
+    }
+
+    /// Queues the report for the client's thread, on the rooms' subject.
+    fn publish_presence(&self, line: &[u8]) {
+        self.shared.reports.push(line);
+        if let Some(wake) = self.shared.wake.get() {
+            let _ = wake.send(());
+        }
     }
 
     fn subscribe(&self, node: Arc<dyn Node>) -> Result<(), BusError> {
@@ -183,11 +193,14 @@ impl Shared {
                     Event::ClientError(e) if outage_is_open(&client) => outage.failed(&e),
                     _ => {}
                 },
-                Some(message) = subscriber.next() => match wire::decode(&message.payload) {
-                    Ok(message) => {
-                        let _ = work.send(Work::Deliver(message));
-                    }
-                    Err(e) => warn!("nats: {e}"),
+                Some(message) = subscriber.next() => match &message.payload[..] {
+                    [b'P', b' ', report @ ..] => self.node().presence(report),
+                    payload => match wire::decode(payload) {
+                        Ok(message) => {
+                            let _ = work.send(Work::Deliver(message));
+                        }
+                        Err(e) => warn!("nats: {e}"),
+                    },
                 },
                 Some(()) = wake.recv() => self.publish_queued(&client, &mut failing_to_publish).await,
                 _ = sweep.tick(), if self.options.resync_every.is_some() => {
@@ -220,6 +233,12 @@ impl Shared {
         if sent > 0 {
             *failing = false;
             self.metrics.published.inc_by(sent);
+        }
+        // Reports that fail are dropped: the next heartbeat repeats them.
+        for report in self.reports.take() {
+            if client.publish(self.subject.clone(), report.into()).await.is_err() {
+                break;
+            }
         }
     }
 }

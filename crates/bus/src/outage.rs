@@ -51,6 +51,11 @@ impl Outbox {
         queue.drain(..).collect()
     }
 
+    /// Wakes the publishing thread without a message (a presence report is queued).
+    pub(crate) fn wake(&self) {
+        self.ready.notify_one();
+    }
+
     /// Puts back messages the bus did not accept, ahead of newer ones; only the newest of
     /// each room is kept (it reveals the others).
     pub(crate) fn put_back(&self, failed: Vec<Message>) {
@@ -74,6 +79,33 @@ fn coalesce(queue: &mut VecDeque<Message>) {
         }
     }
     queue.extend(newest.into_values());
+}
+
+/// Presence reports waiting for the bus (`P {json}` lines): the newest ones only, since
+/// each replaces its process's previous one for its room, and a report lost while the bus
+/// is down is sent again with the next heartbeat ([`c10k_core::presence`]).
+#[derive(Debug, Default)]
+pub(crate) struct Reports {
+    queue: Mutex<VecDeque<Vec<u8>>>,
+}
+
+/// The most presence reports kept for the bus; older ones are dropped.
+const MAX_REPORTS: usize = 1000;
+
+impl Reports {
+    /// Queues a report line (with its `\n`).
+    pub(crate) fn push(&self, line: &[u8]) {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= MAX_REPORTS {
+            queue.pop_front();
+        }
+        queue.push_back(line.strip_suffix(b"\n").unwrap_or(line).to_vec());
+    }
+
+    /// Every report queued, as pub/sub payloads (no `\n`).
+    pub(crate) fn take(&self) -> Vec<Vec<u8>> {
+        lock(&self.queue).drain(..).collect()
+    }
 }
 
 /// The wait after `failures` failures in a row: doubling from [`RETRY_MIN`] up to [`RETRY_MAX`].

@@ -16,7 +16,7 @@ use c10k_core::store::Message;
 use redis::{Client, Connection};
 use tracing::{debug, warn};
 
-use crate::outage::{backoff, Outage, Outbox};
+use crate::outage::{backoff, Outage, Outbox, Reports};
 use crate::{wire, Bus, BusError, Node, Options};
 
 /// How long connecting, one command's reply, and writing may take.
@@ -34,6 +34,7 @@ struct Shared {
     channel: String,
     client: Option<Client>,
     outbox: Outbox,
+    reports: Reports,
     metrics: BusMetrics,
     options: Options,
     node: OnceLock<Arc<dyn Node>>,
@@ -49,6 +50,7 @@ impl RedisBus {
             channel: channel.into(),
             client,
             outbox: Outbox::default(),
+            reports: Reports::default(),
             metrics,
             options,
             node: OnceLock::new(),
@@ -66,6 +68,12 @@ impl Bus for RedisBus {
     fn publish(&self, message: &Message) -> Result<(), BusError> {
         self.shared.outbox.push(message.clone());
         Ok(())
+    }
+
+    /// Queues the report for the publishing thread, on the rooms' channel.
+    fn publish_presence(&self, line: &[u8]) {
+        self.shared.reports.push(line);
+        self.shared.outbox.wake();
     }
 
     fn subscribe(&self, node: Arc<dyn Node>) -> Result<(), BusError> {
@@ -101,7 +109,8 @@ impl Shared {
         let mut failures = 0u32;
         loop {
             let batch = self.outbox.take(Duration::from_secs(1));
-            if batch.is_empty() {
+            let reports = self.reports.take();
+            if batch.is_empty() && reports.is_empty() {
                 continue;
             }
             if connection.is_none() {
@@ -119,6 +128,10 @@ impl Shared {
             let mut pipe = redis::pipe();
             for message in &batch {
                 pipe.cmd("PUBLISH").arg(&self.channel).arg(trimmed(&wire::encode(message))).ignore();
+            }
+            // Reports that fail are not put back: the next heartbeat repeats them.
+            for report in &reports {
+                pipe.cmd("PUBLISH").arg(&self.channel).arg(report).ignore();
             }
             let conn = connection.as_mut().expect("connected above");
             match pipe.query::<()>(conn) {
@@ -160,9 +173,12 @@ impl Shared {
         let mut swept = Instant::now();
         loop {
             match pubsub.get_message() {
-                Ok(message) => match wire::decode(message.get_payload_bytes()) {
-                    Ok(message) => self.node().deliver(message),
-                    Err(e) => warn!("redis: {e}"),
+                Ok(message) => match message.get_payload_bytes() {
+                    [b'P', b' ', report @ ..] => self.node().presence(report),
+                    payload => match wire::decode(payload) {
+                        Ok(message) => self.node().deliver(message),
+                        Err(e) => warn!("redis: {e}"),
+                    },
                 },
                 Err(e) if e.is_timeout() => {
                     pubsub.set_read_timeout(Some(TIMEOUT))?;

@@ -161,6 +161,7 @@ impl Switchboard {
                     }
                 }
                 [b'{', ..] => self.forward(key, line),
+                [b'P', b' ', ..] => self.broadcast(key, line),
                 _ => warn!(worker = key, "relay: ignoring a line that is neither a message, `ack` nor `ready`"),
             }
         }
@@ -218,6 +219,16 @@ impl Switchboard {
         self.fan_outs.insert(id, FanOut { origin, seq, remaining: remaining + 1 });
         // The extra count, taken back here, keeps the fan-out alive while it is set up.
         self.acknowledged(id);
+    }
+
+    /// Copies presence `line` from `origin` to every other worker with room for it in its
+    /// outbox; nothing is owed for it (presence is repeated, not acknowledged).
+    fn broadcast(&mut self, origin: u32, line: &[u8]) {
+        for end in self.ends.iter_mut().filter(|e| e.key != origin) {
+            if end.outbox.len() - end.sent + line.len() <= Self::MAX_QUEUED {
+                end.outbox.extend_from_slice(line);
+            }
+        }
     }
 
     /// One worker has a fan-out's message; when all have, its origin gets `done SEQ`.

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use crate::chat::render::Rendered;
+use crate::presence::PresenceUpdate;
 use crate::store::{Message, MessageId, RoomId};
 
 /// The shared rooms. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -52,6 +53,8 @@ struct Room {
     early: BTreeMap<MessageId, Arc<Rendered>>,
     /// Who waits for the next message, by waiter id.
     waiters: HashMap<u64, Waker>,
+    /// The newest presence update ([`crate::presence`]).
+    presence: Option<Arc<PresenceUpdate>>,
 }
 
 /// Where a reader stands in a room.
@@ -89,6 +92,9 @@ pub struct Batch {
     pub reset: bool,
     /// The room's newest id when the read was made.
     pub last_id: MessageId,
+    /// A presence event to send after the messages (subscriptions that asked for them,
+    /// [`Hub::subscribe_with_presence`]): its JSON.
+    pub presence: Option<Arc<str>>,
 }
 
 /// What [`Hub::publish`] did with a message.
@@ -213,6 +219,7 @@ impl Hub {
                 messages: Vec::new(),
                 reset: cursor.claims_a_position() && (!self.ahead_waits() || *cursor == Cursor::OtherEpoch),
                 last_id: MessageId(0),
+                presence: None,
             },
         }
     }
@@ -237,7 +244,46 @@ impl Hub {
 
     /// Starts reading `room` from `cursor`; see [`Subscription::poll_next`].
     pub fn subscribe(self: &Arc<Self>, room: RoomId, cursor: Cursor) -> Subscription {
-        Subscription { hub: Arc::clone(self), room, cursor, waiter: None, started: false }
+        Subscription { hub: Arc::clone(self), room, cursor, waiter: None, started: false, presence_seen: None }
+    }
+
+    /// [`Hub::subscribe`], and the room's presence updates too, in its batches.
+    pub fn subscribe_with_presence(self: &Arc<Self>, room: RoomId, cursor: Cursor) -> Subscription {
+        self.subscribe_after_presence(room, cursor, 0)
+    }
+
+    /// [`Hub::subscribe_with_presence`] for a reader that has seen presence version `seen`
+    /// (a long-poll's `?presence=`): a newer update answers it.
+    pub fn subscribe_after_presence(self: &Arc<Self>, room: RoomId, cursor: Cursor, seen: u64) -> Subscription {
+        let mut subscription = self.subscribe(room, cursor);
+        subscription.presence_seen = Some(seen);
+        subscription
+    }
+
+    /// Makes `update` the room's newest presence, and wakes its waiters (long-polls too:
+    /// they find no message and wait again).
+    pub fn publish_presence(&self, room: &RoomId, update: Arc<PresenceUpdate>) {
+        let wakers: Vec<Waker> = {
+            let mut state = self.lock();
+            let entry = state.rooms.entry(room.clone()).or_default();
+            entry.presence = Some(update);
+            entry.waiters.drain().map(|(_, w)| w).collect()
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// How many of the messages the room holds were posted at or after `since_ms` (Unix
+    /// ms): a rate, for the admin view (at most the history's length).
+    pub fn count_since(&self, room: &RoomId, since_ms: u64) -> usize {
+        let state = self.lock();
+        state.rooms.get(room).map_or(0, |r| r.history.iter().rev().take_while(|m| m.message.time_ms >= since_ms).count())
+    }
+
+    /// The room's newest presence update, if it has had one.
+    pub fn presence(&self, room: &RoomId) -> Option<Arc<PresenceUpdate>> {
+        self.lock().rooms.get(room).and_then(|r| r.presence.clone())
     }
 }
 
@@ -277,7 +323,7 @@ impl Room {
                 }
             }
         };
-        Batch { messages, reset, last_id: self.last_id }
+        Batch { messages, reset, last_id: self.last_id, presence: None }
     }
 }
 
@@ -290,6 +336,8 @@ pub struct Subscription {
     cursor: Cursor,
     waiter: Option<u64>,
     started: bool,
+    /// The presence version this reader was last sent; `None`: it wants none.
+    presence_seen: Option<u64>,
 }
 
 impl Subscription {
@@ -319,14 +367,31 @@ impl Subscription {
         let first_poll = !self.started;
         self.started = true;
         let ahead_waits = self.hub.ahead_waits();
-        let batch = match state.rooms.get(&self.room) {
+        let mut batch = match state.rooms.get(&self.room) {
             Some(room) => room.read(&self.cursor, ahead_waits),
             None => Batch {
                 messages: Vec::new(),
                 reset: self.cursor.claims_a_position() && (!ahead_waits || self.cursor == Cursor::OtherEpoch),
                 last_id: MessageId(0),
+                presence: None,
             },
         };
+        if let (Some(seen), Some(update)) = (self.presence_seen, state.rooms.get(&self.room).and_then(|r| r.presence.as_ref())) {
+            if update.version != seen {
+                batch.presence = Some(Arc::clone(update.for_seen(seen)));
+                self.presence_seen = Some(update.version);
+            }
+        }
+        let presence_only = batch.presence.is_some() && batch.messages.is_empty() && !batch.reset;
+        if presence_only {
+            // Only presence: the cursor stays where it is (it may be ahead of the room).
+            if let Some(id) = self.waiter.take() {
+                if let Some(room) = state.rooms.get_mut(&self.room) {
+                    room.waiters.remove(&id);
+                }
+            }
+            return Poll::Ready(batch);
+        }
         if !batch.messages.is_empty() || (batch.reset && first_poll) {
             if let Some(last) = batch.messages.last() {
                 self.cursor = Cursor::After(last.message.id);

@@ -31,4 +31,5 @@ pub mod hub;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod presence;
 pub mod store;

@@ -9,6 +9,7 @@
 //! Every model drives the same outcomes; that is the whole contract between the
 //! application and the concurrency models.
 
+pub mod admin;
 pub mod auth;
 pub mod form;
 mod idempotency;
@@ -33,6 +34,7 @@ use crate::ledger::routes::LedgerCall;
 use crate::ledger::{self, Ledger, LedgerError, Locking};
 use crate::limits::Limits;
 use crate::metrics::{Format, Metrics, ProcessSampler, ServerInfo};
+use crate::presence::Presence;
 use crate::store::{AsyncStore, Appended, LocalStore, Message, MessageId, NewMessage, RoomId, Store, StoreError};
 
 use form::{cookie, media_type, Args};
@@ -85,6 +87,10 @@ pub struct Config {
     /// Tokens and private rooms (`--auth-secret`, `--auth-jwks`, `--private-room`; see
     /// [`auth`]). `None`: every room is open and tokens are not read.
     pub auth: Option<Arc<auth::Auth>>,
+    /// The admin view's token (`--admin-token`; see [`admin`]). `None`: no admin view.
+    pub admin_token: Option<String>,
+    /// Where the binary's log keeps its warnings and errors, for the admin view.
+    pub errors: Option<Arc<admin::ErrorLog>>,
 }
 
 impl Config {
@@ -105,6 +111,8 @@ impl Config {
             trusted_proxies: Vec::new(),
             websocket_echo: false,
             auth: None,
+            admin_token: None,
+            errors: None,
         }
     }
 }
@@ -413,6 +421,15 @@ impl std::fmt::Debug for OnStored {
     }
 }
 
+/// What [`App::set_on_presence`] registers: called with each presence report to send.
+struct OnPresence(Box<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for OnPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnPresence(..)")
+    }
+}
+
 /// A store call that has run.
 #[derive(Debug)]
 pub struct StoreDone(pub(crate) Done);
@@ -454,6 +471,11 @@ pub struct App {
     replays: Arc<Replays>,
     posts: rate::RateLimiter,
     connects: rate::RateLimiter,
+    presence: Arc<Presence>,
+    /// Sends this process's presence reports to the other processes (the bus's).
+    on_presence: OnceLock<OnPresence>,
+    /// The other nodes, as their summaries said (the admin view).
+    nodes: admin::Nodes,
 }
 
 /// Why a keyed post is answered without a store call.
@@ -498,6 +520,7 @@ impl From<serde_json::Map<String, serde_json::Value>> for NativePost {
 impl App {
     /// A new application with empty rooms (see [`App::load_history`]).
     pub fn new(config: Config) -> App {
+        let seed = config.seed;
         App {
             hub: Arc::new(Hub::new(config.history)),
             xsrf: xsrf::Xsrf::new(config.seed),
@@ -507,7 +530,116 @@ impl App {
             config,
             on_stored: OnceLock::new(),
             replays: Arc::default(),
+            presence: Arc::new(Presence::new(presence_node(&seed))),
+            on_presence: OnceLock::new(),
+            nodes: admin::Nodes::default(),
         }
+    }
+
+    /// Who is in which room ([`crate::presence`]).
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
+    }
+
+    /// Registers what sends this process's presence reports to the others (a bus); once.
+    pub fn set_on_presence(&self, hook: Box<dyn Fn(&[u8]) + Send + Sync>) -> bool {
+        self.on_presence.set(OnPresence(hook)).is_ok()
+    }
+
+    /// Flushes presence (see [`Presence::tick`]): the rooms' updates to their subscribers,
+    /// this process's reports to the bus. Call it a few times a second (the server runs a
+    /// thread for it); `now` is the model's clock.
+    pub fn presence_tick(&self, now: Now) {
+        let tick = self.presence.tick(now.instant, now.unix_ms);
+        for (room, update) in tick.updates {
+            self.metrics.request("presence_update");
+            self.hub.publish_presence(&room, update);
+        }
+        if let Some(OnPresence(send)) = self.on_presence.get() {
+            for report in tick.reports {
+                send(&report);
+            }
+            if self.nodes.report_due(now.instant) {
+                send(&admin::summary_line(self.presence.node(), &self.node_summary()));
+            }
+        }
+    }
+
+    /// Takes in another process's report from the bus (the JSON of a `P ` line): its
+    /// presence in a room, or its summary for the admin view.
+    pub fn apply_report(&self, report: &[u8], now: Instant) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct Summary {
+            node: String,
+            summary: serde_json::Value,
+        }
+        if let Ok(Summary { node, summary }) = serde_json::from_slice::<Summary>(report) {
+            if node != self.presence.node() {
+                self.nodes.heard(node, summary, now);
+            }
+            return Ok(());
+        }
+        self.presence.apply_report(report, now)
+    }
+
+    /// What this process serves, as the admin view shows a node.
+    fn node_summary(&self) -> serde_json::Value {
+        let info = &self.config.server;
+        let gauge = |kind| self.metrics.subscriber_gauge(kind).get();
+        json!({
+            "node": self.presence.node(),
+            "model": info.model, "poller": info.poller, "store": info.store,
+            "pid": std::process::id(),
+            "connections": self.metrics.connections_open.get(),
+            "subscribers": {"ws": gauge("ws"), "sse": gauge("sse"), "longpoll": gauge("longpoll")},
+            "rooms": self.hub.rooms().len(),
+            "bus": {"connected": self.metrics.bus.connected.get() > 0, "outage": self.metrics.bus.outage()},
+            "errors": self.config.errors.as_ref().map_or(0, |e| e.total()),
+        })
+    }
+
+    /// `GET /api/admin`: the nodes, the rooms and the last errors, for the admin token only.
+    fn admin_view(&self, request: &Request, now: Now) -> Response {
+        if let Some(refused) = self.admin_refusal(request) {
+            return refused;
+        }
+        let mut nodes = vec![self.node_summary()];
+        nodes.extend(self.nodes.fresh(now.instant));
+        let minute_ago = now.unix_ms.saturating_sub(60_000);
+        let rooms: Vec<_> = self
+            .hub
+            .rooms()
+            .into_iter()
+            .map(|(room, last_id)| {
+                let presence: serde_json::Value = serde_json::from_str(&self.presence.snapshot(&room)).unwrap_or_default();
+                json!({
+                    "room": room, "last_id": last_id,
+                    "private": self.config.auth.as_ref().is_some_and(|a| a.is_private(room.as_str())),
+                    "users": presence["users"], "connections": presence["connections"],
+                    "messages_last_minute": self.hub.count_since(&room, minute_ago),
+                })
+            })
+            .collect();
+        let errors = self.config.errors.as_ref().map(|e| e.recent()).unwrap_or_default();
+        let body = json!({ "nodes": nodes, "rooms": rooms, "errors": admin::errors_json(&errors), "time": now.unix_ms });
+        json_response(StatusCode::OK, to_json(&body)).header("Cache-Control", "no-store")
+    }
+
+    /// 404 without `--admin-token`, 401 without the token or with another: the reason to
+    /// refuse an admin request, if any.
+    fn admin_refusal(&self, request: &Request) -> Option<Response> {
+        let Some(expected) = &self.config.admin_token else {
+            return Some(api_error(StatusCode::NOT_FOUND, "the admin view is off: start the server with --admin-token (or C10K_ADMIN_TOKEN)"));
+        };
+        let given = request.headers.get("authorization").and_then(|f| f.trim().strip_prefix("Bearer ")).map(str::trim);
+        if given.is_some_and(|given| admin::token_matches(given, expected)) {
+            return None;
+        }
+        self.metrics.request("admin_refused");
+        Some(
+            api_error(StatusCode::UNAUTHORIZED, "the admin view needs 'Authorization: Bearer ADMIN_TOKEN' (the server's --admin-token)")
+                .header("WWW-Authenticate", "Bearer realm=\"c10k-admin\""),
+        )
     }
 
     /// The epoch of the store this process serves, if it keeps one: what the native routes
@@ -606,6 +738,13 @@ impl App {
             [""] if get => self.reply("page", self.page(&request, now)),
             ["static", "chat.js"] if get => self.reply("static", page::asset(page::CHAT_JS)),
             ["static", "chat.css"] if get => self.reply("static", page::asset(page::CHAT_CSS)),
+            ["static", "admin.js"] if get => self.reply("static", page::asset(page::ADMIN_JS)),
+            ["admin"] if get => match self.config.admin_token {
+                // The page holds no data: it asks for the token, then reads /api/admin.
+                Some(_) => self.reply("admin", page::admin()),
+                None => self.reply("admin", api_error(StatusCode::NOT_FOUND, "the admin view is off: start the server with --admin-token")),
+            },
+            ["api", "admin"] if get => self.reply("api_admin", self.admin_view(&request, now)),
             ["healthz"] if get => self.reply("healthz", Response::text(StatusCode::OK, "ok")),
             ["readyz"] if get => {
                 self.metrics.request("readyz");
@@ -692,13 +831,19 @@ impl App {
                         self.metrics.request("api_ws");
                         self.websocket(&request, room, grant, now)
                     }
+                    ("presence", true, _) => {
+                        self.metrics.request("api_presence");
+                        self.reply("api_presence", json_response(StatusCode::OK, self.presence.snapshot(&room)))
+                    }
                     ("messages", _, _) => Outcome::Reply(not_allowed("GET, HEAD, POST")),
-                    ("events" | "ws", _, _) => Outcome::Reply(not_allowed("GET, HEAD")),
+                    ("events" | "ws" | "presence", _, _) => Outcome::Reply(not_allowed("GET, HEAD")),
                     _ => Outcome::Reply(api_error(StatusCode::NOT_FOUND, "no such route; see docs/protocol.md")),
                 }
             }
             [""]
-            | ["static", "chat.js" | "chat.css"]
+            | ["static", "chat.js" | "chat.css" | "admin.js"]
+            | ["admin"]
+            | ["api", "admin"]
             | ["healthz" | "readyz" | "plaintext" | "metrics" | "cpu"]
             | ["api", "rooms"] => {
                 Outcome::Reply(not_allowed("GET, HEAD"))
@@ -911,17 +1056,30 @@ impl App {
                 return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'wait' must be a number of seconds >= 0"))
             }
         };
+        // `?presence=VERSION`: the answer carries the room's presence when it is newer (0:
+        // none seen yet), and a presence update answers the wait.
+        let presence_seen = match args.get("presence").map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(seen)) => Some(seen),
+            Some(Err(_)) => {
+                return Outcome::Reply(api_error(StatusCode::BAD_REQUEST, "'presence' must be the presence version last seen (0 at first)"))
+            }
+        };
         let cursor = self.in_epoch(cursor, &args);
-        let batch = self.hub.read(&room, &cursor);
-        if !batch.messages.is_empty() || batch.reset || wait.is_zero() {
+        let mut batch = self.hub.read(&room, &cursor);
+        if let (Some(seen), Some(update)) = (presence_seen, self.hub.presence(&room)) {
+            if update.version != seen {
+                batch.presence = Some(Arc::clone(update.for_seen(seen)));
+            }
+        }
+        if !batch.messages.is_empty() || batch.reset || batch.presence.is_some() || wait.is_zero() {
             return Outcome::Reply(batch_response(PollStyle::Native, &room, &batch, self.epoch()));
         }
-        Outcome::LongPoll(LongPoll::new(
-            self,
-            self.hub.subscribe(room, cursor),
-            until_expiry(now.instant + wait, grant, now),
-            PollStyle::Native,
-        ))
+        let subscription = match presence_seen {
+            Some(seen) => self.hub.subscribe_after_presence(room, cursor, seen),
+            None => self.hub.subscribe(room, cursor),
+        };
+        Outcome::LongPoll(LongPoll::new(self, subscription, until_expiry(now.instant + wait, grant, now), PollStyle::Native))
     }
 
     /// `?before=ID&limit=N`: a page of history from the store, newest first. Paging and
@@ -1005,6 +1163,15 @@ impl App {
             return Outcome::Reply(refused);
         }
         self.keyed_post(room, key, message, AfterStore::NativePost)
+    }
+
+    /// A stream's subscription: with the room's presence events when it asks (`?presence=1`;
+    /// every stream is counted as present, but only those that ask are sent presence).
+    fn stream_subscription(&self, room: RoomId, cursor: Cursor, args: &Args) -> crate::hub::Subscription {
+        match args.get("presence") {
+            Some(_) => self.hub.subscribe_with_presence(room, cursor),
+            None => self.hub.subscribe(room, cursor),
+        }
     }
 
     /// Who sent `request`, for the rate limits ([`rate`]): the token's user, or else the
@@ -1132,7 +1299,9 @@ impl App {
                 }
                 let cursor = self.in_epoch(cursor, &args);
                 let expires = grant.map(|g| token_expiry(g, now));
-                Outcome::Events(EventStream::new(self, self.hub.subscribe(room, cursor), expires))
+                let member = self.presence.join(&room, member_name(grant, &args).as_deref(), now.unix_ms);
+                let subscription = self.stream_subscription(room, cursor, &args);
+                Outcome::Events(EventStream::new(self, subscription, expires, member))
             }
             Err(e) => Outcome::Reply(e),
         }
@@ -1154,9 +1323,18 @@ impl App {
         }
         let response = self.with_epoch(response);
         let expires = grant.as_ref().map(|g| token_expiry(g, now));
-        let subscription = self.hub.subscribe(room.clone(), cursor);
-        let session = WsSession::new(self, room, subscription, client, grant, expires, now.instant);
+        let member = self.presence.join(&room, member_name(grant.as_ref(), &args).as_deref(), now.unix_ms);
+        let subscription = self.stream_subscription(room.clone(), cursor, &args);
+        let session = WsSession::new(self, room, subscription, client, grant, expires, now.instant, member);
         Outcome::WebSocket(WebSocketAccept { response, endpoint: WsEndpoint::Chat(session) })
+    }
+}
+
+/// The name a streaming subscriber is present under: its token's, else its `?nick=`.
+fn member_name(grant: Option<&auth::Grant>, args: &Args) -> Option<String> {
+    match grant {
+        Some(grant) => Some(grant.name.clone()),
+        None => args.get("nick").map(str::to_string),
     }
 }
 
@@ -1169,6 +1347,15 @@ fn token_expiry(grant: &auth::Grant, now: Now) -> Instant {
 /// at its deadline, and the client's next poll is told its token expired.
 fn until_expiry(deadline: Instant, grant: Option<&auth::Grant>, now: Now) -> Instant {
     grant.map_or(deadline, |g| deadline.min(token_expiry(g, now)))
+}
+
+/// This process's name on the bus for presence: a hash of its seed (not the seed, which
+/// keys its XSRF tokens).
+fn presence_node(seed: &[u8; 32]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut state = std::hash::DefaultHasher::new();
+    ("presence", seed).hash(&mut state);
+    format!("{:016x}", state.finish())
 }
 
 /// The 101 answer to a WebSocket opening handshake (RFC 6455 4.2.2), or the refusal of a

@@ -14,6 +14,19 @@ use crate::http::{Response, StatusCode};
 const INDEX_HTML: &str = include_str!("../../../../web/index.html");
 /// The page's script.
 pub(crate) const CHAT_JS: (&str, &str) = (include_str!("../../../../web/chat.js"), "application/javascript; charset=utf-8");
+/// The admin page's script.
+pub(crate) const ADMIN_JS: (&str, &str) = (include_str!("../../../../web/admin.js"), "application/javascript; charset=utf-8");
+const ADMIN_HTML: &str = include_str!("../../../../web/admin.html");
+
+/// The admin page (`GET /admin`): static, with the same policy as the chat page.
+pub(crate) fn admin() -> Response {
+    Response::with_body(StatusCode::OK, "text/html; charset=UTF-8", ADMIN_HTML)
+        .header("Cache-Control", "no-store")
+        .header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "same-origin")
+}
+
 /// The page's style sheet.
 pub(crate) const CHAT_CSS: (&str, &str) = (include_str!("../../../../web/chat.css"), "text/css; charset=utf-8");
 

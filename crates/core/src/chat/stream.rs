@@ -15,6 +15,7 @@ use super::render::{to_json, Rendered};
 use super::{json_response, App, Now, StoreCall, StoreDone};
 use crate::http::{Response, StatusCode};
 use crate::hub::{Batch, Subscription};
+use crate::presence::Membership;
 use crate::store::RoomId;
 
 /// A gauge held up for as long as a subscriber lives.
@@ -95,7 +96,7 @@ impl LongPoll {
                 batch_response(
                     PollStyle::Native,
                     self.subscription.room(),
-                    &Batch { messages: Vec::new(), reset: false, last_id },
+                    &Batch { messages: Vec::new(), reset: false, last_id, presence: None },
                     self.subscription.epoch(),
                 )
             }
@@ -119,7 +120,12 @@ pub(crate) fn batch_response(style: PollStyle, room: &RoomId, batch: &Batch, epo
             body.push_str(&to_json(room.as_str()));
             body.push_str(",\"messages\":[");
             join(&mut body, &batch.messages, |m| &m.json);
-            body.push_str(&format!("],\"reset\":{},\"last_id\":{}}}", batch.reset, batch.last_id));
+            body.push_str(&format!("],\"reset\":{},\"last_id\":{}", batch.reset, batch.last_id));
+            if let Some(presence) = &batch.presence {
+                body.push_str(",\"presence\":");
+                body.push_str(presence);
+            }
+            body.push('}');
         }
     }
     let response = json_response(StatusCode::OK, body);
@@ -214,6 +220,7 @@ pub struct EventStream {
     head: Response,
     /// When the client's token expires, if it gave one ([`super::auth`]).
     expires: Option<Instant>,
+    _member: Membership,
     _held: Held,
 }
 
@@ -223,14 +230,15 @@ impl EventStream {
     /// How often to send [`EventStream::HEARTBEAT`] when idle.
     pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 
-    pub(crate) fn new(app: &App, subscription: Subscription, expires: Option<Instant>) -> EventStream {
+    pub(crate) fn new(app: &App, subscription: Subscription, expires: Option<Instant>, member: Membership) -> EventStream {
         let head = Response::new(StatusCode::OK)
             .header("Content-Type", "text/event-stream")
             .header("Cache-Control", "no-cache")
             .header("X-Accel-Buffering", "no")
             .header("Connection", "close");
         let head = app.with_epoch(head);
-        EventStream { feed: Feed::new(subscription), head, expires, _held: Held::new(app.metrics.subscriber_gauge("sse")) }
+        let _held = Held::new(app.metrics.subscriber_gauge("sse"));
+        EventStream { feed: Feed::new(subscription), head, expires, _member: member, _held }
     }
 
     /// When the stream must end because the client's token expires: then write
@@ -274,6 +282,11 @@ impl EventStream {
             out.extend_from_slice(m.json.as_bytes());
             out.extend_from_slice(b"\n\n");
         }
+        if let Some(presence) = &batch.presence {
+            out.extend_from_slice(b"event: presence\ndata: ");
+            out.extend_from_slice(presence.as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
         Poll::Ready(StreamStatus::Open)
     }
 }
@@ -309,6 +322,7 @@ pub struct WsSession {
     grant: Option<super::auth::Grant>,
     /// When that token expires.
     expires: Option<Instant>,
+    _member: Membership,
     _held: Held,
 }
 
@@ -321,10 +335,11 @@ impl WsSession {
         grant: Option<super::auth::Grant>,
         expires: Option<Instant>,
         now: Instant,
+        member: Membership,
     ) -> WsSession {
         let own_posts = app.connection_post_bucket(now);
         let _held = Held::new(app.metrics.subscriber_gauge("ws"));
-        WsSession { feed: Feed::new(subscription), room, client, own_posts, grant, expires, _held }
+        WsSession { feed: Feed::new(subscription), room, client, own_posts, grant, expires, _member: member, _held }
     }
 
     /// When the session must end because the client's token expires: then close with
@@ -345,6 +360,9 @@ impl WsSession {
         }
         for m in &batch.messages {
             out.push(message_frame(m));
+        }
+        if let Some(presence) = &batch.presence {
+            out.push(presence.to_string());
         }
         Poll::Ready(StreamStatus::Open)
     }

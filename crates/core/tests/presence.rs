@@ -1,0 +1,133 @@
+//! Presence (`c10k_core::presence`) with a clock of the test's: coalescing, the bounds on
+//! what an update names, reports between processes and their expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use c10k_core::presence::{Presence, FLUSH_INTERVAL, HEARTBEAT, LARGE_ROOM, MAX_LISTED, MAX_NAMES_PER_UPDATE, REMOTE_TTL};
+use c10k_core::store::RoomId;
+use serde_json::Value;
+
+const T0_MS: u64 = 1_796_083_200_000;
+
+fn room() -> RoomId {
+    RoomId::new("lobby").unwrap()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("JSON")
+}
+
+fn names(snapshot: &Value) -> Vec<String> {
+    snapshot["members"].as_array().expect("members").iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn joins_within_an_interval_make_one_update_and_leaves_the_next() {
+    let presence = Arc::new(Presence::new("a".into()));
+    let t0 = Instant::now();
+    let ann = presence.join(&room(), Some("ann"), T0_MS);
+    let tick = presence.tick(t0, T0_MS);
+    assert_eq!(tick.updates.len(), 1, "the first change flushes at once");
+    let first = Arc::clone(&tick.updates[0].1);
+    assert_eq!(names(&json(&first.snapshot)), ["ann"]);
+
+    // A burst of comings and goings within the interval: nothing until it has passed.
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        burst.push(presence.join(&room(), Some(&format!("guest-{i}")), T0_MS + 10));
+    }
+    let bob = presence.join(&room(), Some("bob"), T0_MS + 20);
+    drop(burst);
+    assert!(presence.tick(t0 + FLUSH_INTERVAL / 2, T0_MS + 500).updates.is_empty(), "coalesced until the interval passes");
+    let tick = presence.tick(t0 + FLUSH_INTERVAL, T0_MS + 1000);
+    assert_eq!(tick.updates.len(), 1, "one update for the whole burst");
+    let second = &tick.updates[0].1;
+    let diff = json(&second.diff);
+    assert_eq!(diff["previous"], first.version, "{diff}");
+    assert_eq!(diff["joined"].as_array().unwrap().len(), 1, "the guests came and went within it: only bob joined: {diff}");
+    assert_eq!(diff["joined"][0]["name"], "bob");
+    assert_eq!(diff["left"], serde_json::json!([]));
+    assert_eq!((diff["users"].as_u64(), diff["connections"].as_u64()), (Some(2), Some(2)));
+    assert!(second.version > first.version);
+    assert!(Arc::ptr_eq(second.for_seen(first.version), &second.diff), "who saw the last update gets the diff");
+    assert!(Arc::ptr_eq(second.for_seen(0), &second.snapshot), "a new subscriber gets the snapshot");
+    assert!(Arc::ptr_eq(second.for_seen(first.version - 1), &second.snapshot), "one that missed an update too");
+
+    drop(ann);
+    drop(bob);
+    let tick = presence.tick(t0 + 2 * FLUSH_INTERVAL, T0_MS + 2000);
+    let diff = json(&tick.updates[0].1.diff);
+    assert_eq!(diff["left"], serde_json::json!(["ann", "bob"]), "{diff}");
+    assert!(presence.tick(t0 + 3 * FLUSH_INTERVAL, T0_MS + 3000).updates.is_empty(), "nothing changed: no update");
+}
+
+#[test]
+fn a_large_room_sends_totals_and_a_bounded_snapshot() {
+    let presence = Arc::new(Presence::new("a".into()));
+    let t0 = Instant::now();
+    let mut members: Vec<_> = (0..50).map(|i| presence.join(&room(), Some(&format!("early-{i:03}")), T0_MS)).collect();
+    presence.tick(t0, T0_MS);
+    members.extend((0..LARGE_ROOM + 500).map(|i| presence.join(&room(), Some(&format!("user-{i:05}")), T0_MS + 1)));
+    let tick = presence.tick(t0 + FLUSH_INTERVAL, T0_MS + 1000);
+    let update = &tick.updates[0].1;
+    let diff = json(&update.diff);
+    assert_eq!(diff["users"].as_u64(), Some(LARGE_ROOM as u64 + 550));
+    assert_eq!(diff["joined"], serde_json::json!([]), "above LARGE_ROOM an update names nobody");
+    assert_eq!(diff["more_joined"].as_u64(), Some(LARGE_ROOM as u64 + 500));
+    let snapshot = json(&update.snapshot);
+    assert_eq!(names(&snapshot).len(), MAX_LISTED, "a snapshot names at most MAX_LISTED");
+    assert_eq!(snapshot["more"].as_u64(), Some(550));
+    assert_eq!(names(&snapshot)[0], "early-000", "the longest present first");
+    assert!(update.diff.len() < 1024, "a large room's update is small: {} bytes", update.diff.len());
+
+    // A smaller burst in a small room is cut to MAX_NAMES_PER_UPDATE names.
+    let small = Arc::new(Presence::new("b".into()));
+    let _held: Vec<_> = (0..MAX_NAMES_PER_UPDATE + 7).map(|i| small.join(&room(), Some(&format!("n{i}")), T0_MS)).collect();
+    let first = small.tick(t0, T0_MS).updates.remove(0).1;
+    let diff = json(&first.diff);
+    assert_eq!(diff["joined"].as_array().unwrap().len(), MAX_NAMES_PER_UPDATE);
+    assert_eq!(diff["more_joined"].as_u64(), Some(7));
+}
+
+#[test]
+fn another_processs_members_count_until_its_reports_stop() {
+    let here = Arc::new(Presence::new("here".into()));
+    let there = Arc::new(Presence::new("there".into()));
+    let t0 = Instant::now();
+    let _ann = here.join(&room(), Some("ann"), T0_MS);
+    let _anonymous = there.join(&room(), None, T0_MS);
+    let bob = there.join(&room(), Some("bob"), T0_MS + 5);
+    let _bob_again = there.join(&room(), Some("bob"), T0_MS + 6);
+    let reports = there.tick(t0, T0_MS).reports;
+    assert_eq!(reports.len(), 1);
+    let line = &reports[0];
+    assert!(line.starts_with(b"P ") && line.ends_with(b"\n"), "{}", String::from_utf8_lossy(line));
+    here.apply_report(&line[2..line.len() - 1], t0).expect("a report");
+    here.apply_report(&line[2..line.len() - 1], t0).expect("the same again changes nothing");
+    let snapshot = json(&here.snapshot(&room()));
+    assert_eq!(names(&snapshot), ["ann", "bob"], "{snapshot}");
+    assert_eq!((snapshot["users"].as_u64(), snapshot["connections"].as_u64(), snapshot["anonymous"].as_u64()), (Some(2), Some(4), Some(1)));
+    assert_eq!(snapshot["members"][1]["connections"], 2, "bob's two connections: {snapshot}");
+    assert!(here.apply_report(b"{\"not\": \"a report\"}", t0).is_err());
+
+    // Its own report, echoed by a bus, is not another process's.
+    let own = here.tick(t0, T0_MS).reports;
+    here.apply_report(&own[0][2..own[0].len() - 1], t0).unwrap();
+    assert_eq!(json(&here.snapshot(&room()))["users"], 2);
+
+    // A leave there is reported within the interval; a heartbeat repeats the view.
+    drop(bob);
+    assert!(there.tick(t0 + FLUSH_INTERVAL / 2, T0_MS + 500).reports.is_empty());
+    assert_eq!(there.tick(t0 + FLUSH_INTERVAL, T0_MS + 1000).reports.len(), 1);
+    assert!(there.tick(t0 + HEARTBEAT / 2, T0_MS + 5000).reports.is_empty(), "nothing changed: no report before the heartbeat");
+    assert_eq!(there.tick(t0 + FLUSH_INTERVAL + HEARTBEAT, T0_MS + 11_000).reports.len(), 1, "the heartbeat");
+
+    // "there" stops reporting (killed): its members leave this view after REMOTE_TTL.
+    here.tick(t0 + REMOTE_TTL - Duration::from_millis(1), T0_MS + 29_999);
+    assert_eq!(names(&json(&here.snapshot(&room()))), ["ann", "bob"]);
+    let tick = here.tick(t0 + REMOTE_TTL, T0_MS + 30_000);
+    assert_eq!(names(&json(&here.snapshot(&room()))), ["ann"]);
+    let diff = json(&tick.updates.last().expect("an update when they expire").1.diff);
+    assert_eq!(diff["left"], serde_json::json!(["bob"]), "{diff}");
+}
