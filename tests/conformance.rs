@@ -54,6 +54,7 @@ macro_rules! conformance {
                 a_token_reads_and_posts_where_it_is_granted_and_no_further,
                 a_stream_ends_when_its_token_expires_and_a_fresh_token_resumes_it,
                 a_private_main_guards_tornados_routes_and_the_pages_history,
+                the_post_rate_limit_counts_a_tokens_user_not_its_address,
             }
             presence {
                 subscribers_are_told_who_is_in_the_room_and_who_comes_and_goes,

@@ -212,3 +212,32 @@ pub fn a_private_main_guards_tornados_routes_and_the_pages_history(model: Model)
     let with_token = get(port, &format!("/?access_token={writer}"));
     assert!(with_token.text().contains("signed history"), "and to a request with one:\n{with_token}");
 }
+
+/// `--post-rate 2/1h` with tokens: the limit counts per user (the token's `sub`), not per
+/// address. A third post of one user is 429 from any address, while another user posts
+/// from the same address; a client with no token is counted by its address, apart.
+pub fn the_post_rate_limit_counts_a_tokens_user_not_its_address(model: Model) {
+    if skipped_with_several_processes(model, "the post rate limit") {
+        return;
+    }
+    let server = Server::start_with_args(model, &["--auth-secret", SECRET, "--post-rate", "2/1h"]);
+    let port = server.port();
+    let (alice, bob) = (token("alice", &[], 600), token("bob", &[], 600));
+    let post = |token: Option<&str>, from: std::net::Ipv4Addr, body: &str| {
+        let request = Request::post("/api/rooms/open/messages").json(&json!({ "body": body }));
+        let request = match token {
+            Some(t) => bearer(request, t),
+            None => request,
+        };
+        request.send_from(port, from).status
+    };
+    let (here, there) = (std::net::Ipv4Addr::new(127, 0, 0, 1), std::net::Ipv4Addr::new(127, 0, 0, 3));
+    assert_eq!(post(Some(&alice), here, "a1"), 201);
+    assert_eq!(post(Some(&alice), there, "a2"), 201, "alice from another address: her second post");
+    assert_eq!(post(Some(&alice), here, "a3"), 429, "alice's third, wherever from");
+    assert_eq!(post(Some(&alice), std::net::Ipv4Addr::new(127, 0, 0, 4), "a4"), 429);
+    assert_eq!(post(Some(&bob), here, "b1"), 201, "bob, from alice's address, has his own bucket");
+    assert_eq!(post(None, here, "anonymous 1"), 201, "no token: counted by address, apart from the users");
+    assert_eq!(post(None, here, "anonymous 2"), 201);
+    assert_eq!(post(None, here, "anonymous 3"), 429);
+}

@@ -19,7 +19,7 @@ use crate::{procfs, BenchError};
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Suites to run, comma-separated (default: all): plaintext, wakeup, dbstall, ledger, cpu,
-    /// fanout, ws, idle, capacity, c100k, c1m.
+    /// fanout, ws, idle, capacity, c100k, presence, c1m.
     #[arg(long, value_delimiter = ',', value_name = "SUITE[,SUITE]")]
     pub only: Vec<String>,
 

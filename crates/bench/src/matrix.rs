@@ -188,6 +188,9 @@ pub enum Action {
         via: Via,
         /// Hard limit in seconds.
         timeout: f64,
+        /// Each a named member of the room that asks for presence events.
+        #[serde(default)]
+        presence: bool,
     },
     /// Idle keep-alive connections (one GET /plaintext each), then one more request on
     /// every one of them: how many the server still holds. Works on any peer.
@@ -263,6 +266,7 @@ pub const SUITE_NAMES: &[&str] = &[
     "idle",
     "capacity",
     "c100k",
+    "presence",
     "c1m",
 ];
 
@@ -765,6 +769,23 @@ pub fn suites(scale: Scale) -> Vec<Cell> {
         cells.push(c);
     }
 
+    // presence: what presence costs. The same idle WebSocket subscribers twice: plain, and
+    // each a named member of the room that asks for presence events (so every join is a
+    // change to flush, and every flush goes to every subscriber), at 10,000 on one process
+    // and at 100,000 on 8 workers that share it over the relay.
+    for (k, workers) in scale.pick(vec![(10_000usize, 1usize), (100_000, 8)], vec![(20, 1), (40, 2)]) {
+        for (series, presence) in [("plain", false), ("members", true)] {
+            let w = workers.to_string();
+            let args: Vec<&str> = if workers > 1 { vec!["--workers", &w] } else { vec!["--threads", "1"] };
+            let action = Action::Capacity { connections: k, via: Via::Ws, timeout: if workers > 1 { 240.0 } else { 60.0 }, presence };
+            let mut c = cell("presence", format!("{series}@{k}"), series, Some(k as f64), Subject::model("async", &args), action);
+            c.repeats = 1;
+            c.pinned = workers == 1;
+            c.needs_sysctl = workers > 1;
+            cells.push(c);
+        }
+    }
+
     // c1m: the async model past 100,000, a step at a time; the runner stops at the first
     // step that fails or that would not fit in the memory left.
     // The reactor too: it keeps the least per connection; and uring, whose idle connections
@@ -815,6 +836,7 @@ fn capacity(connections: usize, timeout: f64) -> Action {
         connections,
         via: Via::Sse,
         timeout,
+        presence: false,
     }
 }
 
@@ -853,9 +875,10 @@ impl Action {
                 };
                 format!("{pin}c10k load {args} {common} --duration {duration} --timeout {timeout}")
             }
-            Action::Capacity { connections, via, timeout } => format!(
-                "{pin}c10k load idle-capacity -c {connections} --via {}{} {common} --timeout {timeout}",
+            Action::Capacity { connections, via, timeout, presence } => format!(
+                "{pin}c10k load idle-capacity -c {connections} --via {}{}{} {common} --timeout {timeout}",
                 via.name(),
+                if *presence { " --presence" } else { "" },
                 server_pid.map(|p| format!(" --server-pid {p}")).unwrap_or_default()
             ),
             Action::IdleKeepAlive { connections } => format!(

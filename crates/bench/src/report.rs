@@ -401,6 +401,7 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
         "idle" => "Idle keep-alive connections: each sends one `GET /plaintext`, then sits idle; afterwards one more request on each: **held** counts those that answered. Memory is the server's process tree (PSS, so pages shared between forked workers count once) at its peak less before, per held connection; kernel memory is system-wide (both ends of each loopback connection).",
         "capacity" => "Idle SSE subscribers on one server process (the open-files limit is 20,000 per process), then one broadcast to all of them; memory as in `idle`. prefork holds one connection per process, so it runs with as many workers as connections.",
         "c100k" => "100,000 idle SSE subscribers on 8 worker processes (each with its own `SO_REUSEPORT` listener, about 12,500 connections each, 19,000 at most), from several client processes and source addresses; then one broadcast to all. `total/conn` is the drop of the machine's MemAvailable per connection: both ends, kernel and user space.",
+        "presence" => "What presence costs: idle WebSocket subscribers of one room, plain (`plain`), then each a named member that asks for presence events (`members`: `?presence=1&nick=...`, so that each join is a change the server coalesces into at most one update a second, sent to every subscriber); 10,000 on one async process, 100,000 on 8 async workers that share presence over the relay. Then one broadcast to all of them: its p99 and how long it took to reach the last one.",
         "c1m" => "The async, reactor and uring models past 100,000 subscribers, a step at a time; a step is skipped when the one before did not hold everyone, or when its projected memory (from the step before) would not fit in 70% of what is available.",
         _ => "",
     };
@@ -570,6 +571,33 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
                     },
                     med(c, "server_cpu_pct", pct),
                     med(c, "client_cpu_pct", pct),
+                    problems(c),
+                ]);
+            }
+            t.render(out);
+        }
+        "presence" => {
+            let mut t = Table::new(&[
+                "subscribers",
+                "size",
+                "held",
+                "PSS / connection",
+                "total / connection (MemAvailable)",
+                "opened in",
+                "broadcast p99",
+                "broadcast reached all in",
+                "problems",
+            ]);
+            for c in &cells {
+                t.row(vec![
+                    label(c),
+                    c.cell.x.map_or("–".into(), thousands),
+                    med(c, "held", thousands),
+                    med(c, "pss_per_conn_bytes", bytes),
+                    med(c, "total_per_conn_bytes", bytes),
+                    med(c, "open_secs", |v| format!("{v:.1} s")),
+                    med(c, "broadcast_p99_us", us),
+                    med(c, "broadcast_secs", |v| format!("{v:.2} s")),
                     problems(c),
                 ]);
             }

@@ -425,6 +425,7 @@ fn run_action_once(action: &Action, ctx: &Ctx, repeat: usize) -> Sample {
             connections,
             via,
             timeout,
+            presence,
         } => {
             let sampler = Sampler::start(ctx.pid, Duration::from_millis(500));
             let scenario = Scenario::IdleCapacity(IdleConfig {
@@ -439,6 +440,7 @@ fn run_action_once(action: &Action, ctx: &Ctx, repeat: usize) -> Sample {
                 room: None,
                 open_concurrency: 512,
                 drain_secs: 30.0,
+                presence: *presence,
             });
             let outcome = c10k_load::run(&config(ctx, scenario, timeout * 0.8, *timeout));
             let peaks = sampler.finish();

@@ -13,7 +13,9 @@
 //!
 //! A join or a leave only marks the room changed. [`Presence::tick`], which the server
 //! calls a few times a second, flushes each changed room at most once per
-//! [`FLUSH_INTERVAL`]: it computes the room's view (the members of this process and those
+//! [`FLUSH_INTERVAL`] (less often in rooms of more than [`EVENTS_PER_SECOND`] users, so
+//! that a room costs about that many events a second whatever its size): it computes the
+//! room's view (the members of this process and those
 //! the other processes reported), and hands the hub one update for the room, which every
 //! streaming subscriber of the room is sent once, whatever happened in between: in a room
 //! of 100,000 members where someone comes or goes every millisecond, each subscriber gets
@@ -21,7 +23,8 @@
 //! one (who joined, who left, the totals), at most [`MAX_NAMES_PER_UPDATE`] names each
 //! way; above [`LARGE_ROOM`] users it carries the totals only. A subscriber that has not
 //! seen the previous update (it just subscribed, or it was slow and the hub kept only the
-//! newest) is sent the snapshot instead: the totals and the first [`MAX_LISTED`] members.
+//! newest) is sent the snapshot instead: the totals and the first [`MAX_LISTED_IN_EVENTS`]
+//! members, none above [`LARGE_ROOM`] (`GET .../presence` lists up to [`MAX_LISTED`]).
 //!
 //! ## Across processes and nodes
 //!
@@ -44,12 +47,22 @@ use crate::store::RoomId;
 
 /// The shortest time between two updates of one room.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Rooms larger than this many users are updated less often: every [`FLUSH_INTERVAL`]
+/// times users / this, so that a room's updates cost about this many events a second
+/// however large it is (measured at 100,000 members on 8 workers, `c10k bench --only
+/// presence`: an update a second to each of them slowed their joining tenfold).
+pub const EVENTS_PER_SECOND: u64 = 10_000;
 /// How often a process reports its members of a room even when nothing changed.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// How long another process's report counts without being renewed.
 pub const REMOTE_TTL: Duration = Duration::from_secs(30);
-/// The most members a snapshot (and a process's report) names.
+/// The most members `GET .../presence` (and a process's report) names.
 pub const MAX_LISTED: usize = 1000;
+/// The most members a snapshot sent to a subscriber names: it goes to every new subscriber
+/// of the room, so it is kept small (measured: listing 1,000 made each of 10,000 joining
+/// subscribers cost 59 KiB more at the peak, `c10k bench --only presence`); the rest are
+/// counted in its `more`, and `GET .../presence` lists them.
+pub const MAX_LISTED_IN_EVENTS: usize = 100;
 /// The most names an update lists as joined, and as left.
 pub const MAX_NAMES_PER_UPDATE: usize = 50;
 /// Above this many users, updates carry the totals only.
@@ -129,6 +142,15 @@ struct Room {
     last_flush: Option<Instant>,
     last_report: Option<Instant>,
     version: u64,
+    /// Users at the last update, which sets the time to the next ([`EVENTS_PER_SECOND`]).
+    users: u64,
+}
+
+impl Room {
+    /// The time between two updates of this room.
+    fn flush_interval(&self) -> Duration {
+        FLUSH_INTERVAL * u32::try_from((self.users / EVENTS_PER_SECOND).max(1)).unwrap_or(u32::MAX)
+    }
 }
 
 /// What one [`Presence::tick`] produced.
@@ -254,7 +276,7 @@ impl Presence {
                 room.local_changed = false;
                 room.last_report = Some(now);
             }
-            if room.changed && due(room.last_flush, FLUSH_INTERVAL) {
+            if room.changed && due(room.last_flush, room.flush_interval()) {
                 room.changed = false;
                 room.last_flush = Some(now);
                 tick.updates.push((room_id.clone(), flush(room_id, room, now_ms)));
@@ -270,9 +292,9 @@ impl Presence {
         match rooms.get(room) {
             Some(entry) => {
                 let view = View::of(entry);
-                view.snapshot_json(room, entry.version)
+                view.snapshot_json(room, entry.version, MAX_LISTED)
             }
-            None => View::default().snapshot_json(room, 0),
+            None => View::default().snapshot_json(room, 0, MAX_LISTED),
         }
     }
 }
@@ -338,12 +360,13 @@ impl View {
         self.named.values().map(|(c, _)| c).sum::<u64>() + self.unlisted_connections + self.anonymous
     }
 
-    fn snapshot_json(&self, room: &RoomId, version: u64) -> String {
+    /// The view as a snapshot naming at most `limit` members, the longest present first.
+    fn snapshot_json(&self, room: &RoomId, version: u64, limit: usize) -> String {
         let mut members: Vec<(&String, &(u64, u64))> = self.named.iter().collect();
         members.sort_by(|a, b| (a.1).1.cmp(&(b.1).1).then_with(|| a.0.cmp(b.0)));
         let listed: Vec<_> = members
             .iter()
-            .take(MAX_LISTED)
+            .take(limit)
             .map(|(name, (connections, since))| json!({"name": name, "connections": connections, "since": since}))
             .collect();
         let more = self.users() - listed.len() as u64;
@@ -358,6 +381,7 @@ impl View {
 /// The room's next update (its view changed since the last one).
 fn flush(room_id: &RoomId, room: &mut Room, now_ms: u64) -> Arc<PresenceUpdate> {
     let view = View::of(room);
+    room.users = view.users();
     let now_named: BTreeMap<String, u64> = view.named.iter().map(|(name, (_, since))| (name.clone(), *since)).collect();
     let joined: Vec<(&String, &u64)> = now_named.iter().filter(|(name, _)| !room.published.contains_key(*name)).collect();
     let left: Vec<&String> = room.published.keys().filter(|name| !now_named.contains_key(*name)).collect();
@@ -372,7 +396,8 @@ fn flush(room_id: &RoomId, room: &mut Room, now_ms: u64) -> Arc<PresenceUpdate> 
         "left": left.iter().take(cap).collect::<Vec<_>>(),
         "more_joined": joined.len().saturating_sub(cap), "more_left": left.len().saturating_sub(cap),
     }));
-    let snapshot = view.snapshot_json(room_id, room.version);
+    // A large room's snapshot names nobody either: it goes to each of its many joiners.
+    let snapshot = view.snapshot_json(room_id, room.version, if large { 0 } else { MAX_LISTED_IN_EVENTS });
     room.published = now_named;
     Arc::new(PresenceUpdate { version: room.version, previous, diff: diff.into(), snapshot: snapshot.into() })
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c10k_core::presence::{Presence, FLUSH_INTERVAL, HEARTBEAT, LARGE_ROOM, MAX_LISTED, MAX_NAMES_PER_UPDATE, REMOTE_TTL};
+use c10k_core::presence::{
+    Presence, EVENTS_PER_SECOND, FLUSH_INTERVAL, HEARTBEAT, LARGE_ROOM, MAX_LISTED, MAX_LISTED_IN_EVENTS, MAX_NAMES_PER_UPDATE, REMOTE_TTL,
+};
 use c10k_core::store::RoomId;
 use serde_json::Value;
 
@@ -76,10 +78,24 @@ fn a_large_room_sends_totals_and_a_bounded_snapshot() {
     assert_eq!(diff["joined"], serde_json::json!([]), "above LARGE_ROOM an update names nobody");
     assert_eq!(diff["more_joined"].as_u64(), Some(LARGE_ROOM as u64 + 500));
     let snapshot = json(&update.snapshot);
-    assert_eq!(names(&snapshot).len(), MAX_LISTED, "a snapshot names at most MAX_LISTED");
-    assert_eq!(snapshot["more"].as_u64(), Some(550));
-    assert_eq!(names(&snapshot)[0], "early-000", "the longest present first");
+    assert_eq!(names(&snapshot).len(), 0, "above LARGE_ROOM a subscriber's snapshot names nobody either");
+    assert_eq!(snapshot["more"].as_u64(), Some((LARGE_ROOM + 550) as u64));
+    assert!(update.snapshot.len() < 1024, "and is small: {} bytes", update.snapshot.len());
+    let listed = json(&presence.snapshot(&room()));
+    assert_eq!(names(&listed).len(), MAX_LISTED, "GET .../presence names at most MAX_LISTED");
+    assert_eq!(listed["more"].as_u64(), Some(550));
+    assert_eq!(names(&listed)[0], "early-000", "the longest present first");
     assert!(update.diff.len() < 1024, "a large room's update is small: {} bytes", update.diff.len());
+
+    // Above EVENTS_PER_SECOND users, updates come less often: every users / that seconds.
+    let huge = Arc::new(Presence::new("h".into()));
+    let _crowd: Vec<_> = (0..3 * EVENTS_PER_SECOND).map(|i| huge.join(&room(), Some(&format!("c{i}")), T0_MS)).collect();
+    assert_eq!(huge.tick(t0, T0_MS).updates.len(), 1);
+    let _late = huge.join(&room(), Some("late"), T0_MS + 1);
+    for s in 1..3 {
+        assert!(huge.tick(t0 + FLUSH_INTERVAL * s, T0_MS + 1000 * u64::from(s)).updates.is_empty(), "{s} s: not yet");
+    }
+    assert_eq!(huge.tick(t0 + FLUSH_INTERVAL * 3, T0_MS + 3000).updates.len(), 1, "30,000 users: an update every 3 s");
 
     // A smaller burst in a small room is cut to MAX_NAMES_PER_UPDATE names.
     let small = Arc::new(Presence::new("b".into()));
@@ -88,6 +104,12 @@ fn a_large_room_sends_totals_and_a_bounded_snapshot() {
     let diff = json(&first.diff);
     assert_eq!(diff["joined"].as_array().unwrap().len(), MAX_NAMES_PER_UPDATE);
     assert_eq!(diff["more_joined"].as_u64(), Some(7));
+    // A small room's snapshot names up to MAX_LISTED_IN_EVENTS.
+    let _more: Vec<_> = (0..MAX_LISTED_IN_EVENTS).map(|i| small.join(&room(), Some(&format!("x{i}")), T0_MS + 1)).collect();
+    let second = small.tick(t0 + FLUSH_INTERVAL, T0_MS + 1000).updates.remove(0).1;
+    let snapshot = json(&second.snapshot);
+    assert_eq!(names(&snapshot).len(), MAX_LISTED_IN_EVENTS);
+    assert_eq!(snapshot["more"].as_u64(), Some((MAX_NAMES_PER_UPDATE + 7) as u64));
 }
 
 #[test]

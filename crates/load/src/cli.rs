@@ -156,6 +156,11 @@ pub struct IdleArgs {
     /// Seconds to wait for the broadcast to reach everyone.
     #[arg(long, default_value_t = 10.0, value_name = "DURATION", value_parser = parse_seconds)]
     pub drain: f64,
+    /// Make every subscriber a named member of the room that asks for presence events
+    /// (SSE and WebSocket: `?presence=1&nick=...`): what presence costs, against a run
+    /// without.
+    #[arg(long)]
+    pub presence: bool,
 }
 
 /// Flags of `db-stall`.
@@ -225,6 +230,7 @@ impl ScenarioArgs {
                 room: a.room,
                 open_concurrency: a.open_concurrency,
                 drain_secs: a.drain,
+                presence: a.presence,
             }),
             ScenarioArgs::DbStall(a) => Scenario::DbStall(DbStallConfig {
                 connections: a.connections,

@@ -42,6 +42,9 @@ pub(crate) struct WorkerJob {
     /// The worker gives up after this long, whatever happens.
     pub timeout_ms: u64,
     pub client_threads: usize,
+    /// The subscribers are named members asking for presence events.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 /// Parent to worker, after the job.
@@ -120,7 +123,7 @@ async fn work(job: WorkerJob, mut lines: mpsc::UnboundedReceiver<String>) -> Res
     let errors = ErrorLog::default();
     let latency = SharedHistogram::new();
     let spec = GroupSpec {
-        feed: FeedSpec { via: job.via, addr: job.target, room: job.room.clone(), after: job.after },
+        feed: FeedSpec { via: job.via, addr: job.target, room: job.room.clone(), after: job.after, presence: job.presence },
         count: job.count,
         sources: job.sources.clone(),
         first_index: job.first_index,

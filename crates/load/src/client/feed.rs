@@ -68,6 +68,21 @@ pub(crate) struct FeedSpec {
     pub room: String,
     /// Receive messages with ids after this one.
     pub after: u64,
+    /// Ask for the room's presence events (`?presence=1`), each stream under a name of its
+    /// own (`m{pid}-{n}`), so that every subscriber is a member.
+    pub presence: bool,
+}
+
+/// Numbers this process's named subscribers.
+static NEXT_MEMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What a stream's path adds for presence: `&presence=1&nick=...`, or nothing.
+fn presence_query(spec: &FeedSpec) -> String {
+    if !spec.presence {
+        return String::new();
+    }
+    let n = NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("&presence=1&nick=m{}-{n}", std::process::id())
 }
 
 /// One subscriber's connection.
@@ -116,7 +131,7 @@ impl Feed {
             }
             Via::Sse => {
                 let mut conn = Conn::open(spec.addr, source).await?;
-                let path = format!("/api/rooms/{room}/events?after={}", spec.after);
+                let path = format!("/api/rooms/{room}/events?after={}{}", spec.after, presence_query(spec));
                 conn.send(&get(&path, &host)).await?;
                 let head = conn.head().await?;
                 if head.status != 200 {
@@ -128,7 +143,7 @@ impl Feed {
                 Ok(Feed::Sse { conn, parser: SseParser::default() })
             }
             Via::Ws => {
-                let path = format!("/api/rooms/{room}/ws?after={}", spec.after);
+                let path = format!("/api/rooms/{room}/ws?after={}{}", spec.after, presence_query(spec));
                 Ok(Feed::Ws(WsConn::open(spec.addr, source, &path).await?))
             }
         }

@@ -225,6 +225,7 @@ async fn check(
             addr: targets[i % targets.len()],
             room: rooms[i % rooms.len()].clone(),
             after: 0,
+            presence: false,
         };
         let name = format!("sub{i} {:?} first @{}", spec.via, spec.addr);
         let feed = open_until(&spec, &targets, &mut Random(seed ^ i as u64), Instant::now() + Duration::from_secs(10))

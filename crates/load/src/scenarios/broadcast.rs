@@ -576,7 +576,7 @@ pub(crate) async fn run(ctx: &Ctx, via: Via, config: &BroadcastConfig) -> Result
         ctx.config.duration,
     );
     let spec = GroupSpec {
-        feed: FeedSpec { via, addr: ctx.addr, room: room.clone(), after },
+        feed: FeedSpec { via, addr: ctx.addr, room: room.clone(), after, presence: false },
         count: config.subscribers,
         sources: Vec::new(),
         first_index: 0,

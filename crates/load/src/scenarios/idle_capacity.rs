@@ -62,7 +62,7 @@ pub(crate) async fn run(ctx: &Ctx, config: &IdleConfig) -> Result<Findings, Load
         })
     };
     let rss_before = rss("before");
-    let feed = FeedSpec { via: config.via, addr: ctx.addr, room: room.clone(), after };
+    let feed = FeedSpec { via: config.via, addr: ctx.addr, room: room.clone(), after, presence: config.presence };
     let latency = SharedHistogram::new();
 
     let opening = Instant::now();
@@ -265,6 +265,7 @@ async fn start_workers(
             messages: 1,
             timeout_ms: remaining.as_millis() as u64,
             client_threads: 1,
+            presence: feed.presence,
         };
         let mut child = Command::new(&program)
             .args(["load", "--worker"])

@@ -250,6 +250,10 @@ pub struct IdleConfig {
     pub open_concurrency: usize,
     /// Seconds to wait for the broadcast to reach everyone.
     pub drain_secs: f64,
+    /// Every subscriber a named member of the room that asks for presence events (what
+    /// presence costs the server: `c10k bench --only presence`).
+    #[serde(default)]
+    pub presence: bool,
 }
 
 impl Default for IdleConfig {
@@ -263,6 +267,7 @@ impl Default for IdleConfig {
             room: None,
             open_concurrency: 256,
             drain_secs: 10.0,
+            presence: false,
         }
     }
 }
