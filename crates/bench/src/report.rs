@@ -576,64 +576,38 @@ fn suite_section(out: &mut String, run: &SuiteRun, results: &Results, baseline: 
             }
             t.render(out);
         }
-        "presence" => {
-            let mut t = Table::new(&[
-                "subscribers",
-                "size",
-                "held",
-                "PSS / connection",
-                "total / connection (MemAvailable)",
-                "opened in",
-                "broadcast p99",
-                "broadcast reached all in",
-                "problems",
-            ]);
-            for c in &cells {
-                t.row(vec![
-                    label(c),
-                    c.cell.x.map_or("–".into(), thousands),
-                    med(c, "held", thousands),
-                    med(c, "pss_per_conn_bytes", bytes),
-                    med(c, "total_per_conn_bytes", bytes),
-                    med(c, "open_secs", |v| format!("{v:.1} s")),
-                    med(c, "broadcast_p99_us", us),
-                    med(c, "broadcast_secs", |v| format!("{v:.2} s")),
-                    problems(c),
-                ]);
-            }
-            t.render(out);
-        }
-        "idle" | "capacity" | "c100k" | "c1m" => {
-            let mut t = Table::new(&[
-                "server",
-                "asked",
-                "held",
-                "PSS / connection",
-                "VmRSS / connection",
-                "threads (peak)",
-                "processes",
-                "kernel / connection (both ends)",
-                "total / connection (MemAvailable)",
-                "opened in",
-                "problems",
-            ]);
-            for c in &cells {
-                t.row(vec![
-                    label(c),
-                    c.cell.x.map_or("–".into(), thousands),
-                    med(c, "held", thousands),
-                    med(c, "pss_per_conn_bytes", bytes),
-                    med(c, "rss_per_conn_bytes", bytes),
-                    med(c, "threads_peak", thousands),
-                    med(c, "processes_peak", thousands),
-                    med(c, "kernel_per_conn_bytes", bytes),
-                    med(c, "total_per_conn_bytes", bytes),
-                    med(c, "open_secs", |v| format!("{v:.1} s")),
-                    problems(c),
-                ]);
-            }
-            t.render(out);
-        }
+        "presence" => memory_table(
+            out,
+            &cells,
+            &[
+                ("subscribers", label),
+                ("size", size),
+                ("held", |c| med(c, "held", thousands)),
+                ("PSS / connection", |c| med(c, "pss_per_conn_bytes", bytes)),
+                ("total / connection (MemAvailable)", |c| med(c, "total_per_conn_bytes", bytes)),
+                ("opened in", |c| med(c, "open_secs", |v| format!("{v:.1} s"))),
+                ("broadcast p99", |c| med(c, "broadcast_p99_us", us)),
+                ("broadcast reached all in", |c| med(c, "broadcast_secs", |v| format!("{v:.2} s"))),
+                ("problems", problems),
+            ],
+        ),
+        "idle" | "capacity" | "c100k" | "c1m" => memory_table(
+            out,
+            &cells,
+            &[
+                ("server", label),
+                ("asked", size),
+                ("held", |c| med(c, "held", thousands)),
+                ("PSS / connection", |c| med(c, "pss_per_conn_bytes", bytes)),
+                ("VmRSS / connection", |c| med(c, "rss_per_conn_bytes", bytes)),
+                ("threads (peak)", |c| med(c, "threads_peak", thousands)),
+                ("processes", |c| med(c, "processes_peak", thousands)),
+                ("kernel / connection (both ends)", |c| med(c, "kernel_per_conn_bytes", bytes)),
+                ("total / connection (MemAvailable)", |c| med(c, "total_per_conn_bytes", bytes)),
+                ("opened in", |c| med(c, "open_secs", |v| format!("{v:.1} s"))),
+                ("problems", problems),
+            ],
+        ),
         _ => {}
     }
     let _ = results;
@@ -842,6 +816,24 @@ fn syscalls_per_request(c: &CellResult) -> String {
 fn commonest_syscalls(c: &CellResult) -> String {
     let Some(s) = c.syscalls.as_ref().filter(|s| s.per_request().is_some()) else { return "–".into() };
     s.top(crate::syscalls::TOP).iter().map(|(k, v)| format!("{k} {}", crate::syscalls::per_request_text(*v))).collect::<Vec<_>>().join(", ")
+}
+
+/// A column of a memory suite's table: its heading, and what a cell shows in it.
+type Column = (&'static str, fn(&CellResult) -> String);
+
+/// One row a cell, in `columns`.
+fn memory_table(out: &mut String, cells: &[&CellResult], columns: &[Column]) {
+    let heads: Vec<&str> = columns.iter().map(|(head, _)| *head).collect();
+    let mut t = Table::new(&heads);
+    for c in cells {
+        t.row(columns.iter().map(|(_, show)| show(c)).collect());
+    }
+    t.render(out);
+}
+
+/// A cell's size (subscribers or connections asked for).
+fn size(c: &CellResult) -> String {
+    c.cell.x.map_or("–".into(), thousands)
 }
 
 fn label(c: &CellResult) -> String {
