@@ -194,7 +194,7 @@ fn presence_becomes(node: &Server, names: &[&str], within: Duration, what: &str)
             return;
         }
         assert!(Instant::now() < deadline, "{what}: node {} never listed {names:?}: {snapshot}", node.port());
-        let seen = snapshot["version"].as_u64().unwrap_or(0);
+        let seen = api_messages(node.port(), "lobby", "?presence=0")["presence"]["version"].as_u64().unwrap_or(0);
         api_messages(node.port(), "lobby", &format!("?after=0&wait=2&presence={seen}"));
     }
 }
@@ -211,8 +211,17 @@ fn presence_is_shared_by_the_nodes(model: Model, kind: BusKind) {
     for node in [&a, &b] {
         presence_becomes(node, &["ann", "bob", "cy"], Duration::from_secs(20), "a member on each node");
     }
-    let view = Request::get("/api/admin").header("Authorization", "Bearer nodes-admin-token-0123").send(b.port()).json();
-    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(2), "the admin view lists both nodes: {view:#}");
+    // Node a's summary reaches b within a tick of a hearing of b (paced here by 1 s
+    // long-polls on an empty room).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = Request::get("/api/admin").header("Authorization", "Bearer nodes-admin-token-0123").send(b.port()).json();
+        if view["nodes"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the admin view of {} does not list both nodes: {view:#}", b.port());
+        api_messages(b.port(), "quiet", "?after=0&wait=1");
+    }
     drop(bob);
     for node in [&a, &b] {
         presence_becomes(node, &["ann", "cy"], Duration::from_secs(20), "bob left node b");

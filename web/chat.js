@@ -232,8 +232,10 @@ const Chat = (() => {
         const timer = env.setTimeout(() => c.abort(), (wait + 15) * 1000);
         let j = null, epoch = null;
         try {
-          const presence = cb.presenceVersion ? cb.presenceVersion() : 0;
-          const r = await env.fetch(`${path}/messages${query({ wait, presence })}`, { signal: c.signal, cache: 'no-store' });
+          // Presence only for a page that shows it: `presence=VERSION` answers at once when
+          // the room's presence is not VERSION.
+          const extra = cb.presence && cb.presenceVersion ? { wait, presence: cb.presenceVersion() } : { wait };
+          const r = await env.fetch(`${path}/messages${query(extra)}`, { signal: c.signal, cache: 'no-store' });
           epoch = r.headers && r.headers.get ? r.headers.get('X-C10k-Epoch') : null;
           j = await r.json().catch(() => null);
           if (!r.ok || !j || !Array.isArray(j.messages)) throw new Error((j && j.error) || `HTTP ${r.status}`);
@@ -246,8 +248,8 @@ const Chat = (() => {
         if (g !== gen) return;
         if (!open) { open = true; opened(g); }
         if (j.reset) cb.reset(j.last_id, epoch);
-        if (j.messages.length) cb.messages(j.messages);
         if (j.presence && cb.presence) cb.presence(j.presence);
+        if (j.messages.length) cb.messages(j.messages);
         else if (!j.presence && wait > 0 && env.now() - t0 < 1000) await new Promise(res => env.setTimeout(res, 1000));   // never spin
       }
     }

@@ -410,6 +410,11 @@ impl Connection {
     /// Bytes the client sent.
     pub fn handle_bytes(&mut self, bytes: &[u8], now: Now) {
         self.now = now;
+        // A client that keeps its socket readable may starve the timer of a blocking model:
+        // the token's expiry is checked on every input too.
+        if self.end_if_token_expired() {
+            return;
+        }
         match &self.state {
             State::Http(_) => {
                 self.decoder.receive(bytes);
@@ -452,6 +457,9 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Now) {
         self.now = now;
         let at = now.instant;
+        if self.end_if_token_expired() {
+            return;
+        }
         match &mut self.state {
             State::Http(http) if at >= http.deadline => {
                 if http.head {
@@ -470,16 +478,9 @@ impl Connection {
                 self.reply(&poll.timeout(), shape);
                 self.advance();
             }
-            State::Events(streaming) if streaming.events.expires().is_some_and(|expires| at >= expires) => {
-                EventStream::write_error(&mut self.out, TOKEN_EXPIRED);
-                self.close();
-            }
             State::Events(streaming) if at >= streaming.heartbeat => {
                 self.out.extend_from_slice(EventStream::HEARTBEAT);
                 streaming.heartbeat = at + EventStream::HEARTBEAT_INTERVAL;
-            }
-            State::WebSocket(ws) if !ws.storing && ws.expires().is_some_and(|expires| at >= expires) => {
-                self.ws_close(CloseCode::from(TOKEN_EXPIRED_CLOSE), TOKEN_EXPIRED.to_string());
             }
             State::Closing { until, .. } if at >= *until => self.state = State::Closed,
             _ => {}
@@ -836,6 +837,9 @@ impl Connection {
     /// so that the history a new subscriber is sent may be longer than the cap. The client
     /// resumes from its `Last-Event-ID` (a browser's `EventSource` does it by itself).
     fn pump_events(&mut self) {
+        if self.end_if_token_expired() {
+            return;
+        }
         let allowed = self.unread_allowed();
         let State::Events(streaming) = &mut self.state else { return };
         let mut wrote = false;
@@ -907,6 +911,11 @@ impl Connection {
     /// client's frames (first the inbox, then `input`) in and answered. A post's store
     /// call stops the reading until it is answered; what is unread then waits in the inbox.
     fn ws_pump(&mut self, mut input: &[u8]) {
+        // Before any frame is read: no post of an expired token is taken, however many it
+        // pipelined before its expiry.
+        if self.end_if_token_expired() {
+            return;
+        }
         enum End {
             Wait,
             Close(&'static str),
@@ -999,6 +1008,25 @@ impl Connection {
         if let State::WebSocket(ws) = &mut self.state {
             let _ = ws.framing.write(&mut Sink(&mut self.out), Message::text(frame));
             let _ = ws.framing.flush(&mut Sink(&mut self.out));
+        }
+    }
+
+    /// Ends a stream whose token has expired by now ([`crate::chat::auth`]): an event
+    /// stream with an `error` event, a WebSocket with close [`TOKEN_EXPIRED_CLOSE`] (once
+    /// its post being stored has been answered). Whether it did.
+    fn end_if_token_expired(&mut self) -> bool {
+        let at = self.now.instant;
+        match &self.state {
+            State::Events(streaming) if streaming.events.expires().is_some_and(|expires| at >= expires) => {
+                EventStream::write_error(&mut self.out, TOKEN_EXPIRED);
+                self.close();
+                true
+            }
+            State::WebSocket(ws) if !ws.storing && ws.expires().is_some_and(|expires| at >= expires) => {
+                self.ws_close(CloseCode::from(TOKEN_EXPIRED_CLOSE), TOKEN_EXPIRED.to_string());
+                true
+            }
+            _ => false,
         }
     }
 

@@ -20,11 +20,13 @@
 //! streaming subscriber of the room is sent once, whatever happened in between: in a room
 //! of 100,000 members where someone comes or goes every millisecond, each subscriber gets
 //! one presence event a second, not a thousand. An update is a diff against the previous
-//! one (who joined, who left, the totals), at most [`MAX_NAMES_PER_UPDATE`] names each
-//! way; above [`LARGE_ROOM`] users it carries the totals only. A subscriber that has not
-//! seen the previous update (it just subscribed, or it was slow and the hub kept only the
-//! newest) is sent the snapshot instead: the totals and the first [`MAX_LISTED_IN_EVENTS`]
-//! members, none above [`LARGE_ROOM`] (`GET .../presence` lists up to [`MAX_LISTED`]).
+//! one (who joined, who left, the totals) when it can name everyone who came or went (at
+//! most [`MAX_NAMES_PER_UPDATE`] each way, in a room of at most [`LARGE_ROOM`] users). A
+//! subscriber that has not seen the previous update (it just subscribed, or it was slow and
+//! the hub kept only the newest), or any subscriber when there is no diff, is sent the
+//! snapshot instead: the totals and the first [`MAX_LISTED_IN_EVENTS`] members, none above
+//! [`LARGE_ROOM`] (`GET .../presence` lists up to [`MAX_LISTED`]). So a client that applies
+//! every event it is sent, in order, holds the right view.
 //!
 //! ## Across processes and nodes
 //!
@@ -81,8 +83,11 @@ pub struct PresenceUpdate {
     pub version: u64,
     /// The version of the update before (0: none).
     pub previous: u64,
-    /// The diff against the previous update, as JSON (`{"type": "presence", ...}`).
-    pub diff: Arc<str>,
+    /// The diff against the previous update, as JSON (`{"type": "presence", ...}`); `None`
+    /// when a diff would not name everyone who came or went (more than
+    /// [`MAX_NAMES_PER_UPDATE`] either way, or a room of more than [`LARGE_ROOM`] users):
+    /// then everyone is sent the snapshot, so that applying updates in order is right.
+    pub diff: Option<Arc<str>>,
     /// The whole view, as JSON (`{"type": "presence", "members": [...], ...}`).
     pub snapshot: Arc<str>,
 }
@@ -90,10 +95,9 @@ pub struct PresenceUpdate {
 impl PresenceUpdate {
     /// What a subscriber that last saw version `seen` (0: none) is sent.
     pub fn for_seen(&self, seen: u64) -> &Arc<str> {
-        if seen == self.previous && seen != 0 {
-            &self.diff
-        } else {
-            &self.snapshot
+        match &self.diff {
+            Some(diff) if seen == self.previous && seen != 0 => diff,
+            _ => &self.snapshot,
         }
     }
 }
@@ -292,9 +296,9 @@ impl Presence {
         match rooms.get(room) {
             Some(entry) => {
                 let view = View::of(entry);
-                view.snapshot_json(room, entry.version, MAX_LISTED)
+                view.snapshot_json(room, None, MAX_LISTED)
             }
-            None => View::default().snapshot_json(room, 0, MAX_LISTED),
+            None => View::default().snapshot_json(room, None, MAX_LISTED),
         }
     }
 }
@@ -360,8 +364,10 @@ impl View {
         self.named.values().map(|(c, _)| c).sum::<u64>() + self.unlisted_connections + self.anonymous
     }
 
-    /// The view as a snapshot naming at most `limit` members, the longest present first.
-    fn snapshot_json(&self, room: &RoomId, version: u64, limit: usize) -> String {
+    /// The view as a snapshot naming at most `limit` members, the longest present first;
+    /// `version` is the update's, if it is one (a listing has none: it is the view now,
+    /// which the next update's diff does not follow).
+    fn snapshot_json(&self, room: &RoomId, version: Option<u64>, limit: usize) -> String {
         let mut members: Vec<(&String, &(u64, u64))> = self.named.iter().collect();
         members.sort_by(|a, b| (a.1).1.cmp(&(b.1).1).then_with(|| a.0.cmp(b.0)));
         let listed: Vec<_> = members
@@ -370,11 +376,15 @@ impl View {
             .map(|(name, (connections, since))| json!({"name": name, "connections": connections, "since": since}))
             .collect();
         let more = self.users() - listed.len() as u64;
-        to_json(&json!({
-            "type": "presence", "room": room.as_str(), "version": version,
+        let mut snapshot = json!({
+            "type": "presence", "room": room.as_str(),
             "users": self.users(), "connections": self.connections(), "anonymous": self.anonymous,
             "members": listed, "more": more,
-        }))
+        });
+        if let Some(version) = version {
+            snapshot["version"] = version.into();
+        }
+        to_json(&snapshot)
     }
 }
 
@@ -388,18 +398,20 @@ fn flush(room_id: &RoomId, room: &mut Room, now_ms: u64) -> Arc<PresenceUpdate> 
     let previous = room.version;
     room.version = (room.version + 1).max(now_ms);
     let large = view.users() as usize > LARGE_ROOM;
-    let cap = if large { 0 } else { MAX_NAMES_PER_UPDATE };
-    let diff = to_json(&json!({
-        "type": "presence", "room": room_id.as_str(), "version": room.version, "previous": previous,
-        "users": view.users(), "connections": view.connections(), "anonymous": view.anonymous,
-        "joined": joined.iter().take(cap).map(|(name, since)| json!({"name": name, "since": since})).collect::<Vec<_>>(),
-        "left": left.iter().take(cap).collect::<Vec<_>>(),
-        "more_joined": joined.len().saturating_sub(cap), "more_left": left.len().saturating_sub(cap),
-    }));
+    let complete = !large && joined.len() <= MAX_NAMES_PER_UPDATE && left.len() <= MAX_NAMES_PER_UPDATE;
+    let diff = complete.then(|| {
+        to_json(&json!({
+            "type": "presence", "room": room_id.as_str(), "version": room.version, "previous": previous,
+            "users": view.users(), "connections": view.connections(), "anonymous": view.anonymous,
+            "joined": joined.iter().map(|(name, since)| json!({"name": name, "since": since})).collect::<Vec<_>>(),
+            "left": left,
+        }))
+        .into()
+    });
     // A large room's snapshot names nobody either: it goes to each of its many joiners.
-    let snapshot = view.snapshot_json(room_id, room.version, if large { 0 } else { MAX_LISTED_IN_EVENTS });
+    let snapshot = view.snapshot_json(room_id, Some(room.version), if large { 0 } else { MAX_LISTED_IN_EVENTS });
     room.published = now_named;
-    Arc::new(PresenceUpdate { version: room.version, previous, diff: diff.into(), snapshot: snapshot.into() })
+    Arc::new(PresenceUpdate { version: room.version, previous, diff, snapshot: snapshot.into() })
 }
 
 /// A name as presence keeps it: trimmed, control characters out, at most 64 characters.

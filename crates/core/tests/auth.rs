@@ -82,6 +82,9 @@ fn a_token_is_refused_from_its_exp_and_before_its_nbf() {
     assert!(bad_token(auth.verify(&early, NOW_MS)).contains("not valid before"));
     let no_exp = sign(Header::new(Algorithm::HS256), &json!({"sub": "a"}), &key);
     assert!(bad_token(auth.verify(&no_exp, NOW_MS)).contains("exp"));
+    let mut with_kid = Header::new(Algorithm::HS256);
+    with_kid.kid = Some("issuer-key-7".into());
+    assert!(auth.verify(&sign(with_kid, &claims("a", NOW_S + 60, json!({})), &key), NOW_MS).is_ok(), "a secret takes a token with a key id");
     let no_sub = sign(Header::new(Algorithm::HS256), &json!({"exp": NOW_S + 60}), &key);
     assert!(bad_token(auth.verify(&no_sub, NOW_MS)).contains("sub"));
 }

@@ -75,9 +75,14 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
-    /// Keeps another node's summary, received at `now`.
+    /// Keeps another node's summary, received at `now`. A node not heard of before is
+    /// sent this one's summary at the next tick, so that a node that starts learns of the
+    /// others at once rather than at their next report.
     pub(crate) fn heard(&self, node: String, summary: Value, now: Instant) {
-        self.others.lock().unwrap_or_else(|p| p.into_inner()).insert(node, (summary, now + NODE_TTL));
+        let new = self.others.lock().unwrap_or_else(|p| p.into_inner()).insert(node, (summary, now + NODE_TTL)).is_none();
+        if new {
+            *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
     /// The others' summaries still fresh at `now`, by node id.

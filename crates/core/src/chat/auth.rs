@@ -328,8 +328,10 @@ impl Auth {
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Grant, Refusal> {
         let bad = |why: String| Refusal::BadToken(why);
         let header = jsonwebtoken::decode_header(token).map_err(|e| bad(format!("the token's header is not one c10k takes: {}", refused(&e))))?;
+        // A secret has no key id, and takes a token with any (issuers often set one).
+        let only_secret = || self.keys.first().filter(|k| self.keys.len() == 1 && k.kid.is_none());
         let key = match &header.kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid.as_str())),
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid.as_str())).or_else(only_secret),
             None if self.keys.len() == 1 => self.keys.first(),
             None => None,
         }
